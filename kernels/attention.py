@@ -1,0 +1,239 @@
+"""Fused FlashAttention-2-style attention for ViT sequence lengths, fp16/bf16 or int8 Q/K.
+
+    O[b, i, h, :] = sum_j softmax_j(Q[b, i, h] . K[b, j, h] * sm_scale) V[b, j, h, :]
+
+Shapes: q, k, v (batch, seq, heads, head_dim), any strides with head_dim contiguous, so the
+three can be views into the qkv GEMM's (batch, seq, 3, heads, head_dim) output with no copy;
+o (batch, seq, heads, head_dim) contiguous, which is the (batch * seq, heads * head_dim) matrix
+the proj GEMM reads, again with no transpose. No mask (ViT attention is dense).
+
+Algorithm (FA2): one program per (query block, batch x head); K/V tiles are streamed with an
+online softmax in base 2 (exp2 with log2(e) folded into the scale), the output is normalized once
+at the end. Short-sequence path: the autotuner may pick BLOCK_N = 256, so that for S <= 256 (197 tokens at
+224 px / patch 16) one key tile covers the whole sequence and the loop runs once (the rescale of
+an all-zero accumulator is then a single multiply); small BLOCK_M keeps batch-1 grids wide.
+
+int8 path: q8, k8 int8 with float32 scales per (batch, token, head); K is smoothed first by
+subtracting its mean over tokens (per batch, head, channel; softmax is invariant to it, as
+SageAttention observed) so its int8 range is spent on the part that matters. QK^T runs on the
+int8 tensor cores (exact int32), is rescaled by q_scale[i] * k_scale[j] * sm_scale, and P.V runs
+in fp16/bf16 like the float path.
+
+Reference: `attention_ref` (upcast=True is the truth; upcast=False is what plain PyTorch gets
+in low precision). Backward: `attention` is differentiable; its backward recomputes the softmax
+from the saved inputs in float32 (the reference math), see `_AttentionFn`.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from qvit.backend import interpreting
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:
+    triton = None
+
+
+def attention_ref(q, k, v, sm_scale=None, upcast=True):
+    """(B, S, H, D) x3 -> (B, S, H, D). upcast=True computes in float32."""
+    dtype = q.dtype
+    if upcast:
+        q, k, v = q.float(), k.float(), v.float()
+    sm_scale = sm_scale if sm_scale is not None else q.shape[-1] ** -0.5
+    s = torch.einsum("bihd,bjhd->bhij", q, k) * sm_scale
+    p = torch.softmax(s, dim=-1)
+    return torch.einsum("bhij,bjhd->bihd", p.to(v.dtype), v).to(dtype)
+
+
+def quantize_qk(q, k):
+    """Per-(batch, token, head) int8 Q and smoothed K: returns q8, q_scale, k8, k_scale (float32)."""
+    from qvit.kernels.quant import quantize_int8_per_token
+    km = k.float().mean(dim=1, keepdim=True)  # (B, 1, H, D): softmax is invariant to a per-query shift
+    q8, qs = quantize_int8_per_token(q)
+    k8, ks = quantize_int8_per_token(k.float() - km)
+    return q8, qs, k8, ks
+
+
+def attention_int8_ref(q8, q_scale, k8, k_scale, v, sm_scale=None):
+    """The int8 path's math in float32: dequantized Q and K, softmax, P.V in float32."""
+    sm_scale = sm_scale if sm_scale is not None else q8.shape[-1] ** -0.5
+    qf = q8.float() * q_scale[..., None]
+    kf = k8.float() * k_scale[..., None]
+    return attention_ref(qf, kf, v.float(), sm_scale).to(v.dtype)
+
+
+if triton is not None:
+
+    def _configs():
+        if interpreting():
+            return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
+        return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+                for bm, bn, w, s in [(64, 64, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3), (64, 128, 4, 3),
+                                     (128, 128, 8, 3), (64, 256, 4, 2), (64, 256, 8, 2), (128, 256, 8, 2),
+                                     (32, 256, 4, 2), (16, 256, 4, 2)]]
+
+    def _prune(configs, named_args, **kwargs):
+        s = named_args["S"]
+        out = [c for c in configs if c.kwargs["BLOCK_N"] <= max(64, triton.next_power_of_2(s))]
+        return out or configs
+
+    @triton.autotune(configs=_configs(), key=["S", "H", "D", "INT8"],
+                     prune_configs_by={"early_config_prune": _prune})
+    @triton.jit
+    def _attn_fwd(q_ptr, k_ptr, v_ptr, qs_ptr, ks_ptr, o_ptr, lse_ptr,
+                  sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sob, sos, soh,
+                  H, S, qk_scale,
+                  D: tl.constexpr, INT8: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        pid_m = tl.program_id(0)
+        bh = tl.program_id(1)
+        b = (bh // H).to(tl.int64)
+        h = (bh % H).to(tl.int64)
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, D)
+        mask_m = offs_m < S
+        q = tl.load(q_ptr + b * sqb + h * sqh + offs_m[:, None].to(tl.int64) * sqs + offs_d[None, :],
+                    mask=mask_m[:, None], other=0)
+        if INT8:
+            # per-token scales folded with sm_scale * log2(e) into one row factor
+            qsc = tl.load(qs_ptr + (b * S + offs_m) * H + h, mask=mask_m, other=0.0) * qk_scale
+        k_base = k_ptr + b * skb + h * skh
+        v_base = v_ptr + b * svb + h * svh
+        m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+        l_i = tl.zeros((BLOCK_M,), tl.float32)
+        acc = tl.zeros((BLOCK_M, D), tl.float32)
+        for n0 in range(0, S, BLOCK_N):
+            cols = n0 + offs_n
+            mask_n = cols < S
+            kt = tl.load(k_base + cols[None, :].to(tl.int64) * sks + offs_d[:, None], mask=mask_n[None, :], other=0)
+            if INT8:
+                ksc = tl.load(ks_ptr + (b * S + cols) * H + h, mask=mask_n, other=0.0)
+                s = tl.dot(q, kt, out_dtype=tl.int32).to(tl.float32) * qsc[:, None] * ksc[None, :]
+            else:
+                s = tl.dot(q, kt) * qk_scale
+            s = tl.where(mask_n[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            p = tl.math.exp2(s - m_new[:, None])
+            alpha = tl.math.exp2(m_i - m_new)
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            acc = acc * alpha[:, None]
+            v = tl.load(v_base + cols[:, None].to(tl.int64) * svs + offs_d[None, :], mask=mask_n[:, None], other=0.0)
+            acc = tl.dot(p.to(v_ptr.dtype.element_ty), v, acc)
+            m_i = m_new
+        acc = acc / l_i[:, None]
+        tl.store(o_ptr + b * sob + h * soh + offs_m[:, None].to(tl.int64) * sos + offs_d[None, :],
+                 acc.to(o_ptr.dtype.element_ty), mask=mask_m[:, None])
+        # log-sum-exp (natural log) per row, kept for a backward pass
+        tl.store(lse_ptr + bh.to(tl.int64) * S + offs_m, (m_i + tl.math.log2(l_i)) * 0.6931471805599453, mask=mask_m)
+
+
+def _check_qkv(q, k, v, int8):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.ndim != 4:
+            raise ValueError(f"attention: {name} must be 4-D (batch, seq, heads, head_dim), got "
+                             f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+        if t.stride(-1) != 1:
+            raise ValueError(f"attention: {name} must be contiguous along head_dim")
+    if not (q.shape == k.shape == v.shape):
+        raise ValueError(f"attention: q, k, v shapes differ: {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    d = q.shape[-1]
+    if d not in (16, 32, 64, 128):
+        raise ValueError(f"attention: head_dim={d} is not supported (16, 32, 64 or 128)")
+    if v.dtype not in (torch.float16, torch.bfloat16):
+        raise TypeError(f"attention: v must be float16 or bfloat16, got {v.dtype}")
+    if int8:
+        if q.dtype != torch.int8 or k.dtype != torch.int8:
+            raise TypeError(f"attention (int8): q and k must be int8, got {q.dtype}, {k.dtype}")
+    elif not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"attention: q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+    if len({q.device, k.device, v.device}) != 1:
+        raise ValueError("attention: q, k, v are on different devices")
+    if q.device.type == "cpu" and not interpreting():
+        raise ValueError("attention: CPU tensors need TRITON_INTERPRET=1 (or use the torch/sdpa backends)")
+    if triton is None:
+        raise RuntimeError("attention: triton is not installed")
+
+
+def _launch(q, k, v, qs, ks, sm_scale, int8):
+    b, s, h, d = q.shape
+    o = torch.empty((b, s, h, d), dtype=v.dtype, device=v.device)
+    lse = torch.empty((b * h, s), dtype=torch.float32, device=v.device)
+    if b * s * h == 0:
+        return o, lse
+    qk_scale = sm_scale * 1.4426950408889634
+    grid = lambda meta: (triton.cdiv(s, meta["BLOCK_M"]), b * h)  # noqa: E731
+    dummy = lse
+    _attn_fwd[grid](q, k, v, qs if qs is not None else dummy, ks if ks is not None else dummy, o, lse,
+                    q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+                    v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
+                    h, s, qk_scale, D=d, INT8=int8)
+    return o, lse
+
+
+@torch.library.custom_op("qvit::attention_fwd", mutates_args=())
+def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sm_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp16/bf16 forward: returns (o (B, S, H, D), lse float32 (B*H, S))."""
+    _check_qkv(q, k, v, int8=False)
+    return _launch(q, k, v, None, None, sm_scale, False)
+
+
+@attention_fwd.register_fake
+def _(q, k, v, sm_scale):
+    b, s, h, d = q.shape
+    return q.new_empty((b, s, h, d)), q.new_empty((b * h, s), dtype=torch.float32)
+
+
+@torch.library.custom_op("qvit::attention_int8", mutates_args=())
+def attention_int8(q8: torch.Tensor, q_scale: torch.Tensor, k8: torch.Tensor, k_scale: torch.Tensor,
+                   v: torch.Tensor, sm_scale: float) -> torch.Tensor:
+    """int8 Q/K path (inference only): q8, k8 int8 (B, S, H, D), scales float32 (B, S, H), v fp16/bf16."""
+    _check_qkv(q8, k8, v, int8=True)
+    want = q8.shape[:3]
+    for name, t in (("q_scale", q_scale), ("k_scale", k_scale)):
+        if t.dtype != torch.float32 or t.shape != want or not t.is_contiguous():
+            raise ValueError(f"attention (int8): {name} must be contiguous float32 {tuple(want)}, got "
+                             f"{t.dtype} {tuple(t.shape)}")
+    return _launch(q8, k8, v, q_scale, k_scale, sm_scale, True)[0]
+
+
+@attention_int8.register_fake
+def _(q8, q_scale, k8, k_scale, v, sm_scale):
+    return v.new_empty(q8.shape)
+
+
+class _AttentionFn(torch.autograd.Function):
+    """Forward on the fused kernel; backward recomputes P in float32 from the saved inputs and the
+    kernel's log-sum-exp (the reference math, not yet a fused backward kernel)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, sm_scale):
+        o, lse = attention_fwd(q, k, v, sm_scale)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.sm_scale = sm_scale
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse = ctx.saved_tensors
+        b, s, h, d = q.shape
+        qf, kf, vf, of, dof = (t.float() for t in (q, k, v, o, do))
+        scores = torch.einsum("bihd,bjhd->bhij", qf, kf) * ctx.sm_scale
+        p = torch.exp(scores - lse.view(b, h, s, 1))
+        dv = torch.einsum("bhij,bihd->bjhd", p, dof)
+        dp = torch.einsum("bihd,bjhd->bhij", dof, vf)
+        delta = (dof * of).sum(-1).permute(0, 2, 1).unsqueeze(-1)  # (B, H, S, 1)
+        ds = p * (dp - delta) * ctx.sm_scale
+        dq = torch.einsum("bhij,bjhd->bihd", ds, kf)
+        dk = torch.einsum("bhij,bihd->bjhd", ds, qf)
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None
+
+
+def attention(q, k, v, sm_scale=None):
+    """Differentiable fused attention, (B, S, H, D) x3 -> (B, S, H, D)."""
+    sm_scale = float(sm_scale) if sm_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    return _AttentionFn.apply(q, k, v, sm_scale)

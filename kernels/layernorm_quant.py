@@ -1,0 +1,129 @@
+"""LayerNorm fused with dynamic per-token int8 quantization (the input of qkv and fc1).
+
+    h[m, :]  = (x[m, :] - mean) / sqrt(var + eps) * weight + bias        (float32, biased var)
+    scale[m] = max(amax(|h[m, :]|) / 127, tiny)
+    q[m, :]  = clamp(round_half_even(h[m, :] / scale[m]), -127, 127)    (int8)
+
+With `weight=None` the normalization is skipped and the kernel is a plain per-token quantizer
+(the input of proj and fc2). Shapes: x (M, K) float16 / bfloat16 / float32, row stride free,
+K contiguous; weight, bias (K,); q int8 (M, K); scale float32 (M,).
+
+One read of x and one write of q: 3 bytes per element for fp16 input, the floor of this op.
+SmoothQuant-style smoothing needs no kernel change: the per-channel factors are folded into
+weight/bias here and into the next GEMM's weight columns (see qvit.vit.quantize).
+
+Reference: `layernorm_quant_ref` below.
+"""
+from __future__ import annotations
+
+import torch
+
+from qvit.backend import interpreting
+from qvit.kernels.quant import quantize_int8_per_token
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:
+    triton = None
+
+
+def layernorm_quant_ref(x, weight=None, bias=None, eps=1e-6):
+    """Plain PyTorch: float32 LayerNorm (or identity when weight is None), then per-token int8."""
+    h = x.float()
+    if weight is not None:
+        h = torch.nn.functional.layer_norm(h, (h.shape[-1],), weight.float(),
+                                           None if bias is None else bias.float(), eps)
+    return quantize_int8_per_token(h)
+
+
+if triton is not None:
+
+    @triton.jit
+    def _round_half_even(x):
+        # adding and subtracting 1.5 * 2^23 rounds to the nearest integer, ties to even (as
+        # torch.round does), for |x| < 2^22; fp32 add is round-to-nearest-even on GPU and in the
+        # interpreter alike. |x| <= 127 here.
+        return (x + 12582912.0) - 12582912.0
+
+    @triton.jit
+    def _ln_quant_kernel(x_ptr, w_ptr, b_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm, eps,
+                         NORM: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_K: tl.constexpr,
+                         ROWS: tl.constexpr):
+        pid = tl.program_id(0)
+        offs_k = tl.arange(0, BLOCK_K)
+        kmask = offs_k < K
+        if NORM:
+            w = tl.load(w_ptr + offs_k, mask=kmask, other=0.0).to(tl.float32)
+            if HAS_BIAS:
+                b = tl.load(b_ptr + offs_k, mask=kmask, other=0.0).to(tl.float32)
+        for r in range(ROWS):
+            row = pid * ROWS + r
+            if row < M:
+                x = tl.load(x_ptr + row.to(tl.int64) * stride_xm + offs_k, mask=kmask, other=0.0).to(tl.float32)
+                if NORM:
+                    mean = tl.sum(x, axis=0) / K
+                    xc = tl.where(kmask, x - mean, 0.0)
+                    var = tl.sum(xc * xc, axis=0) / K
+                    h = xc * (1.0 / tl.sqrt(var + eps)) * w
+                    if HAS_BIAS:
+                        h += b
+                else:
+                    h = x
+                h = tl.where(kmask, h, 0.0)
+                scale = tl.maximum(tl.max(tl.abs(h), axis=0) / 127.0, 1.1754943508222875e-38)
+                q = tl.clamp(_round_half_even(h / scale), -127.0, 127.0)
+                tl.store(q_ptr + row.to(tl.int64) * stride_qm + offs_k, q.to(tl.int8), mask=kmask)
+                tl.store(s_ptr + row, scale)
+
+
+def _validate(x, weight, bias):
+    if triton is None:
+        raise RuntimeError("layernorm_quant: triton is not installed")
+    if not isinstance(x, torch.Tensor) or x.ndim != 2:
+        raise ValueError(f"layernorm_quant: x must be a 2-D tensor (M, K), got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise TypeError(f"layernorm_quant: x must be float16/bfloat16/float32, got {x.dtype}")
+    if x.stride(1) != 1:
+        raise ValueError("layernorm_quant: x must be contiguous along K")
+    k = x.shape[1]
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None:
+            if t.shape != (k,):
+                raise ValueError(f"layernorm_quant: {name} must have shape ({k},), got {tuple(t.shape)}")
+            if t.device != x.device:
+                raise ValueError(f"layernorm_quant: {name} is on {t.device}, x on {x.device}")
+    if bias is not None and weight is None:
+        raise ValueError("layernorm_quant: bias without weight")
+    if x.device.type == "cpu" and not interpreting():
+        raise ValueError("layernorm_quant: CPU tensors need TRITON_INTERPRET=1 (or use the torch backend)")
+    if k > 65536:
+        raise ValueError(f"layernorm_quant: K={k} exceeds the one-row-per-tile limit of 65536")
+
+
+@torch.library.custom_op("qvit::layernorm_quant", mutates_args=())
+def layernorm_quant(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                    eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, K) float -> (q int8 (M, K), scale float32 (M,)); LayerNorm first when weight is given."""
+    _validate(x, weight, bias)
+    m, k = x.shape
+    q = torch.empty((m, k), dtype=torch.int8, device=x.device)
+    s = torch.empty((m,), dtype=torch.float32, device=x.device)
+    if m == 0:
+        return q, s
+    block_k = triton.next_power_of_2(k)
+    rows = 1 if interpreting() else max(1, min(8, 8192 // block_k))
+    num_warps = 1 if interpreting() else min(16, max(1, block_k // 256))
+    dummy = s
+    _ln_quant_kernel[(triton.cdiv(m, rows),)](
+        x, weight if weight is not None else dummy, bias if bias is not None else dummy, q, s,
+        m, k, x.stride(0), q.stride(0), eps,
+        NORM=weight is not None, HAS_BIAS=bias is not None, BLOCK_K=block_k, ROWS=rows,
+        num_warps=num_warps)
+    return q, s
+
+
+@layernorm_quant.register_fake
+def _(x, weight=None, bias=None, eps=1e-6):
+    return (x.new_empty(x.shape, dtype=torch.int8), x.new_empty(x.shape[:1], dtype=torch.float32))

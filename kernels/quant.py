@@ -1,0 +1,284 @@
+"""Quantization formats: pack/unpack, quantize/dequantize and plain-PyTorch reference matmuls.
+
+Every format is plain tensors, so a quantized layer's state dict is a flat dict of tensors
+(safetensors-friendly). Shapes follow nn.Linear: weights are (N, K) = (out_features, in_features),
+activations (M, K).
+
+int8 weights, per output channel, symmetric
+    w ~= q * scale[n];  q int8 in [-127, 127] (N, K);  scale float32 (N,) = amax(|w[n]|) / 127.
+int8 activations, per token, dynamic, symmetric
+    x ~= q * scale[m];  q int8 in [-127, 127] (M, K);  scale float32 (M,) = amax(|x[m]|) / 127.
+    -128 is never produced, so -q never overflows and the range is symmetric.
+int4 weights, group-wise along K, two per byte
+    packed uint8 (N, K // 2): byte j of row n holds k = 2j in bits 0-3 (low nibble) and
+    k = 2j + 1 in bits 4-7 (high nibble). Nibbles are unsigned u in [0, 15].
+    scales float16 (N, K // group_size); group_size in {32, 64, 128} (or any divisor of K that
+    is a multiple of 2, e.g. K for per-channel).
+    symmetric:  q = u - 8 in [-7, 7] (u = 0, i.e. -8, is never produced), scale = amax / 7,
+                w ~= q * scale.
+    asymmetric: zeros uint8 (N, K // group_size) in [0, 15]; scale = (max - min) / 15 with the
+                range widened to contain 0 so that 0 is exact; w ~= (u - zero) * scale.
+    Scales are rounded to float16 first and the weights quantized with the rounded scale, so
+    dequantize(quantize(w)) is what any kernel reading the stored tensors computes.
+NF4 weights, bitsandbytes layout
+    the weight flattened row-major into blocks of `blocksize` (64 by default) elements;
+    absmax float32 (numel // blocksize,); packed uint8 (numel // 2,) with element 2i in the
+    HIGH nibble and 2i + 1 in the LOW nibble (bitsandbytes' order, the reverse of int4 above);
+    w ~= NF4_CODE[u] * absmax[block]. `nf4_from_bnb` converts a bitsandbytes Linear4bit weight
+    (nested/double-quantized absmax included) without re-quantizing.
+"""
+from __future__ import annotations
+
+import torch
+
+INT8_MAX = 127
+INT4_GROUP_SIZES = (32, 64, 128)
+
+# The 16 NF4 code values exactly as bitsandbytes defines them (functional.get_4bit_type("nf4")).
+NF4_CODE = torch.tensor([
+    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
+    -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
+    0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
+    0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
+], dtype=torch.float32)
+
+
+# ----------------------------------------------------------------------------- validation
+def _check_tensor(name, t, dtypes=None, ndim=None):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if dtypes is not None and t.dtype not in dtypes:
+        raise TypeError(f"{name} must have dtype in {[str(d) for d in dtypes]}, got {t.dtype}")
+    if ndim is not None and t.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
+
+
+def _check_same_device(**tensors):
+    devs = {k: v.device for k, v in tensors.items() if v is not None}
+    if len(set(devs.values())) > 1:
+        raise ValueError(f"tensors are on different devices: {', '.join(f'{k}={v}' for k, v in devs.items())}")
+
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def check_group_size(k: int, group_size: int) -> None:
+    if group_size <= 0 or group_size % 2 or k % group_size:
+        raise ValueError(f"group_size={group_size} must be even and divide in_features K={k}")
+
+
+# ----------------------------------------------------------------------------- int8
+def quantize_int8_per_channel(w: torch.Tensor):
+    """(N, K) float -> (q int8 (N, K), scale float32 (N,)); symmetric, per output channel."""
+    _check_tensor("weight", w, FLOAT_DTYPES, 2)
+    wf = w.float()
+    scale = (wf.abs().amax(dim=1) / INT8_MAX).clamp(min=torch.finfo(torch.float32).tiny)
+    q = torch.round(wf / scale[:, None]).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
+    return q, scale
+
+
+def quantize_int8_per_token(x: torch.Tensor):
+    """(..., K) float -> (q int8 (..., K), scale float32 (...)); dynamic, symmetric, per token.
+
+    The scale is amax / 127 and q = round(x / scale): the division form (not x * (127 / amax))
+    is the definition every kernel in qvit follows.
+    """
+    _check_tensor("x", x, FLOAT_DTYPES)
+    xf = x.float()
+    scale = (xf.abs().amax(dim=-1) / INT8_MAX).clamp(min=torch.finfo(torch.float32).tiny)
+    q = torch.round(xf / scale[..., None]).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
+    return q, scale
+
+
+def dequantize_int8(q: torch.Tensor, scale: torch.Tensor, dtype=torch.float32):
+    """Per-row scales: (R, K) int8, (R,) -> (R, K) dtype."""
+    _check_tensor("q", q, (torch.int8,))
+    return (q.float() * scale.float()[..., None]).to(dtype)
+
+
+def w8a8_linear_ref(x, wq, w_scale, bias=None, out_dtype=None):
+    """Reference W8A8 linear: quantize x per token, exact integer dot product, scale, bias.
+
+    x (..., K) float; wq int8 (N, K); w_scale float32 (N,). The integer dot is computed in
+    float64, which is exact for |sum| < 2^53 (K * 127 * 127 is far below that).
+    """
+    _check_tensor("wq", wq, (torch.int8,), 2)
+    if x.shape[-1] != wq.shape[1]:
+        raise ValueError(f"x has K={x.shape[-1]} features but the weight expects K={wq.shape[1]}")
+    xq, xs = quantize_int8_per_token(x)
+    return int8_matmul_ref(xq, xs, wq, w_scale, bias, out_dtype or x.dtype)
+
+
+def int8_matmul_ref(xq, x_scale, wq, w_scale, bias=None, out_dtype=torch.float32, gelu=False, residual=None):
+    """(xq (..., K) int8 . wq (N, K) int8^T) * x_scale[..., None] * w_scale[None] (+ bias)(-> gelu)(+ residual)."""
+    acc = xq.double() @ wq.double().t()
+    y = acc.float() * x_scale.float()[..., None] * w_scale.float()
+    if bias is not None:
+        y = y + bias.float()
+    if gelu:
+        y = torch.nn.functional.gelu(y)
+    if residual is not None:
+        y = y + residual.float()
+    return y.to(out_dtype)
+
+
+# ----------------------------------------------------------------------------- int4
+def pack_int4(u: torch.Tensor) -> torch.Tensor:
+    """(N, K) uint8 nibbles in [0, 15] -> (N, K // 2) uint8; k even -> low nibble, k odd -> high."""
+    _check_tensor("nibbles", u, (torch.uint8,), 2)
+    if u.shape[1] % 2:
+        raise ValueError(f"int4 packing needs an even K, got K={u.shape[1]}")
+    if int(u.max()) > 15 if u.numel() else False:
+        raise ValueError("int4 nibbles must lie in [0, 15]")
+    return (u[:, 0::2] | (u[:, 1::2] << 4)).contiguous()
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """(N, K // 2) uint8 -> (N, K) uint8 nibbles, the inverse of pack_int4."""
+    _check_tensor("packed", packed, (torch.uint8,), 2)
+    lo, hi = packed & 0xF, packed >> 4
+    return torch.stack((lo, hi), dim=-1).reshape(packed.shape[0], packed.shape[1] * 2)
+
+
+def quantize_int4(w: torch.Tensor, group_size: int = 128, symmetric: bool = True):
+    """(N, K) float -> (packed uint8 (N, K//2), scales fp16 (N, K//g), zeros uint8 (N, K//g) or None)."""
+    _check_tensor("weight", w, FLOAT_DTYPES, 2)
+    n, k = w.shape
+    check_group_size(k, group_size)
+    wg = w.float().reshape(n, k // group_size, group_size)
+    tiny = 2.0 ** -24  # smallest fp16 subnormal: keeps scale > 0 after rounding to fp16
+    if symmetric:
+        scale = (wg.abs().amax(-1) / 7).clamp(min=tiny).half()
+        q = torch.round(wg / scale.float()[..., None]).clamp(-7, 7)
+        u = (q + 8).to(torch.uint8)
+        zeros = None
+    else:
+        lo = wg.amin(-1).clamp(max=0)
+        hi = wg.amax(-1).clamp(min=0)
+        scale = ((hi - lo) / 15).clamp(min=tiny).half()
+        zeros_f = torch.round(-lo / scale.float()).clamp(0, 15)
+        u = (torch.round(wg / scale.float()[..., None]) + zeros_f[..., None]).clamp(0, 15).to(torch.uint8)
+        zeros = zeros_f.to(torch.uint8)
+    return pack_int4(u.reshape(n, k)), scale, zeros
+
+
+def dequantize_int4(packed, scales, zeros=None, group_size: int = 128, dtype=torch.float32):
+    """Inverse of quantize_int4 up to rounding: (N, K//2) -> (N, K) dtype, computed in float32."""
+    _check_tensor("packed", packed, (torch.uint8,), 2)
+    _check_tensor("scales", scales, (torch.float16, torch.float32, torch.bfloat16), 2)
+    n, k = packed.shape[0], packed.shape[1] * 2
+    check_group_size(k, group_size)
+    if tuple(scales.shape) != (n, k // group_size):
+        raise ValueError(f"scales must have shape {(n, k // group_size)} for K={k}, group_size={group_size}, "
+                         f"got {tuple(scales.shape)}")
+    u = unpack_int4(packed).float().reshape(n, k // group_size, group_size)
+    if zeros is None:
+        q = u - 8
+    else:
+        if tuple(zeros.shape) != tuple(scales.shape):
+            raise ValueError(f"zeros must have the shape of scales {tuple(scales.shape)}, got {tuple(zeros.shape)}")
+        q = u - zeros.float()[..., None]
+    return (q * scales.float()[..., None]).reshape(n, k).to(dtype)
+
+
+def w4a16_linear_ref(x, packed, scales, zeros=None, group_size=128, bias=None):
+    """Reference W4A16 linear: dequantize the weight to float32, matmul in float32, cast to x.dtype."""
+    w = dequantize_int4(packed, scales, zeros, group_size)
+    if x.shape[-1] != w.shape[1]:
+        raise ValueError(f"x has K={x.shape[-1]} features but the weight expects K={w.shape[1]}")
+    y = x.float() @ w.t()
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)
+
+
+def w4a8_linear_ref(x, packed, scales, group_size=128, bias=None):
+    """Reference W4A8 linear: x quantized per token to int8, symmetric int4 weights, exact
+    integer dot per group, float32 accumulation of the group-scaled partial sums."""
+    n, k = packed.shape[0], packed.shape[1] * 2
+    check_group_size(k, group_size)
+    xq, xs = quantize_int8_per_token(x)
+    q = (unpack_int4(packed).to(torch.int16) - 8).double().reshape(n, k // group_size, group_size)
+    xg = xq.double().reshape(*xq.shape[:-1], k // group_size, group_size)
+    part = torch.einsum("...gk,ngk->...ng", xg, q)  # exact integer partial sums per group
+    y = (part.float() * scales.float()).sum(-1) * xs[..., None]
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)
+
+
+# ----------------------------------------------------------------------------- NF4 (bitsandbytes layout)
+def _nf4_midpoints(device):
+    code = NF4_CODE.to(device)
+    return (code[1:] + code[:-1]) / 2
+
+
+def quantize_nf4(w: torch.Tensor, blocksize: int = 64):
+    """(N, K) float -> (packed uint8 (N*K//2,), absmax float32 (N*K//blocksize,)), bitsandbytes layout."""
+    _check_tensor("weight", w, FLOAT_DTYPES, 2)
+    if w.numel() % blocksize or blocksize % 2:
+        raise ValueError(f"NF4 blocksize={blocksize} must be even and divide numel={w.numel()}")
+    blocks = w.float().reshape(-1, blocksize)
+    absmax = blocks.abs().amax(-1)
+    normed = blocks / absmax.clamp(min=torch.finfo(torch.float32).tiny)[:, None]
+    # nearest code; a value exactly on a midpoint goes to the lower code, as bitsandbytes' x > mid test does
+    u = torch.bucketize(normed, _nf4_midpoints(w.device), right=False).to(torch.uint8).reshape(-1)
+    packed = (u[0::2] << 4) | u[1::2]
+    return packed.contiguous(), absmax
+
+
+def unpack_nf4(packed: torch.Tensor) -> torch.Tensor:
+    """(numel//2,) uint8 -> (numel,) uint8 codes, element 2i from the high nibble."""
+    _check_tensor("packed", packed, (torch.uint8,))
+    p = packed.reshape(-1)
+    return torch.stack((p >> 4, p & 0xF), dim=-1).reshape(-1)
+
+
+def dequantize_nf4(packed, absmax, shape, blocksize: int = 64, dtype=torch.float32):
+    """NF4_CODE[u] * absmax[block] in float32, then cast: what bitsandbytes' dequantize_4bit computes."""
+    _check_tensor("absmax", absmax, (torch.float32,))
+    numel = 1
+    for s in shape:
+        numel *= int(s)
+    if packed.numel() * 2 != numel:
+        raise ValueError(f"packed NF4 data holds {packed.numel() * 2} values, shape {tuple(shape)} needs {numel}")
+    if absmax.numel() * blocksize != numel:
+        raise ValueError(f"absmax has {absmax.numel()} blocks of {blocksize}; shape {tuple(shape)} needs "
+                         f"{numel // blocksize}")
+    vals = NF4_CODE.to(packed.device)[unpack_nf4(packed).long()].reshape(-1, blocksize)
+    return (vals * absmax.reshape(-1, 1)).reshape(shape).to(dtype)
+
+
+def nf4_linear_ref(x, packed, absmax, shape, blocksize=64, bias=None):
+    w = dequantize_nf4(packed, absmax, shape, blocksize)
+    y = x.float() @ w.t()
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)
+
+
+def nf4_from_bnb(weight) -> dict:
+    """Convert a bitsandbytes Params4bit (Linear4bit.weight) with quant_type 'nf4' into qvit's NF4
+    tensors, without re-quantizing: the packed bytes are kept and a double-quantized absmax is
+    expanded exactly as bitsandbytes does (code2[q] * absmax2[block] + offset, in float32).
+
+    Returns dict(packed, absmax, shape, blocksize).
+    """
+    qs = getattr(weight, "quant_state", None)
+    if qs is None:
+        raise ValueError("weight has no quant_state: not a quantized bitsandbytes Params4bit "
+                         "(move the Linear4bit to the GPU first so that it is quantized)")
+    if qs.quant_type != "nf4":
+        raise ValueError(f"only NF4 converts to qvit's NF4 format, got quant_type={qs.quant_type!r}")
+    code = qs.code.float().cpu()
+    if not torch.equal(code, NF4_CODE):
+        raise ValueError("the bitsandbytes NF4 code table differs from qvit's NF4_CODE")
+    absmax = qs.absmax
+    if getattr(qs, "nested", False) or qs.state2 is not None:
+        s2 = qs.state2
+        q = absmax.reshape(-1).long()
+        blocks = torch.arange(q.numel(), device=q.device) // s2.blocksize
+        absmax = s2.code.float()[q] * s2.absmax.float()[blocks]
+        absmax = absmax + qs.offset.float()
+    return dict(packed=weight.data.reshape(-1).contiguous(), absmax=absmax.float().contiguous(),
+                shape=tuple(qs.shape), blocksize=int(qs.blocksize))

@@ -1,0 +1,163 @@
+"""W4A16 linear: 4-bit weights dequantized in registers, fp16/bf16 tensor-core math.
+
+    y = x @ dequant(W)^T (+ bias),  accumulated in float32, rounded once to x.dtype.
+
+Formats (see qvit.kernels.quant for the packing):
+    mode "int4-sym":  W[n, k] = (u - 8) * scales[n, k // g]
+    mode "int4-asym": W[n, k] = (u - zeros[n, k // g]) * scales[n, k // g]
+    mode "nf4":       W[n, k] = NF4_CODE[u] * absmax[n * K / 64 + k // 64]   (bitsandbytes layout:
+                      the flat block index equals a row-major (N, K // 64) group index when 64 | K)
+Shapes: x (M, K) float16/bfloat16, K contiguous; packed uint8 (N, K // 2) (int4: k even in the low
+nibble; NF4: k even in the HIGH nibble); scales (N, K // g) fp16 (int4) or fp32 (NF4 absmax);
+zeros uint8 (N, K // g); bias (N,); y (M, N) in x.dtype.
+
+The dequantized weight tile is rounded to x.dtype before the MMA, exactly as the reference
+(dequantize in float32 -> x.dtype -> matmul) would round it, so the only extra error against the
+float32 reference is the MMA's accumulation order.
+
+Reference: `w4a16_linear_ref` / `nf4_linear_ref` in qvit.kernels.quant.
+"""
+from __future__ import annotations
+
+import torch
+
+from qvit.backend import interpreting
+from qvit.kernels.quant import NF4_CODE, check_group_size
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:
+    triton = None
+
+MODES = {"int4-sym": 0, "int4-asym": 1, "nf4": 2}
+
+
+if triton is not None:
+
+    def _configs():
+        if interpreting():
+            return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32, "SPLIT_K": 1}, num_warps=4, num_stages=1)]
+        cfgs = []
+        for bm, bn, bk, w, s in [(16, 64, 128, 4, 4), (32, 64, 128, 4, 4), (64, 64, 64, 4, 4), (64, 128, 64, 4, 4),
+                                 (128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (128, 128, 128, 8, 3), (64, 256, 64, 8, 3)]:
+            cfgs.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": 1}, num_warps=w, num_stages=s))
+        return cfgs
+
+    def _prune(configs, named_args, **kwargs):
+        m, g = named_args["M"], named_args["GROUP"]
+        out = [c for c in configs if g % c.kwargs["BLOCK_K"] == 0 and c.kwargs["BLOCK_M"] <= 2 * max(m, 16)]
+        return out or [triton.Config({"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 32, "SPLIT_K": 1}, num_warps=4)]
+
+    @triton.jit
+    def _unpack_tile(p, NIBBLE_HI_FIRST: tl.constexpr):
+        """(BN, BK // 2) uint8 -> (BN, BK) nibbles as int32, in k order."""
+        lo = (p & 0xF).to(tl.int32)
+        hi = (p >> 4).to(tl.int32)
+        if NIBBLE_HI_FIRST:
+            return tl.interleave(hi, lo)
+        return tl.interleave(lo, hi)
+
+    @triton.autotune(configs=_configs(), key=["M", "N", "K", "GROUP", "MODE"],
+                     prune_configs_by={"early_config_prune": _prune})
+    @triton.jit
+    def _w4a16_kernel(x_ptr, p_ptr, s_ptr, z_ptr, code_ptr, b_ptr, y_ptr, M, N, K,
+                      stride_xm, stride_pn, stride_sn, stride_ym,
+                      GROUP: tl.constexpr, MODE: tl.constexpr, HAS_BIAS: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
+        tl.static_assert(GROUP % BLOCK_K == 0)
+        pid_m = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_k = tl.arange(0, BLOCK_K)
+        offs_kh = tl.arange(0, BLOCK_K // 2)
+        mask_m = offs_m < M
+        mask_n = offs_n < N
+        x_ptrs = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm + offs_k[None, :]
+        p_ptrs = p_ptr + offs_n[:, None].to(tl.int64) * stride_pn + offs_kh[None, :]
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            a = tl.load(x_ptrs, mask=mask_m[:, None], other=0.0)
+            p = tl.load(p_ptrs, mask=mask_n[:, None], other=0)
+            u = _unpack_tile(p, MODE == 2)
+            g = k0 // GROUP
+            s = tl.load(s_ptr + offs_n.to(tl.int64) * stride_sn + g, mask=mask_n, other=0.0).to(tl.float32)
+            if MODE == 0:
+                w = (u - 8).to(tl.float32) * s[:, None]
+            elif MODE == 1:
+                z = tl.load(z_ptr + offs_n.to(tl.int64) * stride_sn + g, mask=mask_n, other=0).to(tl.int32)
+                w = (u - z[:, None]).to(tl.float32) * s[:, None]
+            else:
+                w = tl.load(code_ptr + u) * s[:, None]
+            acc = tl.dot(a, tl.trans(w.to(x_ptr.dtype.element_ty)), acc)
+            x_ptrs += BLOCK_K
+            p_ptrs += BLOCK_K // 2
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        tl.store(y_ptr + offs_m[:, None].to(tl.int64) * stride_ym + offs_n[None, :],
+                 acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+_code_cache: dict = {}
+
+
+def _nf4_code(device):
+    if device not in _code_cache:
+        _code_cache[device] = NF4_CODE.to(device)
+    return _code_cache[device]
+
+
+def _validate(x, packed, scales, zeros, bias, group_size, mode):
+    if triton is None:
+        raise RuntimeError("w4a16_linear: triton is not installed")
+    if mode not in MODES:
+        raise ValueError(f"w4a16_linear: mode must be one of {list(MODES)}, got {mode!r}")
+    if x.ndim != 2 or x.dtype not in (torch.float16, torch.bfloat16):
+        raise TypeError(f"w4a16_linear: x must be 2-D float16/bfloat16, got {x.dtype} {tuple(x.shape)}")
+    if packed.dtype != torch.uint8 or packed.ndim != 2:
+        raise TypeError(f"w4a16_linear: packed must be 2-D uint8 (N, K/2), got {packed.dtype} {tuple(packed.shape)}")
+    m, k = x.shape
+    n = packed.shape[0]
+    if packed.shape[1] * 2 != k:
+        raise ValueError(f"w4a16_linear: x has K={k} but packed holds K={packed.shape[1] * 2}")
+    check_group_size(k, group_size)
+    if group_size % 32:
+        raise ValueError(f"w4a16_linear: group_size={group_size} must be a multiple of 32 for the kernel")
+    want = (n, k // group_size)
+    if tuple(scales.shape) != want:
+        raise ValueError(f"w4a16_linear: scales must have shape {want}, got {tuple(scales.shape)}")
+    if mode == "int4-asym" and (zeros is None or tuple(zeros.shape) != want or zeros.dtype != torch.uint8):
+        raise ValueError(f"w4a16_linear: int4-asym needs uint8 zeros of shape {want}")
+    if mode == "nf4" and scales.dtype != torch.float32:
+        raise TypeError("w4a16_linear: NF4 absmax must be float32")
+    if bias is not None and bias.shape != (n,):
+        raise ValueError(f"w4a16_linear: bias must be ({n},), got {tuple(bias.shape)}")
+    devs = {t.device for t in (x, packed, scales, zeros, bias) if t is not None}
+    if len(devs) != 1:
+        raise ValueError(f"w4a16_linear: all tensors must be on one device, got {sorted(map(str, devs))}")
+    if x.device.type == "cpu" and not interpreting():
+        raise ValueError("w4a16_linear: CPU tensors need TRITON_INTERPRET=1 (or use the torch backend)")
+    if x.stride(1) != 1 or not packed.is_contiguous() or not scales.is_contiguous():
+        raise ValueError("w4a16_linear: x must be K-contiguous; packed and scales contiguous")
+
+
+@torch.library.custom_op("qvit::w4a16_linear", mutates_args=())
+def w4a16_linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
+                 bias: torch.Tensor | None, group_size: int, mode: str) -> torch.Tensor:
+    """y = x @ dequant(packed)^T (+ bias); see the module docstring."""
+    _validate(x, packed, scales, zeros, bias, group_size, mode)
+    m, k = x.shape
+    n = packed.shape[0]
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]))  # noqa: E731
+    _w4a16_kernel[grid](x, packed, scales, zeros if zeros is not None else packed, _nf4_code(x.device),
+                        bias if bias is not None else scales, y, m, n, k,
+                        x.stride(0), packed.stride(0), scales.stride(0), y.stride(0),
+                        GROUP=group_size, MODE=MODES[mode], HAS_BIAS=bias is not None)
+    return y
+
+
+@w4a16_linear.register_fake
+def _(x, packed, scales, zeros, bias, group_size, mode):
+    return x.new_empty((x.shape[0], packed.shape[0]))

@@ -1,0 +1,130 @@
+"""W4A8 linear: symmetric int4 weights expanded to int8 in registers, int8 tensor cores.
+
+    y[m, n] = x_scale[m] * sum_g scales[n, g] * (sum_{k in g} xq[m, k] * (u[n, k] - 8))  (+ bias[n])
+
+The inner sums are exact int32 MMAs over one group; each group's partial sum is scaled by its
+fp16 scale and accumulated in float32 (QServe-style "expand to int8, keep the tensor cores").
+With group_size = K the weight is per-channel and the whole dot stays in int32.
+
+Shapes: xq int8 (M, K), x_scale float32 (M,) (from qvit.kernels.layernorm_quant or
+quantize_int8_per_token); packed uint8 (N, K // 2) (int4 format of qvit.kernels.quant: k even in
+the low nibble); scales fp16 (N, K // g); bias (N,); y (M, N) float16/bfloat16/float32.
+
+Reference: `w4a8_linear_ref` in qvit.kernels.quant (and int8_matmul_ref on the expanded weight).
+"""
+from __future__ import annotations
+
+import torch
+
+from qvit.backend import interpreting
+from qvit.kernels.quant import check_group_size
+
+try:
+    import triton
+    import triton.language as tl
+    from qvit.kernels.w4a16_linear import _unpack_tile
+except ImportError:
+    triton = None
+
+
+if triton is not None:
+
+    def _configs():
+        if interpreting():
+            return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32, "GROUP_M": 4}, num_warps=4, num_stages=1)]
+        return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
+                for bm, bn, bk, w, s in [(128, 256, 128, 8, 3), (128, 128, 128, 8, 4), (128, 128, 128, 4, 4),
+                                         (64, 128, 128, 4, 4), (128, 64, 128, 4, 4), (64, 64, 128, 4, 4),
+                                         (128, 256, 64, 8, 4), (32, 64, 128, 4, 4)]]
+
+    def _prune(configs, named_args, **kwargs):
+        m, g = named_args["M"], named_args["GROUP"]
+        out = [c for c in configs if g % c.kwargs["BLOCK_K"] == 0 and c.kwargs["BLOCK_M"] <= 2 * max(m, 16)]
+        return out or [triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_warps=4)]
+
+    @triton.autotune(configs=_configs(), key=["M", "N", "K", "GROUP"],
+                     prune_configs_by={"early_config_prune": _prune})
+    @triton.jit
+    def _w4a8_kernel(x_ptr, xs_ptr, p_ptr, s_ptr, b_ptr, y_ptr, M, N, K,
+                     stride_xm, stride_pn, stride_sn, stride_ym,
+                     GROUP: tl.constexpr, HAS_BIAS: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+        tl.static_assert(GROUP % BLOCK_K == 0)
+        pid = tl.program_id(0)
+        num_pid_m = tl.cdiv(M, BLOCK_M)
+        num_pid_n = tl.cdiv(N, BLOCK_N)
+        width = GROUP_M * num_pid_n
+        first_m = (pid // width) * GROUP_M
+        gm = min(num_pid_m - first_m, GROUP_M)
+        pid_m = first_m + (pid % width) % gm
+        pid_n = (pid % width) // gm
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_k = tl.arange(0, BLOCK_K)
+        offs_kh = tl.arange(0, BLOCK_K // 2)
+        mask_m = offs_m < M
+        mask_n = offs_n < N
+        x_ptrs = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm + offs_k[None, :]
+        p_ptrs = p_ptr + offs_n[:, None].to(tl.int64) * stride_pn + offs_kh[None, :]
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        iacc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+        for k0 in range(0, K, BLOCK_K):
+            a = tl.load(x_ptrs, mask=mask_m[:, None], other=0)
+            p = tl.load(p_ptrs, mask=mask_n[:, None], other=0)
+            w = (_unpack_tile(p, False) - 8).to(tl.int8)
+            iacc = tl.dot(a, tl.trans(w), iacc, out_dtype=tl.int32)
+            if (k0 + BLOCK_K) % GROUP == 0:
+                s = tl.load(s_ptr + offs_n.to(tl.int64) * stride_sn + k0 // GROUP, mask=mask_n, other=0.0)
+                acc += iacc.to(tl.float32) * s.to(tl.float32)[None, :]
+                iacc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+            x_ptrs += BLOCK_K
+            p_ptrs += BLOCK_K // 2
+        xs = tl.load(xs_ptr + offs_m, mask=mask_m, other=0.0)
+        y = acc * xs[:, None]
+        if HAS_BIAS:
+            y += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        tl.store(y_ptr + offs_m[:, None].to(tl.int64) * stride_ym + offs_n[None, :],
+                 y.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+@torch.library.custom_op("qvit::w4a8_linear", mutates_args=())
+def w4a8_linear(xq: torch.Tensor, x_scale: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor,
+                bias: torch.Tensor | None, group_size: int, out_dtype: torch.dtype = torch.float16) -> torch.Tensor:
+    """y = x_scale * sum_g scales_g * (xq . (u - 8))_g (+ bias); see the module docstring."""
+    if triton is None:
+        raise RuntimeError("w4a8_linear: triton is not installed")
+    if xq.dtype != torch.int8 or xq.ndim != 2:
+        raise TypeError(f"w4a8_linear: xq must be 2-D int8, got {xq.dtype} {tuple(xq.shape)}")
+    if x_scale.dtype != torch.float32 or x_scale.shape != xq.shape[:1]:
+        raise TypeError(f"w4a8_linear: x_scale must be float32 ({xq.shape[0]},)")
+    if packed.dtype != torch.uint8 or packed.ndim != 2:
+        raise TypeError(f"w4a8_linear: packed must be 2-D uint8 (N, K/2), got {packed.dtype} {tuple(packed.shape)}")
+    m, k = xq.shape
+    n = packed.shape[0]
+    if packed.shape[1] * 2 != k:
+        raise ValueError(f"w4a8_linear: xq has K={k} but packed holds K={packed.shape[1] * 2}")
+    check_group_size(k, group_size)
+    if group_size % 32:
+        raise ValueError(f"w4a8_linear: group_size={group_size} must be a multiple of 32 for the kernel")
+    if tuple(scales.shape) != (n, k // group_size):
+        raise ValueError(f"w4a8_linear: scales must have shape {(n, k // group_size)}, got {tuple(scales.shape)}")
+    if bias is not None and bias.shape != (n,):
+        raise ValueError(f"w4a8_linear: bias must be ({n},), got {tuple(bias.shape)}")
+    devs = {t.device for t in (xq, x_scale, packed, scales, bias) if t is not None}
+    if len(devs) != 1:
+        raise ValueError(f"w4a8_linear: all tensors must be on one device, got {sorted(map(str, devs))}")
+    if xq.device.type == "cpu" and not interpreting():
+        raise ValueError("w4a8_linear: CPU tensors need TRITON_INTERPRET=1 (or use the torch backend)")
+    if xq.stride(1) != 1 or not packed.is_contiguous() or not scales.is_contiguous():
+        raise ValueError("w4a8_linear: xq must be K-contiguous; packed and scales contiguous")
+    y = torch.empty((m, n), dtype=out_dtype, device=xq.device)
+    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
+    _w4a8_kernel[grid](xq, x_scale, packed, scales, bias if bias is not None else scales, y, m, n, k,
+                       xq.stride(0), packed.stride(0), scales.stride(0), y.stride(0),
+                       GROUP=group_size, HAS_BIAS=bias is not None)
+    return y
+
+
+@w4a8_linear.register_fake
+def _(xq, x_scale, packed, scales, bias, group_size, out_dtype=torch.float16):
+    return xq.new_empty((xq.shape[0], packed.shape[0]), dtype=out_dtype)

@@ -1,0 +1,169 @@
+"""W8A8 linear: int8 activations x int8 weights on the int8 tensor cores, fused epilogue.
+
+    y[m, n] = (sum_k xq[m, k] * wq[n, k]) * x_scale[m] * w_scale[n]  (+ bias[n])  (-> gelu)  (+ residual[m, n])
+
+Shapes: xq int8 (M, K) row-major; x_scale float32 (M,); wq int8 (N, K) row-major (nn.Linear
+layout, K-contiguous, which is the K-major B operand the int8 MMA wants); w_scale float32 (N,);
+bias float (N,) or None; residual (M, N) in the output dtype or None; y (M, N) float16 / bfloat16 /
+float32. The dot product accumulates in int32 (exact: |acc| <= K * 127^2 < 2^31 for K < 133,000);
+the epilogue runs in float32 and rounds once to the output dtype. GELU is the erf form (nn.GELU()).
+
+Reference: `qvit.kernels.quant.int8_matmul_ref` (exact integer dot in float64).
+"""
+from __future__ import annotations
+
+import torch
+
+from qvit.backend import interpreting
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # the torch backend still works; the launcher raises with the reason
+    triton = None
+
+_OUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+if triton is not None:
+
+    def _configs():
+        if interpreting():
+            return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32, "GROUP_M": 4}, num_warps=4, num_stages=1)]
+        cfgs = []
+        for bm, bn, bk, w, s in [
+            (128, 256, 128, 8, 3), (256, 128, 128, 8, 3), (128, 128, 128, 4, 4), (128, 128, 128, 8, 4),
+            (128, 64, 128, 4, 4), (64, 128, 128, 4, 4), (64, 64, 128, 4, 4), (128, 256, 64, 8, 4),
+            (64, 256, 128, 8, 3), (32, 64, 256, 4, 3),
+        ]:
+            cfgs.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8},
+                                      num_warps=w, num_stages=s))
+        return cfgs
+
+    def _prune(configs, named_args, **kwargs):
+        m, n, k = named_args["M"], named_args["N"], named_args["K"]
+        out = []
+        for c in configs:
+            bm, bn, bk = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]
+            # drop tiles far larger than the problem (they only add padding work)
+            if bm > 2 * max(m, 16) or bn > 2 * max(n, 16) or bk > 2 * max(k, 32):
+                continue
+            out.append(c)
+        return out or configs[-1:]
+
+    @triton.jit
+    def _gelu_erf(x):
+        return 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
+
+    @triton.autotune(configs=_configs(), key=["M", "N", "K", "HAS_RES", "GELU"],
+                     prune_configs_by={"early_config_prune": _prune})
+    @triton.jit
+    def _w8a8_kernel(
+        x_ptr, xs_ptr, w_ptr, ws_ptr, b_ptr, r_ptr, y_ptr,
+        M, N, K,
+        stride_xm, stride_wn, stride_rm, stride_ym,
+        HAS_BIAS: tl.constexpr, GELU: tl.constexpr, HAS_RES: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    ):
+        # grouped tile order: GROUP_M row-tiles share one sweep over N, so W tiles stay in L2
+        pid = tl.program_id(0)
+        num_pid_m = tl.cdiv(M, BLOCK_M)
+        num_pid_n = tl.cdiv(N, BLOCK_N)
+        group = GROUP_M * num_pid_n
+        first_m = (pid // group) * GROUP_M
+        gm = min(num_pid_m - first_m, GROUP_M)
+        pid_m = first_m + (pid % group) % gm
+        pid_n = (pid % group) // gm
+
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_k = tl.arange(0, BLOCK_K)
+        mask_m = offs_m < M
+        mask_n = offs_n < N
+        # 64-bit row offsets: M * K overflows int32 beyond 2^31 elements
+        x_ptrs = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm + offs_k[None, :]
+        w_ptrs = w_ptr + offs_n[None, :].to(tl.int64) * stride_wn + offs_k[:, None]
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+        for k0 in range(0, K, BLOCK_K):
+            kmask = (k0 + offs_k) < K
+            a = tl.load(x_ptrs, mask=mask_m[:, None] & kmask[None, :], other=0)
+            b = tl.load(w_ptrs, mask=kmask[:, None] & mask_n[None, :], other=0)
+            acc = tl.dot(a, b, acc, out_dtype=tl.int32)
+            x_ptrs += BLOCK_K
+            w_ptrs += BLOCK_K
+
+        xs = tl.load(xs_ptr + offs_m, mask=mask_m, other=0.0)
+        ws = tl.load(ws_ptr + offs_n, mask=mask_n, other=0.0)
+        y = acc.to(tl.float32) * xs[:, None] * ws[None, :]
+        if HAS_BIAS:
+            y += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        if GELU:
+            y = _gelu_erf(y)
+        mask = mask_m[:, None] & mask_n[None, :]
+        if HAS_RES:
+            r = tl.load(r_ptr + offs_m[:, None].to(tl.int64) * stride_rm + offs_n[None, :], mask=mask, other=0.0)
+            y += r.to(tl.float32)
+        tl.store(y_ptr + offs_m[:, None].to(tl.int64) * stride_ym + offs_n[None, :],
+                 y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+def _validate(xq, x_scale, wq, w_scale, bias, residual, out_dtype):
+    if triton is None:
+        raise RuntimeError("w8a8_linear: triton is not installed")
+    for name, t, dt in (("xq", xq, torch.int8), ("wq", wq, torch.int8),
+                        ("x_scale", x_scale, torch.float32), ("w_scale", w_scale, torch.float32)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"w8a8_linear: {name} must be a tensor")
+        if t.dtype != dt:
+            raise TypeError(f"w8a8_linear: {name} must be {dt}, got {t.dtype}")
+    if xq.ndim != 2 or wq.ndim != 2:
+        raise ValueError(f"w8a8_linear: xq and wq must be 2-D, got {tuple(xq.shape)} and {tuple(wq.shape)}")
+    m, k = xq.shape
+    n, k2 = wq.shape
+    if k != k2:
+        raise ValueError(f"w8a8_linear: xq has K={k} but wq has K={k2}")
+    if x_scale.shape != (m,) or w_scale.shape != (n,):
+        raise ValueError(f"w8a8_linear: scales must be ({m},) and ({n},), got {tuple(x_scale.shape)} "
+                         f"and {tuple(w_scale.shape)}")
+    if bias is not None and bias.shape != (n,):
+        raise ValueError(f"w8a8_linear: bias must be ({n},), got {tuple(bias.shape)}")
+    if residual is not None and residual.shape != (m, n):
+        raise ValueError(f"w8a8_linear: residual must be ({m}, {n}), got {tuple(residual.shape)}")
+    if out_dtype not in _OUT_DTYPES:
+        raise TypeError(f"w8a8_linear: out_dtype must be one of {_OUT_DTYPES}, got {out_dtype}")
+    devs = {t.device for t in (xq, x_scale, wq, w_scale, bias, residual) if t is not None}
+    if len(devs) != 1:
+        raise ValueError(f"w8a8_linear: all tensors must be on one device, got {sorted(map(str, devs))}")
+    if xq.device.type == "cpu" and not interpreting():
+        raise ValueError("w8a8_linear: CPU tensors need TRITON_INTERPRET=1 (or use the torch backend)")
+    if xq.stride(1) != 1 or wq.stride(1) != 1:
+        raise ValueError("w8a8_linear: xq and wq must be contiguous along K")
+    if k > 133_000:
+        raise ValueError(f"w8a8_linear: K={k} could overflow the int32 accumulator")
+
+
+@torch.library.custom_op("qvit::w8a8_linear", mutates_args=())
+def w8a8_linear(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor,
+                bias: torch.Tensor | None = None, residual: torch.Tensor | None = None,
+                gelu: bool = False, out_dtype: torch.dtype = torch.float16) -> torch.Tensor:
+    """y = epilogue(xq @ wq^T); see the module docstring."""
+    _validate(xq, x_scale, wq, w_scale, bias, residual, out_dtype)
+    m, k = xq.shape
+    n = wq.shape[0]
+    y = torch.empty((m, n), dtype=out_dtype, device=xq.device)
+    if residual is not None and residual.stride(1) != 1:
+        residual = residual.contiguous()
+    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
+    _w8a8_kernel[grid](
+        xq, x_scale, wq, w_scale, bias if bias is not None else w_scale,
+        residual if residual is not None else y, y,
+        m, n, k, xq.stride(0), wq.stride(0),
+        residual.stride(0) if residual is not None else 0, y.stride(0),
+        HAS_BIAS=bias is not None, GELU=gelu, HAS_RES=residual is not None,
+    )
+    return y
+
+
+@w8a8_linear.register_fake
+def _(xq, x_scale, wq, w_scale, bias=None, residual=None, gelu=False, out_dtype=torch.float16):
+    return xq.new_empty((xq.shape[0], wq.shape[0]), dtype=out_dtype)

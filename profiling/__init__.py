@@ -1,0 +1,1 @@
+"""qvit.profiling"""

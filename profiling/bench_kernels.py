@@ -1,0 +1,349 @@
+"""Kernel benchmarks on one GPU, every qvit kernel beside its baselines in the same run.
+
+    python -m qvit.profiling.bench_kernels --out DIR [--quick] [--only linear,attention,lnq,ceilings]
+
+Writes DIR/bench_kernels.json (card, versions, commit, every measurement with its correctness
+check) and DIR/bench_kernels.md (the tables). Times are medians of triton.testing.do_bench
+(CUDA events) after warm-up; the ceilings (copy bandwidth, cuBLAS bf16 and int8 8192^3) are
+measured in the same run so every ratio compares numbers from one card at one time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+
+import torch
+
+VIT_L_LINEARS = {"qkv": (1024, 3072), "proj": (1024, 1024), "fc1": (1024, 4096), "fc2": (4096, 1024)}
+
+
+def bench(fn, warmup=25, rep=100):
+    import triton.testing
+    return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
+
+
+def rel_err(y, ref):
+    y, ref = y.float(), ref.float()
+    if not torch.isfinite(y).all():
+        return float("nan")
+    return float((y - ref).norm() / ref.norm().clamp(min=1e-30))
+
+
+def env_info():
+    import importlib.metadata as md
+
+    def v(name):
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:
+            return None
+    commit = os.environ.get("QVIT_COMMIT")
+    if not commit and os.path.exists(".gpu/commit"):
+        commit = open(".gpu/commit").read().strip()
+    p = torch.cuda.get_device_properties(0)
+    return {"card": torch.cuda.get_device_name(0), "sm_count": p.multi_processor_count,
+            "capability": f"{p.major}.{p.minor}", "memory_gb": round(p.total_memory / 2**30, 1),
+            "torch": torch.__version__, "cuda": torch.version.cuda, "triton": v("triton"),
+            "bitsandbytes": v("bitsandbytes"), "torchao": v("torchao"), "python": platform.python_version(),
+            "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+
+
+# ----------------------------------------------------------------------------- ceilings
+def ceilings(res):
+    n = 1 << 28  # 256M bf16 = 512 MB each way
+    a = torch.empty(n, dtype=torch.bfloat16, device="cuda").normal_()
+    b = torch.empty_like(a)
+    ms = bench(lambda: b.copy_(a))
+    res["copy_TBps"] = 2 * a.numel() * 2 / ms / 1e9
+    del a, b
+    s = 8192
+    x = torch.randn(s, s, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(s, s, device="cuda", dtype=torch.bfloat16)
+    ms = bench(lambda: x @ w)
+    res["bf16_mm_TFLOPs"] = 2 * s**3 / ms / 1e9
+    xi = torch.randint(-127, 128, (s, s), device="cuda", dtype=torch.int8)
+    wi = torch.randint(-127, 128, (s, s), device="cuda", dtype=torch.int8)
+    ms = bench(lambda: torch._int_mm(xi, wi.t()))
+    res["int8_mm_TOPs"] = 2 * s**3 / ms / 1e9
+    print(f"ceilings: copy {res['copy_TBps']:.2f} TB/s, bf16 {res['bf16_mm_TFLOPs']:.0f} TFLOP/s, "
+          f"int8 {res['int8_mm_TOPs']:.0f} TOP/s", flush=True)
+
+
+# ----------------------------------------------------------------------------- linears
+def linear_providers(x, lin, k, n):
+    """name -> (callable, output-for-check or None, reference or None). x bf16 (M, K)."""
+    from qvit.kernels import quant as Q
+    from qvit.kernels.layernorm_quant import layernorm_quant
+    from qvit.kernels.w4a8_linear import w4a8_linear
+    from qvit.kernels.w4a16_linear import w4a16_linear
+    from qvit.kernels.w8a8_linear import w8a8_linear
+    w = lin.weight.detach()
+    bias = lin.bias.detach().float()
+    P = {}
+    P["torch bf16 (cuBLAS)"] = lambda: torch.nn.functional.linear(x, w, lin.bias)
+    wq, ws = Q.quantize_int8_per_channel(w)
+    xq, xs = Q.quantize_int8_per_token(x)
+    if x.shape[0] > 16:
+        P["torch._int_mm (raw int32)"] = lambda: torch._int_mm(xq, wq.t())
+    try:
+        w8 = w.to(torch.float8_e4m3fn)
+        x8 = x.to(torch.float8_e4m3fn)
+        one = torch.ones((), device="cuda")
+        if x.shape[0] % 16 == 0:
+            P["torch._scaled_mm fp8 (raw)"] = lambda: torch._scaled_mm(x8, w8.t(), one, one, out_dtype=torch.bfloat16)
+    except Exception:
+        pass
+    P["qvit w8a8 (int8 in)"] = lambda: w8a8_linear(xq, xs, wq, ws, bias, None, False, torch.bfloat16)
+    P["qvit w8a8 (+act quant)"] = lambda: w8a8_linear(*layernorm_quant(x), wq, ws, bias, None, False, torch.bfloat16)
+    p4, s4, _ = Q.quantize_int4(w, 128, True)
+    P["qvit w4a8 g128 (int8 in)"] = lambda: w4a8_linear(xq, xs, p4, s4, bias, 128, torch.bfloat16)
+    P["qvit w4a16 int4 g128"] = lambda: w4a16_linear(x, p4, s4, None, bias, 128, "int4-sym")
+    pn, an = Q.quantize_nf4(w, 64)
+    pn, an = pn.view(n, k // 2), an.view(n, k // 64)
+    P["qvit w4a16 nf4"] = lambda: w4a16_linear(x, pn, an, None, bias, 64, "nf4")
+    refs = {
+        "qvit w8a8 (int8 in)": (lambda: Q.int8_matmul_ref(xq, xs, wq, ws, bias, torch.float32)),
+        "qvit w4a8 g128 (int8 in)": (lambda: Q.w4a8_linear_ref(x.float(), p4, s4, 128, bias)),
+        "qvit w4a16 int4 g128": (lambda: Q.w4a16_linear_ref(x.float(), p4, s4, None, 128, bias)),
+        "qvit w4a16 nf4": (lambda: Q.nf4_linear_ref(x.float(), pn.reshape(-1), an.reshape(-1), (n, k), 64, bias)),
+    }
+    # peers
+    try:
+        import bitsandbytes as bnb
+        l4 = bnb.nn.Linear4bit(k, n, bias=True, compute_dtype=torch.bfloat16, quant_type="nf4")
+        l4.load_state_dict(lin.state_dict())
+        l4 = l4.cuda()
+        P["bnb NF4 Linear4bit"] = lambda: l4(x)
+        l8 = bnb.nn.Linear8bitLt(k, n, bias=True, has_fp16_weights=False, threshold=6.0)
+        l8.load_state_dict({kk: v.half() for kk, v in lin.state_dict().items()})
+        l8 = l8.cuda()
+        xh = x.half()
+        P["bnb LLM.int8 Linear8bitLt"] = lambda: l8(xh)
+    except Exception as e:
+        print(f"  bitsandbytes unavailable: {type(e).__name__}: {e}", flush=True)
+    return P, refs
+
+
+def bench_linears(res, quick):
+    ms_list = [197, 12608] if quick else [197, 12608, 50432]
+    out = []
+    for name, (k, n) in VIT_L_LINEARS.items():
+        lin = torch.nn.Linear(k, n, device="cuda", dtype=torch.bfloat16)
+        for m in ms_list:
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            P, refs = linear_providers(x, lin, k, n)
+            row = {"layer": name, "M": m, "K": k, "N": n, "flops": 2 * m * k * n, "providers": {}}
+            for pname, fn in P.items():
+                try:
+                    y = fn()
+                    torch.cuda.synchronize()
+                    entry = {"ms": bench(fn)}
+                    if pname in refs:
+                        entry["rel_err"] = rel_err(y, refs[pname]())
+                    row["providers"][pname] = entry
+                except Exception as e:
+                    row["providers"][pname] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
+            base = row["providers"].get("torch bf16 (cuBLAS)", {}).get("ms")
+            for entry in row["providers"].values():
+                if "ms" in entry:
+                    entry["TFLOPs"] = row["flops"] / entry["ms"] / 1e9
+                    if base:
+                        entry["speedup_vs_bf16"] = base / entry["ms"]
+            out.append(row)
+            best = ", ".join(f"{p}={e['ms'] * 1e3:.1f}us" for p, e in row["providers"].items() if "ms" in e)
+            print(f"linear {name} M={m}: {best}", flush=True)
+            del x
+    res["linears"] = out
+
+
+# ----------------------------------------------------------------------------- layernorm + quant
+def bench_lnq(res):
+    from qvit import _ext
+    from qvit.kernels.layernorm_quant import layernorm_quant, layernorm_quant_ref
+    out = []
+    for m, k in [(12608, 1024), (50432, 1024), (12608, 4096)]:
+        x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+        w = torch.randn(k, device="cuda", dtype=torch.float16)
+        b = torch.randn(k, device="cuda", dtype=torch.float16)
+        qr, sr = layernorm_quant_ref(x, w, b)
+        nbytes = m * k * 2 + m * k + m * 4
+        row = {"M": m, "K": k, "bytes": nbytes, "providers": {}}
+        provs = {"qvit triton": lambda: layernorm_quant(x, w, b),
+                 "torch (layer_norm + quantize, eager)": lambda: layernorm_quant_ref(x, w, b)}
+        if _ext.load_error() is None:
+            ops = _ext.ops()
+            provs["qvit cuda"] = lambda: ops.layernorm_quant(x, w, b, 1e-6)
+        for pname, fn in provs.items():
+            try:
+                q, s = fn()
+                mism = int((q.int() - qr.int()).abs().gt(0).sum())
+                maxdiff = int((q.int() - qr.int()).abs().max())
+                ms = bench(fn)
+                row["providers"][pname] = {"ms": ms, "TBps": nbytes / ms / 1e9, "q_mismatch": mism, "q_maxdiff": maxdiff,
+                                           "scale_rel_err": float(((s - sr).abs() / sr).max())}
+            except Exception as e:
+                row["providers"][pname] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
+        if "copy_TBps" in res:
+            for e in row["providers"].values():
+                if "TBps" in e:
+                    e["frac_of_copy"] = e["TBps"] / res["copy_TBps"]
+        out.append(row)
+        print(f"lnq M={m} K={k}: " + ", ".join(f"{p}={e.get('TBps', float('nan')):.2f}TB/s" for p, e in
+                                               row["providers"].items()), flush=True)
+    res["layernorm_quant"] = out
+
+
+# ----------------------------------------------------------------------------- attention
+def bench_attention(res, quick):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from qvit.kernels.attention import attention_fwd, attention_int8, attention_ref, quantize_qk
+    shapes = [(1, 197), (64, 197), (64, 577)] if quick else [(1, 197), (64, 197), (256, 197), (64, 257), (64, 577), (1, 577)]
+    h, d = 16, 64
+    out = []
+    try:
+        from sageattention import sageattn
+    except Exception:
+        sageattn = None
+    for b, s in shapes:
+        qkv = torch.randn(b, s, 3, h, d, device="cuda", dtype=torch.float16)
+        q, k, v = qkv.unbind(2)
+        qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
+        ref = attention_ref(q, k, v, upcast=True)
+        flops = 4 * b * h * s * s * d
+        row = {"B": b, "S": s, "H": h, "D": d, "flops": flops, "providers": {}}
+        provs = {}
+        for nm, be in [("SDPA FLASH (FA2)", SDPBackend.FLASH_ATTENTION), ("SDPA cuDNN", SDPBackend.CUDNN_ATTENTION),
+                       ("SDPA efficient", SDPBackend.EFFICIENT_ATTENTION), ("SDPA math", SDPBackend.MATH)]:
+            def f(be=be):
+                with sdpa_kernel([be]):
+                    return torch.nn.functional.scaled_dot_product_attention(qt, kt, vt).transpose(1, 2)
+            provs[nm] = f
+        if sageattn is not None:
+            provs["SageAttention 1.0.6"] = lambda: sageattn(qt, kt, vt, tensor_layout="HND", is_causal=False).transpose(1, 2)
+        provs["qvit fp16"] = lambda: attention_fwd(q, k, v, d ** -0.5)[0]
+        q8, qs, k8, ks = quantize_qk(q, k)
+        provs["qvit int8 QK (pre-quantized)"] = lambda: attention_int8(q8, qs, k8, ks, v, d ** -0.5)
+        provs["qvit int8 QK (+quantize in torch)"] = lambda: attention_int8(*quantize_qk(q, k), v, d ** -0.5)
+        for pname, fn in provs.items():
+            if pname == "SDPA math" and b * s * s > 64 * 577 * 577:
+                continue
+            try:
+                y = fn()
+                torch.cuda.synchronize()
+                e = {"ms": bench(fn), "rel_err": rel_err(y, ref)}
+                e["TFLOPs"] = flops / e["ms"] / 1e9
+                row["providers"][pname] = e
+            except Exception as ex:
+                row["providers"][pname] = {"error": f"{type(ex).__name__}: {str(ex)[:200]}"}
+        row["fp16_sdpa_rel_err"] = rel_err(attention_ref(q, k, v, upcast=False), ref)
+        out.append(row)
+        print(f"attn B={b} S={s}: " + ", ".join(f"{p}={e['ms'] * 1e3:.1f}us" for p, e in row["providers"].items()
+                                               if "ms" in e), flush=True)
+    res["attention"] = out
+
+
+# ----------------------------------------------------------------------------- report
+def markdown(res) -> str:
+    e = res["env"]
+    L = [f"# Kernel benchmarks: {e['card']}", "",
+         f"torch {e['torch']} (CUDA {e['cuda']}), Triton {e['triton']}, bitsandbytes {e['bitsandbytes']}; "
+         f"commit `{e['commit']}`; {e['date']}. Medians of `triton.testing.do_bench`; every ratio is "
+         "against a baseline measured in the same run.", ""]
+    if "copy_TBps" in res:
+        L += [f"Ceilings measured in this run: copy {res['copy_TBps']:.2f} TB/s (read+write), cuBLAS bf16 8192^3 "
+              f"{res['bf16_mm_TFLOPs']:.0f} TFLOP/s, `torch._int_mm` 8192^3 {res['int8_mm_TOPs']:.0f} TOP/s.", ""]
+    if res.get("linears"):
+        L += ["## ViT-L/16 linears (bf16 in/out unless noted; time in us; x = speed-up over cuBLAS bf16)", ""]
+        provs = []
+        for r in res["linears"]:
+            for p in r["providers"]:
+                if p not in provs:
+                    provs.append(p)
+        L += ["| layer | M | " + " | ".join(provs) + " |", "|---|---|" + "---|" * len(provs)]
+        for r in res["linears"]:
+            cells = []
+            for p in provs:
+                en = r["providers"].get(p, {})
+                if "ms" in en:
+                    cells.append(f"{en['ms'] * 1e3:.1f} ({en.get('speedup_vs_bf16', 0):.2f}x)")
+                else:
+                    cells.append("err" if "error" in en else "-")
+            L.append(f"| {r['layer']} {r['K']}->{r['N']} | {r['M']} | " + " | ".join(cells) + " |")
+        L += ["", "Relative error of each qvit kernel against its plain-PyTorch reference (same quantized operands):", ""]
+        for r in res["linears"]:
+            errs = ", ".join(f"{p}: {en['rel_err']:.1e}" for p, en in r["providers"].items() if "rel_err" in en)
+            L.append(f"- {r['layer']} M={r['M']}: {errs}")
+        L.append("")
+    if res.get("layernorm_quant"):
+        L += ["## LayerNorm + per-token int8 quantization (fp16 in)", "",
+              "| M | K | provider | us | TB/s | of copy | q mismatches vs ref (max diff) |", "|---|---|---|---|---|---|---|"]
+        for r in res["layernorm_quant"]:
+            for p, en in r["providers"].items():
+                if "ms" in en:
+                    L.append(f"| {r['M']} | {r['K']} | {p} | {en['ms'] * 1e3:.1f} | {en['TBps']:.2f} | "
+                             f"{en.get('frac_of_copy', float('nan')):.0%} | {en['q_mismatch']} ({en['q_maxdiff']}) |")
+        L.append("")
+    if res.get("attention"):
+        L += ["## Attention, H=16, D=64, fp16 (time in us; relative error vs fp32 reference)", ""]
+        provs = []
+        for r in res["attention"]:
+            for p in r["providers"]:
+                if p not in provs:
+                    provs.append(p)
+        L += ["| B | S | " + " | ".join(provs) + " |", "|---|---|" + "---|" * len(provs)]
+        for r in res["attention"]:
+            cells = []
+            for p in provs:
+                en = r["providers"].get(p, {})
+                cells.append(f"{en['ms'] * 1e3:.1f} ({en['rel_err']:.1e})" if "ms" in en else ("err" if "error" in en else "-"))
+            L.append(f"| {r['B']} | {r['S']} | " + " | ".join(cells) + " |")
+        L.append("")
+    errs = []
+    for sec in ("linears", "layernorm_quant", "attention"):
+        for r in res.get(sec, []):
+            for p, en in r["providers"].items():
+                if "error" in en:
+                    errs.append(f"- {sec} {p} ({ {k: v for k, v in r.items() if k in ('layer', 'M', 'B', 'S', 'K')} }): {en['error']}")
+    if errs:
+        L += ["## Providers that failed to run", ""] + errs + [""]
+    return "\n".join(L)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", default="results")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", default="ceilings,linear,lnq,attention")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_kernels: no CUDA device; nothing to measure", file=sys.stderr)
+        return 2
+    os.makedirs(args.out, exist_ok=True)
+    res = {"env": env_info()}
+    print(json.dumps(res["env"]), flush=True)
+    torch.manual_seed(0)
+    sections = {"ceilings": lambda: ceilings(res), "linear": lambda: bench_linears(res, args.quick),
+                "lnq": lambda: bench_lnq(res), "attention": lambda: bench_attention(res, args.quick)}
+    for name in args.only.split(","):
+        t0 = time.time()
+        try:
+            sections[name]()
+        except Exception:
+            res.setdefault("section_errors", {})[name] = traceback.format_exc()[-2000:]
+            traceback.print_exc()
+        print(f"[{name}: {time.time() - t0:.0f} s]", flush=True)
+        with open(os.path.join(args.out, "bench_kernels.json"), "w") as f:
+            json.dump(res, f, indent=1)
+    with open(os.path.join(args.out, "bench_kernels.md"), "w") as f:
+        f.write(markdown(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

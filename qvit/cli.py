@@ -1,0 +1,176 @@
+"""The `qvit` command.
+
+    qvit info                      versions, devices and which backends resolve here
+    qvit check [--model NAME]      quantize a model with every preset and report accuracy vs float (default run)
+    qvit quantize --out FILE ...   quantize a float model (config name, qvit file or timm checkpoint) to one file
+    qvit bench [--out DIR]         GPU kernel benchmarks against their baselines -> JSON + markdown
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+def _cmd_info(args) -> int:
+    import platform
+
+    import torch
+
+    import qvit
+    from qvit import _ext
+    from qvit.backend import cuda_ext_reason, resolve_attn_backend, resolve_backend, triton_reason
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    info = {
+        "qvit": qvit.__version__, "python": platform.python_version(), "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda, "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu",
+        "triton": _version("triton"), "timm": _version("timm"), "bitsandbytes": _version("bitsandbytes"),
+        "flash_attn": _version("flash_attn"),
+        "triton_ready": triton_reason(dev) or "yes", "cuda_ext": _ext.load_error() or "loaded",
+        "cuda_backend": cuda_ext_reason(dev) or "yes",
+        "linear_backend(auto)": resolve_backend(None, dev).value,
+        "attn_backend(auto)": resolve_attn_backend(None, dev).value,
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for k, v in info.items():
+            print(f"{k:22s} {v}")
+    return 0
+
+
+def _version(mod):
+    import importlib.metadata as md
+    try:
+        return md.version(mod.replace("_", "-"))
+    except md.PackageNotFoundError:
+        return None
+
+
+def _sqnr_db(ref, y):
+    import torch
+    err = (ref.float() - y.float()).pow(2).mean()
+    return float(10 * torch.log10(ref.float().pow(2).mean() / err.clamp(min=1e-30)))
+
+
+def _cmd_check(args) -> int:
+    """Default run: every quantization preset on one model, logits vs the float model."""
+    import copy
+
+    import torch
+
+    from qvit.vit import QuantConfig, ViT, quantize, weight_bytes
+    torch.manual_seed(args.seed)
+    dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.float32 if dev == "cpu" else torch.float16
+    base = ViT.from_name(args.model).eval().to(dev, dtype)
+    x = torch.randn(args.batch, 3, base.cfg.img_size, base.cfg.img_size, device=dev, dtype=dtype)
+    with torch.no_grad():
+        ref = base(x)
+    rows = [dict(variant="float", bytes=weight_bytes(base), sqnr_db=float("inf"), cosine=1.0, top1_agree=1.0,
+                 ms=None)]
+    for preset in args.presets:
+        m = quantize(copy.deepcopy(base), QuantConfig.preset(preset, keep=tuple(args.keep)))
+        m.set_backend(linear=args.backend, attn=args.attn)
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            y = m(x)
+            if dev == "cuda":
+                torch.cuda.synchronize()
+            ms = (time.perf_counter() - t0) * 1e3
+        rows.append(dict(variant=preset, bytes=weight_bytes(m), sqnr_db=_sqnr_db(ref, y),
+                         cosine=float(torch.nn.functional.cosine_similarity(ref.flatten().float(), y.flatten().float(), 0)),
+                         top1_agree=float((ref.argmax(-1) == y.argmax(-1)).float().mean()), ms=ms))
+    print(f"model {args.model} (random weights), batch {args.batch}, device {dev}, "
+          f"backend {args.backend or 'auto'}, kept in float: {', '.join(args.keep) or 'nothing'}")
+    print(f"{'variant':8s} {'weights MB':>10s} {'SQNR dB':>8s} {'cosine':>8s} {'top1 agree':>10s} {'first call ms':>13s}")
+    for r in rows:
+        ms = f"{r['ms']:.1f}" if r["ms"] is not None else "-"
+        print(f"{r['variant']:8s} {r['bytes'] / 1e6:10.2f} {r['sqnr_db']:8.1f} {r['cosine']:8.4f} "
+              f"{r['top1_agree']:10.2f} {ms:>13s}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+    return 0
+
+
+def _cmd_quantize(args) -> int:
+    import os
+
+    from qvit.vit import QuantConfig, ViT, load_model, load_timm_checkpoint, quantize, save_quantized, weight_bytes
+    src = args.model
+    if os.path.isfile(src):
+        if args.config:
+            model = load_timm_checkpoint(ViT.from_name(args.config), src)
+        else:
+            model = load_model(src)
+    else:
+        model = ViT.from_name(src)
+    before = weight_bytes(model)
+    cfg = QuantConfig.preset(args.preset, group_size=args.group_size, keep=tuple(args.keep),
+                             keep_format=args.keep_format)
+    quantize(model.eval(), cfg)
+    save_quantized(model, args.out)
+    print(f"{src} -> {args.out}: {args.preset}, weights {before / 1e6:.1f} MB -> {weight_bytes(model) / 1e6:.1f} MB, "
+          f"file {os.path.getsize(args.out) / 1e6:.1f} MB")
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    from qvit.profiling import bench_kernels
+    return bench_kernels.main(["--out", args.out] + (["--quick"] if args.quick else []))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="qvit", description="Quantized Vision Transformers with fused Triton/CUDA kernels.")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
+
+    s = sub.add_parser("info", help="versions, devices and which backends resolve here")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=_cmd_info)
+
+    s = sub.add_parser("check", help="quantize a model with every preset and compare its logits with float (default run)")
+    s.add_argument("--model", default="vit_small_patch4_32")
+    s.add_argument("--presets", nargs="+", default=["w8a8", "w4a8", "w4a16", "nf4"])
+    s.add_argument("--batch", type=int, default=8)
+    s.add_argument("--keep", nargs="*", default=["head", "blocks.0.", "blocks.-1."])
+    s.add_argument("--backend", default=None, help="linear backend: torch | triton | cuda | auto")
+    s.add_argument("--attn", default=None, help="attention backend: torch | qvit | sdpa | sdpa-flash | sdpa-noflash")
+    s.add_argument("--device", default=None)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    s.set_defaults(fn=_cmd_check)
+
+    s = sub.add_parser("quantize", help="quantize a float model into one safetensors file")
+    s.add_argument("--model", default="vit_small_patch4_32", help="config name, qvit float file, or timm checkpoint")
+    s.add_argument("--config", default=None, help="config name when --model is a timm checkpoint")
+    s.add_argument("--preset", default="w8a8", choices=["w8a8", "w4a8", "w4a16", "nf4"])
+    s.add_argument("--group-size", type=int, default=128)
+    s.add_argument("--keep", nargs="*", default=["head", "blocks.0.", "blocks.-1."])
+    s.add_argument("--keep-format", default="float", choices=["float", "int8"])
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=_cmd_quantize)
+
+    s = sub.add_parser("bench", help="GPU kernel benchmarks vs their baselines (JSON + markdown)")
+    s.add_argument("--out", default="results")
+    s.add_argument("--quick", action="store_true")
+    s.set_defaults(fn=_cmd_bench)
+    return p
+
+
+def main(argv=None) -> int:
+    p = build_parser()
+    args = p.parse_args(argv)
+    if not getattr(args, "fn", None):
+        p.print_help()
+        return 0
+    try:
+        return args.fn(args)
+    except (ValueError, TypeError, RuntimeError, OSError) as e:
+        print(f"qvit {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

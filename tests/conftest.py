@@ -1,0 +1,49 @@
+"""Test setup. On a machine without an NVIDIA GPU the Triton kernels run in the interpreter:
+TRITON_INTERPRET=1 must be set before triton is first imported, so it is set here, first."""
+import os
+
+_HAS_NVIDIA = os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/nvidia0")
+if not _HAS_NVIDIA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+GPU = torch.cuda.is_available()
+INTERP = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords and not GPU:
+            item.add_marker(skip_gpu)
+
+
+requires_interp = pytest.mark.skipif(not INTERP, reason="Triton interpreter tests (CPU); TRITON_INTERPRET is not 1")
+
+
+@pytest.fixture
+def poison(monkeypatch):
+    """Make torch.empty return poisoned memory (NaN for floats, -128 for int8, 0xAB for uint8) so that
+    an output element the kernel never writes cannot pass for a correct one."""
+    real_empty = torch.empty
+
+    def poisoned(*args, **kwargs):
+        t = real_empty(*args, **kwargs)
+        if t.is_floating_point():
+            t.fill_(float("nan"))
+        elif t.dtype == torch.int8:
+            t.fill_(-128)
+        elif t.dtype == torch.uint8:
+            t.fill_(0xAB)
+        return t
+
+    monkeypatch.setattr(torch, "empty", poisoned)
+    return poisoned
+
+
+def rel_err(y, ref):
+    y, ref = y.double(), ref.double()
+    assert torch.isfinite(y).all(), "output holds NaN/Inf (unwritten or overflowed elements)"
+    return float((y - ref).norm() / ref.norm())

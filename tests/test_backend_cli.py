@@ -1,0 +1,66 @@
+"""Backend resolution (explicit > env > auto) and the command line."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from qvit.backend import AttnBackend, Backend, BackendUnavailable, resolve_attn_backend, resolve_backend
+from qvit.vit import QuantConfig, ViT, quantize
+
+
+def test_resolution_order(monkeypatch):
+    monkeypatch.setenv("QVIT_BACKEND", "torch")
+    assert resolve_backend(None, "cpu") is Backend.TORCH
+    monkeypatch.setenv("QVIT_BACKEND", "auto")
+    assert resolve_backend(None, "cpu") is Backend.TORCH  # auto on CPU: the reference, never the interpreter
+    assert resolve_backend("torch", "cuda") is Backend.TORCH  # explicit wins
+    monkeypatch.setenv("QVIT_ATTN", "sdpa")
+    assert resolve_attn_backend(None, "cpu") is AttnBackend.SDPA
+    assert resolve_attn_backend("torch", "cpu") is AttnBackend.TORCH
+
+
+def test_unknown_and_unavailable_backends_raise():
+    with pytest.raises(ValueError, match="unknown linear backend 'fast'"):
+        resolve_backend("fast", "cpu")
+    with pytest.raises(BackendUnavailable, match="cuda"):
+        resolve_backend("cuda", "cpu")
+    with pytest.raises(BackendUnavailable, match="sdpa-flash"):
+        resolve_attn_backend("sdpa-flash", "cpu")
+
+
+def test_explicit_backend_failure_names_the_reason():
+    m = quantize(ViT.from_name("vit_tiny_patch4_32", depth=3).eval(), QuantConfig.preset("w8a8"))
+    m.set_backend(linear="cuda")
+    with pytest.raises(BackendUnavailable, match="backend 'cuda'"):
+        with torch.no_grad():
+            m(torch.randn(1, 3, 32, 32))
+
+
+def _qvit(*args):
+    return subprocess.run([sys.executable, "-m", "qvit.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_cli_help_lists_subcommands():
+    r = _qvit("--help")
+    assert r.returncode == 0
+    for cmd in ("info", "check", "quantize", "bench"):
+        assert cmd in r.stdout
+
+
+def test_cli_check_and_quantize(tmp_path):
+    r = _qvit("check", "--presets", "w8a8", "nf4", "--batch", "2", "--json", str(tmp_path / "c.json"))
+    assert r.returncode == 0, r.stderr
+    assert "w8a8" in r.stdout and "nf4" in r.stdout
+    out = tmp_path / "q.safetensors"
+    r = _qvit("quantize", "--preset", "w4a8", "--group-size", "64", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert out.stat().st_size > 0
+    r = _qvit("quantize", "--model", str(tmp_path / "missing.pth"), "--config", "vit_tiny_patch4_32", "--out",
+              str(tmp_path / "x.safetensors"))
+    assert r.returncode == 2 and "missing.pth" in r.stderr
+
+
+def test_cli_info_runs():
+    r = _qvit("info")
+    assert r.returncode == 0 and "torch" in r.stdout

@@ -1,0 +1,153 @@
+"""GPU tests: every kernel at real ViT-L shapes against its reference, the CUDA extension, and
+the bitsandbytes NF4 conversion on bitsandbytes' own GPU quantizer. Skipped without a GPU."""
+import pytest
+import torch
+
+from conftest import rel_err
+from qvit.kernels import quant as Q
+
+pytestmark = pytest.mark.gpu
+DEV = "cuda"
+SHAPES = [(1024, 3072), (1024, 1024), (1024, 4096), (4096, 1024), (1024, 1000)]  # qkv, proj, fc1, fc2, head
+
+
+@pytest.mark.parametrize("k,n", SHAPES)
+@pytest.mark.parametrize("m", [1, 197, 197 * 64])
+def test_w8a8_real_shapes(poison, m, k, n):
+    from qvit.kernels.w8a8_linear import w8a8_linear
+    x = torch.randn(m, k, device=DEV)
+    w = torch.randn(n, k, device=DEV) * 0.02
+    xq, xs = Q.quantize_int8_per_token(x)
+    wq, ws = Q.quantize_int8_per_channel(w)
+    b = torch.randn(n, device=DEV)
+    r = torch.randn(m, n, device=DEV, dtype=torch.bfloat16)
+    y = w8a8_linear(xq, xs, wq, ws, b, r, True, torch.bfloat16)
+    ref = Q.int8_matmul_ref(xq, xs, wq, ws, b, torch.float32, gelu=True, residual=r)
+    assert rel_err(y, ref) < 2 ** -8  # exact int32 dot; one bf16 rounding of the output
+    y32 = w8a8_linear(xq, xs, wq, ws, None, None, False, torch.float32)
+    torch.testing.assert_close(y32, Q.int8_matmul_ref(xq, xs, wq, ws), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("k,n", SHAPES[:4])
+@pytest.mark.parametrize("m", [1, 197, 197 * 64])
+@pytest.mark.parametrize("mode", ["int4-sym", "int4-asym", "nf4"])
+def test_w4a16_real_shapes(poison, m, k, n, mode):
+    from qvit.kernels.w4a16_linear import w4a16_linear
+    x = torch.randn(m, k, device=DEV, dtype=torch.float16)
+    w = torch.randn(n, k, device=DEV) * 0.02
+    b = torch.randn(n, device=DEV, dtype=torch.float16)
+    if mode == "nf4":
+        p, a = Q.quantize_nf4(w, 64)
+        y = w4a16_linear(x, p.view(n, k // 2), a.view(n, k // 64), None, b, 64, mode)
+        wd = Q.dequantize_nf4(p, a, (n, k), 64)
+    else:
+        p, s, z = Q.quantize_int4(w, 128, mode == "int4-sym")
+        y = w4a16_linear(x, p, s, z, b, 128, mode)
+        wd = Q.dequantize_int4(p, s, z, 128)
+    ref = x.float() @ wd.t() + b.float()
+    torch_err = rel_err(torch.nn.functional.linear(x, wd.half(), b), ref)
+    assert rel_err(y, ref) <= 2 * torch_err + 1e-4
+
+
+@pytest.mark.parametrize("k,n", SHAPES[:4])
+@pytest.mark.parametrize("m", [1, 197, 197 * 64])
+def test_w4a8_real_shapes(poison, m, k, n):
+    from qvit.kernels.w4a8_linear import w4a8_linear
+    x = torch.randn(m, k, device=DEV)
+    w = torch.randn(n, k, device=DEV) * 0.02
+    p, s, _ = Q.quantize_int4(w, 128, True)
+    xq, xs = Q.quantize_int8_per_token(x)
+    y = w4a8_linear(xq, xs, p, s, None, 128, torch.float32)
+    torch.testing.assert_close(y, Q.w4a8_linear_ref(x, p, s, 128), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("m,k", [(197, 1024), (197 * 64, 1024), (197 * 64, 4096), (7, 72)])
+@pytest.mark.parametrize("impl", ["triton", "cuda"])
+def test_layernorm_quant_gpu(poison, m, k, impl):
+    from qvit.kernels.layernorm_quant import layernorm_quant, layernorm_quant_ref
+    x = torch.randn(m, k, device=DEV, dtype=torch.float16) * 2 + 0.5
+    w = torch.randn(k, device=DEV, dtype=torch.float16)
+    b = torch.randn(k, device=DEV, dtype=torch.float16)
+    if impl == "cuda":
+        from qvit import _ext
+        if _ext.load_error():
+            pytest.fail(f"CUDA extension not loaded on a GPU machine: {_ext.load_error()}")
+        q, s = _ext.ops().layernorm_quant(x, w, b, 1e-6)
+    else:
+        q, s = layernorm_quant(x, w, b)
+    qr, sr = layernorm_quant_ref(x, w, b)
+    torch.testing.assert_close(s, sr, rtol=1e-5, atol=0)
+    d = (q.int() - qr.int()).abs()
+    assert int(d.max()) <= 1 and float(d.float().mean()) < 1e-3  # summation order only: rare one-step flips
+
+
+def test_cuda_layernorm_quant_errors():
+    from qvit import _ext
+    if _ext.load_error():
+        pytest.fail(_ext.load_error())
+    ops = _ext.ops()
+    with pytest.raises(RuntimeError, match="multiple of 8"):
+        ops.layernorm_quant(torch.randn(4, 20, device=DEV, dtype=torch.float16), None, None, 1e-6)
+    with pytest.raises(RuntimeError, match="CUDA tensor"):
+        ops.layernorm_quant(torch.randn(4, 16, dtype=torch.float16), None, None, 1e-6)
+
+
+@pytest.mark.parametrize("b,s", [(1, 1), (1, 97), (2, 197), (64, 197), (4, 257), (2, 577)])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_attention_gpu(poison, b, s, dtype):
+    from qvit.kernels.attention import attention, attention_ref
+    q, k, v = torch.randn(b, s, 3, 16, 64, device=DEV, dtype=dtype).unbind(2)
+    o = attention(q, k, v)
+    ref = attention_ref(q, k, v, upcast=True)
+    torch_err = rel_err(attention_ref(q, k, v, upcast=False), ref)
+    assert rel_err(o, ref) <= 2 * torch_err + 1e-4
+
+
+@pytest.mark.parametrize("b,s", [(2, 197), (8, 577)])
+def test_attention_int8_gpu(poison, b, s):
+    from qvit.kernels.attention import attention_int8, attention_ref, quantize_qk
+    q, k, v = torch.randn(b, s, 3, 16, 64, device=DEV, dtype=torch.float16).unbind(2)
+    o = attention_int8(*quantize_qk(q, k), v, 64 ** -0.5)
+    cos = torch.nn.functional.cosine_similarity(o.float().flatten(), attention_ref(q, k, v).float().flatten(), 0)
+    assert cos >= 0.999
+
+
+def test_attention_grad_gpu():
+    from qvit.kernels.attention import attention, attention_ref
+    q, k, v = (torch.randn(2, 197, 4, 64, device=DEV, dtype=torch.float16, requires_grad=True) for _ in range(3))
+    g = torch.randn(2, 197, 4, 64, device=DEV, dtype=torch.float16)
+    attention(q, k, v).backward(g)
+    q2, k2, v2 = (t.detach().float().requires_grad_() for t in (q, k, v))
+    attention_ref(q2, k2, v2).backward(g.float())
+    for a, r in ((q, q2), (k, k2), (v, v2)):
+        assert rel_err(a.grad, r.grad) < 5e-3
+
+
+@pytest.mark.parametrize("preset", ["w8a8", "w4a8", "w4a16", "nf4"])
+def test_model_triton_backend_matches_torch_backend(preset):
+    import copy
+
+    from qvit.vit import QuantConfig, ViT, quantize
+    torch.manual_seed(0)
+    m = quantize(ViT.from_name("vit_base_patch16_224", depth=4).eval(), QuantConfig.preset(preset)).to(DEV).half()
+    x = torch.randn(2, 3, 224, 224, device=DEV, dtype=torch.float16)
+    with torch.no_grad():
+        ref = copy.deepcopy(m).set_backend(linear="torch", attn="sdpa")(x).float()
+        y = m.set_backend(linear="triton", attn="qvit")(x).float()
+    cos = torch.nn.functional.cosine_similarity(y.flatten(), ref.flatten(), 0)
+    assert cos > 0.999, float(cos)
+
+
+def test_bnb_nf4_gpu_conversion_bit_exact():
+    bnb = pytest.importorskip("bitsandbytes")
+    lin = torch.nn.Linear(1024, 512, dtype=torch.float16)
+    l4 = bnb.nn.Linear4bit(1024, 512, compute_dtype=torch.float16, quant_type="nf4")
+    l4.load_state_dict(lin.state_dict())
+    l4 = l4.to(DEV)  # bitsandbytes quantizes on the GPU here (double-quantized absmax by default)
+    ref = bnb.functional.dequantize_4bit(l4.weight.data, l4.weight.quant_state)
+    from qvit.vit import NF4Linear
+    m = NF4Linear.from_bnb(l4)
+    got = Q.dequantize_nf4(m.packed, m.absmax, (512, 1024), m.blocksize, torch.float16)
+    assert torch.equal(got, ref)
+    x = torch.randn(197, 1024, device=DEV, dtype=torch.float16)
+    torch.testing.assert_close(m(x).float(), l4(x).float(), rtol=2e-2, atol=2e-2)

@@ -1,0 +1,141 @@
+"""Triton kernels under the interpreter (CPU): tiny odd shapes, fp16/fp32/int8 only (the
+interpreter computes bf16 wrong), fresh random inputs, outputs poisoned before the kernel runs."""
+import math
+
+import pytest
+import torch
+
+from conftest import rel_err, requires_interp
+from qvit.kernels import quant as Q
+
+pytestmark = requires_interp
+
+
+@pytest.mark.parametrize("m,k,n", [(1, 32, 16), (37, 72, 50), (19, 200, 33)])
+@pytest.mark.parametrize("bias,gelu,res", [(False, False, False), (True, False, False), (True, True, True)])
+def test_w8a8_matches_reference(poison, m, k, n, bias, gelu, res):
+    from qvit.kernels.w8a8_linear import w8a8_linear
+    x, w = torch.randn(m, k), torch.randn(n, k)
+    xq, xs = Q.quantize_int8_per_token(x)
+    wq, ws = Q.quantize_int8_per_channel(w)
+    b = torch.randn(n) if bias else None
+    r = torch.randn(m, n).half() if res else None
+    y = w8a8_linear(xq, xs, wq, ws, b, r, gelu, torch.float16)
+    ref = Q.int8_matmul_ref(xq, xs, wq, ws, b, torch.float32, gelu=gelu, residual=r)
+    # the int32 dot is exact; the only error is float32 epilogue rounding and the final fp16 rounding
+    assert rel_err(y, ref) < 2 ** -10
+
+
+def test_w8a8_fp32_output_is_tight(poison):
+    from qvit.kernels.w8a8_linear import w8a8_linear
+    x, w = torch.randn(23, 96), torch.randn(40, 96)
+    xq, xs = Q.quantize_int8_per_token(x)
+    wq, ws = Q.quantize_int8_per_channel(w)
+    y = w8a8_linear(xq, xs, wq, ws, None, None, False, torch.float32)
+    torch.testing.assert_close(y, Q.int8_matmul_ref(xq, xs, wq, ws))
+
+
+@pytest.mark.parametrize("m,k", [(1, 8), (13, 100), (5, 1024)])
+@pytest.mark.parametrize("norm", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_layernorm_quant(poison, m, k, norm, dtype):
+    from qvit.kernels.layernorm_quant import layernorm_quant, layernorm_quant_ref
+    x = (torch.randn(m, k) * 3 + 1).to(dtype)
+    w = torch.randn(k).to(dtype) if norm else None
+    b = torch.randn(k).to(dtype) if norm else None
+    q, s = layernorm_quant(x, w, b)
+    qr, sr = layernorm_quant_ref(x, w, b)
+    assert int(q.min()) >= -127 and torch.isfinite(s).all()
+    torch.testing.assert_close(s, sr, rtol=1e-5, atol=0)
+    # the kernel's mean/variance sum in a different order than torch; a value that lands within
+    # float32 rounding of a .5 boundary may round the other way: at most one step, rarely.
+    d = (q.int() - qr.int()).abs()
+    assert int(d.max()) <= 1 and float(d.float().mean()) < 1e-2
+    if not norm:
+        assert torch.equal(q, qr)  # pure quantization is bit-exact
+
+
+@pytest.mark.parametrize("mode,group", [("int4-sym", 32), ("int4-sym", 64), ("int4-asym", 64), ("nf4", 64)])
+@pytest.mark.parametrize("m,n", [(1, 16), (21, 40)])
+def test_w4a16(poison, mode, group, m, n):
+    from qvit.kernels.w4a16_linear import w4a16_linear
+    k = 128
+    x = torch.randn(m, k).half()
+    w = torch.randn(n, k) * 0.05
+    b = torch.randn(n).half()
+    if mode == "nf4":
+        p, a = Q.quantize_nf4(w, group)
+        y = w4a16_linear(x, p.view(n, k // 2), a.view(n, k // group), None, b, group, mode)
+        ref = Q.nf4_linear_ref(x.float(), p, a, (n, k), group, b)
+        wd = Q.dequantize_nf4(p, a, (n, k), group)
+    else:
+        p, s, z = Q.quantize_int4(w, group, mode == "int4-sym")
+        y = w4a16_linear(x, p, s, z, b, group, mode)
+        ref = Q.w4a16_linear_ref(x.float(), p, s, z, group, b)
+        wd = Q.dequantize_int4(p, s, z, group)
+    # error vs the float32 reference <= 2x what fp16 operands give in plain PyTorch, plus a floor
+    torch_err = rel_err((x.float() @ wd.half().float().t() + b.float()).half(), ref)
+    assert rel_err(y, ref) <= 2 * torch_err + 2 ** -11
+
+
+@pytest.mark.parametrize("group", [32, 64, 128])
+def test_w4a8_exact_integer_groups(poison, group):
+    from qvit.kernels.w4a8_linear import w4a8_linear
+    m, k, n = 17, 256, 24
+    x, w = torch.randn(m, k), torch.randn(n, k) * 0.05
+    p, s, _ = Q.quantize_int4(w, group, True)
+    xq, xs = Q.quantize_int8_per_token(x)
+    y = w4a8_linear(xq, xs, p, s, None, group, torch.float32)
+    ref = Q.w4a8_linear_ref(x, p, s, group)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("b,s,h,d", [(1, 1, 1, 16), (2, 37, 3, 32), (1, 97, 2, 64)])
+def test_attention_fp16_vs_fp32_reference(poison, b, s, h, d):
+    from qvit.kernels.attention import attention, attention_ref
+    qkv = torch.randn(b, s, 3, h, d).half()
+    q, k, v = qkv.unbind(2)  # strided views, as the model passes them
+    o = attention(q, k, v)
+    ref = attention_ref(q, k, v, upcast=True)
+    torch_err = rel_err(attention_ref(q, k, v, upcast=False), ref)
+    assert rel_err(o, ref) <= 2 * torch_err + 1e-4
+
+
+def test_attention_backward_matches_autograd_reference():
+    from qvit.kernels.attention import attention, attention_ref
+    q, k, v = (torch.randn(2, 19, 2, 16).half().requires_grad_() for _ in range(3))
+    attention(q, k, v).float().pow(2).sum().backward()
+    q2, k2, v2 = (t.detach().float().requires_grad_() for t in (q, k, v))
+    attention_ref(q2, k2, v2).pow(2).sum().backward()
+    for a, r in ((q, q2), (k, k2), (v, v2)):
+        assert rel_err(a.grad, r.grad) < 5e-3  # fp16 forward output feeds the backward
+
+
+def test_attention_int8(poison):
+    from qvit.kernels.attention import attention_int8, attention_int8_ref, attention_ref, quantize_qk
+    q, k, v = torch.randn(3, 2, 41, 2, 32).half().unbind(0)
+    k = k + 3.0  # a common offset in K: smoothing removes it before quantization
+    q8, qs, k8, ks = quantize_qk(q, k)
+    o = attention_int8(q8, qs, k8, ks, v, 32 ** -0.5)
+    assert rel_err(o, attention_int8_ref(q8, qs, k8, ks, v)) < 2e-3
+    cos = torch.nn.functional.cosine_similarity(o.float().flatten(), attention_ref(q, k, v).float().flatten(), 0)
+    assert cos > 0.999
+
+
+def test_kernel_validation_errors():
+    from qvit.kernels.attention import attention
+    from qvit.kernels.w4a16_linear import w4a16_linear
+    from qvit.kernels.w8a8_linear import w8a8_linear
+    xq = torch.zeros(4, 32, dtype=torch.int8)
+    s = torch.ones(4)
+    with pytest.raises(ValueError, match="K=32 but wq has K=16"):
+        w8a8_linear(xq, s, torch.zeros(8, 16, dtype=torch.int8), torch.ones(8))
+    with pytest.raises(TypeError, match="xq must be torch.int8"):
+        w8a8_linear(xq.float(), s, torch.zeros(8, 32, dtype=torch.int8), torch.ones(8))
+    with pytest.raises(ValueError, match="group_size=48"):
+        w4a16_linear(torch.randn(2, 96).half(), torch.zeros(4, 48, dtype=torch.uint8),
+                     torch.ones(4, 2).half(), None, None, 48, "int4-sym")
+    with pytest.raises(ValueError, match="head_dim=24"):
+        q = torch.randn(1, 4, 1, 24).half()
+        attention(q, q, q)
+    assert math.isfinite(1.0)

@@ -1,0 +1,76 @@
+"""The minimal ViT equals timm's VisionTransformer on the same random weights, and loads its checkpoints."""
+import pytest
+import torch
+
+from qvit.vit import CheckpointError, ViT, ViTConfig, load_timm_checkpoint
+from qvit.vit.checkpoint import resample_pos_embed
+
+timm = pytest.importorskip("timm")
+
+
+def _timm_model(name, **kw):
+    return timm.create_model(name, pretrained=False, **kw).eval()
+
+
+@pytest.mark.slow
+def test_vit_large_patch16_224_equals_timm():
+    torch.manual_seed(0)
+    tm = _timm_model("vit_large_patch16_224")
+    m = load_timm_checkpoint(ViT.from_name("vit_large_patch16_224").eval(), tm.state_dict())
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        ref = tm(x)
+        for attn in ("torch", "sdpa"):
+            y = m.set_backend(attn=attn)(x)
+            assert (y - ref).abs().max() <= 1e-4, attn
+
+
+@pytest.mark.parametrize("pool", ["token", "avg"])
+def test_small_config_equals_timm(pool):
+    from timm.models.vision_transformer import VisionTransformer
+    torch.manual_seed(1)
+    cfg = ViTConfig.from_name("vit_small_patch4_32", global_pool=pool, depth=4)
+    tm = VisionTransformer(img_size=32, patch_size=4, num_classes=10, embed_dim=384, depth=4, num_heads=6,
+                           global_pool=pool).eval()
+    m = load_timm_checkpoint(ViT(cfg).eval(), tm.state_dict())
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert (m.set_backend(attn="torch")(x) - tm(x)).abs().max() <= 1e-4
+
+
+def test_checkpoint_file_and_pos_embed_resampling(tmp_path):
+    tm = _timm_model("vit_tiny_patch16_224")
+    path = tmp_path / "tiny.pth"
+    torch.save({"model": {"module." + k: v for k, v in tm.state_dict().items()}}, path)
+    m = load_timm_checkpoint(ViT.from_name("vit_tiny_patch16_224", img_size=96).eval(), str(path))
+    assert m.pos_embed.shape == (1, 37, 192)
+    # the class token's embedding is carried over untouched, the grid is resampled
+    assert torch.equal(m.pos_embed[0, 0], tm.pos_embed[0, 0])
+    with torch.no_grad():
+        assert torch.isfinite(m(torch.randn(1, 3, 96, 96))).all()
+
+
+def test_resample_identity_when_grid_matches():
+    pos = torch.randn(1, 1 + 49, 8)
+    assert resample_pos_embed(pos, 7) is pos
+
+
+def test_corrupt_and_mismatched_checkpoints_raise(tmp_path):
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    m = ViT.from_name("vit_tiny_patch4_32", depth=2)
+    with pytest.raises(CheckpointError, match="bad.pth"):
+        load_timm_checkpoint(m, str(bad))
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_timm_checkpoint(m, str(tmp_path / "missing.pth"))
+    other = ViT.from_name("vit_small_patch4_32", depth=2).state_dict()
+    with pytest.raises(CheckpointError, match="has shape"):
+        load_timm_checkpoint(m, other)
+
+
+def test_bad_image_shape_and_unknown_config():
+    m = ViT.from_name("vit_tiny_patch4_32", depth=1)
+    with pytest.raises(ValueError, match="expected images"):
+        m(torch.randn(1, 3, 64, 64))
+    with pytest.raises(ValueError, match="unknown ViT config"):
+        ViTConfig.from_name("vit_huge_nope")

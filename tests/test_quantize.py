@@ -1,0 +1,85 @@
+"""quantize(): module swap, layer policy, safetensors round trip, refusal of bad files."""
+import copy
+import json
+
+import pytest
+import torch
+
+from qvit.vit import (CheckpointError, Int4Linear, Int8Linear, NF4Linear, QuantConfig, ViT, load_quantized,
+                      quantize, save_quantized, weight_bytes)
+
+
+@pytest.fixture(scope="module")
+def base():
+    torch.manual_seed(0)
+    return ViT.from_name("vit_small_patch4_32", depth=4).eval()
+
+
+def _logits(m, x):
+    with torch.no_grad():
+        return m.set_backend(linear="torch", attn="torch")(x)
+
+
+@pytest.mark.parametrize("preset,cls", [("w8a8", Int8Linear), ("w4a8", Int4Linear), ("w4a16", Int4Linear),
+                                        ("nf4", NF4Linear)])
+def test_presets_swap_and_round_trip(tmp_path, base, preset, cls):
+    x = torch.randn(2, 3, 32, 32)
+    ref = _logits(base, x)
+    m = quantize(copy.deepcopy(base), QuantConfig.preset(preset, group_size=64))
+    # policy: head and first/last blocks stay float, the middle blocks are swapped
+    assert isinstance(m.head, torch.nn.Linear)
+    assert isinstance(m.blocks[0].attn.qkv, torch.nn.Linear) and isinstance(m.blocks[3].mlp.fc2, torch.nn.Linear)
+    assert isinstance(m.blocks[1].attn.qkv, cls) and isinstance(m.blocks[2].mlp.fc1, cls)
+    y = _logits(m, x)
+    cos = torch.nn.functional.cosine_similarity(y.flatten(), ref.flatten(), 0)
+    assert cos > (0.999 if preset == "w8a8" else 0.98), float(cos)
+    path = tmp_path / f"{preset}.safetensors"
+    save_quantized(m, str(path))
+    m2 = load_quantized(str(path))
+    assert torch.equal(_logits(m2, x), y)  # bit-exact on the same backend
+    assert weight_bytes(m2) == weight_bytes(m)
+
+
+def test_keep_format_int8_and_size(base):
+    m = quantize(copy.deepcopy(base), QuantConfig.preset("w4a8", group_size=64, keep_format="int8"))
+    assert isinstance(m.head, Int8Linear) and isinstance(m.blocks[0].mlp.fc1, Int8Linear)
+    all4 = quantize(copy.deepcopy(base), QuantConfig.preset("w4a8", group_size=64, keep=()))
+    assert isinstance(all4.blocks[0].attn.qkv, Int4Linear)
+    assert weight_bytes(all4) < weight_bytes(m) < weight_bytes(base)
+
+
+def test_bad_configs():
+    with pytest.raises(ValueError, match="weight must be one of"):
+        QuantConfig(weight="int3")
+    with pytest.raises(ValueError, match="symmetric"):
+        QuantConfig(weight="int4", act="int8", symmetric=False)
+    with pytest.raises(ValueError, match="unknown quantization preset"):
+        QuantConfig.preset("w2a2")
+
+
+def test_load_refuses_bad_files(tmp_path, base):
+    m = quantize(copy.deepcopy(base), QuantConfig.preset("w8a8"))
+    good = tmp_path / "m.safetensors"
+    save_quantized(m, str(good))
+    raw = good.read_bytes()
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(CheckpointError, match="corrupt.safetensors"):
+        load_quantized(str(corrupt))
+    # a wrong format version is refused by name
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    with safe_open(str(good), framework="pt") as f:
+        meta = dict(f.metadata())
+        sd = {k: f.get_tensor(k) for k in f.keys()}
+    save_file(sd, str(tmp_path / "v9.safetensors"), metadata={**meta, "qvit_format": "9"})
+    with pytest.raises(CheckpointError, match="format version"):
+        load_quantized(str(tmp_path / "v9.safetensors"))
+    # a tensor whose shape disagrees with the recorded layers
+    layers = json.loads(meta["layers"])
+    name = next(iter(layers))
+    sd2 = dict(sd)
+    sd2[f"{name}.wq"] = sd2[f"{name}.wq"][:, :-8].contiguous()
+    save_file(sd2, str(tmp_path / "shape.safetensors"), metadata=meta)
+    with pytest.raises(CheckpointError, match="expected"):
+        load_quantized(str(tmp_path / "shape.safetensors"))

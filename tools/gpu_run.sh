@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The GPU runner: on a bare GPU machine with no internet (torch, Triton, timm, nvcc preinstalled),
+# install qvit, build csrc/, run the GPU-marked tests and the kernel benchmarks, and write
+# JSON summaries into the output folder.
+#
+#   bash tools/gpu_run.sh [OUT_DIR]         (default: $OUT, else ./gpu-out)
+#   QVIT_GPU_STEPS="install tests bench" bash tools/gpu_run.sh   (choose steps; default all three)
+#
+# Peers (bitsandbytes, torchao, sageattention) are taken from .gpu/peers when present
+# (../shared/tools/gpu-prep puts them there); the git commit from .gpu/commit or $QVIT_COMMIT.
+set -uo pipefail
+out=${1:-${OUT:-gpu-out}}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+[ -d .gpu/peers ] && export PYTHONPATH="$PWD/.gpu/peers${PYTHONPATH:+:$PYTHONPATH}"
+steps=${QVIT_GPU_STEPS:-install tests bench}
+py=${PYTHON:-python3}
+declare -A rc
+t_install=0
+if [[ " $steps " == *" install "* ]]; then
+  t0=$(date +%s)
+  QVIT_BUILD_CUDA=1 QVIT_CUDA_ARCHS=${QVIT_CUDA_ARCHS:-90a} MAX_JOBS=${MAX_JOBS:-$(nproc)} \
+    $py -m pip install --no-build-isolation --no-deps -v -e . > "$out/install.log" 2>&1
+  rc[install]=$?
+  t_install=$(( $(date +%s) - t0 ))
+  echo "install: rc=${rc[install]} in ${t_install}s"; grep -E "qvit setup:|error" "$out/install.log" | head -20
+fi
+if [[ " $steps " == *" tests "* ]]; then
+  $py -m pytest -m gpu tests -q -p no:cacheprovider --junitxml="$out/gpu_tests.xml" ${QVIT_PYTEST_ARGS:-} 2>&1 | tee "$out/gpu_tests.log" | tail -40
+  rc[tests]=${PIPESTATUS[0]}
+fi
+if [[ " $steps " == *" bench "* ]]; then
+  $py -m qvit.profiling.bench_kernels --out "$out" ${QVIT_BENCH_ARGS:-} 2>&1 | tee "$out/bench.log" | tail -60
+  rc[bench]=${PIPESTATUS[0]}
+fi
+$py - "$out" "$t_install" "${rc[install]:-}" "${rc[tests]:-}" "${rc[bench]:-}" <<'PY'
+import json, os, sys, xml.etree.ElementTree as ET
+out, t_install, rc_i, rc_t, rc_b = sys.argv[1:]
+s = {"install_rc": rc_i or None, "install_seconds": int(t_install), "tests_rc": rc_t or None, "bench_rc": rc_b or None}
+try:
+    import torch
+    s.update(card=torch.cuda.get_device_name(0), torch=torch.__version__, cuda=torch.version.cuda)
+except Exception as e:
+    s["card"] = f"unknown ({e})"
+try:
+    import triton; s["triton"] = triton.__version__
+except Exception:
+    pass
+s["commit"] = os.environ.get("QVIT_COMMIT") or (open(".gpu/commit").read().strip() if os.path.exists(".gpu/commit") else None)
+try:
+    from qvit import _ext; s["cuda_ext"] = _ext.load_error() or "loaded"
+except Exception as e:
+    s["cuda_ext"] = f"import failed: {e}"
+x = os.path.join(out, "gpu_tests.xml")
+if os.path.exists(x):
+    r = ET.parse(x).getroot(); ts = r if r.tag == "testsuite" else r.find("testsuite")
+    s["tests"] = {k: int(ts.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+    s["tests"]["passed"] = s["tests"]["tests"] - s["tests"]["failures"] - s["tests"]["errors"] - s["tests"]["skipped"]
+    s["failed_tests"] = [f"{c.get('classname')}::{c.get('name')}" for c in ts.iter("testcase")
+                         if c.find("failure") is not None or c.find("error") is not None]
+s["passed"] = all(v in (None, "", "0") for v in (rc_i, rc_t, rc_b))
+json.dump(s, open(os.path.join(out, "gpu_summary.json"), "w"), indent=1)
+print(json.dumps(s))
+PY

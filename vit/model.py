@@ -1,0 +1,261 @@
+"""A minimal Vision Transformer whose state dict is timm's `VisionTransformer` state dict.
+
+Pre-norm blocks (LayerNorm eps 1e-6, erf GELU MLP), a class token and learned position
+embeddings, exactly as timm's `vit_*_patch*` models, so timm checkpoints load unchanged
+(`qvit.vit.checkpoint.checkpoint_filter_fn` handles prefixes and position-embedding resampling).
+
+Every attention call goes through the attention backend flag (`qvit.backend`), every quantized
+linear through the linear backend flag; `ViT.set_backend` sets both for the whole model.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from qvit.backend import AttnBackend, BackendUnavailable, _fallback, resolve_attn_backend
+
+
+@dataclass
+class ViTConfig:
+    img_size: int = 224
+    patch_size: int = 16
+    in_chans: int = 3
+    num_classes: int = 1000
+    embed_dim: int = 1024
+    depth: int = 24
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    global_pool: str = "token"  # "token" (class token) or "avg" (mean of patch tokens, timm's fc_norm)
+    eps: float = 1e-6
+    drop_path_rate: float = 0.0
+    extra: dict = field(default_factory=dict)  # free-form notes (e.g. the recipe that trained it)
+
+    @property
+    def grid(self) -> int:
+        return self.img_size // self.patch_size
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid ** 2 + 1
+
+    @classmethod
+    def from_name(cls, name: str, **overrides) -> "ViTConfig":
+        if name not in CONFIGS:
+            raise ValueError(f"unknown ViT config {name!r}; known: {', '.join(sorted(CONFIGS))}")
+        return replace(CONFIGS[name], **overrides)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+CONFIGS = {
+    # timm's ImageNet models (224 px, patch 16)
+    "vit_tiny_patch16_224": ViTConfig(embed_dim=192, depth=12, num_heads=3),
+    "vit_small_patch16_224": ViTConfig(embed_dim=384, depth=12, num_heads=6),
+    "vit_base_patch16_224": ViTConfig(embed_dim=768, depth=12, num_heads=12),
+    "vit_large_patch16_224": ViTConfig(embed_dim=1024, depth=24, num_heads=16),
+    # small-image variants for CIFAR-10 (32 px, patch 4: 64 patches + class token)
+    "vit_tiny_patch4_32": ViTConfig(img_size=32, patch_size=4, num_classes=10, embed_dim=192, depth=12, num_heads=3),
+    "vit_small_patch4_32": ViTConfig(img_size=32, patch_size=4, num_classes=10, embed_dim=384, depth=12, num_heads=6),
+    "vit_cifar_patch4_32": ViTConfig(img_size=32, patch_size=4, num_classes=10, embed_dim=256, depth=8,
+                                     num_heads=8, mlp_ratio=2.0),
+}
+
+
+class DropPath(nn.Module):
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+
+def _sdpa(q, k, v, backend: AttnBackend):
+    # SDPA wants (B, H, S, D); transposes are views, SDPA handles the strides.
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    if backend is AttnBackend.SDPA_FLASH:
+        ctx = sdpa_kernel([SDPBackend.FLASH_ATTENTION])
+    elif backend is AttnBackend.SDPA_NOFLASH:
+        ctx = sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+    else:
+        ctx = contextlib.nullcontext()
+    with ctx:
+        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    return o.transpose(1, 2)
+
+
+def _flash_attn_func():
+    try:
+        from flash_attn import flash_attn_func  # the real FA2 package, when installed
+    except ImportError:
+        return None
+    return flash_attn_func
+
+
+class Attention(nn.Module):
+    def __init__(self, dim, num_heads, qkv_bias=True):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embed_dim={dim} is not divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.attn_backend: str | None = None  # None: $QVIT_ATTN / auto
+        self.int8_qk = False  # quantized variants: int8 Q/K inside the fused kernel
+
+    def forward(self, x):
+        b, s, c = x.shape
+        qkv = self.qkv(x).view(b, s, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.unbind(2)  # (B, S, H, D) views, no copy
+        o = self.attend(q, k, v)
+        return self.proj(o.reshape(b, s, c))
+
+    def attend(self, q, k, v):
+        backend = resolve_attn_backend(self.attn_backend, q.device.type)
+        if backend is AttnBackend.QVIT:
+            if q.dtype not in (torch.float16, torch.bfloat16):
+                if self.attn_backend is not None:
+                    raise BackendUnavailable(f"attention backend 'qvit' needs float16/bfloat16 inputs, got {q.dtype}")
+                _fallback(f"auto attention: qvit kernel needs fp16/bf16, got {q.dtype}; using sdpa")
+                backend = AttnBackend.SDPA
+            else:
+                from qvit.kernels import attention as qattn
+                if self.int8_qk and not torch.is_grad_enabled():
+                    q8, qs, k8, ks = qattn.quantize_qk(q, k)
+                    return qattn.attention_int8(q8, qs, k8, ks, v, self.head_dim ** -0.5)
+                return qattn.attention(q, k, v)
+        if backend is AttnBackend.TORCH:
+            from qvit.kernels.attention import attention_ref
+            return attention_ref(q, k, v, upcast=False)
+        if backend is AttnBackend.SDPA_FLASH:
+            fa = _flash_attn_func()
+            if fa is not None and q.dtype in (torch.float16, torch.bfloat16):
+                return fa(q, k, v)
+        return _sdpa(q, k, v, backend)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ViTConfig, drop_path: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.embed_dim, eps=cfg.eps)
+        self.attn = Attention(cfg.embed_dim, cfg.num_heads, cfg.qkv_bias)
+        self.norm2 = nn.LayerNorm(cfg.embed_dim, eps=cfg.eps)
+        self.mlp = Mlp(cfg.embed_dim, int(cfg.embed_dim * cfg.mlp_ratio))
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x):
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.img_size = cfg.img_size
+        self.proj = nn.Conv2d(cfg.in_chans, cfg.embed_dim, cfg.patch_size, cfg.patch_size)
+
+    def forward(self, x):
+        if x.ndim != 4 or x.shape[-2:] != (self.img_size, self.img_size):
+            raise ValueError(f"expected images (batch, channels, {self.img_size}, {self.img_size}), "
+                             f"got {tuple(x.shape)}")
+        return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, C)
+
+
+class ViT(nn.Module):
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        if cfg.global_pool not in ("token", "avg"):
+            raise ValueError(f"global_pool must be 'token' or 'avg', got {cfg.global_pool!r}")
+        if cfg.img_size % cfg.patch_size:
+            raise ValueError(f"img_size={cfg.img_size} is not a multiple of patch_size={cfg.patch_size}")
+        self.cfg = cfg
+        d = cfg.embed_dim
+        self.patch_embed = PatchEmbed(cfg)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.pos_embed = nn.Parameter(torch.randn(1, cfg.num_tokens, d) * 0.02)
+        dpr = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
+        self.blocks = nn.Sequential(*[Block(cfg, dpr[i]) for i in range(cfg.depth)])
+        # timm: the final norm is `norm` for token pooling, `fc_norm` (after pooling) for avg pooling
+        if cfg.global_pool == "avg":
+            self.norm = nn.Identity()
+            self.fc_norm = nn.LayerNorm(d, eps=cfg.eps)
+        else:
+            self.norm = nn.LayerNorm(d, eps=cfg.eps)
+            self.fc_norm = nn.Identity()
+        self.head = nn.Linear(d, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self.apply(self._init)
+        nn.init.normal_(self.cls_token, std=1e-6)
+
+    @staticmethod
+    def _init(m):
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    @classmethod
+    def from_name(cls, name: str, **overrides) -> "ViT":
+        return cls(ViTConfig.from_name(name, **overrides))
+
+    def set_backend(self, linear: str | None = None, attn: str | None = None) -> "ViT":
+        """Set the linear and attention backends of every layer (None: environment / auto)."""
+        for m in self.modules():
+            if isinstance(m, Attention):
+                m.attn_backend = attn
+            if hasattr(m, "backend") and hasattr(m, "quant_kind"):
+                m.backend = linear
+        return self
+
+    def forward_features(self, x):
+        x = self.patch_embed(x)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
+        x = x + self.pos_embed.to(x.dtype)
+        x = self.blocks(x)
+        return self.norm(x)
+
+    def forward_head(self, x):
+        x = x[:, 1:].mean(dim=1) if self.cfg.global_pool == "avg" else x[:, 0]
+        return self.head(self.fc_norm(x))
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def flops_per_image(cfg: ViTConfig) -> float:
+    """Multiply-adds x 2 of one forward pass (linears, attention matmuls, patch embedding)."""
+    n, d, h = cfg.num_tokens, cfg.embed_dim, int(cfg.embed_dim * cfg.mlp_ratio)
+    per_block = 2 * n * d * (3 * d + d + 2 * h) + 2 * 2 * n * n * d
+    patch = 2 * (n - 1) * d * cfg.in_chans * cfg.patch_size ** 2
+    return float(cfg.depth * per_block + patch + 2 * d * cfg.num_classes)
+
+
+__all__ = ["ViT", "ViTConfig", "CONFIGS", "count_params", "flops_per_image"]

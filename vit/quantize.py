@@ -1,0 +1,365 @@
+"""quantize(model, config): swap nn.Linear layers for quantized ones (gpt-fast / torchao style).
+
+Two phases, as gpt-fast does: `quantize_state` builds the quantized tensors offline from float
+weights; the module swap installs `Int8Linear` / `Int4Linear` / `NF4Linear` modules that hold them
+and dispatch on the linear backend flag (`qvit.backend`). Quantized models save to and load from
+one safetensors file (tensors + JSON metadata: model config, quant config, per-layer formats);
+no pickle anywhere.
+
+Layer policy: `QuantConfig.keep` lists layers kept in higher precision (by default the patch
+embedding, which is a convolution and never swapped, the head, and the first and last blocks);
+`keep_format` says what "higher" means for kept linears: "float" (untouched) or "int8" (W8A8).
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+
+from qvit.backend import Backend, BackendUnavailable, resolve_backend
+from qvit.kernels import quant as Q
+from qvit.vit.checkpoint import CheckpointError, atomic_write, read_state_dict
+from qvit.vit.model import Attention, ViT, ViTConfig
+
+FORMAT_VERSION = "1"
+WEIGHT_FORMATS = ("int8", "int4", "nf4")
+
+
+@dataclass
+class QuantConfig:
+    """What to quantize and how. Small and explicit: no closures (torchao #1585)."""
+    weight: str = "int8"            # int8 | int4 | nf4
+    act: str = "int8"               # int8 (W8A8 / W4A8) | none (weight-only: W4A16)
+    group_size: int = 128           # int4 groups along K (32, 64, 128, or K for per-channel)
+    symmetric: bool = True          # int4: symmetric (W4A8 needs it) or asymmetric with zero points
+    nf4_blocksize: int = 64
+    int8_attention: bool = False    # int8 Q/K inside qvit's fused attention kernel
+    keep: tuple = ("head", "blocks.0.", "blocks.-1.")  # name prefixes kept in higher precision
+    keep_format: str = "float"      # float | int8: what kept linears become
+
+    def __post_init__(self):
+        if self.weight not in WEIGHT_FORMATS:
+            raise ValueError(f"QuantConfig.weight must be one of {WEIGHT_FORMATS}, got {self.weight!r}")
+        if self.act not in ("int8", "none"):
+            raise ValueError(f"QuantConfig.act must be 'int8' or 'none', got {self.act!r}")
+        if self.weight == "int8" and self.act != "int8":
+            raise ValueError("int8 weights run as W8A8: act must be 'int8'")
+        if self.weight == "nf4" and self.act != "none":
+            raise ValueError("NF4 weights run weight-only (W4A16): set act='none'")
+        if self.weight == "int4" and self.act == "int8" and not self.symmetric:
+            raise ValueError("W4A8 needs symmetric int4 weights (symmetric=True)")
+        if self.keep_format not in ("float", "int8"):
+            raise ValueError(f"QuantConfig.keep_format must be 'float' or 'int8', got {self.keep_format!r}")
+        self.keep = tuple(self.keep)
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "QuantConfig":
+        presets = {
+            "w8a8": dict(weight="int8", act="int8"),
+            "w4a8": dict(weight="int4", act="int8", symmetric=True),
+            "w4a16": dict(weight="int4", act="none"),
+            "nf4": dict(weight="nf4", act="none"),
+        }
+        if name not in presets:
+            raise ValueError(f"unknown quantization preset {name!r}; known: {', '.join(presets)}")
+        return cls(**{**presets[name], **overrides})
+
+
+def _expand_keep(keep, depth):
+    out = []
+    for p in keep:
+        m = re.match(r"blocks\.(-?\d+)\.?$", p)
+        if m:
+            i = int(m.group(1))
+            out.append(f"blocks.{i % depth}.")
+        else:
+            out.append(p)
+    return tuple(out)
+
+
+def default_filter(name: str, module: nn.Module, keep: tuple) -> bool:
+    """True if `module` (an nn.Linear called `name`) is quantized with the main format."""
+    return isinstance(module, nn.Linear) and not any(name == k.rstrip(".") or name.startswith(k) for k in keep)
+
+
+# ----------------------------------------------------------------------------- modules
+def _as_2d(x):
+    return x.reshape(-1, x.shape[-1])
+
+
+class _QuantLinear(nn.Module):
+    quant_kind = "?"
+
+    def __init__(self, in_features, out_features, has_bias):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.backend: str | None = None  # None: $QVIT_BACKEND / auto
+        if has_bias:
+            self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float32))
+        else:
+            self.bias = None
+
+    def extra_repr(self):
+        return f"{self.in_features} -> {self.out_features}, {self.quant_kind}"
+
+    def _backend(self, x) -> Backend:
+        return resolve_backend(self.backend, x.device.type)
+
+    def forward(self, x):
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"{type(self).__name__}: input has {x.shape[-1]} features, expected {self.in_features}")
+        y = self._forward2d(_as_2d(x))
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def layer_meta(self) -> dict:
+        return {"kind": self.quant_kind, "in": self.in_features, "out": self.out_features,
+                "bias": self.bias is not None}
+
+
+def _quantize_act(x, backend: Backend):
+    if backend is Backend.TRITON:
+        from qvit.kernels.layernorm_quant import layernorm_quant
+        return layernorm_quant(x.contiguous())
+    if backend is Backend.CUDA:
+        from qvit import _ext
+        return _ext.ops().layernorm_quant(x.contiguous(), None, None, 1e-6)
+    return Q.quantize_int8_per_token(x)
+
+
+class Int8Linear(_QuantLinear):
+    """W8A8: int8 per-channel weights, dynamic per-token int8 activations, int32 accumulation."""
+    quant_kind = "w8a8"
+
+    def __init__(self, in_features, out_features, has_bias=True):
+        super().__init__(in_features, out_features, has_bias)
+        self.register_buffer("wq", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("w_scale", torch.ones(out_features, dtype=torch.float32))
+
+    @classmethod
+    def from_float(cls, lin: nn.Linear):
+        m = cls(lin.in_features, lin.out_features, lin.bias is not None)
+        m.wq, m.w_scale = Q.quantize_int8_per_channel(lin.weight.detach())
+        if lin.bias is not None:
+            m.bias = lin.bias.detach().float().clone()
+        return m
+
+    def _forward2d(self, x):
+        backend = self._backend(x)
+        out_dtype = x.dtype
+        if backend is Backend.CUDA:
+            raise BackendUnavailable("backend 'cuda' has no W8A8 GEMM yet; use 'triton' or 'torch'")
+        xq, xs = _quantize_act(x, backend)
+        if backend is Backend.TRITON:
+            from qvit.kernels.w8a8_linear import w8a8_linear
+            return w8a8_linear(xq, xs, self.wq, self.w_scale, self.bias, None, False, out_dtype)
+        if x.is_cuda and x.shape[0] > 16 and self.in_features % 8 == 0 and self.out_features % 8 == 0:
+            acc = torch._int_mm(xq, self.wq.t())  # exact int32, same numbers as the float64 path
+            y = acc.float() * xs[:, None] * self.w_scale
+            return (y + self.bias if self.bias is not None else y).to(out_dtype)
+        return Q.int8_matmul_ref(xq, xs, self.wq, self.w_scale, self.bias, out_dtype)
+
+
+class Int4Linear(_QuantLinear):
+    """int4 group-wise weights; act='int8' runs W4A8 on int8 tensor cores, act='none' W4A16."""
+
+    def __init__(self, in_features, out_features, has_bias=True, group_size=128, symmetric=True, act="none"):
+        super().__init__(in_features, out_features, has_bias)
+        Q.check_group_size(in_features, group_size)
+        self.group_size, self.symmetric, self.act = group_size, symmetric, act
+        self.quant_kind = "w4a8" if act == "int8" else "w4a16"
+        g = in_features // group_size
+        self.register_buffer("packed", torch.zeros(out_features, in_features // 2, dtype=torch.uint8))
+        self.register_buffer("scales", torch.ones(out_features, g, dtype=torch.float16))
+        if symmetric:
+            self.zeros = None
+        else:
+            self.register_buffer("zeros", torch.zeros(out_features, g, dtype=torch.uint8))
+
+    @classmethod
+    def from_float(cls, lin: nn.Linear, group_size=128, symmetric=True, act="none"):
+        m = cls(lin.in_features, lin.out_features, lin.bias is not None, group_size, symmetric, act)
+        m.packed, m.scales, zeros = Q.quantize_int4(lin.weight.detach(), group_size, symmetric)
+        if zeros is not None:
+            m.zeros = zeros
+        if lin.bias is not None:
+            m.bias = lin.bias.detach().float().clone()
+        return m
+
+    def layer_meta(self):
+        return {**super().layer_meta(), "group_size": self.group_size, "symmetric": self.symmetric, "act": self.act}
+
+    def _forward2d(self, x):
+        backend = self._backend(x)
+        if backend is Backend.CUDA:
+            raise BackendUnavailable(f"backend 'cuda' has no {self.quant_kind} GEMM yet; use 'triton' or 'torch'")
+        if self.act == "int8":
+            if backend is Backend.TRITON:
+                from qvit.kernels.w4a8_linear import w4a8_linear
+                xq, xs = _quantize_act(x, backend)
+                return w4a8_linear(xq, xs, self.packed, self.scales, self.bias, self.group_size, x.dtype)
+            return Q.w4a8_linear_ref(x, self.packed, self.scales, self.group_size, self.bias)
+        if backend is Backend.TRITON and x.dtype in (torch.float16, torch.bfloat16):
+            from qvit.kernels.w4a16_linear import w4a16_linear
+            mode = "int4-sym" if self.symmetric else "int4-asym"
+            return w4a16_linear(x.contiguous(), self.packed, self.scales, self.zeros, self.bias, self.group_size, mode)
+        return Q.w4a16_linear_ref(x, self.packed, self.scales, self.zeros, self.group_size, self.bias)
+
+
+class NF4Linear(_QuantLinear):
+    """NF4 weights in bitsandbytes' layout (blocks of 64 along the flattened weight), W4A16."""
+    quant_kind = "nf4"
+
+    def __init__(self, in_features, out_features, has_bias=True, blocksize=64):
+        super().__init__(in_features, out_features, has_bias)
+        if in_features % blocksize:
+            raise ValueError(f"NF4Linear: blocksize={blocksize} must divide in_features={in_features}")
+        self.blocksize = blocksize
+        self.register_buffer("packed", torch.zeros(out_features, in_features // 2, dtype=torch.uint8))
+        self.register_buffer("absmax", torch.ones(out_features, in_features // blocksize, dtype=torch.float32))
+
+    @classmethod
+    def from_float(cls, lin: nn.Linear, blocksize=64):
+        m = cls(lin.in_features, lin.out_features, lin.bias is not None, blocksize)
+        p, a = Q.quantize_nf4(lin.weight.detach(), blocksize)
+        m.packed, m.absmax = p.view(m.packed.shape), a.view(m.absmax.shape)
+        if lin.bias is not None:
+            m.bias = lin.bias.detach().float().clone()
+        return m
+
+    @classmethod
+    def from_bnb(cls, lin4bit):
+        """A bitsandbytes Linear4bit (NF4, quantized) -> NF4Linear with the same bytes."""
+        c = Q.nf4_from_bnb(lin4bit.weight)
+        n, k = c["shape"]
+        m = cls(k, n, lin4bit.bias is not None, c["blocksize"])
+        m.packed = c["packed"].view(n, k // 2).clone()
+        m.absmax = c["absmax"].view(n, k // c["blocksize"]).clone()
+        if lin4bit.bias is not None:
+            m.bias = lin4bit.bias.detach().float().clone()
+        return m
+
+    def layer_meta(self):
+        return {**super().layer_meta(), "blocksize": self.blocksize}
+
+    def _forward2d(self, x):
+        backend = self._backend(x)
+        if backend is Backend.CUDA:
+            raise BackendUnavailable("backend 'cuda' has no NF4 GEMM yet; use 'triton' or 'torch'")
+        if backend is Backend.TRITON and x.dtype in (torch.float16, torch.bfloat16) and self.blocksize % 32 == 0:
+            from qvit.kernels.w4a16_linear import w4a16_linear
+            return w4a16_linear(x.contiguous(), self.packed, self.absmax, None, self.bias, self.blocksize, "nf4")
+        return Q.nf4_linear_ref(x, self.packed, self.absmax, (self.out_features, self.in_features),
+                                self.blocksize, self.bias)
+
+
+def _make(meta: dict) -> _QuantLinear:
+    kind = meta["kind"]
+    if kind == "w8a8":
+        return Int8Linear(meta["in"], meta["out"], meta["bias"])
+    if kind in ("w4a8", "w4a16"):
+        return Int4Linear(meta["in"], meta["out"], meta["bias"], meta["group_size"], meta["symmetric"], meta["act"])
+    if kind == "nf4":
+        return NF4Linear(meta["in"], meta["out"], meta["bias"], meta["blocksize"])
+    raise CheckpointError(f"unknown quantized layer kind {kind!r}")
+
+
+def _from_float(lin: nn.Linear, cfg: QuantConfig, main: bool):
+    if not main:
+        return Int8Linear.from_float(lin) if cfg.keep_format == "int8" else None
+    if cfg.weight == "int8":
+        return Int8Linear.from_float(lin)
+    if cfg.weight == "int4":
+        return Int4Linear.from_float(lin, cfg.group_size, cfg.symmetric, cfg.act)
+    return NF4Linear.from_float(lin, cfg.nf4_blocksize)
+
+
+def _set(model, name, module):
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def quantize(model: ViT, config: QuantConfig, filter_fn=default_filter) -> ViT:
+    """Swap the model's linears in place for quantized modules; returns the model."""
+    if not isinstance(config, QuantConfig):
+        raise TypeError(f"config must be a QuantConfig, got {type(config).__name__}")
+    keep = _expand_keep(config.keep, model.cfg.depth)
+    layers = {}
+    for name, mod in list(model.named_modules()):
+        if not isinstance(mod, nn.Linear):
+            continue
+        main = filter_fn(name, mod, keep)
+        if main and config.weight == "int4" and mod.in_features % config.group_size:
+            main = False  # e.g. a head whose K the group does not divide stays in higher precision
+        new = _from_float(mod, config, main)
+        if new is not None:
+            new = new.to(mod.weight.device)
+            _set(model, name, new)
+            layers[name] = new.layer_meta()
+    for m in model.modules():
+        if isinstance(m, Attention):
+            m.int8_qk = config.int8_attention
+    model.quant_config = config
+    model.quant_layers = layers
+    return model
+
+
+# ----------------------------------------------------------------------------- files
+def save_quantized(model: ViT, path: str) -> None:
+    """One safetensors file: every tensor of the model plus config, quant config and layer formats."""
+    from safetensors.torch import save_file
+
+    import qvit
+    if not hasattr(model, "quant_layers"):
+        raise ValueError("model is not quantized: call quantize(model, config) first")
+    meta = {"qvit_format": FORMAT_VERSION, "qvit_version": qvit.__version__, "kind": "quantized",
+            "config": json.dumps(model.cfg.to_dict()), "quant": json.dumps(asdict(model.quant_config)),
+            "layers": json.dumps(model.quant_layers)}
+    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=meta))
+
+
+def load_quantized(path: str, device="cpu") -> ViT:
+    """Inverse of save_quantized. Refuses a wrong format version, a corrupt file or mismatched shapes."""
+    sd, meta = read_state_dict(path)
+    if meta.get("kind") != "quantized":
+        raise CheckpointError(f"{path}: not a qvit quantized model (metadata kind={meta.get('kind')!r})")
+    if meta.get("qvit_format") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format version {meta.get('qvit_format')!r}, this qvit reads {FORMAT_VERSION!r}")
+    try:
+        cfg = ViTConfig(**json.loads(meta["config"]))
+        qcfg = QuantConfig(**json.loads(meta["quant"]))
+        layers = json.loads(meta["layers"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable qvit metadata ({e})") from e
+    with torch.device("meta"):
+        model = ViT(cfg)
+    for name, lm in layers.items():
+        _set(model, name, _make(lm))
+    for m in model.modules():
+        if isinstance(m, Attention):
+            m.int8_qk = qcfg.int8_attention
+    model.quant_config, model.quant_layers = qcfg, layers
+    own = model.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: tensors do not match the recorded layers: missing {missing[:6]}, "
+                              f"unexpected {unexpected[:6]}")
+    for k, v in sd.items():
+        if tuple(own[k].shape) != tuple(v.shape) or own[k].dtype != v.dtype:
+            raise CheckpointError(f"{path}: {k} is {v.dtype} {tuple(v.shape)}, expected "
+                                  f"{own[k].dtype} {tuple(own[k].shape)}")
+    model.load_state_dict(sd, assign=True)
+    return model.to(device)
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of every parameter and buffer (what the model occupies on the GPU, activations aside)."""
+    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+
+
+__all__ = ["QuantConfig", "quantize", "save_quantized", "load_quantized", "Int8Linear", "Int4Linear",
+           "NF4Linear", "default_filter", "weight_bytes"]
