@@ -30,6 +30,7 @@ import math
 import torch
 
 from qvit.backend import interpreting
+from qvit.kernels._op import fast_custom_op
 
 try:
     import triton
@@ -175,20 +176,23 @@ def _launch(q, k, v, qs, ks, sm_scale, int8):
     return o, lse
 
 
-@torch.library.custom_op("qvit::attention_fwd", mutates_args=())
+def _fake_fwd(q, k, v, sm_scale):
+    b, s, h, d = q.shape
+    return q.new_empty((b, s, h, d)), q.new_empty((b * h, s), dtype=torch.float32)
+
+
+@fast_custom_op("qvit::attention_fwd", _fake_fwd)
 def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sm_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """fp16/bf16 forward: returns (o (B, S, H, D), lse float32 (B*H, S))."""
     _check_qkv(q, k, v, int8=False)
     return _launch(q, k, v, None, None, sm_scale, False)
 
 
-@attention_fwd.register_fake
-def _(q, k, v, sm_scale):
-    b, s, h, d = q.shape
-    return q.new_empty((b, s, h, d)), q.new_empty((b * h, s), dtype=torch.float32)
+def _fake_int8(q8, q_scale, k8, k_scale, v, sm_scale):
+    return v.new_empty(q8.shape)
 
 
-@torch.library.custom_op("qvit::attention_int8", mutates_args=())
+@fast_custom_op("qvit::attention_int8", _fake_int8)
 def attention_int8(q8: torch.Tensor, q_scale: torch.Tensor, k8: torch.Tensor, k_scale: torch.Tensor,
                    v: torch.Tensor, sm_scale: float) -> torch.Tensor:
     """int8 Q/K path (inference only): q8, k8 int8 (B, S, H, D), scales float32 (B, S, H), v fp16/bf16."""
@@ -199,11 +203,6 @@ def attention_int8(q8: torch.Tensor, q_scale: torch.Tensor, k8: torch.Tensor, k_
             raise ValueError(f"attention (int8): {name} must be contiguous float32 {tuple(want)}, got "
                              f"{t.dtype} {tuple(t.shape)}")
     return _launch(q8, k8, v, q_scale, k_scale, sm_scale, True)[0]
-
-
-@attention_int8.register_fake
-def _(q8, q_scale, k8, k_scale, v, sm_scale):
-    return v.new_empty(q8.shape)
 
 
 class _AttentionFn(torch.autograd.Function):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from qvit.backend import interpreting
+from qvit.kernels._op import fast_custom_op
 from qvit.kernels.quant import quantize_int8_per_token
 
 try:
@@ -80,6 +81,14 @@ if triton is not None:
 def _validate(x, weight, bias):
     if triton is None:
         raise RuntimeError("layernorm_quant: triton is not installed")
+    _validate_common(x, weight, bias)
+    if x.device.type == "cpu" and not interpreting():
+        raise ValueError("layernorm_quant: CPU tensors need TRITON_INTERPRET=1 (or use the torch backend)")
+    if x.shape[1] > 65536:
+        raise ValueError(f"layernorm_quant: K={x.shape[1]} exceeds the one-row-per-tile limit of 65536")
+
+
+def _validate_common(x, weight, bias):
     if not isinstance(x, torch.Tensor) or x.ndim != 2:
         raise ValueError(f"layernorm_quant: x must be a 2-D tensor (M, K), got "
                          f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
@@ -96,13 +105,13 @@ def _validate(x, weight, bias):
                 raise ValueError(f"layernorm_quant: {name} is on {t.device}, x on {x.device}")
     if bias is not None and weight is None:
         raise ValueError("layernorm_quant: bias without weight")
-    if x.device.type == "cpu" and not interpreting():
-        raise ValueError("layernorm_quant: CPU tensors need TRITON_INTERPRET=1 (or use the torch backend)")
-    if k > 65536:
-        raise ValueError(f"layernorm_quant: K={k} exceeds the one-row-per-tile limit of 65536")
 
 
-@torch.library.custom_op("qvit::layernorm_quant", mutates_args=())
+def _fake(x, weight=None, bias=None, eps=1e-6):
+    return (x.new_empty(x.shape, dtype=torch.int8), x.new_empty(x.shape[:1], dtype=torch.float32))
+
+
+@fast_custom_op("qvit::layernorm_quant", _fake)
 def layernorm_quant(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
                     eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
     """(M, K) float -> (q int8 (M, K), scale float32 (M,)); LayerNorm first when weight is given."""
@@ -124,6 +133,22 @@ def layernorm_quant(x: torch.Tensor, weight: torch.Tensor | None = None, bias: t
     return q, s
 
 
-@layernorm_quant.register_fake
-def _(x, weight=None, bias=None, eps=1e-6):
-    return (x.new_empty(x.shape, dtype=torch.int8), x.new_empty(x.shape[:1], dtype=torch.float32))
+def layernorm_quant_cuda(x, weight=None, bias=None, eps=1e-6):
+    """The same op on the hand-written CUDA kernel (csrc/layernorm_quant.cu), validated here first so
+    that bad input raises a Python error naming the problem before it reaches the extension."""
+    from qvit import _ext
+    _validate_common(x, weight, bias)
+    if not x.is_cuda:
+        raise ValueError(f"layernorm_quant_cuda: x must be a CUDA tensor, got {x.device}")
+    vec = 16 // x.element_size()
+    k = x.shape[1]
+    if k % vec:
+        raise ValueError(f"layernorm_quant_cuda: K={k} must be a multiple of {vec} for {x.dtype} (16-byte vectors)")
+    if k > 32 * vec * 16:
+        raise ValueError(f"layernorm_quant_cuda: K={k} exceeds {32 * vec * 16} for {x.dtype}")
+    if x.data_ptr() % 16 or (x.stride(0) * x.element_size()) % 16:
+        raise ValueError("layernorm_quant_cuda: rows of x must be 16-byte aligned")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and (t.dtype != x.dtype or not t.is_contiguous()):
+            raise TypeError(f"layernorm_quant_cuda: {name} must be contiguous {x.dtype}, got {t.dtype}")
+    return _ext.ops().layernorm_quant(x, weight, bias, eps)

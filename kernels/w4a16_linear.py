@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from qvit.backend import interpreting
+from qvit.kernels._op import fast_custom_op
 from qvit.kernels.quant import NF4_CODE, check_group_size
 
 try:
@@ -45,7 +46,7 @@ if triton is not None:
         return cfgs
 
     def _prune(configs, named_args, **kwargs):
-        m, g = named_args["M"], named_args["GROUP"]
+        m, g = named_args["M"], kwargs.get("GROUP", named_args.get("GROUP"))
         out = [c for c in configs if g % c.kwargs["BLOCK_K"] == 0 and c.kwargs["BLOCK_M"] <= 2 * max(m, 16)]
         return out or [triton.Config({"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 32, "SPLIT_K": 1}, num_warps=4)]
 
@@ -142,7 +143,11 @@ def _validate(x, packed, scales, zeros, bias, group_size, mode):
         raise ValueError("w4a16_linear: x must be K-contiguous; packed and scales contiguous")
 
 
-@torch.library.custom_op("qvit::w4a16_linear", mutates_args=())
+def _fake(x, packed, scales, zeros, bias, group_size, mode):
+    return x.new_empty((x.shape[0], packed.shape[0]))
+
+
+@fast_custom_op("qvit::w4a16_linear", _fake)
 def w4a16_linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
                  bias: torch.Tensor | None, group_size: int, mode: str) -> torch.Tensor:
     """y = x @ dequant(packed)^T (+ bias); see the module docstring."""
@@ -156,8 +161,3 @@ def w4a16_linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, ze
                         x.stride(0), packed.stride(0), scales.stride(0), y.stride(0),
                         GROUP=group_size, MODE=MODES[mode], HAS_BIAS=bias is not None)
     return y
-
-
-@w4a16_linear.register_fake
-def _(x, packed, scales, zeros, bias, group_size, mode):
-    return x.new_empty((x.shape[0], packed.shape[0]))

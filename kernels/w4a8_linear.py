@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from qvit.backend import interpreting
+from qvit.kernels._op import fast_custom_op
 from qvit.kernels.quant import check_group_size
 
 try:
@@ -38,7 +39,7 @@ if triton is not None:
                                          (128, 256, 64, 8, 4), (32, 64, 128, 4, 4)]]
 
     def _prune(configs, named_args, **kwargs):
-        m, g = named_args["M"], named_args["GROUP"]
+        m, g = named_args["M"], kwargs.get("GROUP", named_args.get("GROUP"))
         out = [c for c in configs if g % c.kwargs["BLOCK_K"] == 0 and c.kwargs["BLOCK_M"] <= 2 * max(m, 16)]
         return out or [triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_warps=4)]
 
@@ -87,7 +88,11 @@ if triton is not None:
                  y.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
-@torch.library.custom_op("qvit::w4a8_linear", mutates_args=())
+def _fake(xq, x_scale, packed, scales, bias, group_size, out_dtype=torch.float16):
+    return xq.new_empty((xq.shape[0], packed.shape[0]), dtype=out_dtype)
+
+
+@fast_custom_op("qvit::w4a8_linear", _fake)
 def w4a8_linear(xq: torch.Tensor, x_scale: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor,
                 bias: torch.Tensor | None, group_size: int, out_dtype: torch.dtype = torch.float16) -> torch.Tensor:
     """y = x_scale * sum_g scales_g * (xq . (u - 8))_g (+ bias); see the module docstring."""
@@ -123,8 +128,3 @@ def w4a8_linear(xq: torch.Tensor, x_scale: torch.Tensor, packed: torch.Tensor, s
                        xq.stride(0), packed.stride(0), scales.stride(0), y.stride(0),
                        GROUP=group_size, HAS_BIAS=bias is not None)
     return y
-
-
-@w4a8_linear.register_fake
-def _(xq, x_scale, packed, scales, bias, group_size, out_dtype=torch.float16):
-    return xq.new_empty((xq.shape[0], packed.shape[0]), dtype=out_dtype)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from qvit.backend import interpreting
+from qvit.kernels._op import fast_custom_op
 
 try:
     import triton
@@ -142,7 +143,11 @@ def _validate(xq, x_scale, wq, w_scale, bias, residual, out_dtype):
         raise ValueError(f"w8a8_linear: K={k} could overflow the int32 accumulator")
 
 
-@torch.library.custom_op("qvit::w8a8_linear", mutates_args=())
+def _fake(xq, x_scale, wq, w_scale, bias=None, residual=None, gelu=False, out_dtype=torch.float16):
+    return xq.new_empty((xq.shape[0], wq.shape[0]), dtype=out_dtype)
+
+
+@fast_custom_op("qvit::w8a8_linear", _fake)
 def w8a8_linear(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor,
                 bias: torch.Tensor | None = None, residual: torch.Tensor | None = None,
                 gelu: bool = False, out_dtype: torch.dtype = torch.float16) -> torch.Tensor:
@@ -162,8 +167,3 @@ def w8a8_linear(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_sca
         HAS_BIAS=bias is not None, GELU=gelu, HAS_RES=residual is not None,
     )
     return y
-
-
-@w8a8_linear.register_fake
-def _(xq, x_scale, wq, w_scale, bias=None, residual=None, gelu=False, out_dtype=torch.float16):
-    return xq.new_empty((xq.shape[0], wq.shape[0]), dtype=out_dtype)

@@ -72,7 +72,8 @@ def test_layernorm_quant_gpu(poison, m, k, impl):
         from qvit import _ext
         if _ext.load_error():
             pytest.fail(f"CUDA extension not loaded on a GPU machine: {_ext.load_error()}")
-        q, s = _ext.ops().layernorm_quant(x, w, b, 1e-6)
+        from qvit.kernels.layernorm_quant import layernorm_quant_cuda
+        q, s = layernorm_quant_cuda(x, w, b)
     else:
         q, s = layernorm_quant(x, w, b)
     qr, sr = layernorm_quant_ref(x, w, b)
@@ -82,14 +83,30 @@ def test_layernorm_quant_gpu(poison, m, k, impl):
 
 
 def test_cuda_layernorm_quant_errors():
-    from qvit import _ext
-    if _ext.load_error():
-        pytest.fail(_ext.load_error())
-    ops = _ext.ops()
-    with pytest.raises(RuntimeError, match="multiple of 8"):
-        ops.layernorm_quant(torch.randn(4, 20, device=DEV, dtype=torch.float16), None, None, 1e-6)
-    with pytest.raises(RuntimeError, match="CUDA tensor"):
-        ops.layernorm_quant(torch.randn(4, 16, dtype=torch.float16), None, None, 1e-6)
+    from qvit.kernels.layernorm_quant import layernorm_quant_cuda
+    with pytest.raises(ValueError, match="multiple of 8"):
+        layernorm_quant_cuda(torch.randn(4, 20, device=DEV, dtype=torch.float16))
+    with pytest.raises(ValueError, match="CUDA tensor"):
+        layernorm_quant_cuda(torch.randn(4, 16, dtype=torch.float16))
+    with pytest.raises(ValueError, match="weight must have shape"):
+        layernorm_quant_cuda(torch.randn(4, 16, device=DEV, dtype=torch.float16), torch.ones(8, device=DEV))
+
+
+def test_cuda_op_raw_bad_input_raises_not_crashes():
+    """The extension's own TORCH_CHECKs, reached without the Python validation, in a child process so that
+    a crash is reported as a failure rather than killing the test run."""
+    import subprocess
+    import sys
+    code = ("import torch, qvit.kernels.layernorm_quant as L\n"
+            "from qvit import _ext\n"
+            "ops = _ext.ops()\n"
+            "try:\n"
+            "    ops.layernorm_quant(torch.randn(4, 20, device='cuda', dtype=torch.float16), None, None, 1e-6)\n"
+            "except RuntimeError as e:\n"
+            "    print('RAISED', str(e).splitlines()[0])\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, f"child exited {r.returncode}: {r.stderr[-2000:]}"
+    assert "RAISED" in r.stdout and "multiple of 8" in r.stdout
 
 
 @pytest.mark.parametrize("b,s", [(1, 1), (1, 97), (2, 197), (64, 197), (4, 257), (2, 577)])

@@ -4,7 +4,7 @@
 # JSON summaries into the output folder.
 #
 #   bash tools/gpu_run.sh [OUT_DIR]         (default: $OUT, else ./gpu-out)
-#   QVIT_GPU_STEPS="install tests bench" bash tools/gpu_run.sh   (choose steps; default all three)
+#   QVIT_GPU_STEPS="install bench tests" bash tools/gpu_run.sh   (steps, in this order; default install tests bench)
 #
 # Peers (bitsandbytes, torchao, sageattention) are taken from .gpu/peers when present
 # (../shared/tools/gpu-prep puts them there); the git commit from .gpu/commit or $QVIT_COMMIT.
@@ -17,22 +17,24 @@ steps=${QVIT_GPU_STEPS:-install tests bench}
 py=${PYTHON:-python3}
 declare -A rc
 t_install=0
-if [[ " $steps " == *" install "* ]]; then
-  t0=$(date +%s)
-  QVIT_BUILD_CUDA=1 QVIT_CUDA_ARCHS=${QVIT_CUDA_ARCHS:-90a} MAX_JOBS=${MAX_JOBS:-$(nproc)} \
-    $py -m pip install --no-build-isolation --no-deps -v -e . > "$out/install.log" 2>&1
-  rc[install]=$?
-  t_install=$(( $(date +%s) - t0 ))
-  echo "install: rc=${rc[install]} in ${t_install}s"; grep -E "qvit setup:|error" "$out/install.log" | head -20
-fi
-if [[ " $steps " == *" tests "* ]]; then
-  $py -m pytest -m gpu tests -q -p no:cacheprovider --junitxml="$out/gpu_tests.xml" ${QVIT_PYTEST_ARGS:-} 2>&1 | tee "$out/gpu_tests.log" | tail -40
-  rc[tests]=${PIPESTATUS[0]}
-fi
-if [[ " $steps " == *" bench "* ]]; then
-  $py -m qvit.profiling.bench_kernels --out "$out" ${QVIT_BENCH_ARGS:-} 2>&1 | tee "$out/bench.log" | tail -60
-  rc[bench]=${PIPESTATUS[0]}
-fi
+for step in $steps; do
+  case "$step" in
+    install)
+      t0=$(date +%s)
+      QVIT_BUILD_CUDA=1 QVIT_CUDA_ARCHS=${QVIT_CUDA_ARCHS:-90a} MAX_JOBS=${MAX_JOBS:-$(nproc)} \
+        $py -m pip install --no-build-isolation --no-deps -v -e . > "$out/install.log" 2>&1
+      rc[install]=$?
+      t_install=$(( $(date +%s) - t0 ))
+      echo "install: rc=${rc[install]} in ${t_install}s"; grep -E "qvit setup:|error" "$out/install.log" | sort -u | head -20 ;;
+    tests)
+      $py -m pytest -m gpu tests -q -p no:cacheprovider --junitxml="$out/gpu_tests.xml" ${QVIT_PYTEST_ARGS:-} 2>&1 | tee "$out/gpu_tests.log" | tail -40
+      rc[tests]=${PIPESTATUS[0]} ;;
+    bench)
+      $py -m qvit.profiling.bench_kernels --out "$out" ${QVIT_BENCH_ARGS:-} 2>&1 | tee "$out/bench.log" | tail -60
+      rc[bench]=${PIPESTATUS[0]} ;;
+    *) echo "unknown step $step (install tests bench)"; exit 2 ;;
+  esac
+done
 $py - "$out" "$t_install" "${rc[install]:-}" "${rc[tests]:-}" "${rc[bench]:-}" <<'PY'
 import json, os, sys, xml.etree.ElementTree as ET
 out, t_install, rc_i, rc_t, rc_b = sys.argv[1:]

@@ -124,8 +124,8 @@ def _quantize_act(x, backend: Backend):
         from qvit.kernels.layernorm_quant import layernorm_quant
         return layernorm_quant(x.contiguous())
     if backend is Backend.CUDA:
-        from qvit import _ext
-        return _ext.ops().layernorm_quant(x.contiguous(), None, None, 1e-6)
+        from qvit.kernels.layernorm_quant import layernorm_quant_cuda
+        return layernorm_quant_cuda(x.contiguous())
     return Q.quantize_int8_per_token(x)
 
 
