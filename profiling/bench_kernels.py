@@ -39,10 +39,16 @@ def bench_graph(fn, rep=100):
         return None
 
 
-def timed(fn):
+def rnd(*shape, dtype=torch.float32):
+    """Random CUDA tensor drawn on the CPU: the CUDA RNG is left alone, so a provider whose graph capture
+    fails cannot poison the generator for the inputs that follow."""
+    return torch.randn(*shape).to(device="cuda", dtype=dtype)
+
+
+def timed(fn, graph=True):
     """{'ms': graphed time if capturable else eager, 'ms_eager': eager, 'graphed': bool}"""
     eager = bench(fn)
-    g = bench_graph(fn)
+    g = bench_graph(fn) if graph else None
     return {"ms": g if g is not None else eager, "ms_eager": eager, "graphed": g is not None}
 
 
@@ -75,18 +81,18 @@ def env_info():
 # ----------------------------------------------------------------------------- ceilings
 def ceilings(res):
     n = 1 << 28  # 256M bf16 = 512 MB each way
-    a = torch.empty(n, dtype=torch.bfloat16, device="cuda").normal_()
+    a = rnd(n, dtype=torch.bfloat16)
     b = torch.empty_like(a)
     ms = bench(lambda: b.copy_(a))
     res["copy_TBps"] = 2 * a.numel() * 2 / ms / 1e9
     del a, b
     s = 8192
-    x = torch.randn(s, s, device="cuda", dtype=torch.bfloat16)
-    w = torch.randn(s, s, device="cuda", dtype=torch.bfloat16)
+    x = rnd(s, s, dtype=torch.bfloat16)
+    w = rnd(s, s, dtype=torch.bfloat16)
     ms = bench(lambda: x @ w)
     res["bf16_mm_TFLOPs"] = 2 * s**3 / ms / 1e9
-    xi = torch.randint(-127, 128, (s, s), device="cuda", dtype=torch.int8)
-    wi = torch.randint(-127, 128, (s, s), device="cuda", dtype=torch.int8)
+    xi = torch.randint(-127, 128, (s, s), dtype=torch.int8).cuda()
+    wi = torch.randint(-127, 128, (s, s), dtype=torch.int8).cuda()
     ms = bench(lambda: torch._int_mm(xi, wi.t()))
     res["int8_mm_TOPs"] = 2 * s**3 / ms / 1e9
     print(f"ceilings: copy {res['copy_TBps']:.2f} TB/s, bf16 {res['bf16_mm_TFLOPs']:.0f} TFLOP/s, "
@@ -152,16 +158,16 @@ def bench_linears(res, quick):
     ms_list = [197, 12608] if quick else [197, 12608, 50432]
     out = []
     for name, (k, n) in VIT_L_LINEARS.items():
-        lin = torch.nn.Linear(k, n, device="cuda", dtype=torch.bfloat16)
+        lin = torch.nn.Linear(k, n).to("cuda", torch.bfloat16)
         for m in ms_list:
-            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            x = rnd(m, k, dtype=torch.bfloat16)
             P, refs = linear_providers(x, lin, k, n)
             row = {"layer": name, "M": m, "K": k, "N": n, "flops": 2 * m * k * n, "providers": {}}
             for pname, fn in P.items():
                 try:
                     y = fn()
                     torch.cuda.synchronize()
-                    entry = timed(fn)
+                    entry = timed(fn, graph=not pname.startswith("bnb"))
                     if pname in refs:
                         entry["rel_err"] = rel_err(y, refs[pname]())
                     row["providers"][pname] = entry
@@ -186,9 +192,7 @@ def bench_lnq(res):
     from qvit.kernels.layernorm_quant import layernorm_quant, layernorm_quant_ref
     out = []
     for m, k in [(12608, 1024), (50432, 1024), (12608, 4096)]:
-        x = torch.randn(m, k, device="cuda", dtype=torch.float16)
-        w = torch.randn(k, device="cuda", dtype=torch.float16)
-        b = torch.randn(k, device="cuda", dtype=torch.float16)
+        x, w, b = rnd(m, k, dtype=torch.float16), rnd(k, dtype=torch.float16), rnd(k, dtype=torch.float16)
         qr, sr = layernorm_quant_ref(x, w, b)
         nbytes = m * k * 2 + m * k + m * 4
         row = {"M": m, "K": k, "bytes": nbytes, "providers": {}}
@@ -231,7 +235,7 @@ def bench_attention(res, quick):
     except Exception:
         sageattn = None
     for b, s in shapes:
-        qkv = torch.randn(b, s, 3, h, d, device="cuda", dtype=torch.float16)
+        qkv = rnd(b, s, 3, h, d, dtype=torch.float16)
         q, k, v = qkv.unbind(2)
         qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
         ref = attention_ref(q, k, v, upcast=True)
@@ -256,7 +260,7 @@ def bench_attention(res, quick):
             try:
                 y = fn()
                 torch.cuda.synchronize()
-                e = {**timed(fn), "rel_err": rel_err(y, ref)}
+                e = {**timed(fn, graph=not pname.startswith("Sage")), "rel_err": rel_err(y, ref)}
                 e["TFLOPs"] = flops / e["ms"] / 1e9
                 row["providers"][pname] = e
             except Exception as ex:
