@@ -83,3 +83,10 @@ def test_load_refuses_bad_files(tmp_path, base):
     save_file(sd2, str(tmp_path / "shape.safetensors"), metadata=meta)
     with pytest.raises(CheckpointError, match="expected"):
         load_quantized(str(tmp_path / "shape.safetensors"))
+
+
+def test_half_keeps_quantized_formats(base):
+    m = quantize(copy.deepcopy(base), QuantConfig.preset("w8a8")).half()
+    q = m.blocks[1].attn.qkv
+    assert q.wq.dtype == torch.int8 and q.w_scale.dtype == torch.float32 and q.bias.dtype == torch.float32
+    assert m.blocks[0].attn.qkv.weight.dtype == torch.float16  # float layers do follow .half()

@@ -105,6 +105,15 @@ class _QuantLinear(nn.Module):
     def extra_repr(self):
         return f"{self.in_features} -> {self.out_features}, {self.quant_kind}"
 
+    def _apply(self, fn, recurse=True):
+        # model.to(device) moves the quantized tensors; model.half() / .to(dtype) must not touch them:
+        # their dtypes (int8/uint8 data, float32 scales) are part of the format.
+        for name, buf in self._buffers.items():
+            if buf is not None:
+                moved = fn(buf)
+                self._buffers[name] = moved if moved.dtype == buf.dtype else buf.to(moved.device)
+        return self
+
     def _backend(self, x) -> Backend:
         return resolve_backend(self.backend, x.device.type)
 
