@@ -164,7 +164,7 @@ def test_bnb_nf4_gpu_conversion_bit_exact():
     ref = bnb.functional.dequantize_4bit(l4.weight.data, l4.weight.quant_state)
     from qvit.vit import NF4Linear
     m = NF4Linear.from_bnb(l4)
-    got = Q.dequantize_nf4(m.packed, m.absmax, (512, 1024), m.blocksize, torch.float16)
+    got = Q.dequantize_nf4(m.packed, m.absmax, (512, 1024), m.blocksize, ref.dtype)
     assert torch.equal(got, ref)
     x = torch.randn(197, 1024, device=DEV, dtype=torch.float16)
     torch.testing.assert_close(m(x).float(), l4(x).float(), rtol=2e-2, atol=2e-2)
