@@ -100,6 +100,29 @@ if triton is not None:
                  acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
+def check_packed_int4(op, x, packed, scales, bias, group_size):
+    """Checks shared by the 4-bit GEMMs; returns (N, K)."""
+    if packed.dtype != torch.uint8 or packed.ndim != 2:
+        raise TypeError(f"{op}: packed must be 2-D uint8 (N, K/2), got {packed.dtype} {tuple(packed.shape)}")
+    k = x.shape[1]
+    n = packed.shape[0]
+    if packed.shape[1] * 2 != k:
+        raise ValueError(f"{op}: x has K={k} but packed holds K={packed.shape[1] * 2}")
+    check_group_size(k, group_size)
+    if group_size % 32:
+        raise ValueError(f"{op}: group_size={group_size} must be a multiple of 32 for the kernel")
+    if tuple(scales.shape) != (n, k // group_size):
+        raise ValueError(f"{op}: scales must have shape {(n, k // group_size)}, got {tuple(scales.shape)}")
+    if bias is not None and bias.shape != (n,):
+        raise ValueError(f"{op}: bias must be ({n},), got {tuple(bias.shape)}")
+    devs = {t.device for t in (x, packed, scales, bias) if t is not None}
+    if len(devs) != 1:
+        raise ValueError(f"{op}: all tensors must be on one device, got {sorted(map(str, devs))}")
+    if x.device.type == "cpu" and not interpreting():
+        raise ValueError(f"{op}: CPU tensors need TRITON_INTERPRET=1 (or use the torch backend)")
+    return n, k
+
+
 _code_cache: dict = {}
 
 
@@ -116,29 +139,14 @@ def _validate(x, packed, scales, zeros, bias, group_size, mode):
         raise ValueError(f"w4a16_linear: mode must be one of {list(MODES)}, got {mode!r}")
     if x.ndim != 2 or x.dtype not in (torch.float16, torch.bfloat16):
         raise TypeError(f"w4a16_linear: x must be 2-D float16/bfloat16, got {x.dtype} {tuple(x.shape)}")
-    if packed.dtype != torch.uint8 or packed.ndim != 2:
-        raise TypeError(f"w4a16_linear: packed must be 2-D uint8 (N, K/2), got {packed.dtype} {tuple(packed.shape)}")
-    m, k = x.shape
-    n = packed.shape[0]
-    if packed.shape[1] * 2 != k:
-        raise ValueError(f"w4a16_linear: x has K={k} but packed holds K={packed.shape[1] * 2}")
-    check_group_size(k, group_size)
-    if group_size % 32:
-        raise ValueError(f"w4a16_linear: group_size={group_size} must be a multiple of 32 for the kernel")
+    n, k = check_packed_int4("w4a16_linear", x, packed, scales, bias, group_size)
     want = (n, k // group_size)
-    if tuple(scales.shape) != want:
-        raise ValueError(f"w4a16_linear: scales must have shape {want}, got {tuple(scales.shape)}")
     if mode == "int4-asym" and (zeros is None or tuple(zeros.shape) != want or zeros.dtype != torch.uint8):
         raise ValueError(f"w4a16_linear: int4-asym needs uint8 zeros of shape {want}")
     if mode == "nf4" and scales.dtype != torch.float32:
         raise TypeError("w4a16_linear: NF4 absmax must be float32")
-    if bias is not None and bias.shape != (n,):
-        raise ValueError(f"w4a16_linear: bias must be ({n},), got {tuple(bias.shape)}")
-    devs = {t.device for t in (x, packed, scales, zeros, bias) if t is not None}
-    if len(devs) != 1:
-        raise ValueError(f"w4a16_linear: all tensors must be on one device, got {sorted(map(str, devs))}")
-    if x.device.type == "cpu" and not interpreting():
-        raise ValueError("w4a16_linear: CPU tensors need TRITON_INTERPRET=1 (or use the torch backend)")
+    if zeros is not None and zeros.device != x.device:
+        raise ValueError(f"w4a16_linear: zeros is on {zeros.device}, x on {x.device}")
     if x.stride(1) != 1 or not packed.is_contiguous() or not scales.is_contiguous():
         raise ValueError("w4a16_linear: x must be K-contiguous; packed and scales contiguous")
 

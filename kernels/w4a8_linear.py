@@ -18,12 +18,11 @@ import torch
 
 from qvit.backend import interpreting
 from qvit.kernels._op import fast_custom_op
-from qvit.kernels.quant import check_group_size
 
 try:
     import triton
     import triton.language as tl
-    from qvit.kernels.w4a16_linear import _unpack_tile
+    from qvit.kernels.w4a16_linear import _unpack_tile, check_packed_int4
 except ImportError:
     triton = None
 
@@ -102,24 +101,8 @@ def w4a8_linear(xq: torch.Tensor, x_scale: torch.Tensor, packed: torch.Tensor, s
         raise TypeError(f"w4a8_linear: xq must be 2-D int8, got {xq.dtype} {tuple(xq.shape)}")
     if x_scale.dtype != torch.float32 or x_scale.shape != xq.shape[:1]:
         raise TypeError(f"w4a8_linear: x_scale must be float32 ({xq.shape[0]},)")
-    if packed.dtype != torch.uint8 or packed.ndim != 2:
-        raise TypeError(f"w4a8_linear: packed must be 2-D uint8 (N, K/2), got {packed.dtype} {tuple(packed.shape)}")
-    m, k = xq.shape
-    n = packed.shape[0]
-    if packed.shape[1] * 2 != k:
-        raise ValueError(f"w4a8_linear: xq has K={k} but packed holds K={packed.shape[1] * 2}")
-    check_group_size(k, group_size)
-    if group_size % 32:
-        raise ValueError(f"w4a8_linear: group_size={group_size} must be a multiple of 32 for the kernel")
-    if tuple(scales.shape) != (n, k // group_size):
-        raise ValueError(f"w4a8_linear: scales must have shape {(n, k // group_size)}, got {tuple(scales.shape)}")
-    if bias is not None and bias.shape != (n,):
-        raise ValueError(f"w4a8_linear: bias must be ({n},), got {tuple(bias.shape)}")
-    devs = {t.device for t in (xq, x_scale, packed, scales, bias) if t is not None}
-    if len(devs) != 1:
-        raise ValueError(f"w4a8_linear: all tensors must be on one device, got {sorted(map(str, devs))}")
-    if xq.device.type == "cpu" and not interpreting():
-        raise ValueError("w4a8_linear: CPU tensors need TRITON_INTERPRET=1 (or use the torch backend)")
+    n, k = check_packed_int4("w4a8_linear", xq, packed, scales, bias, group_size)
+    m = xq.shape[0]
     if xq.stride(1) != 1 or not packed.is_contiguous() or not scales.is_contiguous():
         raise ValueError("w4a8_linear: xq must be K-contiguous; packed and scales contiguous")
     y = torch.empty((m, n), dtype=out_dtype, device=xq.device)
