@@ -1,7 +1,5 @@
 """Triton kernels under the interpreter (CPU): tiny odd shapes, fp16/fp32/int8 only (the
 interpreter computes bf16 wrong), fresh random inputs, outputs poisoned before the kernel runs."""
-import math
-
 import pytest
 import torch
 
@@ -138,4 +136,3 @@ def test_kernel_validation_errors():
     with pytest.raises(ValueError, match="head_dim=24"):
         q = torch.randn(1, 4, 1, 24).half()
         attention(q, q, q)
-    assert math.isfinite(1.0)
