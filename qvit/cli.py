@@ -122,6 +122,26 @@ def _cmd_bench(args) -> int:
     return bench_kernels.main(["--out", args.out] + (["--quick"] if args.quick else []))
 
 
+def _cmd_train(args) -> int:
+    from dataclasses import replace
+
+    from qvit.train.augment import AugmentConfig
+    from qvit.train.trainer import TrainConfig, train
+    cfg = TrainConfig()
+    over = {k: getattr(args, k) for k in ("model", "data", "data_root", "epochs", "batch_size", "lr", "warmup_epochs",
+                                          "weight_decay", "drop_path", "seed", "amp", "compile", "attn", "pretrained",
+                                          "out", "eval_every", "limit_train", "limit_test", "max_steps", "img_size")
+            if getattr(args, k) is not None}
+    cfg = replace(cfg, **over)
+    if args.no_aug:
+        cfg.aug = AugmentConfig(num_ops=0, erase_p=0.0, mix_p=0.0, label_smoothing=cfg.aug.label_smoothing)
+    cfg.progress = not args.no_progress
+    s = train(cfg, resume=args.resume, device=args.device)
+    print(json.dumps({"out": cfg.out, "test": s["test"], "train_seconds": round(s["train_seconds"], 1),
+                      "steps": s["steps"]}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="qvit", description="Quantized Vision Transformers with fused Triton/CUDA kernels.")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
@@ -151,6 +171,33 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keep-format", default="float", choices=["float", "int8"])
     s.add_argument("--out", required=True)
     s.set_defaults(fn=_cmd_quantize)
+
+    s = sub.add_parser("train", help="train the CIFAR-10 baseline (default) or finetune on an image folder")
+    s.add_argument("--model", default=None, help="config name (default vit_cifar_patch4_32)")
+    s.add_argument("--data", default=None, help="cifar10 (default) or folder:PATH with PATH/train and PATH/val")
+    s.add_argument("--data-root", default=None, help="CIFAR-10 shard folder (default: datasets/cifar10)")
+    s.add_argument("--img-size", type=int, default=None)
+    s.add_argument("--epochs", type=int, default=None)
+    s.add_argument("--batch-size", type=int, default=None)
+    s.add_argument("--lr", type=float, default=None)
+    s.add_argument("--warmup-epochs", type=float, default=None)
+    s.add_argument("--weight-decay", type=float, default=None)
+    s.add_argument("--drop-path", type=float, default=None)
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--amp", default=None, choices=["bf16", "fp16", "none"])
+    s.add_argument("--compile", default=None, choices=["auto", "on", "off"])
+    s.add_argument("--attn", default=None, help="attention backend while training (default sdpa)")
+    s.add_argument("--pretrained", default=None, help="timm or qvit checkpoint to finetune from")
+    s.add_argument("--out", default=None, help="run folder (default runs/cifar10)")
+    s.add_argument("--eval-every", type=int, default=None)
+    s.add_argument("--limit-train", type=int, default=None)
+    s.add_argument("--limit-test", type=int, default=None)
+    s.add_argument("--max-steps", type=int, default=None)
+    s.add_argument("--no-aug", action="store_true", help="crop+flip and label smoothing only")
+    s.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--device", default=None)
+    s.set_defaults(fn=_cmd_train)
 
     s = sub.add_parser("bench", help="GPU kernel benchmarks vs their baselines (JSON + markdown)")
     s.add_argument("--out", default="results")

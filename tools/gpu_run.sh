@@ -5,6 +5,7 @@
 #
 #   bash tools/gpu_run.sh [OUT_DIR]         (default: $OUT, else ./gpu-out)
 #   QVIT_GPU_STEPS="install bench tests" bash tools/gpu_run.sh   (steps, in this order; default install tests bench)
+#   steps: install | tests | bench | train (QVIT_TRAIN_ARGS: extra `qvit train` options)
 #
 # Peers (bitsandbytes, torchao, sageattention) are taken from .gpu/peers when present
 # (../shared/tools/gpu-prep puts them there); the git commit from .gpu/commit or $QVIT_COMMIT.
@@ -29,16 +30,21 @@ for step in $steps; do
     tests)
       $py -m pytest -m gpu tests -q -p no:cacheprovider --junitxml="$out/gpu_tests.xml" ${QVIT_PYTEST_ARGS:-} 2>&1 | tee "$out/gpu_tests.log" | tail -40
       rc[tests]=${PIPESTATUS[0]} ;;
+    train)
+      # the CIFAR-10 baseline (qvit train defaults unless QVIT_TRAIN_ARGS says otherwise) into $out/train
+      $py -m qvit.cli train --out "$out/train" --no-progress ${QVIT_TRAIN_ARGS:-} 2>&1 | tee "$out/train.log" | tail -30
+      rc[train]=${PIPESTATUS[0]} ;;
     bench)
       $py -m qvit.profiling.bench_kernels --out "$out" ${QVIT_BENCH_ARGS:-} 2>&1 | tee "$out/bench.log" | tail -60
       rc[bench]=${PIPESTATUS[0]} ;;
-    *) echo "unknown step $step (install tests bench)"; exit 2 ;;
+    *) echo "unknown step $step (install tests bench train)"; exit 2 ;;
   esac
 done
-$py - "$out" "$t_install" "${rc[install]:-}" "${rc[tests]:-}" "${rc[bench]:-}" <<'PY'
+$py - "$out" "$t_install" "${rc[install]:-}" "${rc[tests]:-}" "${rc[bench]:-}" "${rc[train]:-}" <<'PY'
 import json, os, sys, xml.etree.ElementTree as ET
-out, t_install, rc_i, rc_t, rc_b = sys.argv[1:]
-s = {"install_rc": rc_i or None, "install_seconds": int(t_install), "tests_rc": rc_t or None, "bench_rc": rc_b or None}
+out, t_install, rc_i, rc_t, rc_b, rc_tr = sys.argv[1:]
+s = {"install_rc": rc_i or None, "install_seconds": int(t_install), "tests_rc": rc_t or None, "bench_rc": rc_b or None,
+     "train_rc": rc_tr or None}
 try:
     import torch
     s.update(card=torch.cuda.get_device_name(0), torch=torch.__version__, cuda=torch.version.cuda)
@@ -60,7 +66,7 @@ if os.path.exists(x):
     s["tests"]["passed"] = s["tests"]["tests"] - s["tests"]["failures"] - s["tests"]["errors"] - s["tests"]["skipped"]
     s["failed_tests"] = [f"{c.get('classname')}::{c.get('name')}" for c in ts.iter("testcase")
                          if c.find("failure") is not None or c.find("error") is not None]
-s["passed"] = all(v in (None, "", "0") for v in (rc_i, rc_t, rc_b))
+s["passed"] = all(v in (None, "", "0") for v in (rc_i, rc_t, rc_b, rc_tr))
 json.dump(s, open(os.path.join(out, "gpu_summary.json"), "w"), indent=1)
 print(json.dumps(s))
 PY

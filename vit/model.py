@@ -64,6 +64,9 @@ CONFIGS = {
     "vit_small_patch4_32": ViTConfig(img_size=32, patch_size=4, num_classes=10, embed_dim=384, depth=12, num_heads=6),
     "vit_cifar_patch4_32": ViTConfig(img_size=32, patch_size=4, num_classes=10, embed_dim=256, depth=8,
                                      num_heads=8, mlp_ratio=2.0),
+    # for tests: the smallest shape every kernel accepts
+    "vit_micro_patch4_32": ViTConfig(img_size=32, patch_size=4, num_classes=10, embed_dim=64, depth=2, num_heads=2,
+                                     mlp_ratio=2.0),
 }
 
 
