@@ -1,68 +1,66 @@
-// Registers qvit's CUDA kernels as torch ops in the `qvit_cuda` namespace (fake implementations
-// live in Python, qvit/_ext.py). Importing the module `qvit._C` runs the registration.
+// qvit's CUDA kernels behind a plain C ABI, called from Python through ctypes (qvit/_ext.py), where
+// they are registered as torch custom ops with fake implementations (kernels/layernorm_quant.py).
 //
-// All input validation happens here, in host code compiled by the C++ compiler: the .cu files
-// only launch kernels and return a cudaError_t. (A TORCH_CHECK thrown from nvcc-compiled host code
-// crashed the process on the H200 image instead of raising; see NOTES.md.)
+// Why a C ABI and not TORCH_LIBRARY + TORCH_CHECK: on the H200 image (torch 2.11, CUDA 13) any C++
+// exception thrown out of this extension -- a failed TORCH_CHECK, from nvcc- or g++-compiled code
+// alike -- killed the process with SIGSEGV instead of reaching Python as a RuntimeError
+// (results/h200-gpu-tests, NOTES.md). Here nothing throws: every entry point validates its
+// arguments, returns 0 or an error code, and leaves a message naming the op and the problem for
+// qvit_last_error(). Importing `qvit._C` only proves the library loads.
 #include <Python.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <cuda_runtime.h>
-#include <torch/all.h>
-#include <torch/library.h>
+
+#include <cstdint>
+#include <cstdio>
 
 namespace qvit {
 cudaError_t layernorm_quant_launch(int dtype, const void* x, const void* w, const void* b, int8_t* q, float* s,
                                    int64_t M, int K, int64_t stride_x, float eps, cudaStream_t stream);
-
-std::tuple<at::Tensor, at::Tensor> layernorm_quant(const at::Tensor& x, const std::optional<at::Tensor>& weight,
-                                                   const std::optional<at::Tensor>& bias, double eps) {
-  TORCH_CHECK(x.is_cuda(), "qvit_cuda.layernorm_quant: x must be a CUDA tensor, got ", x.device());
-  TORCH_CHECK(x.dim() == 2, "qvit_cuda.layernorm_quant: x must be 2-D (M, K), got ", x.sizes());
-  TORCH_CHECK(x.stride(1) == 1, "qvit_cuda.layernorm_quant: x must be contiguous along K");
-  const auto dt = x.scalar_type();
-  TORCH_CHECK(dt == at::kHalf || dt == at::kBFloat16 || dt == at::kFloat,
-              "qvit_cuda.layernorm_quant: x must be float16/bfloat16/float32, got ", dt);
-  const int64_t K = x.size(1);
-  const int vec = 16 / (int)x.element_size();
-  TORCH_CHECK(K > 0 && K % vec == 0, "qvit_cuda.layernorm_quant: K=", K, " must be a positive multiple of ", vec,
-              " for ", dt);
-  TORCH_CHECK(K <= 32 * vec * 16, "qvit_cuda.layernorm_quant: K=", K, " exceeds ", 32 * vec * 16, " for ", dt);
-  TORCH_CHECK(reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 && (x.stride(0) * x.element_size()) % 16 == 0,
-              "qvit_cuda.layernorm_quant: rows of x must be 16-byte aligned");
-  const void* wp = nullptr;
-  const void* bp = nullptr;
-  if (weight.has_value()) {
-    TORCH_CHECK(weight->device() == x.device() && weight->scalar_type() == dt && weight->numel() == K &&
-                    weight->is_contiguous(),
-                "qvit_cuda.layernorm_quant: weight must be a contiguous (", K, ",) ", dt, " tensor on ", x.device());
-    wp = weight->data_ptr();
-  }
-  if (bias.has_value()) {
-    TORCH_CHECK(wp != nullptr, "qvit_cuda.layernorm_quant: bias given without weight");
-    TORCH_CHECK(bias->device() == x.device() && bias->scalar_type() == dt && bias->numel() == K && bias->is_contiguous(),
-                "qvit_cuda.layernorm_quant: bias must be a contiguous (", K, ",) ", dt, " tensor on ", x.device());
-    bp = bias->data_ptr();
-  }
-  const c10::cuda::CUDAGuard guard(x.device());
-  auto q = at::empty({x.size(0), K}, x.options().dtype(at::kChar));
-  auto s = at::empty({x.size(0)}, x.options().dtype(at::kFloat));
-  if (x.size(0) == 0) return {q, s};
-  const int code = dt == at::kHalf ? 0 : dt == at::kBFloat16 ? 1 : 2;
-  const cudaError_t err = layernorm_quant_launch(code, x.data_ptr(), wp, bp, q.data_ptr<int8_t>(), s.data_ptr<float>(),
-                                                 x.size(0), (int)K, x.stride(0), (float)eps,
-                                                 at::cuda::getCurrentCUDAStream());
-  TORCH_CHECK(err == cudaSuccess, "qvit_cuda.layernorm_quant: kernel launch failed: ", cudaGetErrorString(err));
-  return {q, s};
-}
-}  // namespace qvit
-
-TORCH_LIBRARY(qvit_cuda, m) {
-  m.def("layernorm_quant(Tensor x, Tensor? weight, Tensor? bias, float eps) -> (Tensor, Tensor)");
 }
 
-TORCH_LIBRARY_IMPL(qvit_cuda, CUDA, m) { m.impl("layernorm_quant", &qvit::layernorm_quant); }
+static thread_local char g_err[512] = {0};
 
-// An importable Python module with no functions of its own: the ops are reached as torch.ops.qvit_cuda.*
+template <typename... A>
+static int fail(int code, const char* fmt, A... args) {
+  std::snprintf(g_err, sizeof(g_err), fmt, args...);
+  return code;
+}
+
+extern "C" {
+
+const char* qvit_last_error() { return g_err; }
+
+// dtype: 0 float16, 1 bfloat16, 2 float32. x (M, K) with row stride stride_x (elements), K contiguous;
+// w, b (K,) or null; q (M, K) int8 contiguous; s (M,) float32. Returns 0, 1 (bad argument) or the
+// CUDA error code of the launch.
+int qvit_layernorm_quant(int dtype, const void* x, const void* w, const void* b, void* q, void* s, int64_t M,
+                         int64_t K, int64_t stride_x, float eps, void* stream) {
+  g_err[0] = 0;
+  if (dtype < 0 || dtype > 2) return fail(1, "qvit_cuda.layernorm_quant: unsupported dtype code %d", dtype);
+  const int esize = dtype == 2 ? 4 : 2;
+  const int vec = 16 / esize;
+  if (M < 0) return fail(1, "qvit_cuda.layernorm_quant: M=%lld is negative", (long long)M);
+  if (K <= 0 || K % vec)
+    return fail(1, "qvit_cuda.layernorm_quant: K=%lld must be a positive multiple of %d for this dtype", (long long)K, vec);
+  if (K > 32 * vec * 16)
+    return fail(1, "qvit_cuda.layernorm_quant: K=%lld exceeds %d for this dtype", (long long)K, 32 * vec * 16);
+  if (stride_x < K) return fail(1, "qvit_cuda.layernorm_quant: row stride %lld < K=%lld", (long long)stride_x, (long long)K);
+  if (reinterpret_cast<uintptr_t>(x) % 16 || (stride_x * esize) % 16)
+    return fail(1, "qvit_cuda.layernorm_quant: rows of x must be 16-byte aligned");
+  if (b != nullptr && w == nullptr) return fail(1, "qvit_cuda.layernorm_quant: bias given without weight");
+  if ((w && reinterpret_cast<uintptr_t>(w) % 16) || (b && reinterpret_cast<uintptr_t>(b) % 16) ||
+      reinterpret_cast<uintptr_t>(q) % 16)
+    return fail(1, "qvit_cuda.layernorm_quant: weight, bias and q must be 16-byte aligned");
+  if (x == nullptr || q == nullptr || s == nullptr) return fail(1, "qvit_cuda.layernorm_quant: null pointer");
+  if (M == 0) return 0;
+  const cudaError_t e = qvit::layernorm_quant_launch(dtype, x, w, b, static_cast<int8_t*>(q), static_cast<float*>(s),
+                                                     M, (int)K, stride_x, eps, static_cast<cudaStream_t>(stream));
+  if (e != cudaSuccess) return fail((int)e, "qvit_cuda.layernorm_quant: launch failed: %s", cudaGetErrorString(e));
+  return 0;
+}
+
+}  // extern "C"
+
+// An importable Python module with no functions of its own (qvit/_ext.py opens the same file with ctypes).
 static struct PyModuleDef qvit_c_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
 PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&qvit_c_module); }

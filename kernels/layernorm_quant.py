@@ -133,10 +133,10 @@ def layernorm_quant(x: torch.Tensor, weight: torch.Tensor | None = None, bias: t
     return q, s
 
 
-def layernorm_quant_cuda(x, weight=None, bias=None, eps=1e-6):
-    """The same op on the hand-written CUDA kernel (csrc/layernorm_quant.cu), validated here first so
-    that bad input raises a Python error naming the problem before it reaches the extension."""
-    from qvit import _ext
+_DTYPE_CODE = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}
+
+
+def _validate_cuda(x, weight, bias):
     _validate_common(x, weight, bias)
     if not x.is_cuda:
         raise ValueError(f"layernorm_quant_cuda: x must be a CUDA tensor, got {x.device}")
@@ -149,6 +149,30 @@ def layernorm_quant_cuda(x, weight=None, bias=None, eps=1e-6):
     if x.data_ptr() % 16 or (x.stride(0) * x.element_size()) % 16:
         raise ValueError("layernorm_quant_cuda: rows of x must be 16-byte aligned")
     for name, t in (("weight", weight), ("bias", bias)):
-        if t is not None and (t.dtype != x.dtype or not t.is_contiguous()):
-            raise TypeError(f"layernorm_quant_cuda: {name} must be contiguous {x.dtype}, got {t.dtype}")
-    return _ext.ops().layernorm_quant(x, weight, bias, eps)
+        if t is not None and (t.dtype != x.dtype or not t.is_contiguous() or t.data_ptr() % 16):
+            raise TypeError(f"layernorm_quant_cuda: {name} must be a contiguous, 16-byte aligned {x.dtype} tensor, "
+                            f"got {t.dtype}")
+
+
+@fast_custom_op("qvit::layernorm_quant_cuda", _fake)
+def layernorm_quant_cuda(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                         eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same op on the hand-written CUDA kernel (csrc/layernorm_quant.cu), validated here first so
+    that bad input raises a Python error naming the problem; the library checks again and returns an
+    error code (never a crash) for anything that slips through."""
+    from qvit import _ext
+    lib = _ext.lib()
+    _validate_cuda(x, weight, bias)
+    m, k = x.shape
+    q = torch.empty((m, k), dtype=torch.int8, device=x.device)
+    s = torch.empty((m,), dtype=torch.float32, device=x.device)
+    if m == 0:
+        return q, s
+    with torch.cuda.device(x.device):
+        stream = torch.cuda.current_stream(x.device).cuda_stream
+        rc = lib.qvit_layernorm_quant(_DTYPE_CODE[x.dtype], x.data_ptr(),
+                                      weight.data_ptr() if weight is not None else None,
+                                      bias.data_ptr() if bias is not None else None,
+                                      q.data_ptr(), s.data_ptr(), m, k, x.stride(0), float(eps), stream)
+    _ext.check(rc, "layernorm_quant_cuda")
+    return q, s

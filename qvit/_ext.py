@@ -2,9 +2,16 @@
 
 A missing extension (CPU install) and a broken one (ABI mismatch, missing symbol) are reported
 differently: the message of the real ImportError is kept, never replaced by a generic one.
+
+The extension exports a plain C ABI (csrc/ops.cpp): every entry point validates its arguments and
+returns an error code instead of throwing (C++ exceptions out of the extension crashed the process
+on the H200 image). `lib()` returns the ctypes handle; `check(rc, op)` turns a nonzero code into a
+Python exception carrying the library's message. The torch ops that use it are registered in
+kernels/ (e.g. `qvit::layernorm_quant_cuda`), with fake implementations.
 """
 from __future__ import annotations
 
+import ctypes
 import importlib
 import importlib.util
 
@@ -19,12 +26,18 @@ def _load():
                          "torch at build time, or QVIT_BUILD_CUDA=0); reinstall on a CUDA machine")
         return
     try:
-        import torch  # noqa: F401  (the extension links against libtorch)
-        _state["mod"] = importlib.import_module("qvit._C")
-    except (ImportError, OSError) as e:
+        import torch  # noqa: F401  (loads the CUDA runtime the extension links against)
+        mod = importlib.import_module("qvit._C")
+        lib = ctypes.CDLL(mod.__file__)
+        lib.qvit_last_error.restype = ctypes.c_char_p
+        lib.qvit_last_error.argtypes = []
+        lib.qvit_layernorm_quant.restype = ctypes.c_int
+        lib.qvit_layernorm_quant.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [
+            ctypes.c_float, ctypes.c_void_p]
+    except (ImportError, OSError, AttributeError) as e:
         _state["err"] = f"qvit._C exists but failed to load: {type(e).__name__}: {e}"
         return
-    import torch
+    _state["mod"], _state["lib"] = mod, lib
     if not torch.cuda.is_available():
         _state["err"] = "qvit._C is built but no CUDA device is visible"
 
@@ -34,22 +47,20 @@ def load_error() -> str | None:
     return _state.get("err")
 
 
-def _register_fakes():
-    import torch
-
-    @torch.library.register_fake("qvit_cuda::layernorm_quant")
-    def _(x, weight, bias, eps):
-        return x.new_empty(x.shape, dtype=torch.int8), x.new_empty(x.shape[:1], dtype=torch.float32)
-
-
-def ops():
-    """torch.ops.qvit_cuda once the extension registered its kernels; raises with the reason if it cannot."""
+def lib():
+    """The ctypes handle of qvit._C; raises BackendUnavailable with the reason if it cannot load."""
     _load()
     if "err" in _state:
         from qvit.backend import BackendUnavailable
         raise BackendUnavailable(_state["err"])
-    import torch
-    if not _state.get("fakes"):
-        _register_fakes()
-        _state["fakes"] = True
-    return torch.ops.qvit_cuda
+    return _state["lib"]
+
+
+class CudaOpError(RuntimeError):
+    """A qvit CUDA entry point refused its arguments or its launch failed; the message names the op."""
+
+
+def check(rc: int, op: str) -> None:
+    if rc != 0:
+        msg = (_state["lib"].qvit_last_error() or b"").decode(errors="replace")
+        raise CudaOpError(msg or f"{op}: failed with code {rc}")

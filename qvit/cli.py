@@ -136,6 +136,8 @@ def _cmd_train(args) -> int:
     if args.no_aug:
         cfg.aug = AugmentConfig(num_ops=0, erase_p=0.0, mix_p=0.0, label_smoothing=cfg.aug.label_smoothing)
     cfg.progress = not args.no_progress
+    if args.profile_steps:
+        cfg.profile_steps = tuple(args.profile_steps)
     s = train(cfg, resume=args.resume, device=args.device)
     print(json.dumps({"out": cfg.out, "test": s["test"], "train_seconds": round(s["train_seconds"], 1),
                       "steps": s["steps"]}))
@@ -196,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-aug", action="store_true", help="crop+flip and label smoothing only")
     s.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--profile-steps", type=int, nargs=2, default=None, metavar=("FIRST", "END"),
+                   help="torch.profiler over steps FIRST..END-1 -> OUT/profile_train.txt and a chrome trace")
     s.add_argument("--device", default=None)
     s.set_defaults(fn=_cmd_train)
 

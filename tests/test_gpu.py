@@ -92,21 +92,57 @@ def test_cuda_layernorm_quant_errors():
         layernorm_quant_cuda(torch.randn(4, 16, device=DEV, dtype=torch.float16), torch.ones(8, device=DEV))
 
 
-def test_cuda_op_raw_bad_input_raises_not_crashes():
-    """The extension's own TORCH_CHECKs, reached without the Python validation, in a child process so that
-    a crash is reported as a failure rather than killing the test run."""
+def test_cuda_raw_entry_point_refuses_bad_input_without_crashing():
+    """The library's own checks, reached without the Python validation (a bad K, a misaligned row, a
+    bias without weight), in a child process so that a crash is reported as a failure rather than
+    killing the test run. Each call must return an error code and a message naming the problem."""
     import subprocess
     import sys
-    code = ("import torch, qvit.kernels.layernorm_quant as L\n"
-            "from qvit import _ext\n"
-            "ops = _ext.ops()\n"
-            "try:\n"
-            "    ops.layernorm_quant(torch.randn(4, 20, device='cuda', dtype=torch.float16), None, None, 1e-6)\n"
-            "except RuntimeError as e:\n"
-            "    print('RAISED', str(e).splitlines()[0])\n")
+    code = """
+import torch
+from qvit import _ext
+lib = _ext.lib()
+x = torch.randn(4, 24, device='cuda', dtype=torch.float16)
+q, s = torch.empty(4, 24, device='cuda', dtype=torch.int8), torch.empty(4, device='cuda')
+st = torch.cuda.current_stream().cuda_stream
+X, Q, S = x.data_ptr(), q.data_ptr(), s.data_ptr()
+for xp, w, b, k in [(X, None, None, 20), (X + 2, None, None, 24), (X, None, X, 24)]:
+    rc = lib.qvit_layernorm_quant(0, xp, w, b, Q, S, 4, k, 24, 1e-6, st)
+    print('RC', rc, lib.qvit_last_error().decode())
+try:
+    _ext.check(lib.qvit_layernorm_quant(0, X, None, None, Q, S, 4, 20, 24, 1e-6, st), 'layernorm_quant_cuda')
+except _ext.CudaOpError as e:
+    print('RAISED', e)
+torch.cuda.synchronize()
+print('ALIVE')
+"""
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, f"child exited {r.returncode}: {r.stderr[-2000:]}"
-    assert "RAISED" in r.stdout and "multiple of 8" in r.stdout
+    lines = r.stdout.splitlines()
+    rcs = [ln for ln in lines if ln.startswith("RC ")]
+    assert len(rcs) == 3 and all(not ln.startswith("RC 0 ") for ln in rcs), r.stdout
+    assert "multiple of 8" in rcs[0] and "16-byte aligned" in rcs[1] and "bias given without weight" in rcs[2], r.stdout
+    assert any(ln.startswith("RAISED") and "multiple of 8" in ln for ln in lines) and lines[-1] == "ALIVE", r.stdout
+
+
+def test_cuda_op_compiles_and_graphs():
+    """The CUDA op under torch.compile (fullgraph: the custom op is one node) and in a CUDA graph."""
+    from qvit.kernels.layernorm_quant import layernorm_quant_cuda, layernorm_quant_ref
+    x = torch.randn(197, 1024, device=DEV, dtype=torch.float16)
+    w = torch.randn(1024, device=DEV, dtype=torch.float16)
+    b = torch.randn(1024, device=DEV, dtype=torch.float16)
+    f = torch.compile(lambda x: layernorm_quant_cuda(x, w, b), fullgraph=True)
+    q, s = f(x)
+    qr, sr = layernorm_quant_ref(x, w, b)
+    assert int((q.int() - qr.int()).abs().max()) <= 1
+    g = torch.cuda.CUDAGraph()
+    xs = x.clone()
+    with torch.cuda.graph(g):
+        qg, sg = layernorm_quant_cuda(xs, w, b)
+    xs.copy_(x * 0.5)
+    g.replay()
+    q2, s2 = layernorm_quant_ref(x * 0.5, w, b)
+    torch.testing.assert_close(sg, s2, rtol=1e-5, atol=0)
 
 
 @pytest.mark.parametrize("b,s", [(1, 1), (1, 97), (2, 197), (64, 197), (4, 257), (2, 577)])

@@ -61,6 +61,7 @@ class TrainConfig:
     max_steps: int | None = None          # stop after this many steps in total (tests, profiling)
     log_every: int = 50
     progress: bool = True
+    profile_steps: tuple | None = None    # (first, last): torch.profiler over these steps -> out/profile_train.*
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -71,6 +72,8 @@ class TrainConfig:
         d = dict(d)
         if isinstance(d.get("aug"), dict):
             d["aug"] = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d["aug"].items()})
+        if isinstance(d.get("profile_steps"), list):
+            d["profile_steps"] = tuple(d["profile_steps"])
         if isinstance(d.get("betas"), list):
             d["betas"] = tuple(d["betas"])
         return cls(**d)
@@ -176,6 +179,32 @@ class _Log:
             self.f.close()
         if self.tb is not None:
             self.tb.close()
+
+
+def nvtx(name: str):
+    """An NVTX range when a profiler is attached (`QVIT_NVTX=1` or torch.profiler running), else nothing."""
+    from qvit.profiling.nvtx import range_ctx
+    return range_ctx(name)
+
+
+def _start_profiler(device):
+    from torch.profiler import ProfilerActivity, profile
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    p = profile(activities=acts, record_shapes=False)
+    p.__enter__()
+    return p
+
+
+def _stop_profiler(prof, out, steps):
+    if device_sync := torch.cuda.is_available():
+        torch.cuda.synchronize()
+    prof.__exit__(None, None, None)
+    n = steps[1] - steps[0]
+    table = prof.key_averages().table(sort_by="self_cuda_time_total" if device_sync else "self_cpu_time_total",
+                                      row_limit=40)
+    with open(os.path.join(out, "profile_train.txt"), "w") as f:
+        f.write(f"torch.profiler over {n} training steps ({steps[0]}..{steps[1] - 1})\n{table}\n")
+    prof.export_chrome_trace(os.path.join(out, "profile_train_trace.json"))
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -285,6 +314,7 @@ def train(cfg: TrainConfig, resume: bool = False, device: str | None = None) -> 
 
     history = []
     result = {}
+    prof = None
     if start_epoch >= cfg.epochs:  # resumed a finished run: report its final accuracy
         result = evaluate(model, test_dl, aug.eval, num_classes, amp)
     t_start = time.perf_counter() - elapsed
@@ -306,19 +336,27 @@ def train(cfg: TrainConfig, resume: bool = False, device: str | None = None) -> 
                 bar = None
         t_epoch = time.perf_counter()
         for x_u8, y in it:
+            if prof is None and cfg.profile_steps and step == cfg.profile_steps[0] and main:
+                prof = _start_profiler(device)
             lr = lr_at(step, total, warmup, cfg)
             for pg in opt.param_groups:
                 pg["lr"] = lr
-            x = aug(x_u8, g)
-            x, t = mix(x, y, gc, aug.cfg, num_classes)
-            with autocast():
+            with nvtx("train/augment"):
+                x = aug(x_u8, g)
+                x, t = mix(x, y, gc, aug.cfg, num_classes)
+            with nvtx("train/forward"), autocast():
                 logits = fwd(x)
-            loss = soft_cross_entropy(logits, t)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.clip_grad > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad, foreach=True)
-            opt.step()
+                loss = soft_cross_entropy(logits, t)
+            with nvtx("train/backward"):
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+            with nvtx("train/optimizer"):
+                if cfg.clip_grad > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad, foreach=True)
+                opt.step()
+            if prof is not None and step + 1 == cfg.profile_steps[1]:
+                _stop_profiler(prof, cfg.out, cfg.profile_steps)
+                prof = False
             loss_sum += loss.detach()
             nb += 1
             step += 1

@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from qvit.backend import AttnBackend, BackendUnavailable, _fallback, resolve_attn_backend
+from qvit.profiling.nvtx import range_ctx
 
 
 @dataclass
@@ -119,10 +120,13 @@ class Attention(nn.Module):
 
     def forward(self, x):
         b, s, c = x.shape
-        qkv = self.qkv(x).view(b, s, 3, self.num_heads, self.head_dim)
+        with range_ctx("qkv"):
+            qkv = self.qkv(x).view(b, s, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.unbind(2)  # (B, S, H, D) views, no copy
-        o = self.attend(q, k, v)
-        return self.proj(o.reshape(b, s, c))
+        with range_ctx("attention"):
+            o = self.attend(q, k, v)
+        with range_ctx("proj"):
+            return self.proj(o.reshape(b, s, c))
 
     def attend(self, q, k, v):
         backend = resolve_attn_backend(self.attn_backend, q.device.type)
@@ -169,8 +173,13 @@ class Block(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x):
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        with range_ctx("norm1"):
+            h = self.norm1(x)
+        x = x + self.drop_path(self.attn(h))
+        with range_ctx("norm2"):
+            h = self.norm2(x)
+        with range_ctx("mlp"):
+            return x + self.drop_path(self.mlp(h))
 
 
 class PatchEmbed(nn.Module):
@@ -235,15 +244,20 @@ class ViT(nn.Module):
         return self
 
     def forward_features(self, x):
-        x = self.patch_embed(x)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
-        x = x + self.pos_embed.to(x.dtype)
-        x = self.blocks(x)
-        return self.norm(x)
+        with range_ctx("patch_embed"):
+            x = self.patch_embed(x)
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
+            x = x + self.pos_embed.to(x.dtype)
+        for i, blk in enumerate(self.blocks):
+            with range_ctx(f"block{i}"):
+                x = blk(x)
+        with range_ctx("norm"):
+            return self.norm(x)
 
     def forward_head(self, x):
-        x = x[:, 1:].mean(dim=1) if self.cfg.global_pool == "avg" else x[:, 0]
-        return self.head(self.fc_norm(x))
+        with range_ctx("head"):
+            x = x[:, 1:].mean(dim=1) if self.cfg.global_pool == "avg" else x[:, 0]
+            return self.head(self.fc_norm(x))
 
     def forward(self, x):
         return self.forward_head(self.forward_features(x))
