@@ -144,6 +144,15 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_study(args) -> int:
+    from qvit.train.study import study
+    r = study(args.model, args.out, device=args.device, data_root=args.data_root, limit_test=args.limit_test,
+              variants=args.variants, ablation=not args.no_ablation)
+    print(json.dumps({k: {"top1": round(v["top1"], 2), "top5": round(v["top5"], 2), "macro_f1": round(v["macro_f1"], 2)}
+                      for k, v in r["variants"].items()}, indent=1))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="qvit", description="Quantized Vision Transformers with fused Triton/CUDA kernels.")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
@@ -202,6 +211,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch.profiler over steps FIRST..END-1 -> OUT/profile_train.txt and a chrome trace")
     s.add_argument("--device", default=None)
     s.set_defaults(fn=_cmd_train)
+
+    s = sub.add_parser("study", help="PTQ variants of a trained CIFAR-10 model on the real kernels + sensitivity ablation")
+    s.add_argument("--model", required=True, help="float model file written by `qvit train` (model.safetensors)")
+    s.add_argument("--out", default="results/study")
+    s.add_argument("--data-root", default=None)
+    s.add_argument("--limit-test", type=int, default=None)
+    s.add_argument("--variants", nargs="*", default=None, help="subset of the variant names")
+    s.add_argument("--no-ablation", action="store_true")
+    s.add_argument("--device", default=None)
+    s.set_defaults(fn=_cmd_study)
 
     s = sub.add_parser("bench", help="GPU kernel benchmarks vs their baselines (JSON + markdown)")
     s.add_argument("--out", default="results")

@@ -5,7 +5,8 @@
 #
 #   bash tools/gpu_run.sh [OUT_DIR]         (default: $OUT, else ./gpu-out)
 #   QVIT_GPU_STEPS="install bench tests" bash tools/gpu_run.sh   (steps, in this order; default install tests bench)
-#   steps: install | tests | bench | train (QVIT_TRAIN_ARGS: extra `qvit train` options)
+#   steps: install | tests | bench | train (QVIT_TRAIN_ARGS: extra `qvit train` options) | study
+#   (QVIT_STUDY_ARGS, QVIT_STUDY_TIMEOUT). QVIT_BUILD_CUDA=0 skips the CUDA build (faster install).
 #
 # Peers (bitsandbytes, torchao, sageattention) are taken from .gpu/peers when present
 # (../shared/tools/gpu-prep puts them there); the git commit from .gpu/commit or $QVIT_COMMIT.
@@ -22,7 +23,7 @@ for step in $steps; do
   case "$step" in
     install)
       t0=$(date +%s)
-      QVIT_BUILD_CUDA=1 QVIT_CUDA_ARCHS=${QVIT_CUDA_ARCHS:-90a} MAX_JOBS=${MAX_JOBS:-$(nproc)} \
+      QVIT_BUILD_CUDA=${QVIT_BUILD_CUDA:-1} QVIT_CUDA_ARCHS=${QVIT_CUDA_ARCHS:-90a} MAX_JOBS=${MAX_JOBS:-$(nproc)} \
         $py -m pip install --no-build-isolation --no-deps -v -e . > "$out/install.log" 2>&1
       rc[install]=$?
       t_install=$(( $(date +%s) - t0 ))
@@ -34,17 +35,31 @@ for step in $steps; do
       # the CIFAR-10 baseline (qvit train defaults unless QVIT_TRAIN_ARGS says otherwise) into $out/train
       $py -m qvit.cli train --out "$out/train" --no-progress ${QVIT_TRAIN_ARGS:-} 2>&1 | tee "$out/train.log" | tail -30
       rc[train]=${PIPESTATUS[0]} ;;
+    study)
+      # PTQ variants + sensitivity ablation of the model trained by the train step (or $QVIT_STUDY_MODEL)
+      model=${QVIT_STUDY_MODEL:-$out/train/model.safetensors}
+      timeout ${QVIT_STUDY_TIMEOUT:-550} $py -m qvit.cli study --model "$model" --out "$out/study" ${QVIT_STUDY_ARGS:-} 2>&1 \
+        | tee "$out/study.log" | grep -v Warning | tail -40
+      rc[study]=${PIPESTATUS[0]} ;;
     bench)
       $py -m qvit.profiling.bench_kernels --out "$out" ${QVIT_BENCH_ARGS:-} 2>&1 | tee "$out/bench.log" | tail -60
       rc[bench]=${PIPESTATUS[0]} ;;
-    *) echo "unknown step $step (install tests bench train)"; exit 2 ;;
+    *) echo "unknown step $step (install tests bench train study)"; exit 2 ;;
   esac
 done
-$py - "$out" "$t_install" "${rc[install]:-}" "${rc[tests]:-}" "${rc[bench]:-}" "${rc[train]:-}" <<'PY'
+# files that cannot come back (> 16 MiB): a bf16 copy of the trained model, no optimizer checkpoints
+if [ -f "$out/train/model.safetensors" ]; then
+  $py -c "import sys; from safetensors.torch import load_file, save_file; from safetensors import safe_open
+p = sys.argv[1]; m = safe_open(p, 'pt').metadata(); sd = load_file(p)
+save_file({k: v.bfloat16() if v.is_floating_point() else v for k, v in sd.items()}, p.replace('.safetensors', '-bf16.safetensors'), metadata=m)" \
+    "$out/train/model.safetensors" && rm -f "$out/train/model.safetensors"
+fi
+rm -f "$out"/*/last.pt
+$py - "$out" "$t_install" "${rc[install]:-}" "${rc[tests]:-}" "${rc[bench]:-}" "${rc[train]:-}" "${rc[study]:-}" <<'PY'
 import json, os, sys, xml.etree.ElementTree as ET
-out, t_install, rc_i, rc_t, rc_b, rc_tr = sys.argv[1:]
+out, t_install, rc_i, rc_t, rc_b, rc_tr, rc_st = sys.argv[1:]
 s = {"install_rc": rc_i or None, "install_seconds": int(t_install), "tests_rc": rc_t or None, "bench_rc": rc_b or None,
-     "train_rc": rc_tr or None}
+     "train_rc": rc_tr or None, "study_rc": rc_st or None}
 try:
     import torch
     s.update(card=torch.cuda.get_device_name(0), torch=torch.__version__, cuda=torch.version.cuda)
@@ -66,7 +81,7 @@ if os.path.exists(x):
     s["tests"]["passed"] = s["tests"]["tests"] - s["tests"]["failures"] - s["tests"]["errors"] - s["tests"]["skipped"]
     s["failed_tests"] = [f"{c.get('classname')}::{c.get('name')}" for c in ts.iter("testcase")
                          if c.find("failure") is not None or c.find("error") is not None]
-s["passed"] = all(v in (None, "", "0") for v in (rc_i, rc_t, rc_b, rc_tr))
+s["passed"] = all(v in (None, "", "0") for v in (rc_i, rc_t, rc_b, rc_tr, rc_st))
 json.dump(s, open(os.path.join(out, "gpu_summary.json"), "w"), indent=1)
 print(json.dumps(s))
 PY

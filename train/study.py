@@ -1,0 +1,142 @@
+"""The study's accuracy side: post-training quantization of a trained model into the five variants
+(and extra rows), evaluated on the CIFAR-10 test set with qvit's real kernels, plus the layerwise
+sensitivity ablation.
+
+Variants (all from one float checkpoint, one evaluation protocol: the 10k test images, batch 500,
+the model in bf16 on the GPU, or float32 with the reference backends on a CPU):
+
+    1 bf16             float weights, SDPA (best backend)
+    2 4bit+qvit-attn   W4A8 (int4 g128 weights, int8 activations) + qvit's fused attention, int8 Q/K
+    3 8bit+qvit-attn   W8A8 + qvit's fused attention, int8 Q/K
+    4 4bit+sdpa        W4A8 + SDPA with FLASH disabled
+    5 8bit+sdpa        W8A8 + SDPA with FLASH disabled
+
+Extra rows: W4A16 int4 and NF4 (weight-only), attention variants alone. The first and last blocks
+and the head stay in float by default (`keep`); the ablation measures what that protection buys
+and which layers are sensitive.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+import time
+
+import torch
+
+from qvit.train.augment import CIFAR_MEAN, CIFAR_STD, Augment, AugmentConfig
+from qvit.train.data import DeviceLoader, load_cifar10
+from qvit.train.metrics import evaluate
+from qvit.vit.checkpoint import load_model
+from qvit.vit.quantize import QuantConfig, default_filter, quantize, weight_bytes
+
+KEEP = ("head", "blocks.0.", "blocks.-1.")
+
+# name -> (quant preset or None, attention backend, int8 Q/K)
+VARIANTS = {
+    "1 bf16": (None, "sdpa", False),
+    "2 4bit+qvit-attn": ("w4a8", "qvit", True),
+    "3 8bit+qvit-attn": ("w8a8", "qvit", True),
+    "4 4bit+sdpa-noflash": ("w4a8", "sdpa-noflash", False),
+    "5 8bit+sdpa-noflash": ("w8a8", "sdpa-noflash", False),
+    "x bf16+qvit-attn": (None, "qvit", False),
+    "x bf16+sdpa-flash": (None, "sdpa-flash", False),
+    "x w4a16-int4+sdpa": ("w4a16", "sdpa", False),
+    "x nf4+sdpa": ("nf4", "sdpa", False),
+    "x 8bit+qvit-attn-fp16qk": ("w8a8", "qvit", False),
+}
+
+
+def _env(device):
+    """(linear backend, dtype, attention override) for the device: the real kernels on a GPU, the
+    references on a CPU (the Triton interpreter is far too slow for 10k images)."""
+    if device.type == "cuda":
+        return "triton", torch.bfloat16, None
+    return "torch", torch.float32, "torch"
+
+
+def build_variant(base, preset, attn, int8_qk, device, keep=KEEP, filter_fn=default_filter):
+    linear, dtype, attn_override = _env(device)
+    m = copy.deepcopy(base)
+    if preset is not None:
+        quantize(m, QuantConfig.preset(preset, keep=keep, int8_attention=int8_qk), filter_fn=filter_fn)
+    m = m.to(device=device, dtype=dtype).eval()
+    m.set_backend(linear=linear, attn=attn_override or attn)
+    return m
+
+
+def run_eval(model, loader, aug, num_classes=10):
+    t = time.perf_counter()
+    res = evaluate(model, loader, lambda x: aug.eval(x).to(next(model.parameters()).dtype), num_classes)
+    res["eval_s"] = time.perf_counter() - t
+    return res
+
+
+def layer_filter(select):
+    """A quantize() filter that quantizes exactly the linears whose name satisfies `select`."""
+    import torch.nn as nn
+    return lambda name, mod, keep: isinstance(mod, nn.Linear) and select(name)
+
+
+def study(model_path: str, out: str, device=None, data_root=None, limit_test=None, variants=None,
+          ablation: bool = True, ablation_preset: str = "w4a8") -> dict:
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    base = load_model(model_path).float().eval()
+    depth = base.cfg.depth
+    xte, yte = load_cifar10("test", data_root)
+    if limit_test and limit_test < xte.shape[0]:
+        keep = torch.randperm(xte.shape[0], generator=torch.Generator().manual_seed(1))[:limit_test].sort().values
+        xte, yte = xte[keep], yte[keep]
+    loader = DeviceLoader(xte, yte, 500, False, False, device=device)
+    aug = Augment(AugmentConfig(mean=CIFAR_MEAN, std=CIFAR_STD))
+    linear, dtype, attn_override = _env(device)
+    rows = {}
+    names = variants or list(VARIANTS)
+    for name in names:
+        preset, attn, int8_qk = VARIANTS[name]
+        m = build_variant(base, preset, attn, int8_qk, device)
+        r = run_eval(m, loader, aug)
+        r.update(preset=preset or "float", attn=attn_override or attn, int8_qk=int8_qk, linear_backend=linear,
+                 weight_bytes=weight_bytes(m))
+        rows[name] = r
+        print(f"qvit study: {name:28s} top1={r['top1']:.2f} top5={r['top5']:.2f} f1={r['macro_f1']:.2f} "
+              f"({r['eval_s']:.1f}s)", file=sys.stderr)
+        del m
+    result = {"model": model_path, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "linear_backend": linear, "dtype": str(dtype).replace("torch.", ""), "n_test": int(xte.shape[0]),
+              "keep": list(KEEP), "variants": rows}
+    _write(out, result)  # the variants survive an ablation that fails or runs out of time
+    if ablation:
+        result["ablation"] = sensitivity(base, loader, aug, device, depth, ablation_preset)
+        _write(out, result)
+    return result
+
+
+def _write(out, result):
+    from qvit.vit.checkpoint import atomic_write
+    os.makedirs(out, exist_ok=True)
+    atomic_write(os.path.join(out, "study_ptq.json"), lambda t: open(t, "w").write(json.dumps(result, indent=1)))
+
+
+def sensitivity(base, loader, aug, device, depth, preset="w4a8") -> dict:
+    """Top-1 of `preset` applied to one block at a time, to one layer type at a time (all blocks), to
+    every linear (no protection) and with the default protection (first/last blocks and head float)."""
+    ref = run_eval(build_variant(base, None, "sdpa", False, device), loader, aug)["top1"]
+    rows = {"float": ref}
+
+    def one(label, select):
+        m = build_variant(base, preset, "sdpa", False, device, keep=(), filter_fn=layer_filter(select))
+        top1 = run_eval(m, loader, aug)["top1"]
+        rows[label] = top1
+        print(f"qvit study: ablation {preset} {label:24s} top1={top1:.2f} (drop {ref - top1:+.2f})", file=sys.stderr)
+
+    for i in range(depth):
+        one(f"block{i}", lambda n, i=i: n.startswith(f"blocks.{i}."))
+    for kind in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"):
+        one(f"all {kind}", lambda n, kind=kind: n.startswith("blocks.") and n.endswith(kind))
+    one("head", lambda n: n == "head")
+    one("all linears (no protection)", lambda n: True)
+    one("default protection (blocks 0, -1, head float)",
+        lambda n: not (n == "head" or n.startswith("blocks.0.") or n.startswith(f"blocks.{depth - 1}.")))
+    return {"preset": preset, "top1": rows, "drop": {k: ref - v for k, v in rows.items()}}
