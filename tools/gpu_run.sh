@@ -6,7 +6,7 @@
 #   bash tools/gpu_run.sh [OUT_DIR]         (default: $OUT, else ./gpu-out)
 #   QVIT_GPU_STEPS="install bench tests" bash tools/gpu_run.sh   (steps, in this order; default install tests bench)
 #   steps: install | tests | bench | train (QVIT_TRAIN_ARGS: extra `qvit train` options) | study
-#   (QVIT_STUDY_ARGS, QVIT_STUDY_TIMEOUT). QVIT_BUILD_CUDA=0 skips the CUDA build (faster install).
+#   (QVIT_STUDY_ARGS, QVIT_STUDY_TIMEOUT or QVIT_DEADLINE, a `date +%s` by which it must end). QVIT_BUILD_CUDA=0 skips the CUDA build (faster install).
 #
 # Peers (bitsandbytes, torchao, sageattention) are taken from .gpu/peers when present
 # (../shared/tools/gpu-prep puts them there); the git commit from .gpu/commit or $QVIT_COMMIT.
@@ -38,7 +38,8 @@ for step in $steps; do
     study)
       # PTQ variants + sensitivity ablation of the model trained by the train step (or $QVIT_STUDY_MODEL)
       model=${QVIT_STUDY_MODEL:-$out/train/model.safetensors}
-      timeout ${QVIT_STUDY_TIMEOUT:-550} $py -m qvit.cli study --model "$model" --out "$out/study" ${QVIT_STUDY_ARGS:-} 2>&1 \
+      to=${QVIT_STUDY_TIMEOUT:-550}; [ -n "${QVIT_DEADLINE:-}" ] && to=$(( QVIT_DEADLINE - $(date +%s) ))
+      timeout $to $py -m qvit.cli study --model "$model" --out "$out/study" ${QVIT_STUDY_ARGS:-} 2>&1 \
         | tee "$out/study.log" | grep -v Warning | tail -40
       rc[study]=${PIPESTATUS[0]} ;;
     bench)
