@@ -38,16 +38,16 @@ class TrainConfig:
     data: str = "cifar10"                 # "cifar10" or "folder:PATH" (PATH/train and PATH/val)
     data_root: str | None = None
     img_size: int | None = None           # default: the model config's
-    epochs: int = 200
-    batch_size: int = 512                 # global, over all ranks
-    lr: float = 1.5e-3
+    epochs: int = 300
+    batch_size: int = 256                 # global, over all ranks
+    lr: float = 1e-3
     min_lr: float = 1e-5
-    warmup_epochs: float = 10
+    warmup_epochs: float = 15
     weight_decay: float = 0.05
     betas: tuple = (0.9, 0.999)
     clip_grad: float = 1.0                # 0: off
     drop_path: float = 0.1
-    aug: AugmentConfig = field(default_factory=AugmentConfig)
+    aug: AugmentConfig = field(default_factory=lambda: AugmentConfig(mix_p=0.5))
     seed: int = 0
     amp: str = "bf16"                     # bf16 | fp16 | none
     compile: str = "auto"                 # auto (on CUDA: CUDA graphs, falling back to plain) | graphs | on | off
