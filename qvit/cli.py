@@ -153,6 +153,13 @@ def _cmd_study(args) -> int:
     return 0
 
 
+def _cmd_report(args) -> int:
+    from qvit.train.report import write
+    for run in args.runs:
+        print(write(run))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="qvit", description="Quantized Vision Transformers with fused Triton/CUDA kernels.")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
@@ -221,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-ablation", action="store_true")
     s.add_argument("--device", default=None)
     s.set_defaults(fn=_cmd_study)
+
+    s = sub.add_parser("report", help="REPORT.md (+ plot) of run folders from their JSON files")
+    s.add_argument("runs", nargs="+")
+    s.set_defaults(fn=_cmd_report)
 
     s = sub.add_parser("bench", help="GPU kernel benchmarks vs their baselines (JSON + markdown)")
     s.add_argument("--out", default="results")
