@@ -30,7 +30,11 @@ def find_cifar10(root: str | None = None) -> str:
     """The CIFAR-10 shard folder: `root`, else $QVIT_DATA/cifar10 or $QVIT_DATA, else the copy in the
     repository (datasets/cifar10), else ../shared/data/cifar10."""
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cands = [root] if root else []
+    if root:  # an explicit folder is used or refused, never silently replaced by another
+        if os.path.isfile(os.path.join(root, _SHARDS["test"][0])):
+            return os.path.abspath(root)
+        raise DataError(f"{root}: CIFAR-10 shards ({', '.join(_SHARDS['train'] + _SHARDS['test'])}) not found there")
+    cands = []
     if os.environ.get("QVIT_DATA"):
         cands += [os.path.join(os.environ["QVIT_DATA"], "cifar10"), os.environ["QVIT_DATA"]]
     cands += [os.path.join(here, "datasets", "cifar10"), os.path.join(os.getcwd(), "datasets", "cifar10"),

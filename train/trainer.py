@@ -324,6 +324,8 @@ def train(cfg: TrainConfig, resume: bool = False, device: str | None = None) -> 
     t_start = time.perf_counter() - elapsed
     for epoch in range(start_epoch, cfg.epochs):
         train_dl.set_epoch(epoch)
+        # every random draw of an epoch follows from (seed, epoch, rank): a resumed run replays it
+        torch.manual_seed(cfg.seed * 1000003 + epoch * 1009 + rank + 13)  # drop path
         g = torch.Generator(device=device).manual_seed(cfg.seed * 1000003 + epoch * 1009 + rank)
         gc = torch.Generator().manual_seed(cfg.seed * 1000003 + epoch * 1009 + rank + 7)
         net.train()

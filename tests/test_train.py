@@ -1,0 +1,234 @@
+"""Data, metrics, the trainer (resume, checkpoints, DDP on gloo, folder finetuning), the PTQ study and
+the report, at tiny scale on the CPU with the real CIFAR-10 shards."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from qvit.train.data import DataError, DeviceLoader, find_cifar10, load_cifar10, load_image_u8, scan_folder
+from qvit.train.metrics import Counts
+from qvit.vit.checkpoint import CheckpointError
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache(tmp_path_factory):
+    os.environ["QVIT_CACHE"] = str(tmp_path_factory.mktemp("qvit-cache"))
+
+
+@pytest.fixture(scope="session")
+def cifar_test():
+    return load_cifar10("test")
+
+
+def test_cifar10_test_split(cifar_test):
+    x, y = cifar_test
+    assert x.shape == (10000, 3, 32, 32) and x.dtype == torch.uint8
+    assert torch.bincount(y).tolist() == [1000] * 10
+    m = x.float().div(255).mean(dim=(0, 2, 3))
+    torch.testing.assert_close(m, torch.tensor([0.4941, 0.4851, 0.4504]), atol=2e-4, rtol=0)  # README's values
+
+
+def test_cifar10_cache_round_trip(cifar_test):
+    x2, y2 = load_cifar10("test")  # second call reads the cache
+    assert torch.equal(x2, cifar_test[0]) and torch.equal(y2, cifar_test[1])
+
+
+def test_cifar10_errors(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        find_cifar10(str(tmp_path / "nowhere"))
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "test.tar.gz").write_bytes(b"this is not a tar file")
+    with pytest.raises(DataError, match="test.tar.gz: not a readable tar shard"):
+        load_cifar10("test", str(bad), cache=False)
+    with pytest.raises(ValueError, match="'train' or 'test'"):
+        load_cifar10("val")
+
+
+def test_device_loader_shards_cover_each_index_once():
+    n, bs, world = 103, 8, 2
+    x = torch.arange(n).view(n, 1, 1, 1).to(torch.uint8)
+    y = torch.arange(n)
+    seen = []
+    for rank in range(world):
+        dl = DeviceLoader(x, y, bs, shuffle=True, drop_last=True, seed=3, rank=rank, world=world)
+        dl.set_epoch(4)
+        for xb, yb in dl:
+            assert xb.shape[0] == bs // world
+            seen += yb.tolist()
+    assert len(seen) == len(set(seen)) == (n // bs) * bs
+    dl = DeviceLoader(x, y, bs, shuffle=True, drop_last=True, seed=3)
+    order = lambda e: (dl.set_epoch(e), torch.cat([b for _, b in dl]))[1]  # noqa: E731
+    assert not torch.equal(order(0), order(1)) and torch.equal(order(1), order(1))
+    ev = DeviceLoader(x, y, bs, shuffle=False, drop_last=False)
+    assert torch.equal(torch.cat([b for _, b in ev]), y)
+    with pytest.raises(ValueError, match="not divisible by the world size"):
+        DeviceLoader(x, y, 7, True, True, world=2)
+
+
+def test_counts_match_plain_definitions():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(500, 7, generator=g)
+    y = torch.randint(0, 7, (500,), generator=g)
+    c = Counts(7)
+    c.update(logits[:200], y[:200])
+    c.update(logits[200:], y[200:])
+    r = c.result()
+    pred = logits.argmax(1)
+    assert r["top1"] == pytest.approx(100 * (pred == y).float().mean().item())
+    top5 = logits.topk(5, 1).indices
+    assert r["top5"] == pytest.approx(100 * (top5 == y[:, None]).any(1).float().mean().item())
+    f1s = []
+    for k in range(7):
+        tp = ((pred == k) & (y == k)).sum().item()
+        fp = ((pred == k) & (y != k)).sum().item()
+        fn = ((pred != k) & (y == k)).sum().item()
+        f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    assert r["macro_f1"] == pytest.approx(100 * np.mean(f1s))
+    with pytest.raises(ValueError, match="logits must be"):
+        c.update(torch.randn(3, 5), torch.zeros(3, dtype=torch.long))
+
+
+def _tiny(out, **kw):
+    from qvit.train.trainer import TrainConfig
+    base = dict(model="vit_micro_patch4_32", epochs=2, batch_size=64, limit_train=256, limit_test=200,
+                warmup_epochs=1, eval_every=1, out=str(out), progress=False, compile="off")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_train_writes_artifacts(tmp_path):
+    from qvit.train.trainer import train
+    from qvit.vit.checkpoint import load_model
+    s = train(_tiny(tmp_path / "run"), device="cpu")
+    assert s["steps"] == 8 and s["test"]["n"] == 200
+    for f in ("model.safetensors", "last.pt", "summary.json", "metrics.jsonl"):
+        assert (tmp_path / "run" / f).is_file(), f
+    m = load_model(str(tmp_path / "run" / "model.safetensors"))
+    assert m.cfg.num_classes == 10 and m.cfg.extra["test"]["top1"] == s["test"]["top1"]
+    hist = [json.loads(ln) for ln in open(tmp_path / "run" / "metrics.jsonl")]
+    assert [h["epoch"] for h in hist if "epoch" in h] == [1, 2]
+
+
+def test_resume_after_interruption_is_exact(tmp_path):
+    """Stopping after epoch 1 and resuming gives bit-for-bit the weights of an uninterrupted run."""
+    from qvit.train.trainer import load_checkpoint, train
+    full = train(_tiny(tmp_path / "a", epochs=3), device="cpu")
+    train(_tiny(tmp_path / "b", epochs=3, max_steps=4), device="cpu")  # "killed" after epoch 1 (4 steps)
+    assert load_checkpoint(str(tmp_path / "b" / "last.pt"))["epoch"] == 1
+    resumed = train(_tiny(tmp_path / "b", epochs=3), resume=True, device="cpu")
+    assert resumed["steps"] == full["steps"] == 12
+    a = load_checkpoint(str(tmp_path / "a" / "last.pt"))["model"]
+    b = load_checkpoint(str(tmp_path / "b" / "last.pt"))["model"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert resumed["test"] == full["test"]
+
+
+def test_resume_refuses_other_options_and_corrupt_files(tmp_path):
+    from qvit.train.trainer import train
+    train(_tiny(tmp_path / "r", epochs=1), device="cpu")
+    with pytest.raises(CheckpointError, match="lr="):
+        train(_tiny(tmp_path / "r", epochs=1, lr=5e-4), resume=True, device="cpu")
+    p = tmp_path / "r" / "last.pt"
+    p.write_bytes(p.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="last.pt: not a readable training checkpoint"):
+        train(_tiny(tmp_path / "r", epochs=1), resume=True, device="cpu")
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    """A crash while writing leaves the previous checkpoint untouched and no temporary file."""
+    from qvit.train import trainer
+    train_dir = tmp_path / "c"
+    trainer.train(_tiny(train_dir, epochs=1), device="cpu")
+    before = (train_dir / "last.pt").read_bytes()
+
+    def boom(obj, f, *a, **k):
+        open(f, "wb").write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", boom)
+    m = torch.nn.Linear(2, 2)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.save_checkpoint(str(train_dir / "last.pt"), m, torch.optim.SGD(m.parameters(), 0.1), 1, 1,
+                                _tiny(train_dir))
+    assert (train_dir / "last.pt").read_bytes() == before
+    assert not [f for f in os.listdir(train_dir) if f.startswith(".tmp-")]
+
+
+def _write_folder(root, n_per_class=6, corrupt=False):
+    from PIL import Image
+    g = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in ("cat", "dog"):
+            d = root / split / c
+            d.mkdir(parents=True)
+            for i in range(n_per_class):
+                h, w = int(g.integers(20, 60)), int(g.integers(20, 60))
+                Image.fromarray(g.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    if corrupt:
+        (root / "train" / "cat" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+
+
+def test_folder_finetune_from_checkpoint(tmp_path):
+    from qvit.train.trainer import train
+    from qvit.vit.checkpoint import load_model
+    base = train(_tiny(tmp_path / "base", epochs=1), device="cpu")
+    assert base["steps"] == 4
+    _write_folder(tmp_path / "imgs")
+    s = train(_tiny(tmp_path / "ft", data=f"folder:{tmp_path / 'imgs'}", batch_size=4, limit_train=None,
+                    limit_test=None, pretrained=str(tmp_path / "base" / "model.safetensors")), device="cpu")
+    assert s["test"]["n"] == 12 and s["steps"] == 6
+    m = load_model(str(tmp_path / "ft" / "model.safetensors"))
+    assert m.cfg.num_classes == 2 and m.cfg.extra["classes"] == ["cat", "dog"]
+    # the backbone started from the checkpoint (not from a fresh init): pos_embed moved only a little
+    b0 = load_model(str(tmp_path / "base" / "model.safetensors")).pos_embed
+    assert (m.pos_embed - b0).abs().max() < 0.05
+
+
+def test_folder_errors_name_the_file(tmp_path):
+    with pytest.raises(DataError, match="no such image folder"):
+        scan_folder(str(tmp_path / "missing"))
+    _write_folder(tmp_path / "imgs", corrupt=True)
+    with pytest.raises(DataError, match="broken.jpg: not a readable image"):
+        load_image_u8(str(tmp_path / "imgs" / "train" / "cat" / "broken.jpg"), 32)
+    x = load_image_u8(str(tmp_path / "imgs" / "train" / "cat" / "0.png"), 32, crop_pct=0.875)
+    assert x.shape == (3, 32, 32) and x.dtype == torch.uint8
+
+
+@pytest.mark.slow
+def test_ddp_gloo_two_processes(tmp_path):
+    """torchrun with 2 CPU processes (gloo): trains, evaluates over both shards, rank 0 writes the model."""
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", "-m",
+           "qvit.cli", "train", "--model", "vit_micro_patch4_32", "--epochs", "1", "--batch-size", "64",
+           "--limit-train", "256", "--limit-test", "200", "--compile", "off", "--no-progress", "--device", "cpu",
+           "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = json.loads(open(out / "summary.json").read())
+    assert s["world"] == 2 and s["steps"] == 4 and s["test"]["n"] == 200  # both ranks' halves counted once
+
+
+def test_study_and_report_on_cpu(tmp_path):
+    from qvit.train.report import render, write
+    from qvit.train.study import study
+    from qvit.train.trainer import train
+    run = tmp_path / "run"
+    train(_tiny(run / "train", model="vit_cifar_patch4_32", epochs=1, limit_train=128, limit_test=100), device="cpu")
+    r = study(str(run / "train" / "model.safetensors"), str(run / "study"), device="cpu", limit_test=100,
+              variants=["1 bf16", "3 8bit+qvit-attn", "2 4bit+qvit-attn"], ablation=True)
+    v = r["variants"]
+    assert set(v) == {"1 bf16", "3 8bit+qvit-attn", "2 4bit+qvit-attn"} and r["linear_backend"] == "torch"
+    assert v["2 4bit+qvit-attn"]["weight_bytes"] < v["3 8bit+qvit-attn"]["weight_bytes"] < v["1 bf16"]["weight_bytes"]
+    assert "block7" in r["ablation"]["top1"] and "all linears (no protection)" in r["ablation"]["drop"]
+    md = render(str(run))
+    assert "| 3 8bit+qvit-attn | w8a8 |" in md and "Layerwise sensitivity" in md
+    assert os.path.isfile(write(str(run)))
+    shutil.rmtree(run)
