@@ -129,7 +129,7 @@ def _cmd_train(args) -> int:
     from qvit.train.trainer import TrainConfig, train
     cfg = TrainConfig()
     over = {k: getattr(args, k) for k in ("model", "data", "data_root", "epochs", "batch_size", "lr", "warmup_epochs",
-                                          "weight_decay", "drop_path", "seed", "amp", "compile", "attn", "pretrained",
+                                          "weight_decay", "drop_path", "ema_decay", "seed", "amp", "compile", "attn", "pretrained",
                                           "out", "eval_every", "limit_train", "limit_test", "max_steps", "img_size")
             if getattr(args, k) is not None}
     cfg = replace(cfg, **over)
@@ -201,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--warmup-epochs", type=float, default=None)
     s.add_argument("--weight-decay", type=float, default=None)
     s.add_argument("--drop-path", type=float, default=None)
+    s.add_argument("--ema-decay", type=float, default=None, help="weight EMA (e.g. 0.9998); evaluated and saved")
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--amp", default=None, choices=["bf16", "fp16", "none"])
     s.add_argument("--compile", default=None, choices=["auto", "on", "off"])

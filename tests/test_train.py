@@ -116,18 +116,23 @@ def test_train_writes_artifacts(tmp_path):
 
 
 def test_resume_after_interruption_is_exact(tmp_path):
-    """Stopping after epoch 1 and resuming gives bit-for-bit the weights of an uninterrupted run."""
+    """Stopping after epoch 1 and resuming gives bit-for-bit the weights (and EMA weights) of an
+    uninterrupted run; the saved model is the EMA."""
     from qvit.train.trainer import load_checkpoint, train
-    full = train(_tiny(tmp_path / "a", epochs=3), device="cpu")
-    train(_tiny(tmp_path / "b", epochs=3, max_steps=4), device="cpu")  # "killed" after epoch 1 (4 steps)
+    from qvit.vit.checkpoint import read_state_dict
+    full = train(_tiny(tmp_path / "a", epochs=3, ema_decay=0.9), device="cpu")
+    train(_tiny(tmp_path / "b", epochs=3, max_steps=4, ema_decay=0.9), device="cpu")  # "killed" after epoch 1
     assert load_checkpoint(str(tmp_path / "b" / "last.pt"))["epoch"] == 1
-    resumed = train(_tiny(tmp_path / "b", epochs=3), resume=True, device="cpu")
+    resumed = train(_tiny(tmp_path / "b", epochs=3, ema_decay=0.9), resume=True, device="cpu")
     assert resumed["steps"] == full["steps"] == 12
-    a = load_checkpoint(str(tmp_path / "a" / "last.pt"))["model"]
-    b = load_checkpoint(str(tmp_path / "b" / "last.pt"))["model"]
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    ca, cb = load_checkpoint(str(tmp_path / "a" / "last.pt")), load_checkpoint(str(tmp_path / "b" / "last.pt"))
+    for part in ("model", "ema"):
+        for k in ca[part]:
+            assert torch.equal(ca[part][k], cb[part][k]), (part, k)
     assert resumed["test"] == full["test"]
+    saved, _ = read_state_dict(str(tmp_path / "a" / "model.safetensors"))
+    assert torch.equal(saved["pos_embed"], ca["ema"]["pos_embed"])
+    assert not torch.equal(ca["ema"]["pos_embed"], ca["model"]["pos_embed"])
 
 
 def test_resume_refuses_other_options_and_corrupt_files(tmp_path):

@@ -46,6 +46,8 @@ class TrainConfig:
     weight_decay: float = 0.05
     betas: tuple = (0.9, 0.999)
     clip_grad: float = 1.0                # 0: off
+    ema_decay: float = 0.0                # > 0: keep an exponential moving average of the weights; the EMA
+                                          # model is evaluated and saved (raw accuracy logged beside it)
     drop_path: float = 0.1
     aug: AugmentConfig = field(default_factory=lambda: AugmentConfig(mix_p=0.5))
     seed: int = 0
@@ -126,13 +128,15 @@ def _amp_dtype(amp: str):
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[amp]
 
 
-def save_checkpoint(path, model, opt, epoch, step, cfg, extra=None):
+def save_checkpoint(path, model, opt, epoch, step, cfg, extra=None, ema=None):
     state = {
         "version": CKPT_VERSION, "epoch": epoch, "step": step, "config": json.dumps(cfg.to_dict()),
         "model": {k: v.detach().float().cpu() if v.is_floating_point() else v.cpu() for k, v in model.state_dict().items()},
         "optimizer": opt.state_dict(),
         "extra": json.dumps(extra or {}),
     }
+    if ema is not None:
+        state["ema"] = {k: v.detach().float().cpu() for k, v in ema.state_dict().items()}
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
@@ -279,6 +283,13 @@ def train(cfg: TrainConfig, resume: bool = False, device: str | None = None) -> 
     fused = device.type == "cuda"
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, fused=fused)
 
+    ema = None
+    if cfg.ema_decay > 0:
+        import copy
+        ema = copy.deepcopy(model).float().eval()
+        for p in ema.parameters():
+            p.requires_grad_(False)
+        ema_params, live_params = list(ema.parameters()), list(model.parameters())
     os.makedirs(cfg.out, exist_ok=True) if main else None
     ckpt = os.path.join(cfg.out, "last.pt")
     start_epoch, step, elapsed = 0, 0, 0.0
@@ -291,6 +302,10 @@ def train(cfg: TrainConfig, resume: bool = False, device: str | None = None) -> 
                                       f"{cfg.to_dict().get(k)!r}; use another --out or the same options")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
+        if ema is not None:
+            if "ema" not in state:
+                raise CheckpointError(f"{ckpt}: holds no EMA weights but this run has ema_decay={cfg.ema_decay}")
+            ema.load_state_dict(state["ema"])
         start_epoch, step = state["epoch"], state["step"]
         elapsed = json.loads(state["extra"]).get("elapsed_s", 0.0)
         if main:
@@ -320,7 +335,7 @@ def train(cfg: TrainConfig, resume: bool = False, device: str | None = None) -> 
     prof = None
     start_step = step
     if start_epoch >= cfg.epochs:  # resumed a finished run: report its final accuracy
-        result = evaluate(model, test_dl, aug.eval, num_classes, amp)
+        result = evaluate(ema if ema is not None else model, test_dl, aug.eval, num_classes, amp)
     t_start = time.perf_counter() - elapsed
     for epoch in range(start_epoch, cfg.epochs):
         train_dl.set_epoch(epoch)
@@ -373,6 +388,8 @@ def train(cfg: TrainConfig, resume: bool = False, device: str | None = None) -> 
                 if cfg.clip_grad > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad, foreach=True)
                 opt.step()
+                if ema is not None:
+                    torch._foreach_lerp_(ema_params, [p.detach().float() for p in live_params], 1.0 - cfg.ema_decay)
             if prof is not None and step + 1 == cfg.profile_steps[1]:
                 _stop_profiler(prof, cfg.out, cfg.profile_steps)
                 prof = False
@@ -394,6 +411,9 @@ def train(cfg: TrainConfig, resume: bool = False, device: str | None = None) -> 
                "elapsed_s": time.perf_counter() - t_start}
         if last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
             res = evaluate(model, test_dl, aug.eval, num_classes, amp)
+            if ema is not None:
+                rec.update({f"test_raw_{k}": v for k, v in res.items() if k != "n"})
+                res = evaluate(ema, test_dl, aug.eval, num_classes, amp)
             rec.update({f"test_{k}": v for k, v in res.items() if k != "n"})
             result = res
         history.append(rec)
@@ -402,7 +422,7 @@ def train(cfg: TrainConfig, resume: bool = False, device: str | None = None) -> 
             msg = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items())
             print(f"qvit train: {msg}", file=sys.stderr)
             if (epoch + 1) % cfg.ckpt_every == 0 or last:
-                save_checkpoint(ckpt, model, opt, epoch + 1, step, cfg, {"elapsed_s": rec["elapsed_s"]})
+                save_checkpoint(ckpt, model, opt, epoch + 1, step, cfg, {"elapsed_s": rec["elapsed_s"]}, ema)
         if last:
             break
 
@@ -412,7 +432,9 @@ def train(cfg: TrainConfig, resume: bool = False, device: str | None = None) -> 
                "steps": step, "train_seconds": time.perf_counter() - t_start, "test": result, "history": history}
     if main:
         model_cfg.extra["test"] = result
-        save_model(model, os.path.join(cfg.out, "model.safetensors"), {"train_summary": {
+        final = ema if ema is not None else model
+        final.cfg.extra = model_cfg.extra
+        save_model(final, os.path.join(cfg.out, "model.safetensors"), {"train_summary": {
             k: summary[k] for k in ("steps", "train_seconds", "test", "device")}})
         atomic_write(os.path.join(cfg.out, "summary.json"),
                      lambda tmp: open(tmp, "w").write(json.dumps(summary, indent=1)))
