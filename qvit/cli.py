@@ -130,7 +130,7 @@ def _cmd_train(args) -> int:
     cfg = TrainConfig()
     over = {k: getattr(args, k) for k in ("model", "data", "data_root", "epochs", "batch_size", "lr", "warmup_epochs",
                                           "weight_decay", "drop_path", "ema_decay", "seed", "amp", "compile", "attn", "pretrained",
-                                          "out", "eval_every", "limit_train", "limit_test", "max_steps", "img_size")
+                                          "out", "qat", "eval_every", "limit_train", "limit_test", "max_steps", "img_size")
             if getattr(args, k) is not None}
     cfg = replace(cfg, **over)
     if args.no_aug:
@@ -208,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--attn", default=None, help="attention backend while training (default sdpa)")
     s.add_argument("--pretrained", default=None, help="timm or qvit checkpoint to finetune from")
     s.add_argument("--out", default=None, help="run folder (default runs/cifar10)")
+    s.add_argument("--qat", default=None, choices=["w8a8", "w4a8", "w4a16", "nf4"],
+                   help="quantization-aware training (fake quant + STE) in this format; use with --pretrained")
     s.add_argument("--eval-every", type=int, default=None)
     s.add_argument("--limit-train", type=int, default=None)
     s.add_argument("--limit-test", type=int, default=None)

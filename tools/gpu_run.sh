@@ -6,7 +6,8 @@
 #   bash tools/gpu_run.sh [OUT_DIR]         (default: $OUT, else ./gpu-out)
 #   QVIT_GPU_STEPS="install bench tests" bash tools/gpu_run.sh   (steps, in this order; default install tests bench)
 #   steps: install | tests | bench | train (QVIT_TRAIN_ARGS: extra `qvit train` options) | study
-#   (QVIT_STUDY_ARGS, QVIT_STUDY_TIMEOUT or QVIT_DEADLINE, a `date +%s` by which it must end). QVIT_BUILD_CUDA=0 skips the CUDA build (faster install).
+#   (QVIT_STUDY_ARGS, QVIT_STUDY_TIMEOUT or QVIT_DEADLINE, a `date +%s` by which it must end) | qat
+#   (QVIT_QAT_PRESET, QVIT_QAT_EPOCHS, QVIT_QAT_ARGS: QAT finetune of the trained model + its study). QVIT_BUILD_CUDA=0 skips the CUDA build (faster install).
 #
 # Peers (bitsandbytes, torchao, sageattention) are taken from .gpu/peers when present
 # (../shared/tools/gpu-prep puts them there); the git commit from .gpu/commit or $QVIT_COMMIT.
@@ -35,6 +36,16 @@ for step in $steps; do
       # the CIFAR-10 baseline (qvit train defaults unless QVIT_TRAIN_ARGS says otherwise) into $out/train
       $py -m qvit.cli train --out "$out/train" --no-progress ${QVIT_TRAIN_ARGS:-} 2>&1 | tee "$out/train.log" | tail -30
       rc[train]=${PIPESTATUS[0]} ;;
+    qat)
+      # QAT finetune of the trained model in $QVIT_QAT_PRESET (default w4a8), then the study of the result
+      pre=${QVIT_QAT_PRESET:-w4a8}
+      $py -m qvit.cli train --out "$out/qat-$pre" --no-progress --qat "$pre" --pretrained "$out/train/model.safetensors" \
+        --epochs ${QVIT_QAT_EPOCHS:-15} --lr 1e-4 --warmup-epochs 1 --eval-every 5 ${QVIT_QAT_ARGS:-} 2>&1 \
+        | tee "$out/qat.log" | grep -E "test_top1|error|Error" | tail -8
+      rc[qat]=${PIPESTATUS[0]}
+      to=${QVIT_STUDY_TIMEOUT:-550}; [ -n "${QVIT_DEADLINE:-}" ] && to=$(( QVIT_DEADLINE - $(date +%s) ))
+      [ "${rc[qat]}" = 0 ] && timeout $to $py -m qvit.cli study --model "$out/qat-$pre/model.safetensors" \
+        --out "$out/qat-$pre/study" --no-ablation 2>&1 | grep "qvit study" | tail -12 ;;
     study)
       # PTQ variants + sensitivity ablation of the model trained by the train step (or $QVIT_STUDY_MODEL)
       model=${QVIT_STUDY_MODEL:-$out/train/model.safetensors}
@@ -45,22 +56,23 @@ for step in $steps; do
     bench)
       $py -m qvit.profiling.bench_kernels --out "$out" ${QVIT_BENCH_ARGS:-} 2>&1 | tee "$out/bench.log" | tail -60
       rc[bench]=${PIPESTATUS[0]} ;;
-    *) echo "unknown step $step (install tests bench train study)"; exit 2 ;;
+    *) echo "unknown step $step (install tests bench train study qat)"; exit 2 ;;
   esac
 done
-# files that cannot come back (> 16 MiB): a bf16 copy of the trained model, no optimizer checkpoints
-if [ -f "$out/train/model.safetensors" ]; then
+# files that cannot come back (> 16 MiB): bf16 copies of the trained models, no optimizer checkpoints
+for f in "$out"/*/model.safetensors; do
+  [ -f "$f" ] || continue
   $py -c "import sys; from safetensors.torch import load_file, save_file; from safetensors import safe_open
 p = sys.argv[1]; m = safe_open(p, 'pt').metadata(); sd = load_file(p)
 save_file({k: v.bfloat16() if v.is_floating_point() else v for k, v in sd.items()}, p.replace('.safetensors', '-bf16.safetensors'), metadata=m)" \
-    "$out/train/model.safetensors" && rm -f "$out/train/model.safetensors"
-fi
+    "$f" && rm -f "$f"
+done
 rm -f "$out"/*/last.pt
-$py - "$out" "$t_install" "${rc[install]:-}" "${rc[tests]:-}" "${rc[bench]:-}" "${rc[train]:-}" "${rc[study]:-}" <<'PY'
+$py - "$out" "$t_install" "${rc[install]:-}" "${rc[tests]:-}" "${rc[bench]:-}" "${rc[train]:-}" "${rc[study]:-}" "${rc[qat]:-}" <<'PY'
 import json, os, sys, xml.etree.ElementTree as ET
-out, t_install, rc_i, rc_t, rc_b, rc_tr, rc_st = sys.argv[1:]
+out, t_install, rc_i, rc_t, rc_b, rc_tr, rc_st, rc_q = sys.argv[1:]
 s = {"install_rc": rc_i or None, "install_seconds": int(t_install), "tests_rc": rc_t or None, "bench_rc": rc_b or None,
-     "train_rc": rc_tr or None, "study_rc": rc_st or None}
+     "train_rc": rc_tr or None, "study_rc": rc_st or None, "qat_rc": rc_q or None}
 try:
     import torch
     s.update(card=torch.cuda.get_device_name(0), torch=torch.__version__, cuda=torch.version.cuda)
@@ -82,7 +94,7 @@ if os.path.exists(x):
     s["tests"]["passed"] = s["tests"]["tests"] - s["tests"]["failures"] - s["tests"]["errors"] - s["tests"]["skipped"]
     s["failed_tests"] = [f"{c.get('classname')}::{c.get('name')}" for c in ts.iter("testcase")
                          if c.find("failure") is not None or c.find("error") is not None]
-s["passed"] = all(v in (None, "", "0") for v in (rc_i, rc_t, rc_b, rc_tr, rc_st))
+s["passed"] = all(v in (None, "", "0") for v in (rc_i, rc_t, rc_b, rc_tr, rc_st, rc_q))
 json.dump(s, open(os.path.join(out, "gpu_summary.json"), "w"), indent=1)
 print(json.dumps(s))
 PY

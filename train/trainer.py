@@ -55,6 +55,8 @@ class TrainConfig:
     compile: str = "auto"                 # auto (on CUDA: CUDA graphs, falling back to plain) | graphs | on | off
     attn: str = "sdpa"                    # attention backend while training
     pretrained: str | None = None         # timm/qvit checkpoint to start from (finetuning)
+    qat: str | None = None                # quantization-aware training in this preset (w8a8 | w4a8 | w4a16 | nf4)
+    qat_keep: tuple = ("head", "blocks.0.", "blocks.-1.")
     out: str = "runs/cifar10"
     eval_every: int = 10                  # epochs; the last epoch always evaluates
     ckpt_every: int = 1
@@ -76,6 +78,8 @@ class TrainConfig:
             d["aug"] = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d["aug"].items()})
         if isinstance(d.get("profile_steps"), list):
             d["profile_steps"] = tuple(d["profile_steps"])
+        if isinstance(d.get("qat_keep"), list):
+            d["qat_keep"] = tuple(d["qat_keep"])
         if isinstance(d.get("betas"), list):
             d["betas"] = tuple(d["betas"])
         return cls(**d)
@@ -274,6 +278,11 @@ def train(cfg: TrainConfig, resume: bool = False, device: str | None = None) -> 
         sd, _ = read_state_dict(cfg.pretrained)
         sd = {k: v for k, v in sd.items() if not k.startswith("head.") or v.shape[0] == num_classes}
         load_timm_checkpoint(model, sd, strict=False)
+    if cfg.qat:
+        from qvit.train.qat import prepare_qat
+        from qvit.vit.quantize import QuantConfig
+        qat_layers = prepare_qat(model, QuantConfig.preset(cfg.qat, keep=cfg.qat_keep))
+        model_cfg.extra["qat"] = {"preset": cfg.qat, "keep": list(cfg.qat_keep), "layers": len(qat_layers)}
     model.set_backend(attn=cfg.attn)
     model.to(device)
 
@@ -296,7 +305,7 @@ def train(cfg: TrainConfig, resume: bool = False, device: str | None = None) -> 
     if resume and os.path.exists(ckpt):
         state = load_checkpoint(ckpt)
         saved = json.loads(state["config"])
-        for k in ("model", "epochs", "batch_size", "lr", "seed", "data"):
+        for k in ("model", "epochs", "batch_size", "lr", "seed", "data", "qat", "ema_decay"):
             if saved.get(k) != cfg.to_dict().get(k):
                 raise CheckpointError(f"{ckpt}: was written with {k}={saved.get(k)!r}, this run has {k}="
                                       f"{cfg.to_dict().get(k)!r}; use another --out or the same options")
@@ -372,13 +381,18 @@ def train(cfg: TrainConfig, resume: bool = False, device: str | None = None) -> 
                 with nvtx("train/backward"):
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
-            except Exception as e:  # noqa: BLE001  (a CUDA-graph failure at the first step only)
-                if mode is None or step > start_step + 2:
+            except Exception as e:  # noqa: BLE001  (a compile failure at the first steps only)
+                if not use_compile or step > start_step + 2:
                     raise
-                print(f"qvit train: torch.compile mode={mode} failed ({type(e).__name__}: {str(e)[:200]}); "
-                      "falling back to plain torch.compile", file=sys.stderr)
-                mode = None
-                fwd = torch.compile(net)
+                fallback = "default" if mode is not None else "eager"
+                print(f"qvit train: torch.compile (mode={mode or 'default'}) failed ({type(e).__name__}: "
+                      f"{str(e)[:200]}); falling back to {fallback}", file=sys.stderr)
+                if mode is not None:
+                    mode = None
+                    fwd = torch.compile(net)
+                else:
+                    use_compile = False
+                    fwd = net
                 with autocast():
                     logits = fwd(x)
                     loss = soft_cross_entropy(logits, t)
