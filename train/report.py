@@ -47,10 +47,13 @@ def render(run: str) -> str:
         ref = v.get("1 bf16", next(iter(v.values())))
         lines += [f"## Post-training quantization ({st['n_test']} test images, {st['dtype']} activations, linear "
                   f"backend {st['linear_backend']}; kept in float: {', '.join(st['keep'])})", "",
-                  "| variant | weights | attention | int8 Q/K | top-1 | d top-1 | top-5 | macro-F1 | weight MiB |",
-                  "|---|---|---|---|---:|---:|---:|---:|---:|"]
+                  "| variant | weights | kept layers | attention | int8 Q/K | top-1 | d top-1 | top-5 | macro-F1 | "
+                  "weight MiB |",
+                  "|---|---|---|---|---|---:|---:|---:|---:|---:|"]
         for name, r in v.items():
-            lines.append(f"| {name} | {r['preset']} | {r['attn']} | {'yes' if r['int8_qk'] else 'no'} | {r['top1']:.2f} | "
+            kept = r.get("keep_format", "float") if r["preset"] != "float" else "-"
+            lines.append(f"| {name} | {r['preset']} | {kept} | {r['attn']} | {'yes' if r['int8_qk'] else 'no'} | "
+                         f"{r['top1']:.2f} | "
                          f"{r['top1'] - ref['top1']:+.2f} | {r['top5']:.2f} | {r['macro_f1']:.2f} | "
                          f"{_mib(r['weight_bytes'])} |")
         lines.append("")

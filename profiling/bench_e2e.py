@@ -1,0 +1,346 @@
+"""End-to-end ViT benchmark: the study's five variants and the peers, in one run on one card.
+
+    python -m qvit.profiling.bench_e2e --out DIR [--model vit_large_patch16_224] [--batches 1 64 256]
+                                       [--only qvit,timm,compile,bnb,torchao] [--iters 100]
+
+Per variant: batch-1 latency (mean/p50/p95/p99 over per-iteration CUDA-event timings, eager and
+replayed from a CUDA graph), img/s at each batch size (graphed when capturable, else eager),
+peak GPU memory of a forward at the largest batch, weight bytes in memory and the size of its
+safetensors file on disk. Weights are random (speed and size do not depend on their values; the
+accuracy side is `qvit study`). Ratios are against `timm bf16` measured in the same run.
+
+On a CPU (`--device cpu`, tests) the qvit variants run with the reference backends at tiny sizes
+and the peers are skipped: the numbers there only prove the harness.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+
+import torch
+import torch.nn as nn
+
+from qvit.vit.model import ViT, ViTConfig
+from qvit.vit.quantize import QuantConfig, quantize, save_quantized, weight_bytes
+
+KEEP = ("head", "blocks.0.", "blocks.-1.")
+# name -> (preset or None, attention backend, int8 Q/K, keep_format)
+QVIT_VARIANTS = {
+    "1 qvit bf16 (sdpa)": (None, "sdpa", False, "float"),
+    "2 4bit w4a8 + qvit attn": ("w4a8", "qvit", True, "int8"),
+    "3 8bit w8a8 + qvit attn": ("w8a8", "qvit", True, "int8"),
+    "4 4bit w4a8 + sdpa-noflash": ("w4a8", "sdpa-noflash", False, "int8"),
+    "5 8bit w8a8 + sdpa-noflash": ("w8a8", "sdpa-noflash", False, "int8"),
+    "x 4bit w4a16 + qvit attn": ("w4a16", "qvit", False, "int8"),
+}
+
+
+def _stats(ms: list[float]) -> dict:
+    s = sorted(ms)
+
+    def pct(p):
+        return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+    return {"mean": statistics.fmean(s), "p50": pct(50), "p95": pct(95), "p99": pct(99), "n": len(s)}
+
+
+def _time_iters(fn, iters: int, device) -> list[float]:
+    """Per-iteration wall time of fn (ms): CUDA events around each call on a GPU, perf_counter on a CPU."""
+    out = []
+    for _ in range(iters):
+        if device.type == "cuda":
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            out.append(a.elapsed_time(b))
+        else:
+            t = time.perf_counter()
+            fn()
+            out.append((time.perf_counter() - t) * 1e3)
+    return out
+
+
+def _graphed(model, x):
+    """(replay fn, None) or (None, reason): the forward captured in a CUDA graph with a static input."""
+    try:
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s), torch.no_grad():
+            for _ in range(3):
+                model(x)
+        torch.cuda.current_stream().wait_stream(s)
+        g = torch.cuda.CUDAGraph()
+        with torch.no_grad(), torch.cuda.graph(g):
+            model(x)
+        return g.replay, None
+    except Exception as e:  # noqa: BLE001  (a peer that cannot be captured is reported, not fatal)
+        torch.cuda.synchronize()
+        return None, f"{type(e).__name__}: {str(e)[:160]}"
+
+
+def measure(name, model, cfg: ViTConfig, device, dtype, batches, iters, disk_bytes):
+    row = {"variant": name, "weight_bytes": weight_bytes(model), "disk_bytes": disk_bytes}
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for b in batches:
+            x = torch.randn(b, 3, cfg.img_size, cfg.img_size).to(device=device, dtype=dtype)
+            for _ in range(3):  # warm-up: autotuning, cuBLAS heuristics, compile
+                model(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            n = iters if b == 1 else max(10, iters // 5)
+            eager = _stats(_time_iters(lambda: model(x), n, device))
+            r = {"eager_ms": eager}
+            if device.type == "cuda":
+                replay, why = _graphed(model, x)
+                if replay is not None:
+                    r["graphed_ms"] = _stats(_time_iters(replay, n, device))
+                else:
+                    r["graph_error"] = why
+            best = r.get("graphed_ms", eager)["p50"]
+            r["img_per_s"] = b / best * 1e3
+            row[f"batch{b}"] = r
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            x = torch.randn(max(batches), 3, cfg.img_size, cfg.img_size, device=device, dtype=dtype)
+            model(x)
+            torch.cuda.synchronize()
+            row["peak_mem_bytes"] = torch.cuda.max_memory_allocated()
+            row["activation_peak_bytes"] = torch.cuda.max_memory_allocated() - base
+    return row
+
+
+def _disk(write) -> int:
+    with tempfile.TemporaryDirectory() as d:
+        p = os.path.join(d, "m.safetensors")
+        write(p)
+        return os.path.getsize(p)
+
+
+def build_qvit(base: ViT, preset, attn, int8_qk, keep_format, device, dtype):
+    m = copy.deepcopy(base)
+    if preset is not None:
+        quantize(m, QuantConfig.preset(preset, keep=KEEP, keep_format=keep_format, int8_attention=int8_qk))
+    m = m.to(device=device, dtype=dtype).eval()
+    linear = "triton" if device.type == "cuda" else "torch"
+    m.set_backend(linear=linear, attn=attn if device.type == "cuda" else "torch")
+    if preset is None:
+        from qvit.vit.checkpoint import save_model
+        disk = _disk(lambda p: save_model(m, p))
+    else:
+        disk = _disk(lambda p: save_quantized(m, p))
+    return m, disk
+
+
+def _state_disk(model) -> int:
+    from safetensors.torch import save_file
+    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
+          if isinstance(v, torch.Tensor) and v.device.type != "meta"}
+    return _disk(lambda p: save_file(sd, p))
+
+
+def _swap_linears(model, make):
+    for name, mod in list(model.named_modules()):
+        if isinstance(mod, nn.Linear) and name.startswith("blocks."):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, make(mod))
+    return model
+
+
+def peers(name_cfg: str, only, device, dtype):
+    """(name, model, disk bytes) for the peers available here; reasons for the missing ones."""
+    out, missing = [], {}
+    try:
+        import timm
+        t = timm.create_model(name_cfg, pretrained=False).to(device=device, dtype=dtype).eval()
+    except Exception as e:  # noqa: BLE001
+        return out, {"timm": f"{type(e).__name__}: {e}"}
+    if "timm" in only:
+        out.append(("timm bf16 (sdpa)", t, _state_disk(t)))
+    if "compile" in only:
+        out.append(("timm bf16 + torch.compile", torch.compile(copy.deepcopy(t)), _state_disk(t)))
+    if "bnb" in only:
+        try:
+            import bitsandbytes as bnb
+
+            def nf4(lin):
+                q = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=lin.bias is not None,
+                                      compute_dtype=dtype, quant_type="nf4")
+                q.weight = bnb.nn.Params4bit(lin.weight.detach().float().cpu(), requires_grad=False, quant_type="nf4")
+                if lin.bias is not None:
+                    q.bias = nn.Parameter(lin.bias.detach().clone(), requires_grad=False)
+                return q.to(device)
+
+            def int8(lin):
+                q = bnb.nn.Linear8bitLt(lin.in_features, lin.out_features, bias=lin.bias is not None,
+                                        has_fp16_weights=False, threshold=6.0)
+                q.weight = bnb.nn.Int8Params(lin.weight.detach().half().cpu(), requires_grad=False,
+                                             has_fp16_weights=False)
+                if lin.bias is not None:
+                    q.bias = nn.Parameter(lin.bias.detach().clone(), requires_grad=False)
+                return q.to(device)
+            for label, make in (("bitsandbytes NF4", nf4), ("bitsandbytes LLM.int8", int8)):
+                m = _swap_linears(copy.deepcopy(t).cpu(), make).to(device)
+                out.append((label, m, _state_disk(m)))
+        except Exception as e:  # noqa: BLE001
+            missing["bnb"] = f"{type(e).__name__}: {str(e)[:200]}"
+    if "torchao" in only:
+        try:
+            from torchao.quantization import quantize_
+            try:
+                from torchao.quantization import Int8DynamicActivationInt8WeightConfig as C
+                cfg = C()
+            except ImportError:
+                from torchao.quantization import int8_dynamic_activation_int8_weight
+                cfg = int8_dynamic_activation_int8_weight()
+            m = copy.deepcopy(t)
+            quantize_(m, cfg)
+            out.append(("torchao int8-dynamic", m, None))
+            out.append(("torchao int8-dynamic + compile", torch.compile(m), None))
+        except Exception as e:  # noqa: BLE001
+            missing["torchao"] = f"{type(e).__name__}: {str(e)[:200]}"
+    return out, missing
+
+
+def sizes(args) -> int:
+    """Disk and weight bytes of every qvit variant of the config, from a bf16 model: file sizes
+    depend only on shapes and formats, so this runs on any machine."""
+    cfg = ViTConfig.from_name(args.model)
+    torch.manual_seed(0)
+    base = ViT(cfg).eval().to(torch.bfloat16)
+    rows = []
+    for name, (preset, attn, int8_qk, keep_format) in QVIT_VARIANTS.items():
+        for kf in ([keep_format, "float"] if preset is not None and keep_format != "float" else [keep_format]):
+            m, disk = build_qvit(base, preset, attn, int8_qk, kf, torch.device("cpu"), torch.bfloat16)
+            rows.append({"variant": name, "keep": list(KEEP), "keep_format": kf, "weight_bytes": weight_bytes(m),
+                         "disk_bytes": disk})
+            del m
+    ref = rows[0]["disk_bytes"]
+    for r in rows:
+        r["disk_vs_bf16"] = r["disk_bytes"] / ref
+        r["smaller_than_fp32"] = 2 * ref / r["disk_bytes"]
+    os.makedirs(args.out, exist_ok=True)
+    res = {"model": args.model, "params": sum(p.numel() for p in base.parameters()), "rows": rows,
+           "note": "sizes depend only on shapes and formats; measured with qvit's own save functions"}
+    with open(os.path.join(args.out, "sizes.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    lines = [f"# {args.model}: weights on disk (safetensors, scales and config included)", "",
+             "| variant | kept layers (head, blocks 0 and -1) | disk MiB | vs bf16 | smaller than fp32 |",
+             "|---|---|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['variant']} | {r['keep_format']} | {r['disk_bytes'] / 2 ** 20:.1f} | "
+                     f"{r['disk_vs_bf16']:.3f}x | {r['smaller_than_fp32']:.2f}x |")
+    with open(os.path.join(args.out, "sizes.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+def to_markdown(res: dict) -> str:
+    rows = res["rows"]
+    ref = next((r for r in rows if r["variant"].startswith("timm bf16 (sdpa)")), None) or \
+        next((r for r in rows if r["variant"].startswith("1 ")), None)
+    bs = res["batches"]
+    head = ["variant", "b1 eager p50 ms", "b1 graphed mean", "p50", "p95", "p99"] + \
+        [f"img/s b{b}" for b in bs if b != 1] + ["x ref b" + str(max(bs)), "weights MiB", "disk MiB", "peak GiB"]
+    lines = [f"# End-to-end {res['model']} on {res['env'].get('card', res['device'])}", "",
+             f"torch {res['env'].get('torch')}, Triton {res['env'].get('triton')}, commit {res['env'].get('commit')}. "
+             "Batch-1 latency per call in ms (CUDA events per iteration); img/s from the graphed p50 where the "
+             "forward could be captured, else eager. Ratio column: img/s at the largest batch over the reference "
+             f"row ({ref['variant'] if ref else '?'}).", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['variant']} | error: {r['error'][:80]} |" + " |" * (len(head) - 2))
+            continue
+        b1 = r.get("batch1", {})
+        g = b1.get("graphed_ms")
+        cells = [r["variant"], f"{b1['eager_ms']['p50']:.3f}" if b1 else "-"]
+        cells += [f"{g[k]:.3f}" for k in ("mean", "p50", "p95", "p99")] if g else ["-"] * 4
+        cells += [f"{r[f'batch{b}']['img_per_s']:.0f}" for b in bs if b != 1]
+        big = f"batch{max(bs)}"
+        cells.append(f"{r[big]['img_per_s'] / ref[big]['img_per_s']:.2f}x" if ref and big in ref else "-")
+        cells.append(f"{r['weight_bytes'] / 2 ** 20:.1f}")
+        cells.append(f"{r['disk_bytes'] / 2 ** 20:.1f}" if r.get("disk_bytes") else "-")
+        cells.append(f"{r['peak_mem_bytes'] / 2 ** 30:.2f}" if r.get("peak_mem_bytes") else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    if res.get("missing"):
+        lines += ["", "Not measured: " + "; ".join(f"{k}: {v}" for k, v in res["missing"].items())]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--model", default="vit_large_patch16_224")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 64, 256])
+    ap.add_argument("--iters", type=int, default=100)
+    ap.add_argument("--only", default="qvit,timm,compile,bnb,torchao")
+    ap.add_argument("--variants", nargs="*", default=None, help="subset of the qvit variant names")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--sizes-only", action="store_true",
+                    help="weight and safetensors sizes of the qvit variants (bf16 base), no timing; any machine")
+    args = ap.parse_args(argv)
+    if args.sizes_only:
+        return sizes(args)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    only = set(args.only.split(","))
+    cfg = ViTConfig.from_name(args.model)
+    torch.manual_seed(0)
+    base = ViT(cfg).eval()
+    if device.type == "cuda":
+        from qvit.profiling.bench_kernels import env_info
+        env = env_info()
+    else:
+        env = {"card": "cpu", "torch": torch.__version__}
+    res = {"model": args.model, "device": device.type, "dtype": str(dtype), "batches": args.batches, "env": env,
+           "rows": [], "missing": {}}
+    todo = []
+    if device.type == "cuda" and only - {"qvit"}:
+        p, missing = peers(args.model, only, device, dtype)
+        todo += p
+        res["missing"].update(missing)
+    if "qvit" in only:
+        for name, spec in QVIT_VARIANTS.items():
+            if args.variants and name not in args.variants:
+                continue
+            todo.append((name, spec, None))
+    os.makedirs(args.out, exist_ok=True)
+    for name, model, disk in todo:
+        try:
+            if isinstance(model, tuple):
+                model, disk = build_qvit(base, *model, device, dtype)
+            row = measure(name, model, cfg, device, dtype, args.batches, args.iters, disk)
+        except Exception as e:  # noqa: BLE001  (one failing variant must not lose the others)
+            traceback.print_exc()
+            row = {"variant": name, "error": f"{type(e).__name__}: {str(e)[:300]}"}
+        res["rows"].append(row)
+        b1 = row.get("batch1", {})
+        print(f"bench_e2e: {name:32s} " + (row["error"] if "error" in row else
+              f"b1 eager p50 {b1.get('eager_ms', {}).get('p50', float('nan')):.3f} ms, graphed p50 "
+              f"{b1.get('graphed_ms', {}).get('p50', float('nan')):.3f} ms, "
+              + ", ".join(f"b{b} {row[f'batch{b}']['img_per_s']:.0f} img/s" for b in args.batches if b != 1)),
+              file=sys.stderr)
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        with open(os.path.join(args.out, "bench_e2e.json"), "w") as f:
+            json.dump(res, f, indent=1)
+    with open(os.path.join(args.out, "bench_e2e.md"), "w") as f:
+        f.write(to_markdown(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
