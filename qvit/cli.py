@@ -130,7 +130,7 @@ def _cmd_train(args) -> int:
     cfg = TrainConfig()
     over = {k: getattr(args, k) for k in ("model", "data", "data_root", "epochs", "batch_size", "lr", "warmup_epochs",
                                           "weight_decay", "drop_path", "ema_decay", "seed", "amp", "compile", "attn", "pretrained",
-                                          "out", "qat", "eval_every", "limit_train", "limit_test", "max_steps", "img_size")
+                                          "out", "qat", "qlora_rank", "eval_every", "limit_train", "limit_test", "max_steps", "img_size")
             if getattr(args, k) is not None}
     cfg = replace(cfg, **over)
     if args.no_aug:
@@ -210,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=None, help="run folder (default runs/cifar10)")
     s.add_argument("--qat", default=None, choices=["w8a8", "w4a8", "w4a16", "nf4"],
                    help="quantization-aware training (fake quant + STE) in this format; use with --pretrained")
+    s.add_argument("--qlora-rank", type=int, default=None,
+                   help="QLoRA: LoRA adapters of this rank on a bitsandbytes NF4 base; merged and re-quantized at the end")
     s.add_argument("--eval-every", type=int, default=None)
     s.add_argument("--limit-train", type=int, default=None)
     s.add_argument("--limit-test", type=int, default=None)

@@ -39,10 +39,11 @@ for step in $steps; do
       rc[train]=${PIPESTATUS[0]} ;;
     qat)
       # QAT finetune of the trained model in $QVIT_QAT_PRESET (default w4a8), then the study of the result
-      pre=${QVIT_QAT_PRESET:-w4a8}
-      $py -m qvit.cli train --out "$out/qat-$pre" --no-progress --qat "$pre" --pretrained "$out/train/model.safetensors" \
+      pre=${QVIT_QAT_PRESET:-w4a8}   # or qlora: LoRA rank $QVIT_QLORA_RANK (8) on a bitsandbytes NF4 base
+      if [ "$pre" = qlora ]; then flags="--qlora-rank ${QVIT_QLORA_RANK:-8}"; else flags="--qat $pre"; fi
+      $py -m qvit.cli train --out "$out/qat-$pre" --no-progress $flags --pretrained "$out/train/model.safetensors" \
         --epochs ${QVIT_QAT_EPOCHS:-15} --lr 1e-4 --warmup-epochs 1 --eval-every 5 ${QVIT_QAT_ARGS:-} 2>&1 \
-        | tee "$out/qat.log" | grep -E "test_top1|error|Error" | tail -8
+        | tee "$out/qat-$pre.log" | grep -E "test_top1|QLoRA|error|Error" | tail -8
       rc[qat]=${PIPESTATUS[0]}
       to=${QVIT_STUDY_TIMEOUT:-550}; [ -n "${QVIT_DEADLINE:-}" ] && to=$(( QVIT_DEADLINE - $(date +%s) ))
       [ "${rc[qat]}" = 0 ] && timeout $to $py -m qvit.cli study --model "$out/qat-$pre/model.safetensors" \

@@ -56,7 +56,8 @@ class TrainConfig:
     attn: str = "sdpa"                    # attention backend while training
     pretrained: str | None = None         # timm/qvit checkpoint to start from (finetuning)
     qat: str | None = None                # quantization-aware training in this preset (w8a8 | w4a8 | w4a16 | nf4)
-    qat_keep: tuple = ("head", "blocks.0.", "blocks.-1.")
+    qat_keep: tuple = ("head", "blocks.0.", "blocks.-1.")  # layers QAT / QLoRA leave in higher precision
+    qlora_rank: int = 0                   # > 0: QLoRA (LoRA adapters of this rank on a bitsandbytes NF4 base)
     out: str = "runs/cifar10"
     eval_every: int = 10                  # epochs; the last epoch always evaluates
     ckpt_every: int = 1
@@ -133,9 +134,13 @@ def _amp_dtype(amp: str):
 
 
 def save_checkpoint(path, model, opt, epoch, step, cfg, extra=None, ema=None):
+    if cfg.qlora_rank:  # the NF4 base is rebuilt from --pretrained on resume: keep the adapters only
+        weights = {n: p.detach().float().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    else:
+        weights = {k: v.detach().float().cpu() if v.is_floating_point() else v.cpu() for k, v in model.state_dict().items()}
     state = {
         "version": CKPT_VERSION, "epoch": epoch, "step": step, "config": json.dumps(cfg.to_dict()),
-        "model": {k: v.detach().float().cpu() if v.is_floating_point() else v.cpu() for k, v in model.state_dict().items()},
+        "model": weights,
         "optimizer": opt.state_dict(),
         "extra": json.dumps(extra or {}),
     }
@@ -215,6 +220,28 @@ def _stop_profiler(prof, out, steps):
     prof.export_chrome_trace(os.path.join(out, "profile_train_trace.json"))
 
 
+def _qlora_finish(model, cfg, test_dl, aug, num_classes, amp, device, before):
+    """Merge the adapters into the dequantized NF4 base, re-quantize into qvit's 4-bit formats, and
+    evaluate: the accuracy before the merge (bitsandbytes NF4 + LoRA) and after (qvit's kernels)."""
+    import copy
+
+    from qvit.train.qlora import merge_qlora
+    from qvit.vit.quantize import QuantConfig, quantize
+    merged = merge_qlora(model).to(device)
+    out = {"before_merge": before, "merged_float": evaluate(merged, test_dl, aug.eval, num_classes, amp)}
+    linear = "triton" if device.type == "cuda" else "torch"
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    for preset in ("nf4", "w4a8"):
+        q = quantize(copy.deepcopy(merged).cpu(), QuantConfig.preset(preset, keep=cfg.qat_keep))
+        q = q.to(device=device, dtype=dtype).eval().set_backend(linear=linear)
+        out[f"merged_{preset}"] = evaluate(q, test_dl, lambda x: aug.eval(x).to(dtype), num_classes)
+        out[f"merged_{preset}"]["linear_backend"] = linear
+    for k, v in out.items():
+        print(f"qvit train: QLoRA {k}: top1={v['top1']:.2f}", file=sys.stderr)
+    out["model"] = merged.cpu()
+    return out
+
+
 # ------------------------------------------------------------------------------------------ data
 def build_data(cfg: TrainConfig, model_cfg: ViTConfig, device, rank: int, world: int):
     """(train loader, test loader, augment, num_classes, class names)."""
@@ -278,13 +305,24 @@ def train(cfg: TrainConfig, resume: bool = False, device: str | None = None) -> 
         sd, _ = read_state_dict(cfg.pretrained)
         sd = {k: v for k, v in sd.items() if not k.startswith("head.") or v.shape[0] == num_classes}
         load_timm_checkpoint(model, sd, strict=False)
+    if cfg.qlora_rank and (cfg.qat or cfg.ema_decay):
+        raise ValueError("qlora_rank cannot be combined with qat or ema_decay")
+    qlora = None
+    if cfg.qlora_rank:
+        from qvit.train.qlora import prepare_qlora
+        if not cfg.pretrained:
+            raise ValueError("QLoRA finetunes a trained model: give --pretrained")
+        vit = model
+        model, qlora = prepare_qlora(model, cfg.qlora_rank, keep=cfg.qat_keep,
+                                     compute_dtype=_amp_dtype(cfg.amp) or torch.float32)
+        model_cfg.extra["qlora"] = {"rank": cfg.qlora_rank, "keep": list(cfg.qat_keep), "layers": len(qlora)}
     if cfg.qat:
         from qvit.train.qat import prepare_qat
         from qvit.vit.quantize import QuantConfig
         qat_layers = prepare_qat(model, QuantConfig.preset(cfg.qat, keep=cfg.qat_keep))
         model_cfg.extra["qat"] = {"preset": cfg.qat, "keep": list(cfg.qat_keep), "layers": len(qat_layers)}
-    model.set_backend(attn=cfg.attn)
-    model.to(device)
+    (vit if qlora else model).set_backend(attn=cfg.attn)
+    model.to(device)  # bitsandbytes quantizes the QLoRA base here
 
     steps_per_epoch = len(train_dl)
     total = cfg.epochs * steps_per_epoch
@@ -309,7 +347,9 @@ def train(cfg: TrainConfig, resume: bool = False, device: str | None = None) -> 
             if saved.get(k) != cfg.to_dict().get(k):
                 raise CheckpointError(f"{ckpt}: was written with {k}={saved.get(k)!r}, this run has {k}="
                                       f"{cfg.to_dict().get(k)!r}; use another --out or the same options")
-        model.load_state_dict(state["model"])
+        missing, unexpected = model.load_state_dict(state["model"], strict=qlora is None)
+        if unexpected or (qlora and set(state["model"]) != {n for n, p in model.named_parameters() if p.requires_grad}):
+            raise CheckpointError(f"{ckpt}: its weights do not match this run's trainable parameters")
         opt.load_state_dict(state["optimizer"])
         if ema is not None:
             if "ema" not in state:
@@ -326,6 +366,10 @@ def train(cfg: TrainConfig, resume: bool = False, device: str | None = None) -> 
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local] if device.type == "cuda" else None)
     use_compile = cfg.compile in ("on", "graphs") or (cfg.compile == "auto" and device.type == "cuda")
+    if qlora and use_compile:
+        print("qvit train: QLoRA runs eager (bitsandbytes layers under torch.compile are not supported here)",
+              file=sys.stderr)
+        use_compile = False
     # CUDA graphs ("reduce-overhead"): a small ViT's step is otherwise bound by the host launching
     # ~1000 kernels (profiled on the H200: 18 ms/step of host time against 7 ms of GPU time)
     mode = "reduce-overhead" if device.type == "cuda" and cfg.compile in ("auto", "graphs") else None
@@ -447,6 +491,10 @@ def train(cfg: TrainConfig, resume: bool = False, device: str | None = None) -> 
     if main:
         model_cfg.extra["test"] = result
         final = ema if ema is not None else model
+        if qlora:
+            summary["qlora"] = _qlora_finish(model, cfg, test_dl, aug, num_classes, amp, device, result)
+            final = summary["qlora"].pop("model")
+            model_cfg.extra["qlora"].update({k: v for k, v in summary["qlora"].items()})
         final.cfg.extra = model_cfg.extra
         save_model(final, os.path.join(cfg.out, "model.safetensors"), {"train_summary": {
             k: summary[k] for k in ("steps", "train_seconds", "test", "device")}})
