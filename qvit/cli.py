@@ -117,6 +117,34 @@ def _cmd_quantize(args) -> int:
     return 0
 
 
+def _cmd_predict(args) -> int:
+    import torch
+
+    from qvit.vit.deploy import Predictor, load_any
+    dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pred = Predictor(load_any(args.model), dev, linear=args.backend, attn=args.attn)
+    preds = pred(args.images, k=args.top)
+    failed = 0
+    rows = []
+    for r in preds:
+        if r.error:
+            failed += 1
+            print(f"qvit predict: {r.error}", file=sys.stderr)
+            rows.append({"image": r.path, "error": r.error})
+            continue
+        rows.append({"image": r.path, "top": [{"label": lb, "p": round(p, 5)} for lb, p in r.top],
+                     "latency_ms": round(r.latency_ms, 3)})
+        if not args.json:
+            print(f"{r.path}  ({r.latency_ms:.2f} ms)")
+            for lb, p in r.top:
+                print(f"  {p:7.2%}  {lb}")
+    if args.json:
+        print(json.dumps({"model": args.model, "device": dev, "predictions": rows}, indent=1))
+    if failed == len(preds):
+        return 1
+    return 0
+
+
 def _cmd_bench(args) -> int:
     from qvit.profiling import bench_kernels
     return bench_kernels.main(["--out", args.out] + (["--quick"] if args.quick else []))
@@ -180,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", default=None, help="also write the rows to this JSON file")
     s.set_defaults(fn=_cmd_check)
 
-    s = sub.add_parser("quantize", help="quantize a float model into one safetensors file")
+    s = sub.add_parser("quantize", aliases=["export"],
+                       help="quantize a float model into one safetensors file (export: the same command)")
     s.add_argument("--model", default="vit_small_patch4_32", help="config name, qvit float file, or timm checkpoint")
     s.add_argument("--config", default=None, help="config name when --model is a timm checkpoint")
     s.add_argument("--preset", default="w8a8", choices=["w8a8", "w4a8", "w4a16", "nf4"])
@@ -237,6 +266,16 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("report", help="REPORT.md (+ plot) of run folders from their JSON files")
     s.add_argument("runs", nargs="+")
     s.set_defaults(fn=_cmd_report)
+
+    s = sub.add_parser("predict", help="classify image files with a qvit model file (float or quantized)")
+    s.add_argument("images", nargs="+")
+    s.add_argument("--model", required=True, help="model file from `qvit train` or `qvit export`")
+    s.add_argument("--top", type=int, default=5)
+    s.add_argument("--backend", default=None, help="linear backend: torch | triton | cuda | auto")
+    s.add_argument("--attn", default=None, help="attention backend")
+    s.add_argument("--device", default=None)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=_cmd_predict)
 
     s = sub.add_parser("bench", help="GPU kernel benchmarks vs their baselines (JSON + markdown)")
     s.add_argument("--out", default="results")

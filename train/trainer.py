@@ -299,7 +299,8 @@ def train(cfg: TrainConfig, resume: bool = False, device: str | None = None) -> 
     train_dl, test_dl, aug, num_classes, classes = build_data(cfg, model_cfg, device, rank, world)
     if num_classes != model_cfg.num_classes:
         model_cfg = ViTConfig(**{**model_cfg.to_dict(), "num_classes": num_classes})
-    model_cfg.extra = {"recipe": "qvit.train", "data": cfg.data, "classes": list(classes) if classes else None}
+    model_cfg.extra = {"recipe": "qvit.train", "data": cfg.data, "classes": list(classes) if classes else None,
+                       "mean": list(aug.cfg.mean), "std": list(aug.cfg.std)}
     model = ViT(model_cfg)
     if cfg.pretrained:
         sd, _ = read_state_dict(cfg.pretrained)

@@ -1,0 +1,83 @@
+"""Export -> load -> predict: same logits as the in-memory model (bit-exact on one backend), clear
+per-file errors, refusal of corrupt or mismatched files."""
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from qvit.cli import main as cli
+from qvit.vit.checkpoint import CheckpointError, save_model
+from qvit.vit.deploy import Predictor, class_names, load_any
+from qvit.vit.model import ViT
+from qvit.vit.quantize import QuantConfig, quantize
+
+
+@pytest.fixture
+def float_file(tmp_path):
+    torch.manual_seed(0)
+    m = ViT.from_name("vit_cifar_patch4_32")
+    m.cfg.extra = {"data": "cifar10", "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    p = tmp_path / "float.safetensors"
+    save_model(m, str(p))
+    return m, p
+
+
+@pytest.fixture
+def images(tmp_path):
+    from PIL import Image
+    g = np.random.default_rng(1)
+    paths = []
+    for i, (h, w) in enumerate([(32, 32), (50, 70), (300, 200)]):
+        p = tmp_path / f"img{i}.png"
+        Image.fromarray(g.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(p)
+        paths.append(str(p))
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not an image")
+    return paths, str(bad)
+
+
+@pytest.mark.parametrize("preset", ["w8a8", "w4a8", "nf4"])
+def test_export_load_predict_round_trip(tmp_path, float_file, images, preset, capsys):
+    m, fpath = float_file
+    out = tmp_path / f"{preset}.safetensors"
+    assert cli(["export", "--model", str(fpath), "--preset", preset, "--out", str(out)]) == 0
+    loaded = load_any(str(out))
+    mem = quantize(copy.deepcopy(m).eval(), QuantConfig.preset(preset))
+    p_file = Predictor(loaded, "cpu", linear="torch", attn="torch")
+    p_mem = Predictor(mem, "cpu", linear="torch", attn="torch")
+    paths, bad = images
+    a, b = p_file(paths), p_mem(paths)
+    for ra, rb in zip(a, b):
+        assert torch.equal(ra.logits, rb.logits)  # bit-exact: same tensors, same backend
+        assert ra.top[0][0] in class_names(loaded) and abs(sum(p for _, p in ra.top) - 1) < 1  # top-5 of 10
+    # the command: every good file printed with its top-5, the bad one reported, exit 0
+    capsys.readouterr()
+    rc = cli(["predict", *paths, bad, "--model", str(out), "--backend", "torch", "--attn", "torch", "--json",
+              "--device", "cpu"])
+    cap = capsys.readouterr()
+    assert rc == 0
+    res = json.loads(cap.out)["predictions"]
+    assert [r["image"] for r in res] == paths + [bad]
+    assert all(len(r["top"]) == 5 for r in res[:3]) and "not a readable image" in res[3]["error"]
+    assert "notes.txt: not a readable image" in cap.err
+    for r, ref in zip(res[:3], a):
+        assert r["top"][0]["label"] == ref.top[0][0] and r["top"][0]["p"] == pytest.approx(ref.top[0][1], abs=1e-5)
+
+
+def test_predict_all_bad_fails_and_refuses_non_models(tmp_path, float_file, images):
+    _, fpath = float_file
+    assert cli(["predict", images[1], "--model", str(fpath), "--device", "cpu"]) == 1
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00" * 64)
+    with pytest.raises(CheckpointError, match="junk.safetensors"):
+        load_any(str(junk))
+    assert cli(["predict", images[0][0], "--model", str(junk), "--device", "cpu"]) == 2
+
+
+def test_float_model_normalization_and_classes(float_file):
+    m, fpath = float_file
+    loaded = load_any(str(fpath))
+    p = Predictor(loaded, "cpu")
+    assert p.mean == (0.5, 0.5, 0.5) and p.classes[0] == "airplane" and p.crop_pct == 1.0

@@ -1,0 +1,108 @@
+"""Deployment: load any qvit model file and classify image files with it.
+
+`load_any(path)` reads a float (`qvit train`) or quantized (`qvit export` / `qvit quantize`) safetensors
+file, checking its format version and shapes (no pickle). `Predictor` resizes images the way the
+model was trained (shorter side to the model's size, center crop; normalization from the model's
+recorded training data), runs the model on the chosen backends and returns top-k with probabilities
+and the measured latency. Unreadable files are reported per file and do not stop the others.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from qvit.vit.checkpoint import CheckpointError, load_model, read_state_dict
+from qvit.vit.model import ViT
+
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def load_any(path: str, device="cpu") -> ViT:
+    """A float or quantized qvit model file -> ViT (quantized modules where the file says so)."""
+    _, meta = read_state_dict(path)
+    kind = meta.get("kind")
+    if kind == "quantized":
+        from qvit.vit.quantize import load_quantized
+        return load_quantized(path, device)
+    if kind == "float":
+        return load_model(path).to(device)
+    raise CheckpointError(f"{path}: not a qvit model file (metadata kind={kind!r}); timm checkpoints load with "
+                          "`qvit quantize --config NAME` or qvit.vit.load_timm_checkpoint")
+
+
+def model_norm(model: ViT) -> tuple[tuple, tuple]:
+    extra = model.cfg.extra or {}
+    if "mean" in extra and "std" in extra:
+        return tuple(extra["mean"]), tuple(extra["std"])
+    if extra.get("data") == "cifar10":
+        return CIFAR_MEAN, CIFAR_STD
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
+def class_names(model: ViT) -> list[str]:
+    extra = model.cfg.extra or {}
+    if extra.get("classes"):
+        return list(extra["classes"])
+    if extra.get("data") == "cifar10" and model.cfg.num_classes == 10:
+        return list(CIFAR10_CLASSES)
+    return [str(i) for i in range(model.cfg.num_classes)]
+
+
+@dataclass
+class Prediction:
+    path: str
+    top: list  # [(label, probability)]
+    latency_ms: float
+    logits: torch.Tensor | None = None
+    error: str | None = None
+
+
+class Predictor:
+    def __init__(self, model: ViT, device="cpu", linear: str | None = None, attn: str | None = None,
+                 dtype: torch.dtype | None = None):
+        self.device = torch.device(device)
+        self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        self.model.set_backend(linear=linear, attn=attn)
+        self.mean, self.std = model_norm(model)
+        self.classes = class_names(model)
+        self.size = model.cfg.img_size
+        # CIFAR-size models saw whole 32 px images; ImageNet-size ones the usual 0.875 center crop
+        self.crop_pct = 1.0 if self.size <= 64 else 0.875
+
+    def preprocess(self, path: str) -> torch.Tensor:
+        from qvit.train.data import load_image_u8
+        x = load_image_u8(path, self.size, self.crop_pct).float().div_(255)
+        mean = torch.tensor(self.mean).view(3, 1, 1)
+        std = torch.tensor(self.std).view(3, 1, 1)
+        return ((x - mean) / std)[None]
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.to(device=self.device, dtype=self.dtype)).float()
+
+    def __call__(self, paths, k: int = 5) -> list[Prediction]:
+        from qvit.train.data import DataError
+        out = []
+        for p in paths:
+            try:
+                x = self.preprocess(p)
+            except DataError as e:
+                out.append(Prediction(p, [], 0.0, error=str(e)))
+                continue
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            z = self.logits(x)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            ms = (time.perf_counter() - t) * 1e3
+            prob = z.softmax(-1)[0]
+            top = prob.topk(min(k, prob.numel()))
+            out.append(Prediction(p, [(self.classes[i], float(v)) for v, i in zip(top.values, top.indices.tolist())],
+                                  ms, z[0].cpu()))
+        return out
