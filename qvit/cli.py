@@ -117,6 +117,13 @@ def _cmd_quantize(args) -> int:
     return 0
 
 
+def _cmd_compare(args) -> int:
+    from qvit.train.compare import STAGES, run
+    stages = tuple(args.stages.split(",")) if args.stages else STAGES
+    print(run(args.out, stages, tiny=True if args.tiny else None, device=args.device))
+    return 0
+
+
 def _cmd_predict(args) -> int:
     import torch
 
@@ -266,6 +273,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("report", help="REPORT.md (+ plot) of run folders from their JSON files")
     s.add_argument("runs", nargs="+")
     s.set_defaults(fn=_cmd_report)
+
+    s = sub.add_parser("compare", help="the whole study protocol (train, PTQ study, QAT, QLoRA, ViT-L benchmark, "
+                                       "RESULTS.md); tiny scale on a CPU")
+    s.add_argument("--out", default="runs/compare")
+    s.add_argument("--stages", default=None, help="comma-separated subset of train,study,qat,qlora,e2e,report")
+    s.add_argument("--tiny", action="store_true", help="tiny scale even on a GPU")
+    s.add_argument("--device", default=None)
+    s.set_defaults(fn=_cmd_compare)
 
     s = sub.add_parser("predict", help="classify image files with a qvit model file (float or quantized)")
     s.add_argument("images", nargs="+")

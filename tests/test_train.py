@@ -237,3 +237,18 @@ def test_study_and_report_on_cpu(tmp_path):
     assert "| 3 8bit+qvit-attn | w8a8 | int8 |" in md and "Layerwise sensitivity" in md
     assert os.path.isfile(write(str(run)))
     shutil.rmtree(run)
+
+
+def test_compare_tiny_protocol(tmp_path):
+    """`qvit compare` on a CPU: the stages run at toy scale, RESULTS.md holds the five variants, a stage
+    whose artifact exists is skipped on a second call."""
+    from qvit.train.compare import run
+    out = tmp_path / "cmp"
+    path = run(str(out), stages=("train", "study", "e2e", "report"), device="cpu")
+    md = open(path).read()
+    assert "Tiny CPU run" in md
+    for k in ("1 bf16", "2 4bit+qvit-attn", "3 8bit+qvit-attn", "4 4bit+sdpa-noflash", "5 8bit+sdpa-noflash"):
+        assert f"| {k} |" in md
+    mtime = os.path.getmtime(out / "train" / "model.safetensors")
+    run(str(out), stages=("train", "report"), device="cpu")
+    assert os.path.getmtime(out / "train" / "model.safetensors") == mtime

@@ -1,0 +1,200 @@
+"""`qvit compare`: the whole study protocol in one command, in stages that each leave small artifacts.
+
+    qvit compare [--out results/compare] [--stages train,study,qat,qlora,e2e,report] [--tiny]
+
+Stages (a stage whose artifact exists is skipped, so a run cut by a time limit resumes where it stopped):
+
+    train   the CIFAR-10 baseline (`qvit train` defaults)                -> OUT/train/model.safetensors
+    study   the PTQ variants on qvit's kernels + sensitivity ablation    -> OUT/study/study_ptq.json
+    qat     W4A8 QAT finetune from the baseline, then its study           -> OUT/qat-w4a8/...
+    qlora   QLoRA (NF4 base + LoRA rank 8), merged and re-quantized       -> OUT/qlora/summary.json
+    e2e     ViT-L/16 speed, memory and size of the variants and the peers -> OUT/bench_e2e.json
+    report  RESULTS.md: one table (accuracy from CIFAR-10, speed/size from ViT-L/16), plots
+
+Without a GPU it runs the same stages at a tiny scale (a micro/CIFAR-sized model, a few hundred images,
+one epoch, the reference backends) and says so in the report: that proves the pipeline, not a result.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import torch
+
+STAGES = ("train", "study", "qat", "qlora", "e2e", "report")
+
+
+def _say(msg):
+    print(f"qvit compare: {msg}", file=sys.stderr)
+
+
+def run(out: str, stages=STAGES, tiny: bool | None = None, device=None) -> str:
+    from dataclasses import replace
+
+    from qvit.train.trainer import TrainConfig, train
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tiny = (device == "cpu") if tiny is None else tiny
+    if tiny:
+        _say("no GPU (or --tiny): running the protocol at a tiny scale with the reference backends; "
+             "the numbers prove the pipeline, they are not results")
+    os.makedirs(out, exist_ok=True)
+    base_cfg = TrainConfig(out=os.path.join(out, "train"), progress=False)
+    limit_test = None
+    if tiny:
+        base_cfg = replace(base_cfg, epochs=1, batch_size=64, limit_train=512, limit_test=300, warmup_epochs=0,
+                           eval_every=1, compile="off")
+        limit_test = 300
+    model_file = os.path.join(base_cfg.out, "model.safetensors")
+    for stage in stages:
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+    if "train" in stages and not os.path.exists(model_file):
+        _say("stage train")
+        train(base_cfg, resume=True, device=device)
+    need_model = {"study", "qat", "qlora"} & set(stages)
+    if need_model and not os.path.exists(model_file):
+        raise FileNotFoundError(f"{model_file}: no trained model; run the train stage first")
+    if "study" in stages and not os.path.exists(os.path.join(out, "study", "study_ptq.json")):
+        _say("stage study")
+        from qvit.train.study import study
+        study(model_file, os.path.join(out, "study"), device=device, limit_test=limit_test,
+              variants=["1 bf16", "2 4bit+qvit-attn", "3 8bit+qvit-attn", "4 4bit+sdpa-noflash",
+                        "5 8bit+sdpa-noflash"] if tiny else None, ablation=not tiny)
+    short = dict(epochs=1 if tiny else 15, lr=1e-4, warmup_epochs=0 if tiny else 1, eval_every=1 if tiny else 5,
+                 pretrained=model_file)
+    if "qat" in stages and not os.path.exists(os.path.join(out, "qat-w4a8", "summary.json")):
+        _say("stage qat (w4a8)")
+        train(replace(base_cfg, out=os.path.join(out, "qat-w4a8"), qat="w4a8", **short), resume=True, device=device)
+        from qvit.train.study import study
+        study(os.path.join(out, "qat-w4a8", "model.safetensors"), os.path.join(out, "qat-w4a8", "study"),
+              device=device, limit_test=limit_test, variants=["1 bf16", "2 4bit+qvit-attn", "4 4bit+sdpa-noflash"],
+              ablation=False)
+    if "qlora" in stages and not os.path.exists(os.path.join(out, "qlora", "summary.json")):
+        _say("stage qlora (rank 8)")
+        train(replace(base_cfg, out=os.path.join(out, "qlora"), qlora_rank=8, **{**short, "lr": 1e-3}),
+              resume=True, device=device)
+    if "e2e" in stages and not os.path.exists(os.path.join(out, "bench_e2e.json")):
+        _say("stage e2e")
+        from qvit.profiling import bench_e2e
+        args = ["--out", out, "--device", device]
+        if tiny:
+            args += ["--model", "vit_micro_patch4_32", "--batches", "1", "4", "--iters", "5", "--only", "qvit"]
+        bench_e2e.main(args)
+    if "report" in stages:
+        return write_results(out, tiny)
+    return out
+
+
+def _load(path):
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_results(out: str, tiny: bool) -> str:
+    """OUT/RESULTS.md and the two plots from whatever stages have run."""
+    tr = _load(os.path.join(out, "train", "summary.json"))
+    st = _load(os.path.join(out, "study", "study_ptq.json"))
+    e2e = _load(os.path.join(out, "bench_e2e.json"))
+    qat = _load(os.path.join(out, "qat-w4a8", "summary.json"))
+    qstudy = _load(os.path.join(out, "qat-w4a8", "study", "study_ptq.json"))
+    ql = _load(os.path.join(out, "qlora", "summary.json"))
+    lines = ["# qvit study results", ""]
+    if tiny:
+        lines += ["**Tiny CPU run: the protocol at toy scale with reference backends. Not a result.**", ""]
+    if tr:
+        lines += [f"Baseline: {tr['model_config'].get('embed_dim')}-wide, {tr['model_config'].get('depth')}-deep "
+                  f"ViT ({tr['params'] / 1e6:.2f}M params) trained on CIFAR-10 ({tr['history'][-1]['epoch']} epochs, "
+                  f"{tr['train_seconds']:.0f} s on {tr['device']}): top-1 {tr['test']['top1']:.2f}.", ""]
+    ref_acc = (st or {}).get("variants", {}).get("1 bf16")
+    e2e_rows = {r["variant"].split(" ")[0]: r for r in (e2e or {}).get("rows", []) if "error" not in r}
+    ref_speed = next((r for r in (e2e or {}).get("rows", []) if r["variant"].startswith("timm bf16 (sdpa)")), None) \
+        or e2e_rows.get("1")
+    lines += ["| variant | top-1 | top-5 | macro-F1 | d top-1 | b1 mean ms | p50 | p95 | p99 | img/s b64 | "
+              "img/s b256 | x bf16 | disk MiB | GPU peak GiB |", "|" + "---|" * 14]
+    keys = list((st or {}).get("variants", {}))
+    main = [k for k in keys if k[0].isdigit()] or [k for k in e2e_rows]
+    for k in main:
+        a = (st or {}).get("variants", {}).get(k)
+        s = e2e_rows.get(k.split(" ")[0])
+        cells = [k]
+        cells += [f"{a['top1']:.2f}", f"{a['top5']:.2f}", f"{a['macro_f1']:.2f}",
+                  f"{a['top1'] - ref_acc['top1']:+.2f}"] if a and ref_acc else ["-"] * 4
+        if s:
+            b1 = s.get("batch1", {}).get("graphed_ms") or s.get("batch1", {}).get("eager_ms")
+            cells += [f"{b1[q]:.3f}" for q in ("mean", "p50", "p95", "p99")] if b1 else ["-"] * 4
+            cells += [f"{s[f'batch{b}']['img_per_s']:.0f}" if f"batch{b}" in s else "-" for b in (64, 256)]
+            big = max(int(x[5:]) for x in s if x.startswith("batch"))
+            cells.append(f"{s[f'batch{big}']['img_per_s'] / ref_speed[f'batch{big}']['img_per_s']:.2f}x"
+                         if ref_speed and f"batch{big}" in ref_speed else "-")
+            cells += [f"{s['disk_bytes'] / 2 ** 20:.1f}" if s.get("disk_bytes") else "-",
+                      f"{s['peak_mem_bytes'] / 2 ** 30:.2f}" if s.get("peak_mem_bytes") else "-"]
+        else:
+            cells += ["-"] * 9
+        lines.append("| " + " | ".join(cells) + " |")
+    ref_name = ref_speed["variant"] if ref_speed else "?"
+    lines += ["", f"Accuracy: CIFAR-10 test images ({(st or {}).get('n_test', '?')}, real) on "
+              f"{(st or {}).get('linear_backend', '?')} linears; speed, size and memory: "
+              f"{(e2e or {}).get('model', '?')} with random weights on {(e2e or {}).get('env', {}).get('card', '?')} "
+              f"(batch-1 latency graphed where capturable; x bf16 = img/s at the largest batch over '{ref_name}' "
+              "in the same run). Source files: train/summary.json, study/study_ptq.json, bench_e2e.json.", ""]
+    if qat or qstudy:
+        lines += ["## Recovery", ""]
+        if qstudy:
+            v = qstudy["variants"]
+            for k in ("2 4bit+qvit-attn", "4 4bit+sdpa-noflash"):
+                if k in v and ref_acc:
+                    lines.append(f"- QAT w4a8 ({qat['config']['epochs'] if qat else '?'} epochs) then {k}: top-1 "
+                                 f"{v[k]['top1']:.2f} ({v[k]['top1'] - ref_acc['top1']:+.2f} vs bf16 baseline)")
+        if ql and "qlora" in ql:
+            q = ql["qlora"]
+            lines.append(f"- QLoRA rank {ql['config']['qlora_rank']}: before merge (bitsandbytes NF4 + LoRA) top-1 "
+                         f"{q['before_merge']['top1']:.2f}; merged float {q['merged_float']['top1']:.2f}; re-quantized "
+                         f"qvit NF4 {q['merged_nf4']['top1']:.2f}, W4A8 {q['merged_w4a8']['top1']:.2f}")
+        lines.append("")
+    pngs = _plots(out, st, e2e_rows)
+    lines += [f"![{os.path.splitext(p)[0]}]({p})" for p in pngs]
+    path = os.path.join(out, "RESULTS.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def _plots(out, st, e2e_rows) -> list[str]:
+    if not st:
+        return []
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    made = []
+    pts = []
+    for k, a in st["variants"].items():
+        s = e2e_rows.get(k.split(" ")[0]) if k[0].isdigit() else None
+        pts.append((k, a, s))
+    for fname, xlabel, xfn in (
+            ("accuracy_vs_size.png", "ViT-L/16 file size (MiB)",
+             lambda a, s: s["disk_bytes"] / 2 ** 20 if s and s.get("disk_bytes") else None),
+            ("accuracy_vs_latency.png", "ViT-L/16 batch-1 latency, p50 (ms)",
+             lambda a, s: ((s.get("batch1", {}).get("graphed_ms") or s.get("batch1", {}).get("eager_ms") or {})
+                           .get("p50") if s else None))):
+        xs = [(k, xfn(a, s), a["top1"]) for k, a, s in pts]
+        xs = [(k, x, y) for k, x, y in xs if x is not None]
+        if not xs:
+            continue
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for k, x, y in xs:
+            ax.scatter(x, y, s=30)
+            ax.annotate(k, (x, y), fontsize=7, xytext=(4, 2), textcoords="offset points")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("CIFAR-10 top-1 (%)")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, fname), dpi=120)
+        plt.close(fig)
+        made.append(fname)
+    return made
