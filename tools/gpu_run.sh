@@ -8,7 +8,8 @@
 #   steps: install | tests | bench | train (QVIT_TRAIN_ARGS: extra `qvit train` options) | study
 #   (QVIT_STUDY_ARGS, QVIT_STUDY_TIMEOUT or QVIT_DEADLINE, a `date +%s` by which it must end) | qat
 #   (QVIT_QAT_PRESET, QVIT_QAT_EPOCHS, QVIT_QAT_ARGS: QAT finetune of the trained model + its study)
-#   | e2e (QVIT_E2E_ARGS: profiling/bench_e2e.py, ViT-L/16 end to end against the peers). QVIT_BUILD_CUDA=0 skips the CUDA build (faster install).
+#   | e2e (QVIT_E2E_ARGS: profiling/bench_e2e.py, ViT-L/16 end to end against the peers)
+#   | attr (QVIT_ATTR_ARGS: profiling/attribution.py) | ncu (Nsight Compute SOL of the main kernels). QVIT_BUILD_CUDA=0 skips the CUDA build (faster install).
 #
 # Peers (bitsandbytes, torchao, sageattention) are taken from .gpu/peers when present
 # (../shared/tools/gpu-prep puts them there); the git commit from .gpu/commit or $QVIT_COMMIT.
@@ -59,10 +60,23 @@ for step in $steps; do
       # end-to-end ViT-L/16: the five variants + timm / torch.compile / bitsandbytes / torchao, one run
       $py -m qvit.profiling.bench_e2e --out "$out" ${QVIT_E2E_ARGS:-} 2>&1 | tee "$out/e2e.log" | grep -E "bench_e2e:|Error" | tail -20
       rc[e2e]=${PIPESTATUS[0]} ;;
+    attr)
+      # per-kernel attribution of the variants (torch.profiler, NVTX ranges, categories, launch gaps)
+      $py -m qvit.profiling.attribution --out "$out/attribution" ${QVIT_ATTR_ARGS:-} 2>&1 | tee "$out/attribution.log" | tail -14
+      rc[attr]=${PIPESTATUS[0]} ;;
+    ncu)
+      # Nsight Compute Speed-of-Light of one launch of each main kernel; never touches the clocks
+      if command -v ncu >/dev/null; then
+        ncu --clock-control none --nvtx --nvtx-include "profile/" --section SpeedOfLight --csv \
+          $py -m qvit.profiling.ncu_kernels > "$out/ncu_sol.csv" 2> "$out/ncu.log"
+        rc[ncu]=$?; echo "ncu: rc=${rc[ncu]}, $(grep -c '"' "$out/ncu_sol.csv" 2>/dev/null) csv lines"; tail -3 "$out/ncu.log"
+      else
+        echo "ncu: not installed on this machine; no Nsight Compute numbers"; rc[ncu]=0
+      fi ;;
     bench)
       $py -m qvit.profiling.bench_kernels --out "$out" ${QVIT_BENCH_ARGS:-} 2>&1 | tee "$out/bench.log" | tail -60
       rc[bench]=${PIPESTATUS[0]} ;;
-    *) echo "unknown step $step (install tests bench train study qat e2e)"; exit 2 ;;
+    *) echo "unknown step $step (install tests bench train study qat e2e attr ncu)"; exit 2 ;;
   esac
 done
 # files that cannot come back (> 16 MiB): bf16 copies of the trained models, no optimizer checkpoints
@@ -74,11 +88,11 @@ save_file({k: v.bfloat16() if v.is_floating_point() else v for k, v in sd.items(
     "$f" && rm -f "$f"
 done
 rm -f "$out"/*/last.pt
-$py - "$out" "$t_install" "${rc[install]:-}" "${rc[tests]:-}" "${rc[bench]:-}" "${rc[train]:-}" "${rc[study]:-}" "${rc[qat]:-}" "${rc[e2e]:-}" <<'PY'
+$py - "$out" "$t_install" "${rc[install]:-}" "${rc[tests]:-}" "${rc[bench]:-}" "${rc[train]:-}" "${rc[study]:-}" "${rc[qat]:-}" "${rc[e2e]:-}" "${rc[attr]:-}" "${rc[ncu]:-}" <<'PY'
 import json, os, sys, xml.etree.ElementTree as ET
-out, t_install, rc_i, rc_t, rc_b, rc_tr, rc_st, rc_q, rc_e = sys.argv[1:]
+out, t_install, rc_i, rc_t, rc_b, rc_tr, rc_st, rc_q, rc_e, rc_a, rc_n = sys.argv[1:]
 s = {"install_rc": rc_i or None, "install_seconds": int(t_install), "tests_rc": rc_t or None, "bench_rc": rc_b or None,
-     "train_rc": rc_tr or None, "study_rc": rc_st or None, "qat_rc": rc_q or None, "e2e_rc": rc_e or None}
+     "train_rc": rc_tr or None, "study_rc": rc_st or None, "qat_rc": rc_q or None, "e2e_rc": rc_e or None, "attr_rc": rc_a or None, "ncu_rc": rc_n or None}
 try:
     import torch
     s.update(card=torch.cuda.get_device_name(0), torch=torch.__version__, cuda=torch.version.cuda)
@@ -100,7 +114,7 @@ if os.path.exists(x):
     s["tests"]["passed"] = s["tests"]["tests"] - s["tests"]["failures"] - s["tests"]["errors"] - s["tests"]["skipped"]
     s["failed_tests"] = [f"{c.get('classname')}::{c.get('name')}" for c in ts.iter("testcase")
                          if c.find("failure") is not None or c.find("error") is not None]
-s["passed"] = all(v in (None, "", "0") for v in (rc_i, rc_t, rc_b, rc_tr, rc_st, rc_q, rc_e))
+s["passed"] = all(v in (None, "", "0") for v in (rc_i, rc_t, rc_b, rc_tr, rc_st, rc_q, rc_e, rc_a, rc_n))
 json.dump(s, open(os.path.join(out, "gpu_summary.json"), "w"), indent=1)
 print(json.dumps(s))
 PY

@@ -1,0 +1,63 @@
+"""Driver for Nsight Compute: qvit's main kernels on ViT-L/16 shapes, each launched once inside an NVTX
+range `profile` after warm-up (Triton autotuning happens outside it), so that
+
+    ncu --clock-control none --nvtx --nvtx-include "profile/" --section SpeedOfLight --csv \\
+        python -m qvit.profiling.ncu_kernels
+
+profiles exactly one launch of each: W8A8 fc1 (M = 12608), W4A8 fc1, W4A16 fc1 (M = 197), fused attention
+(B = 64, S = 197), LayerNorm + quantize. `--clock-control none` leaves the card's clocks alone.
+tools/gpu_run.sh (step `ncu`) runs it and keeps the CSV.
+"""
+from __future__ import annotations
+
+import sys
+
+import torch
+
+
+def main() -> int:
+    if not torch.cuda.is_available():
+        print("ncu_kernels: needs a CUDA GPU", file=sys.stderr)
+        return 2
+    from qvit.kernels import quant as Q
+    from qvit.kernels.attention import attention
+    from qvit.kernels.layernorm_quant import layernorm_quant
+    from qvit.kernels.w4a8_linear import w4a8_linear
+    from qvit.kernels.w4a16_linear import w4a16_linear
+    from qvit.kernels.w8a8_linear import w8a8_linear
+    dev = "cuda"
+    torch.manual_seed(0)
+    m, k, n = 197 * 64, 1024, 4096
+    x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
+    w = torch.randn(n, k, device=dev) * 0.02
+    wq, ws = Q.quantize_int8_per_channel(w)
+    p4, s4, _ = Q.quantize_int4(w, 128, True)
+    b = torch.randn(n, device=dev)
+    xq, xs = Q.quantize_int8_per_token(x)
+    x1 = x[:197].contiguous()
+    q, kk, v = torch.randn(64, 197, 3, 16, 64, device=dev, dtype=torch.bfloat16).unbind(2)
+    lw, lb = torch.ones(k, device=dev, dtype=torch.bfloat16), torch.zeros(k, device=dev, dtype=torch.bfloat16)
+    calls = {
+        "w8a8_fc1_M12608": lambda: w8a8_linear(xq, xs, wq, ws, b, None, False, torch.bfloat16),
+        "w4a8_fc1_M12608": lambda: w4a8_linear(xq, xs, p4, s4, b, 128, torch.bfloat16),
+        "w4a16_fc1_M197": lambda: w4a16_linear(x1, p4, s4, None, b, 128, "int4-sym"),
+        "attention_B64_S197": lambda: attention(q, kk, v),
+        "layernorm_quant_M12608": lambda: layernorm_quant(x, lw, lb),
+    }
+    for fn in calls.values():  # warm-up + autotuning, outside the profiled range
+        for _ in range(3):
+            fn()
+    torch.cuda.synchronize()
+    for name, fn in calls.items():
+        torch.cuda.nvtx.range_push("profile")
+        torch.cuda.nvtx.range_push(name)
+        fn()
+        torch.cuda.nvtx.range_pop()
+        torch.cuda.nvtx.range_pop()
+        torch.cuda.synchronize()
+        print(f"ncu_kernels: launched {name}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

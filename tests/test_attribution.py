@@ -1,0 +1,40 @@
+"""Kernel attribution on a synthetic profiler trace: ranges via launch correlation, categories, gaps."""
+import pytest
+
+from qvit.profiling.attribution import CATEGORIES, attribute, categorize
+
+
+@pytest.mark.parametrize("name,cat", [
+    ("nvjet_sm90_tst_128x256_64x4_2x1_v_bz_coopA_NNN", "GEMM"),
+    ("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3", "attention"),
+    ("_attn_fwd", "attention"),
+    ("_w4a8_kernel", "GEMM"),
+    ("_w8a8_kernel", "GEMM"),
+    ("_ln_quant_kernel", "quantize"),
+    ("void at::native::(anonymous namespace)::vectorized_layer_norm_kernel<c10::BFloat16>", "normalization"),
+    ("triton_poi_fused_gelu_view_10", "elementwise"),
+])
+def test_categorize(name, cat):
+    assert categorize(name) == cat
+
+
+def test_attribute_synthetic_trace():
+    ann = lambda name, ts, dur: {"ph": "X", "cat": "user_annotation", "name": name, "ts": ts, "dur": dur, "tid": 1}  # noqa: E731
+    launch = lambda c, ts: {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "ts": ts, "dur": 1,  # noqa: E731
+                            "tid": 1, "args": {"correlation": c}}
+    kern = lambda c, name, ts, dur: {"ph": "X", "cat": "kernel", "name": name, "ts": ts, "dur": dur, "tid": 7,  # noqa: E731
+                                     "args": {"correlation": c}}
+    ev = [ann("patch_embed", 0, 10), ann("block0", 10, 50), ann("qkv", 11, 5), ann("attention", 20, 10),
+          ann("mlp", 35, 20), ann("head", 70, 5),
+          launch(1, 2), launch(2, 12), launch(3, 22), launch(4, 40), launch(5, 71),
+          kern(1, "implicit_convolve_sgemm", 100, 10), kern(2, "nvjet_sm90_gemm", 110, 20),
+          kern(3, "_attn_fwd", 140, 15), kern(4, "triton_poi_fused_gelu", 160, 5), kern(5, "nvjet_head", 200, 4)]
+    r = attribute({"traceEvents": ev})
+    assert r["kernels"] == 5 and r["span_us"] == 104 and r["busy_us"] == 54
+    c = r["by_category"]
+    assert c["GEMM"] == 34 and c["attention"] == 15 and c["elementwise"] == 5 and c["launch gaps"] == 50
+    assert sum(c.values()) == pytest.approx(r["span_us"]) and set(c) == set(CATEGORIES)
+    rng = r["by_range"]
+    assert rng["patch_embed"]["GEMM"] == 10 and rng["block/qkv"]["GEMM"] == 20
+    assert rng["block/attention"]["attention"] == 15 and rng["block/mlp"]["elementwise"] == 5
+    assert rng["head"]["GEMM"] == 4
