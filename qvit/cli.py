@@ -124,6 +124,11 @@ def _cmd_compare(args) -> int:
     return 0
 
 
+def _cmd_demo(args) -> int:
+    from qvit import demo
+    return demo.main(args)
+
+
 def _cmd_predict(args) -> int:
     import torch
 
@@ -281,6 +286,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tiny", action="store_true", help="tiny scale even on a GPU")
     s.add_argument("--device", default=None)
     s.set_defaults(fn=_cmd_compare)
+
+    s = sub.add_parser("demo", help="local web page racing the five variants live (upload or pick an image)")
+    s.add_argument("--model", default=None, help="float model file (default: runs/cifar10 or the committed baseline)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--device", default=None)
+    s.set_defaults(fn=_cmd_demo)
 
     s = sub.add_parser("predict", help="classify image files with a qvit model file (float or quantized)")
     s.add_argument("images", nargs="+")

@@ -1,0 +1,301 @@
+"""`qvit demo`: a local web page that races the study's five variants on the same images, live.
+
+    qvit demo [--model FILE] [--port 8000] [--device cuda|cpu]
+
+The server (Python's standard library only) quantizes one float model into the five variants,
+keeps a background loop streaming CIFAR-10 test images through all of them (latency samples,
+img/s), and answers the page: pick a sample or upload any image, see each variant's top-5, its
+batch-1 latency (mean/p95 over the recent runs), throughput, weight bytes, GPU memory and the
+backends it ran on. On a CPU the variants run with the reference backends and the page says so.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import torch
+
+from qvit.vit.deploy import Predictor, load_any
+from qvit.vit.quantize import QuantConfig, quantize, weight_bytes
+
+KEEP = ("head", "blocks.0.", "blocks.-1.")
+VARIANTS = {  # name -> (preset, attention backend, int8 Q/K)
+    "1 bf16": (None, "sdpa", False),
+    "2 4-bit + qvit attention": ("w4a8", "qvit", True),
+    "3 8-bit + qvit attention": ("w8a8", "qvit", True),
+    "4 4-bit + SDPA (no FLASH)": ("w4a8", "sdpa-noflash", False),
+    "5 8-bit + SDPA (no FLASH)": ("w8a8", "sdpa-noflash", False),
+}
+
+
+def default_model() -> str:
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for p in ("runs/cifar10/model.safetensors", os.path.join(here, "results/h200-train-2/train/model-bf16.safetensors")):
+        if os.path.isfile(p):
+            return p
+    raise FileNotFoundError("no model given and no trained model found (runs/cifar10/model.safetensors); "
+                            "train one with `qvit train` or pass --model")
+
+
+class Demo:
+    def __init__(self, model_path: str, device: str | None = None, stream_images: int = 200):
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        base = load_any(model_path, "cpu").float().eval()
+        if hasattr(base, "quant_layers"):
+            raise ValueError(f"{model_path}: the demo quantizes a float model itself; give the float file")
+        self.model_path = model_path
+        self.lock = threading.Lock()
+        self.variants = {}
+        cuda = self.device.type == "cuda"
+        for name, (preset, attn, int8_qk) in VARIANTS.items():
+            m = copy.deepcopy(base)
+            if preset:
+                quantize(m, QuantConfig.preset(preset, keep=KEEP, keep_format="int8", int8_attention=int8_qk))
+            before = torch.cuda.memory_allocated() if cuda else 0
+            linear, a = ("triton", attn) if cuda else ("torch", "torch")
+            pred = Predictor(m, self.device, linear=linear, attn=a)
+            mem = (torch.cuda.memory_allocated() - before) if cuda else None
+            self.variants[name] = {"pred": pred, "preset": preset or "bf16" if cuda else preset or "float32",
+                                   "backend": f"linear={linear}, attention={a}", "weight_bytes": weight_bytes(pred.model),
+                                   "gpu_bytes": mem, "lat": deque(maxlen=200), "n": 0, "busy_s": 0.0}
+        self.classes = next(iter(self.variants.values()))["pred"].classes
+        self.samples = self._samples(stream_images)
+        self.stream = {"index": None, "top1": {}}
+        self._stop = threading.Event()
+
+    def _samples(self, n):
+        try:
+            from qvit.train.data import load_cifar10
+            x, y = load_cifar10("test")
+        except Exception:  # noqa: BLE001  (the demo still works on uploads alone)
+            return []
+        idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))[:n]
+        return [(x[i], int(y[i])) for i in idx]
+
+    def _png(self, img_u8) -> bytes:
+        from PIL import Image
+        buf = io.BytesIO()
+        Image.fromarray(img_u8.permute(1, 2, 0).numpy()).resize((96, 96), Image.NEAREST).save(buf, "PNG")
+        return buf.getvalue()
+
+    def _run(self, name, x):
+        v = self.variants[name]
+        with self.lock:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            z = v["pred"].logits(x)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            ms = (time.perf_counter() - t) * 1e3
+        v["lat"].append(ms)
+        v["n"] += 1
+        v["busy_s"] += ms / 1e3
+        p = z.softmax(-1)[0]
+        top = p.topk(min(5, p.numel()))
+        return [{"label": self.classes[i], "p": float(s)} for s, i in zip(top.values, top.indices.tolist())], ms
+
+    def predict_tensor(self, x) -> dict:
+        return {name: dict(zip(("top", "ms"), self._run(name, x))) for name in self.variants}
+
+    def predict_bytes(self, data: bytes) -> dict:
+        with tempfile.NamedTemporaryFile(suffix=".img") as f:
+            f.write(data)
+            f.flush()
+            pred = next(iter(self.variants.values()))["pred"]
+            x = pred.preprocess(f.name)  # raises DataError naming the problem for non-images
+        return self.predict_tensor(x)
+
+    def predict_sample(self, i: int) -> dict:
+        img, label = self.samples[i]
+        pred = next(iter(self.variants.values()))["pred"]
+        x = ((img.float() / 255 - torch.tensor(pred.mean).view(3, 1, 1)) / torch.tensor(pred.std).view(3, 1, 1))[None]
+        return {"label": self.classes[label], "variants": self.predict_tensor(x)}
+
+    def stats(self) -> dict:
+        out = {}
+        for name, v in self.variants.items():
+            lat = sorted(v["lat"])
+            out[name] = {"n": v["n"], "mean_ms": sum(lat) / len(lat) if lat else None,
+                         "p95_ms": lat[min(len(lat) - 1, int(0.95 * (len(lat) - 1) + 0.5))] if lat else None,
+                         "img_per_s": v["n"] / v["busy_s"] if v["busy_s"] else None,
+                         "weight_bytes": v["weight_bytes"], "gpu_bytes": v["gpu_bytes"], "backend": v["backend"],
+                         "format": v["preset"], "stream_top1": self.stream["top1"].get(name)}
+        return {"device": str(self.device), "model": os.path.basename(self.model_path), "variants": out,
+                "stream_index": self.stream["index"]}
+
+    def stream_loop(self, pause_s: float):
+        k = 0
+        while not self._stop.is_set() and self.samples:
+            i = k % len(self.samples)
+            r = self.predict_sample(i)
+            self.stream = {"index": i, "top1": {n: v["top"][0]["label"] for n, v in r["variants"].items()}}
+            k += 1
+            self._stop.wait(pause_s)
+
+    def stop(self):
+        self._stop.set()
+
+
+def _handler(demo: Demo):
+    page = PAGE.replace("__VARIANTS__", json.dumps(list(demo.variants)))
+
+    class H(BaseHTTPRequestHandler):
+        def log_message(self, *a):  # quiet
+            pass
+
+        def _send(self, code, body, ctype="application/json"):
+            data = body if isinstance(body, bytes) else (body if isinstance(body, str) else json.dumps(body)).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            try:
+                if self.path in ("/", "/index.html"):
+                    return self._send(200, page, "text/html; charset=utf-8")
+                if self.path == "/api/stats":
+                    return self._send(200, demo.stats())
+                if self.path == "/api/samples":
+                    return self._send(200, {"n": len(demo.samples)})
+                if self.path.startswith("/api/sample/") and self.path.endswith(".png"):
+                    i = int(self.path[len("/api/sample/"):-4])
+                    return self._send(200, demo._png(demo.samples[i][0]), "image/png")
+                if self.path.startswith("/api/predict_sample/"):
+                    return self._send(200, demo.predict_sample(int(self.path.rsplit("/", 1)[1])))
+                return self._send(404, {"error": f"no such page: {self.path}"})
+            except (ValueError, IndexError) as e:
+                return self._send(400, {"error": str(e)})
+
+        def do_POST(self):
+            if self.path != "/api/predict":
+                return self._send(404, {"error": f"no such endpoint: {self.path}"})
+            n = int(self.headers.get("Content-Length", "0"))
+            if n <= 0 or n > 32 << 20:
+                return self._send(400, {"error": f"upload size {n} bytes: expected 1 byte to 32 MiB"})
+            try:
+                return self._send(200, {"variants": demo.predict_bytes(self.rfile.read(n))})
+            except ValueError as e:  # DataError: not an image
+                return self._send(400, {"error": str(e)})
+    return H
+
+
+def serve(model_path: str | None = None, port: int = 8000, device: str | None = None, host: str = "127.0.0.1",
+          pause_s: float | None = None, stream_images: int = 200):
+    """Start the demo; returns (server, demo, thread). `server.shutdown()` and `demo.stop()` end it."""
+    demo = Demo(model_path or default_model(), device, stream_images)
+    srv = ThreadingHTTPServer((host, port), _handler(demo))
+    if pause_s is None:
+        pause_s = 0.0 if demo.device.type == "cuda" else 0.05
+    threading.Thread(target=demo.stream_loop, args=(pause_s,), daemon=True).start()
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    return srv, demo, t
+
+
+def main(args) -> int:
+    srv, demo, t = serve(args.model, args.port, args.device, args.host)
+    print(f"qvit demo: http://{args.host}:{srv.server_address[1]}/  ({demo.model_path} on {demo.device}; "
+          "Ctrl-C stops)", file=sys.stderr)
+    try:
+        t.join()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        demo.stop()
+        srv.shutdown()
+    return 0
+
+
+PAGE = r"""<!doctype html>
+<html><head><meta charset="utf-8"><title>qvit: five variants, live</title>
+<style>
+ body{font-family:system-ui,sans-serif;margin:16px;background:#f6f7f9;color:#222}
+ h1{font-size:20px;margin:0 0 4px} .sub{color:#555;font-size:13px;margin-bottom:12px}
+ #samples img{width:48px;height:48px;margin:2px;cursor:pointer;border:2px solid transparent;image-rendering:pixelated}
+ #samples img.sel{border-color:#d33}
+ #grid{display:grid;grid-template-columns:repeat(5,1fr);gap:10px;margin-top:12px}
+ .card{background:#fff;border-radius:8px;padding:10px;box-shadow:0 1px 3px #0002;font-size:13px}
+ .card h2{font-size:14px;margin:0 0 6px} .bar{height:8px;background:#4a7;border-radius:4px}
+ .row{display:flex;justify-content:space-between;gap:6px} .k{color:#666} .err{color:#b00}
+ #chosen{width:96px;height:96px;image-rendering:pixelated;vertical-align:middle;border:1px solid #ccc}
+</style></head><body>
+<h1>qvit: the five study variants, side by side</h1>
+<div class="sub" id="info">loading...</div>
+<div><img id="chosen" alt=""> <span id="truth"></span>
+ <label>upload an image: <input type="file" id="file" accept="image/*"></label> <span id="msg" class="err"></span></div>
+<div id="samples"></div>
+<div id="grid"></div>
+<script>
+const VARIANTS = __VARIANTS__;
+const grid = document.getElementById('grid');
+for (const v of VARIANTS) {
+  const c = document.createElement('div'); c.className = 'card'; c.dataset.v = v;
+  c.innerHTML = `<h2>${v}</h2><div class="top"></div><hr><div class="stats"></div>`;
+  grid.appendChild(c);
+}
+const card = v => grid.querySelector(`[data-v="${CSS.escape(v)}"]`);
+function showPred(r) {
+  for (const v of VARIANTS) {
+    const x = r.variants[v]; const el = card(v).querySelector('.top');
+    el.innerHTML = x.top.map(t => `<div class="row"><span>${t.label}</span><span>${(100*t.p).toFixed(1)}%</span></div>
+      <div class="bar" style="width:${Math.max(2, 100*t.p)}%"></div>`).join('') +
+      `<div class="row k"><span>this image</span><span>${x.ms.toFixed(2)} ms</span></div>`;
+  }
+}
+const fmtB = b => b == null ? 'n/a (CPU)' : (b / 2**20).toFixed(2) + ' MiB';
+async function stats() {
+  const s = await (await fetch('/api/stats')).json();
+  document.getElementById('info').textContent =
+    `model ${s.model} on ${s.device}` + (s.device === 'cpu' ? ' (reference PyTorch backends: slower than the GPU kernels)' : '') +
+    ` - background stream at test image ${s.stream_index}`;
+  for (const v of VARIANTS) {
+    const x = s.variants[v];
+    card(v).querySelector('.stats').innerHTML = [
+      ['format', x.format], ['backends', x.backend],
+      ['latency mean', x.mean_ms == null ? '-' : x.mean_ms.toFixed(2) + ' ms'],
+      ['latency p95', x.p95_ms == null ? '-' : x.p95_ms.toFixed(2) + ' ms'],
+      ['throughput', x.img_per_s == null ? '-' : x.img_per_s.toFixed(1) + ' img/s'],
+      ['runs', x.n], ['weights', fmtB(x.weight_bytes)], ['GPU memory', fmtB(x.gpu_bytes)],
+      ['stream top-1', x.stream_top1 || '-']].map(([k, val]) =>
+      `<div class="row"><span class="k">${k}</span><span>${val}</span></div>`).join('');
+  }
+}
+async function pick(i) {
+  document.querySelectorAll('#samples img').forEach((im, j) => im.className = j === i ? 'sel' : '');
+  document.getElementById('chosen').src = `/api/sample/${i}.png`;
+  const r = await (await fetch(`/api/predict_sample/${i}`)).json();
+  document.getElementById('truth').textContent = `true label: ${r.label}`;
+  document.getElementById('msg').textContent = '';
+  showPred(r);
+}
+document.getElementById('file').onchange = async e => {
+  const f = e.target.files[0]; if (!f) return;
+  document.getElementById('chosen').src = URL.createObjectURL(f);
+  document.getElementById('truth').textContent = f.name;
+  const r = await fetch('/api/predict', {method: 'POST', body: f});
+  const j = await r.json();
+  if (!r.ok) { document.getElementById('msg').textContent = j.error; return; }
+  document.getElementById('msg').textContent = ''; showPred(j);
+};
+(async () => {
+  const n = (await (await fetch('/api/samples')).json()).n;
+  const s = document.getElementById('samples');
+  for (let i = 0; i < Math.min(n, 16); i++) {
+    const im = document.createElement('img'); im.src = `/api/sample/${i}.png`; im.onclick = () => pick(i); s.appendChild(im);
+  }
+  if (n) await pick(0);
+  await stats(); setInterval(stats, 1000);
+})();
+</script></body></html>
+"""

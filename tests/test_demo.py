@@ -1,0 +1,86 @@
+"""The demo server end to end: its JSON API, and the page rendered by headless Chromium (screenshot checked)."""
+import io
+import json
+import os
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+from qvit.demo import VARIANTS, serve
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv, demo, _ = serve(port=0, device="cpu", stream_images=20, pause_s=0.2)
+    yield f"http://127.0.0.1:{srv.server_address[1]}", demo
+    demo.stop()
+    srv.shutdown()
+
+
+def _get(url):
+    with urllib.request.urlopen(url, timeout=60) as r:
+        return r.status, r.read()
+
+
+def _png(h, w):
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_api(server):
+    base, demo = server
+    st, body = _get(base + "/api/stats")
+    s = json.loads(body)
+    assert st == 200 and list(s["variants"]) == list(VARIANTS) and s["device"] == "cpu"
+    assert all(v["backend"] == "linear=torch, attention=torch" for v in s["variants"].values())
+    w = {k: v["weight_bytes"] for k, v in s["variants"].items()}
+    assert w["2 4-bit + qvit attention"] < w["3 8-bit + qvit attention"] < w["1 bf16"]
+    req = urllib.request.Request(base + "/api/predict", data=_png(60, 45), method="POST")
+    with urllib.request.urlopen(req, timeout=120) as r:
+        res = json.loads(r.read())["variants"]
+    assert set(res) == set(VARIANTS)
+    for v in res.values():
+        assert len(v["top"]) == 5 and abs(sum(t["p"] for t in v["top"]) - 1) < 1 and v["ms"] > 0
+        assert v["top"][0]["label"] in demo.classes
+    bad = urllib.request.Request(base + "/api/predict", data=b"definitely not an image", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(bad, timeout=60)
+    assert e.value.code == 400 and "not a readable image" in json.loads(e.value.read())["error"]
+    st, body = _get(base + "/api/predict_sample/3")
+    r = json.loads(body)
+    assert r["label"] in demo.classes and set(r["variants"]) == set(VARIANTS)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--virtual-time-budget=15000", "--window-size=1400,900"]
+
+
+def test_page_in_headless_chromium(server, tmp_path):
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing in CI (.ci/run installs Debian's chromium)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    base, _ = server
+    common = [CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run(common + ["--dump-dom", base + "/"], capture_output=True, text=True, timeout=180).stdout
+    for name in VARIANTS:
+        assert name in dom
+    assert dom.count('class="bar"') >= 5 * 5, "top-5 bars of the five variants were not rendered"
+    assert "latency mean" in dom and " ms<" in dom and "true label:" in dom
+    shot = tmp_path / "page.png"
+    subprocess.run(common + [f"--screenshot={shot}", base + "/"], capture_output=True, timeout=180)
+    assert shot.is_file() and os.path.getsize(shot) > 10_000
+    from PIL import Image
+    img = np.asarray(Image.open(shot).convert("RGB")).astype(np.float32)
+    assert img.shape[:2] == (900, 1400)
+    # not a blank page: the cards (white on grey), the green probability bars and text are all there
+    green = ((img[..., 1] > 140) & (img[..., 0] < 110) & (img[..., 2] < 150)).sum()
+    assert img.std() > 20 and green > 500
