@@ -111,14 +111,19 @@ def _fake(x, weight=None, bias=None, eps=1e-6):
     return (x.new_empty(x.shape, dtype=torch.int8), x.new_empty(x.shape[:1], dtype=torch.float32))
 
 
+def _outputs(x):
+    """(q int8 (M, K), scale float32 (M,)) for the kernels to fill."""
+    m, k = x.shape
+    return (torch.empty((m, k), dtype=torch.int8, device=x.device), torch.empty((m,), dtype=torch.float32, device=x.device))
+
+
 @fast_custom_op("qvit::layernorm_quant", _fake)
 def layernorm_quant(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
                     eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
     """(M, K) float -> (q int8 (M, K), scale float32 (M,)); LayerNorm first when weight is given."""
     _validate(x, weight, bias)
     m, k = x.shape
-    q = torch.empty((m, k), dtype=torch.int8, device=x.device)
-    s = torch.empty((m,), dtype=torch.float32, device=x.device)
+    q, s = _outputs(x)
     if m == 0:
         return q, s
     block_k = triton.next_power_of_2(k)
@@ -164,8 +169,7 @@ def layernorm_quant_cuda(x: torch.Tensor, weight: torch.Tensor | None = None, bi
     lib = _ext.lib()
     _validate_cuda(x, weight, bias)
     m, k = x.shape
-    q = torch.empty((m, k), dtype=torch.int8, device=x.device)
-    s = torch.empty((m,), dtype=torch.float32, device=x.device)
+    q, s = _outputs(x)
     if m == 0:
         return q, s
     with torch.cuda.device(x.device):

@@ -30,16 +30,10 @@ import torch.nn as nn
 from qvit.vit.model import ViT, ViTConfig
 from qvit.vit.quantize import QuantConfig, quantize, save_quantized, weight_bytes
 
-KEEP = ("head", "blocks.0.", "blocks.-1.")
-# name -> (preset or None, attention backend, int8 Q/K, keep_format)
-QVIT_VARIANTS = {
-    "1 qvit bf16 (sdpa)": (None, "sdpa", False, "float"),
-    "2 4bit w4a8 + qvit attn": ("w4a8", "qvit", True, "int8"),
-    "3 8bit w8a8 + qvit attn": ("w8a8", "qvit", True, "int8"),
-    "4 4bit w4a8 + sdpa-noflash": ("w4a8", "sdpa-noflash", False, "int8"),
-    "5 8bit w8a8 + sdpa-noflash": ("w8a8", "sdpa-noflash", False, "int8"),
-    "x 4bit w4a16 + qvit attn": ("w4a16", "qvit", False, "int8"),
-}
+from qvit.variants import KEEP, MAIN, VARIANTS  # noqa: E402
+
+# the five study variants, the W4A16 path and the attention kernel alone, end to end
+QVIT_VARIANTS = {k: VARIANTS[k] for k in MAIN + ("x w4a16-int4+sdpa", "x bf16+qvit-attn")}
 
 
 def _stats(ms: list[float]) -> dict:

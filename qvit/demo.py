@@ -26,14 +26,10 @@ import torch
 from qvit.vit.deploy import Predictor, load_any
 from qvit.vit.quantize import QuantConfig, quantize, weight_bytes
 
-KEEP = ("head", "blocks.0.", "blocks.-1.")
-VARIANTS = {  # name -> (preset, attention backend, int8 Q/K)
-    "1 bf16": (None, "sdpa", False),
-    "2 4-bit + qvit attention": ("w4a8", "qvit", True),
-    "3 8-bit + qvit attention": ("w8a8", "qvit", True),
-    "4 4-bit + SDPA (no FLASH)": ("w4a8", "sdpa-noflash", False),
-    "5 8-bit + SDPA (no FLASH)": ("w8a8", "sdpa-noflash", False),
-}
+from qvit.variants import KEEP, MAIN
+from qvit.variants import VARIANTS as _ALL
+
+VARIANTS = {k: _ALL[k] for k in MAIN}
 
 
 def default_model() -> str:
@@ -55,10 +51,10 @@ class Demo:
         self.lock = threading.Lock()
         self.variants = {}
         cuda = self.device.type == "cuda"
-        for name, (preset, attn, int8_qk) in VARIANTS.items():
+        for name, (preset, attn, int8_qk, keep_format) in VARIANTS.items():
             m = copy.deepcopy(base)
             if preset:
-                quantize(m, QuantConfig.preset(preset, keep=KEEP, keep_format="int8", int8_attention=int8_qk))
+                quantize(m, QuantConfig.preset(preset, keep=KEEP, keep_format=keep_format, int8_attention=int8_qk))
             before = torch.cuda.memory_allocated() if cuda else 0
             linear, a = ("triton", attn) if cuda else ("torch", "torch")
             pred = Predictor(m, self.device, linear=linear, attn=a)

@@ -40,7 +40,7 @@ def test_api(server):
     assert st == 200 and list(s["variants"]) == list(VARIANTS) and s["device"] == "cpu"
     assert all(v["backend"] == "linear=torch, attention=torch" for v in s["variants"].values())
     w = {k: v["weight_bytes"] for k, v in s["variants"].items()}
-    assert w["2 4-bit + qvit attention"] < w["3 8-bit + qvit attention"] < w["1 bf16"]
+    assert w["2 4bit+qvit-attn"] < w["3 8bit+qvit-attn"] < w["1 bf16"]
     req = urllib.request.Request(base + "/api/predict", data=_png(60, 45), method="POST")
     with urllib.request.urlopen(req, timeout=120) as r:
         res = json.loads(r.read())["variants"]

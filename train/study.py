@@ -31,25 +31,7 @@ from qvit.train.metrics import evaluate
 from qvit.vit.checkpoint import load_model
 from qvit.vit.quantize import QuantConfig, default_filter, quantize, weight_bytes
 
-KEEP = ("head", "blocks.0.", "blocks.-1.")
-
-# name -> (quant preset or None, attention backend, int8 Q/K, format of the kept layers)
-# The kept layers (head, first and last blocks) run W8A8 in the main variants, as in the end-to-end
-# benchmark and the size table (profiling/bench_e2e.py): that is what brings ViT-L/16's 4-bit file to
-# 0.28x of bf16. The "kept float" rows show what the higher precision there is worth.
-VARIANTS = {
-    "1 bf16": (None, "sdpa", False, "float"),
-    "2 4bit+qvit-attn": ("w4a8", "qvit", True, "int8"),
-    "3 8bit+qvit-attn": ("w8a8", "qvit", True, "int8"),
-    "4 4bit+sdpa-noflash": ("w4a8", "sdpa-noflash", False, "int8"),
-    "5 8bit+sdpa-noflash": ("w8a8", "sdpa-noflash", False, "int8"),
-    "x 4bit+qvit-attn, kept float": ("w4a8", "qvit", True, "float"),
-    "x bf16+qvit-attn": (None, "qvit", False, "float"),
-    "x bf16+sdpa-flash": (None, "sdpa-flash", False, "float"),
-    "x w4a16-int4+sdpa": ("w4a16", "sdpa", False, "int8"),
-    "x nf4+sdpa": ("nf4", "sdpa", False, "int8"),
-    "x 8bit+qvit-attn-fp16qk": ("w8a8", "qvit", False, "int8"),
-}
+from qvit.variants import KEEP, VARIANTS  # noqa: E402  (one table for study, benchmarks and demo)
 
 
 def _env(device):
