@@ -252,3 +252,23 @@ def test_compare_tiny_protocol(tmp_path):
     mtime = os.path.getmtime(out / "train" / "model.safetensors")
     run(str(out), stages=("train", "report"), device="cpu")
     assert os.path.getmtime(out / "train" / "model.safetensors") == mtime
+
+
+def test_folder_finetune_from_timm_checkpoint(tmp_path):
+    """ViT finetuning from a timm checkpoint (torch file, timm key names) on an ImageNet-style folder at
+    another resolution: position embeddings resampled, the 1000-class head replaced by a 2-class one."""
+    timm = pytest.importorskip("timm")
+    from qvit.train.trainer import TrainConfig, train
+    from qvit.vit.checkpoint import load_model
+    t = timm.create_model("vit_tiny_patch16_224", pretrained=False)
+    torch.save(t.state_dict(), tmp_path / "timm_vit_tiny.pth")
+    _write_folder(tmp_path / "imgs")
+    s = train(TrainConfig(model="vit_tiny_patch16_224", data=f"folder:{tmp_path / 'imgs'}", img_size=64, epochs=1,
+                          batch_size=4, warmup_epochs=0, lr=1e-5, eval_every=1, progress=False, compile="off",
+                          pretrained=str(tmp_path / "timm_vit_tiny.pth"), out=str(tmp_path / "ft")), device="cpu")
+    assert s["test"]["n"] == 12
+    m = load_model(str(tmp_path / "ft" / "model.safetensors"))
+    assert m.cfg.img_size == 64 and m.cfg.num_classes == 2 and m.pos_embed.shape == (1, 17, 192)
+    # the blocks came from the timm weights (lr 1e-5 for 3 steps moves them by ~1e-4 at most)
+    w = t.state_dict()["blocks.5.mlp.fc1.weight"]
+    assert (m.blocks[5].mlp.fc1.weight - w).abs().max() < 1e-3
