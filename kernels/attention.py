@@ -20,8 +20,9 @@ int8 tensor cores (exact int32), is rescaled by q_scale[i] * k_scale[j] * sm_sca
 in fp16/bf16 like the float path.
 
 Reference: `attention_ref` (upcast=True is the truth; upcast=False is what plain PyTorch gets
-in low precision). Backward: `attention` is differentiable; its backward recomputes the softmax
-from the saved inputs in float32 (the reference math), see `_AttentionFn`.
+in low precision). Backward: `attention` is differentiable; the backward is FA2's (two kernels:
+dK/dV streaming query blocks, dQ streaming key blocks, P rebuilt from the forward's log-sum-exp),
+checked against `attention_bwd_ref` (the same math in float32) and against autograd of the reference.
 """
 from __future__ import annotations
 
@@ -133,6 +134,98 @@ if triton is not None:
         tl.store(lse_ptr + bh.to(tl.int64) * S + offs_m, (m_i + tl.math.log2(l_i)) * 0.6931471805599453, mask=mask_m)
 
 
+if triton is not None:
+
+    def _bwd_configs():
+        if interpreting():
+            return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
+        return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
+                for bm, bn, w, st in [(64, 64, 4, 2), (32, 64, 4, 2), (64, 32, 4, 2), (64, 128, 8, 2), (128, 64, 8, 2)]]
+
+    @triton.autotune(configs=_bwd_configs(), key=["S", "H", "D"])
+    @triton.jit
+    def _attn_bwd_dkdv(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
+                       sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sdb, sds, sdh, sgb, sgs, sgh,
+                       H, S, sm_scale,
+                       D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        """One program per (key block, batch x head): dV = P^T dO and dK = dS^T Q * scale, streaming the
+        query blocks; P is rebuilt from the forward's log-sum-exp, dS = P * (dO V^T - delta)."""
+        pid_n = tl.program_id(0)
+        bh = tl.program_id(1)
+        b = (bh // H).to(tl.int64)
+        h = (bh % H).to(tl.int64)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_m0 = tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, D)
+        mask_n = offs_n < S
+        k = tl.load(k_ptr + b * skb + h * skh + offs_n[:, None].to(tl.int64) * sks + offs_d[None, :],
+                    mask=mask_n[:, None], other=0.0)
+        v = tl.load(v_ptr + b * svb + h * svh + offs_n[:, None].to(tl.int64) * svs + offs_d[None, :],
+                    mask=mask_n[:, None], other=0.0)
+        dk = tl.zeros((BLOCK_N, D), tl.float32)
+        dv = tl.zeros((BLOCK_N, D), tl.float32)
+        for m0 in range(0, S, BLOCK_M):
+            offs_m = m0 + offs_m0
+            mask_m = offs_m < S
+            q = tl.load(q_ptr + b * sqb + h * sqh + offs_m[:, None].to(tl.int64) * sqs + offs_d[None, :],
+                        mask=mask_m[:, None], other=0.0)
+            do = tl.load(do_ptr + b * sdb + h * sdh + offs_m[:, None].to(tl.int64) * sds + offs_d[None, :],
+                         mask=mask_m[:, None], other=0.0)
+            lse = tl.load(lse_ptr + bh.to(tl.int64) * S + offs_m, mask=mask_m, other=0.0)
+            delta = tl.load(delta_ptr + bh.to(tl.int64) * S + offs_m, mask=mask_m, other=0.0)
+            st = tl.dot(k, tl.trans(q)) * sm_scale  # (BN, BM): S^T
+            pt = tl.exp(st - lse[None, :])
+            pt = tl.where(mask_n[:, None] & mask_m[None, :], pt, 0.0)
+            dv = tl.dot(pt.to(do.dtype), do, dv)
+            dpt = tl.dot(v, tl.trans(do))  # (BN, BM): (dO V^T)^T
+            dst = pt * (dpt - delta[None, :])
+            dk = tl.dot(dst.to(q.dtype), q, dk)
+        dk = dk * sm_scale
+        tl.store(dk_ptr + b * sgb + h * sgh + offs_n[:, None].to(tl.int64) * sgs + offs_d[None, :],
+                 dk.to(dk_ptr.dtype.element_ty), mask=mask_n[:, None])
+        tl.store(dv_ptr + b * sgb + h * sgh + offs_n[:, None].to(tl.int64) * sgs + offs_d[None, :],
+                 dv.to(dv_ptr.dtype.element_ty), mask=mask_n[:, None])
+
+    @triton.autotune(configs=_bwd_configs(), key=["S", "H", "D"])
+    @triton.jit
+    def _attn_bwd_dq(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
+                     sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sdb, sds, sdh, sgb, sgs, sgh,
+                     H, S, sm_scale,
+                     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        """One program per (query block, batch x head): dQ = dS K * scale, streaming the key blocks."""
+        pid_m = tl.program_id(0)
+        bh = tl.program_id(1)
+        b = (bh // H).to(tl.int64)
+        h = (bh % H).to(tl.int64)
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n0 = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, D)
+        mask_m = offs_m < S
+        q = tl.load(q_ptr + b * sqb + h * sqh + offs_m[:, None].to(tl.int64) * sqs + offs_d[None, :],
+                    mask=mask_m[:, None], other=0.0)
+        do = tl.load(do_ptr + b * sdb + h * sdh + offs_m[:, None].to(tl.int64) * sds + offs_d[None, :],
+                     mask=mask_m[:, None], other=0.0)
+        lse = tl.load(lse_ptr + bh.to(tl.int64) * S + offs_m, mask=mask_m, other=0.0)
+        delta = tl.load(delta_ptr + bh.to(tl.int64) * S + offs_m, mask=mask_m, other=0.0)
+        dq = tl.zeros((BLOCK_M, D), tl.float32)
+        for n0 in range(0, S, BLOCK_N):
+            offs_n = n0 + offs_n0
+            mask_n = offs_n < S
+            k = tl.load(k_ptr + b * skb + h * skh + offs_n[:, None].to(tl.int64) * sks + offs_d[None, :],
+                        mask=mask_n[:, None], other=0.0)
+            v = tl.load(v_ptr + b * svb + h * svh + offs_n[:, None].to(tl.int64) * svs + offs_d[None, :],
+                        mask=mask_n[:, None], other=0.0)
+            s = tl.dot(q, tl.trans(k)) * sm_scale
+            p = tl.exp(s - lse[:, None])
+            p = tl.where(mask_m[:, None] & mask_n[None, :], p, 0.0)
+            dp = tl.dot(do, tl.trans(v))
+            ds = p * (dp - delta[:, None])
+            dq = tl.dot(ds.to(k.dtype), k, dq)
+        dq = dq * sm_scale
+        tl.store(dq_ptr + b * sgb + h * sgh + offs_m[:, None].to(tl.int64) * sgs + offs_d[None, :],
+                 dq.to(dq_ptr.dtype.element_ty), mask=mask_m[:, None])
+
+
 def _check_qkv(q, k, v, int8):
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor) or t.ndim != 4:
@@ -205,9 +298,49 @@ def attention_int8(q8: torch.Tensor, q_scale: torch.Tensor, k8: torch.Tensor, k_
     return _launch(q8, k8, v, q_scale, k_scale, sm_scale, True)[0]
 
 
+def attention_bwd_ref(q, k, v, o, lse, do, sm_scale):
+    """The backward's math in float32 (P rebuilt from the log-sum-exp), beside the kernels it checks."""
+    b, s, h, d = q.shape
+    qf, kf, vf, of, dof = (t.float() for t in (q, k, v, o, do))
+    scores = torch.einsum("bihd,bjhd->bhij", qf, kf) * sm_scale
+    p = torch.exp(scores - lse.view(b, h, s, 1))
+    dv = torch.einsum("bhij,bihd->bjhd", p, dof)
+    dp = torch.einsum("bihd,bjhd->bhij", dof, vf)
+    delta = (dof * of).sum(-1).permute(0, 2, 1).unsqueeze(-1)  # (B, H, S, 1)
+    ds = p * (dp - delta) * sm_scale
+    dq = torch.einsum("bhij,bjhd->bihd", ds, kf)
+    dk = torch.einsum("bhij,bihd->bjhd", ds, qf)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
+def _fake_bwd(q, k, v, o, lse, do, sm_scale):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+@fast_custom_op("qvit::attention_bwd", _fake_bwd)
+def attention_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
+                  do: torch.Tensor, sm_scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """FA2 backward on two fused kernels (dK/dV over key blocks, dQ over query blocks); delta = rowsum(dO * O)
+    is one elementwise pass in PyTorch. Returns (dq, dk, dv), contiguous (B, S, H, D)."""
+    _check_qkv(q, k, v, int8=False)
+    b, s, h, d = q.shape
+    do = do.contiguous() if do.stride(-1) != 1 else do
+    dq, dk, dv = (torch.empty((b, s, h, d), dtype=t.dtype, device=t.device) for t in (q, k, v))
+    if b * s * h == 0:
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    delta = (do.float() * o.float()).sum(-1).permute(0, 2, 1).reshape(b * h, s).contiguous()
+    args = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
+            dq.stride(0), dq.stride(1), dq.stride(2), h, s, sm_scale)
+    _attn_bwd_dkdv[lambda meta: (triton.cdiv(s, meta["BLOCK_N"]), b * h)](
+        q, k, v, do, lse, delta, dk, dv, *args, D=d)
+    _attn_bwd_dq[lambda meta: (triton.cdiv(s, meta["BLOCK_M"]), b * h)](
+        q, k, v, do, lse, delta, dq, *args, D=d)
+    return dq, dk, dv
+
+
 class _AttentionFn(torch.autograd.Function):
-    """Forward on the fused kernel; backward recomputes P in float32 from the saved inputs and the
-    kernel's log-sum-exp (the reference math, not yet a fused backward kernel)."""
+    """Forward and backward on the fused kernels (`attention_fwd`, `attention_bwd`)."""
 
     @staticmethod
     def forward(ctx, q, k, v, sm_scale):
@@ -219,17 +352,8 @@ class _AttentionFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse = ctx.saved_tensors
-        b, s, h, d = q.shape
-        qf, kf, vf, of, dof = (t.float() for t in (q, k, v, o, do))
-        scores = torch.einsum("bihd,bjhd->bhij", qf, kf) * ctx.sm_scale
-        p = torch.exp(scores - lse.view(b, h, s, 1))
-        dv = torch.einsum("bhij,bihd->bjhd", p, dof)
-        dp = torch.einsum("bihd,bjhd->bhij", dof, vf)
-        delta = (dof * of).sum(-1).permute(0, 2, 1).unsqueeze(-1)  # (B, H, S, 1)
-        ds = p * (dp - delta) * ctx.sm_scale
-        dq = torch.einsum("bhij,bjhd->bihd", ds, kf)
-        dk = torch.einsum("bhij,bihd->bjhd", ds, qf)
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None
+        dq, dk, dv = attention_bwd(q, k, v, o, lse, do, ctx.sm_scale)
+        return dq, dk, dv, None
 
 
 def attention(q, k, v, sm_scale=None):
