@@ -272,6 +272,54 @@ def bench_attention(res, quick):
     res["attention"] = out
 
 
+def bench_attention_bwd(res, quick):
+    """Backward only (dQ, dK, dV from a given dO): qvit's fused FA2 backward vs SDPA's backends through
+    autograd (the forward graph is kept, only the backward is timed)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from qvit.kernels.attention import attention_bwd, attention_fwd
+    shapes = [(64, 197)] if quick else [(1, 197), (64, 197), (64, 577)]
+    h, d = 16, 64
+    out = []
+    for b, s in shapes:
+        qkv = rnd(b, s, 3, h, d, dtype=torch.float16)
+        q, k, v = qkv.unbind(2)
+        do = rnd(b, s, h, d, dtype=torch.float16)
+        qf, kf, vf = (t.detach().float().transpose(1, 2).requires_grad_() for t in (q, k, v))
+        torch.nn.functional.scaled_dot_product_attention(qf, kf, vf).backward(do.float().transpose(1, 2))
+        ref = torch.stack([qf.grad.transpose(1, 2), kf.grad.transpose(1, 2), vf.grad.transpose(1, 2)], 2)
+        row = {"B": b, "S": s, "H": h, "D": d, "flops": 10 * b * h * s * s * d, "providers": {}}
+        o, lse = attention_fwd(q, k, v, d ** -0.5)
+        provs = {"qvit FA2 bwd": lambda: torch.stack(attention_bwd(q, k, v, o, lse, do, d ** -0.5), 2)}
+        for nm, be in [("SDPA FLASH (FA2)", SDPBackend.FLASH_ATTENTION), ("SDPA cuDNN", SDPBackend.CUDNN_ATTENTION),
+                       ("SDPA efficient", SDPBackend.EFFICIENT_ATTENTION)]:
+            qt, kt, vt = (t.detach().transpose(1, 2).requires_grad_() for t in (q, k, v))
+            try:
+                with sdpa_kernel([be]):
+                    ot = torch.nn.functional.scaled_dot_product_attention(qt, kt, vt)
+            except Exception as ex:
+                row["providers"][nm] = {"error": f"{type(ex).__name__}: {str(ex)[:200]}"}
+                continue
+
+            def f(ot=ot, qt=qt, kt=kt, vt=vt):
+                g = torch.autograd.grad(ot, (qt, kt, vt), do.transpose(1, 2), retain_graph=True)
+                return torch.stack([t.transpose(1, 2) for t in g], 2)
+            provs[nm] = f
+        for pname, fn in provs.items():
+            try:
+                y = fn()
+                torch.cuda.synchronize()
+                e = {**timed(fn), "rel_err": rel_err(y, ref)}
+                e["TFLOPs"] = row["flops"] / e["ms"] / 1e9
+                row["providers"][pname] = e
+            except Exception as ex:
+                row["providers"][pname] = {"error": f"{type(ex).__name__}: {str(ex)[:200]}"}
+        out.append(row)
+        print(f"attn bwd B={b} S={s}: " + ", ".join(f"{p}={e['ms'] * 1e3:.1f}us" for p, e in row["providers"].items()
+                                                   if "ms" in e), flush=True)
+    res["attention_bwd"] = out
+
+
 # ----------------------------------------------------------------------------- report
 def markdown(res) -> str:
     e = res["env"]
@@ -316,15 +364,17 @@ def markdown(res) -> str:
                     L.append(f"| {r['M']} | {r['K']} | {p} | {en['ms'] * 1e3:.1f} | {en['TBps']:.2f} | "
                              f"{en.get('frac_of_copy', float('nan')):.0%} | {en['q_mismatch']} ({en['q_maxdiff']}) |")
         L.append("")
-    if res.get("attention"):
-        L += ["## Attention, H=16, D=64, fp16 (time in us; relative error vs fp32 reference)", ""]
+    for sec, title in (("attention", "Attention forward"), ("attention_bwd", "Attention backward (dQ, dK, dV)")):
+        if not res.get(sec):
+            continue
+        L += [f"## {title}, H=16, D=64, fp16 (time in us; relative error vs fp32 reference)", ""]
         provs = []
-        for r in res["attention"]:
+        for r in res[sec]:
             for p in r["providers"]:
                 if p not in provs:
                     provs.append(p)
         L += ["| B | S | " + " | ".join(provs) + " |", "|---|---|" + "---|" * len(provs)]
-        for r in res["attention"]:
+        for r in res[sec]:
             cells = []
             for p in provs:
                 en = r["providers"].get(p, {})
@@ -333,7 +383,7 @@ def markdown(res) -> str:
             L.append(f"| {r['B']} | {r['S']} | " + " | ".join(cells) + " |")
         L.append("")
     errs = []
-    for sec in ("linears", "layernorm_quant", "attention"):
+    for sec in ("linears", "layernorm_quant", "attention", "attention_bwd"):
         for r in res.get(sec, []):
             for p, en in r["providers"].items():
                 if "error" in en:
@@ -347,7 +397,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="results")
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", default="ceilings,linear,lnq,attention")
+    ap.add_argument("--only", default="ceilings,linear,lnq,attention,attention_bwd")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_kernels: no CUDA device; nothing to measure", file=sys.stderr)
@@ -357,7 +407,8 @@ def main(argv=None) -> int:
     print(json.dumps(res["env"]), flush=True)
     torch.manual_seed(0)
     sections = {"ceilings": lambda: ceilings(res), "linear": lambda: bench_linears(res, args.quick),
-                "lnq": lambda: bench_lnq(res), "attention": lambda: bench_attention(res, args.quick)}
+                "lnq": lambda: bench_lnq(res), "attention": lambda: bench_attention(res, args.quick),
+                "attention_bwd": lambda: bench_attention_bwd(res, args.quick)}
     for name in args.only.split(","):
         t0 = time.time()
         try:
