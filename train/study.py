@@ -33,6 +33,10 @@ from qvit.vit.quantize import QuantConfig, default_filter, quantize, weight_byte
 
 from qvit.variants import KEEP, VARIANTS  # noqa: E402  (one table for study, benchmarks and demo)
 
+# extra rows: a variant of the table after SmoothQuant folding (alpha 0.5, calibrated on 256 training images)
+SMOOTHED = {"x 8bit+sdpa-noflash, smoothquant": "5 8bit+sdpa-noflash",
+            "x 4bit+sdpa-noflash, smoothquant": "4 4bit+sdpa-noflash"}
+
 
 def _env(device):
     """(linear backend, dtype, attention override) for the device: the real kernels on a GPU, the
@@ -79,10 +83,18 @@ def study(model_path: str, out: str, device=None, data_root=None, limit_test=Non
     aug = Augment(AugmentConfig(mean=CIFAR_MEAN, std=CIFAR_STD))
     linear, dtype, attn_override = _env(device)
     rows = {}
-    names = variants or list(VARIANTS)
+    names = variants or list(VARIANTS) + list(SMOOTHED)
+    smooth_info = None
+    if any(n in SMOOTHED for n in names):
+        from qvit.vit.smooth import calibrate, smooth
+        xtr, _ = load_cifar10("train", data_root)
+        stats = calibrate(base, aug.eval(xtr[:256]))
+        smoothed = copy.deepcopy(base)
+        smooth_info = {k: {"outlier_ratio_before": a, "after": b} for k, (a, b) in smooth(smoothed, stats, 0.5).items()}
     for name in names:
-        preset, attn, int8_qk, keep_format = VARIANTS[name]
-        m = build_variant(base, preset, attn, int8_qk, device, keep_format=keep_format)
+        src = smoothed if name in SMOOTHED else base
+        preset, attn, int8_qk, keep_format = VARIANTS[SMOOTHED.get(name, name)]
+        m = build_variant(src, preset, attn, int8_qk, device, keep_format=keep_format)
         r = run_eval(m, loader, aug)
         r.update(preset=preset or "float", attn=attn_override or attn, int8_qk=int8_qk, linear_backend=linear,
                  keep_format=keep_format, weight_bytes=weight_bytes(m))
@@ -93,7 +105,7 @@ def study(model_path: str, out: str, device=None, data_root=None, limit_test=Non
     commit = os.environ.get("QVIT_COMMIT") or (open(".gpu/commit").read().strip() if os.path.exists(".gpu/commit") else None)
     result = {"model": model_path, "commit": commit, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "linear_backend": linear, "dtype": str(dtype).replace("torch.", ""), "n_test": int(xte.shape[0]),
-              "keep": list(KEEP), "variants": rows}
+              "keep": list(KEEP), "variants": rows, "smoothquant": smooth_info}
     _write(out, result)  # the variants survive an ablation that fails or runs out of time
     if ablation:
         result["ablation"] = sensitivity(base, loader, aug, device, depth, ablation_preset)
