@@ -227,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--preset", default="w8a8", choices=["w8a8", "w4a8", "w4a16", "nf4"])
     s.add_argument("--group-size", type=int, default=128)
     s.add_argument("--keep", nargs="*", default=["head", "blocks.0.", "blocks.-1."])
-    s.add_argument("--keep-format", default="float", choices=["float", "int8"])
+    s.add_argument("--keep-format", default="int8", choices=["float", "int8"],
+                   help="format of the kept layers (head, first/last blocks): int8 (W8A8, the study's default) or float")
     s.add_argument("--out", required=True)
     s.set_defaults(fn=_cmd_quantize)
 

@@ -44,7 +44,7 @@ def test_export_load_predict_round_trip(tmp_path, float_file, images, preset, ca
     out = tmp_path / f"{preset}.safetensors"
     assert cli(["export", "--model", str(fpath), "--preset", preset, "--out", str(out)]) == 0
     loaded = load_any(str(out))
-    mem = quantize(copy.deepcopy(m).eval(), QuantConfig.preset(preset))
+    mem = quantize(copy.deepcopy(m).eval(), QuantConfig.preset(preset, keep_format="int8"))  # the CLI default
     p_file = Predictor(loaded, "cpu", linear="torch", attn="torch")
     p_mem = Predictor(mem, "cpu", linear="torch", attn="torch")
     paths, bad = images
