@@ -142,6 +142,11 @@ if triton is not None:
         return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
                 for bm, bn, w, st in [(64, 64, 4, 2), (32, 64, 4, 2), (64, 32, 4, 2), (64, 128, 8, 2), (128, 64, 8, 2)]]
 
+    @triton.jit
+    def _rows(ptr, base, offs, mask, stride_s, offs_d):
+        """A (len(offs), D) tile of rows `offs` of one (batch, head) slice; masked rows read as 0."""
+        return tl.load(ptr + base + offs[:, None].to(tl.int64) * stride_s + offs_d[None, :], mask=mask[:, None], other=0.0)
+
     @triton.autotune(configs=_bwd_configs(), key=["S", "H", "D"])
     @triton.jit
     def _attn_bwd_dkdv(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
@@ -158,19 +163,15 @@ if triton is not None:
         offs_m0 = tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, D)
         mask_n = offs_n < S
-        k = tl.load(k_ptr + b * skb + h * skh + offs_n[:, None].to(tl.int64) * sks + offs_d[None, :],
-                    mask=mask_n[:, None], other=0.0)
-        v = tl.load(v_ptr + b * svb + h * svh + offs_n[:, None].to(tl.int64) * svs + offs_d[None, :],
-                    mask=mask_n[:, None], other=0.0)
+        k = _rows(k_ptr, b * skb + h * skh, offs_n, mask_n, sks, offs_d)
+        v = _rows(v_ptr, b * svb + h * svh, offs_n, mask_n, svs, offs_d)
         dk = tl.zeros((BLOCK_N, D), tl.float32)
         dv = tl.zeros((BLOCK_N, D), tl.float32)
         for m0 in range(0, S, BLOCK_M):
             offs_m = m0 + offs_m0
             mask_m = offs_m < S
-            q = tl.load(q_ptr + b * sqb + h * sqh + offs_m[:, None].to(tl.int64) * sqs + offs_d[None, :],
-                        mask=mask_m[:, None], other=0.0)
-            do = tl.load(do_ptr + b * sdb + h * sdh + offs_m[:, None].to(tl.int64) * sds + offs_d[None, :],
-                         mask=mask_m[:, None], other=0.0)
+            q = _rows(q_ptr, b * sqb + h * sqh, offs_m, mask_m, sqs, offs_d)
+            do = _rows(do_ptr, b * sdb + h * sdh, offs_m, mask_m, sds, offs_d)
             lse = tl.load(lse_ptr + bh.to(tl.int64) * S + offs_m, mask=mask_m, other=0.0)
             delta = tl.load(delta_ptr + bh.to(tl.int64) * S + offs_m, mask=mask_m, other=0.0)
             st = tl.dot(k, tl.trans(q)) * sm_scale  # (BN, BM): S^T
@@ -201,20 +202,16 @@ if triton is not None:
         offs_n0 = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, D)
         mask_m = offs_m < S
-        q = tl.load(q_ptr + b * sqb + h * sqh + offs_m[:, None].to(tl.int64) * sqs + offs_d[None, :],
-                    mask=mask_m[:, None], other=0.0)
-        do = tl.load(do_ptr + b * sdb + h * sdh + offs_m[:, None].to(tl.int64) * sds + offs_d[None, :],
-                     mask=mask_m[:, None], other=0.0)
+        q = _rows(q_ptr, b * sqb + h * sqh, offs_m, mask_m, sqs, offs_d)
+        do = _rows(do_ptr, b * sdb + h * sdh, offs_m, mask_m, sds, offs_d)
         lse = tl.load(lse_ptr + bh.to(tl.int64) * S + offs_m, mask=mask_m, other=0.0)
         delta = tl.load(delta_ptr + bh.to(tl.int64) * S + offs_m, mask=mask_m, other=0.0)
         dq = tl.zeros((BLOCK_M, D), tl.float32)
         for n0 in range(0, S, BLOCK_N):
             offs_n = n0 + offs_n0
             mask_n = offs_n < S
-            k = tl.load(k_ptr + b * skb + h * skh + offs_n[:, None].to(tl.int64) * sks + offs_d[None, :],
-                        mask=mask_n[:, None], other=0.0)
-            v = tl.load(v_ptr + b * svb + h * svh + offs_n[:, None].to(tl.int64) * svs + offs_d[None, :],
-                        mask=mask_n[:, None], other=0.0)
+            k = _rows(k_ptr, b * skb + h * skh, offs_n, mask_n, sks, offs_d)
+            v = _rows(v_ptr, b * svb + h * svh, offs_n, mask_n, svs, offs_d)
             s = tl.dot(q, tl.trans(k)) * sm_scale
             p = tl.exp(s - lse[:, None])
             p = tl.where(mask_m[:, None] & mask_n[None, :], p, 0.0)
