@@ -46,7 +46,9 @@ def test_api(server):
         res = json.loads(r.read())["variants"]
     assert set(res) == set(VARIANTS)
     for v in res.values():
-        assert len(v["top"]) == 5 and abs(sum(t["p"] for t in v["top"]) - 1) < 1 and v["ms"] > 0
+        ps = [t["p"] for t in v["top"]]
+        assert len(ps) == 5 and v["ms"] > 0
+        assert ps == sorted(ps, reverse=True) and 0 < sum(ps) <= 1 + 1e-5 and len({t["label"] for t in v["top"]}) == 5
         assert v["top"][0]["label"] in demo.classes
     bad = urllib.request.Request(base + "/api/predict", data=b"definitely not an image", method="POST")
     with pytest.raises(urllib.error.HTTPError) as e:

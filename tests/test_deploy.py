@@ -51,7 +51,11 @@ def test_export_load_predict_round_trip(tmp_path, float_file, images, preset, ca
     a, b = p_file(paths), p_mem(paths)
     for ra, rb in zip(a, b):
         assert torch.equal(ra.logits, rb.logits)  # bit-exact: same tensors, same backend
-        assert ra.top[0][0] in class_names(loaded) and abs(sum(p for _, p in ra.top) - 1) < 1  # top-5 of 10
+        # the reported top-5 is the top-5 of the softmax of the logits, with the model's class names
+        prob = ra.logits.softmax(-1)
+        top = prob.topk(5)
+        assert [lb for lb, _ in ra.top] == [class_names(loaded)[i] for i in top.indices.tolist()]
+        assert [p for _, p in ra.top] == pytest.approx(top.values.tolist(), abs=1e-6)
     # the command: every good file printed with its top-5, the bad one reported, exit 0
     capsys.readouterr()
     rc = cli(["predict", *paths, bad, "--model", str(out), "--backend", "torch", "--attn", "torch", "--json",
