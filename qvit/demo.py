@@ -59,7 +59,7 @@ class Demo:
             linear, a = ("triton", attn) if cuda else ("torch", "torch")
             pred = Predictor(m, self.device, linear=linear, attn=a)
             mem = (torch.cuda.memory_allocated() - before) if cuda else None
-            self.variants[name] = {"pred": pred, "preset": preset or "bf16" if cuda else preset or "float32",
+            self.variants[name] = {"pred": pred, "preset": preset or str(pred.dtype).replace("torch.", ""),
                                    "backend": f"linear={linear}, attention={a}", "weight_bytes": weight_bytes(pred.model),
                                    "gpu_bytes": mem, "lat": deque(maxlen=200), "n": 0, "busy_s": 0.0}
         self.classes = next(iter(self.variants.values()))["pred"].classes
@@ -112,8 +112,7 @@ class Demo:
 
     def predict_sample(self, i: int) -> dict:
         img, label = self.samples[i]
-        pred = next(iter(self.variants.values()))["pred"]
-        x = ((img.float() / 255 - torch.tensor(pred.mean).view(3, 1, 1)) / torch.tensor(pred.std).view(3, 1, 1))[None]
+        x = next(iter(self.variants.values()))["pred"].normalize(img)
         return {"label": self.classes[label], "variants": self.predict_tensor(x)}
 
     def stats(self) -> dict:

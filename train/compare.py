@@ -16,11 +16,12 @@ one epoch, the reference backends) and says so in the report: that proves the pi
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 
 import torch
+
+from qvit.train.report import _load
 
 STAGES = ("train", "study", "qat", "qlora", "e2e", "report")
 
@@ -84,13 +85,6 @@ def run(out: str, stages=STAGES, tiny: bool | None = None, device=None) -> str:
     if "report" in stages:
         return write_results(out, tiny)
     return out
-
-
-def _load(path):
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
 
 
 def write_results(out: str, tiny: bool) -> str:

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 import torch.nn.functional as F
 
+from qvit.profiling.nvtx import range_ctx
 from qvit.train.augment import IMAGENET_MEAN, IMAGENET_STD, Augment, AugmentConfig, mix
 from qvit.train.data import DeviceLoader, load_cifar10, load_folder
 from qvit.train.metrics import evaluate
@@ -194,10 +195,7 @@ class _Log:
             self.tb.close()
 
 
-def nvtx(name: str):
-    """An NVTX range when a profiler is attached (`QVIT_NVTX=1` or torch.profiler running), else nothing."""
-    from qvit.profiling.nvtx import range_ctx
-    return range_ctx(name)
+nvtx = range_ctx  # an NVTX range when a profiler is attached (QVIT_NVTX=1 or torch.profiler running), else nothing
 
 
 def _start_profiler(device):

@@ -16,9 +16,8 @@ import torch
 from qvit.vit.checkpoint import CheckpointError, load_model, read_state_dict
 from qvit.vit.model import ViT
 
-CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+from qvit.train.augment import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
+from qvit.train.data import CIFAR10_CLASSES
 
 
 def load_any(path: str, device="cpu") -> ViT:
@@ -74,12 +73,14 @@ class Predictor:
         # CIFAR-size models saw whole 32 px images; ImageNet-size ones the usual 0.875 center crop
         self.crop_pct = 1.0 if self.size <= 64 else 0.875
 
+    def normalize(self, x_u8: torch.Tensor) -> torch.Tensor:
+        """uint8 (3, H, W) at the model's size -> a normalized (1, 3, H, W) float batch."""
+        x = x_u8.float().div(255)
+        return ((x - torch.tensor(self.mean).view(3, 1, 1)) / torch.tensor(self.std).view(3, 1, 1))[None]
+
     def preprocess(self, path: str) -> torch.Tensor:
         from qvit.train.data import load_image_u8
-        x = load_image_u8(path, self.size, self.crop_pct).float().div_(255)
-        mean = torch.tensor(self.mean).view(3, 1, 1)
-        std = torch.tensor(self.std).view(3, 1, 1)
-        return ((x - mean) / std)[None]
+        return self.normalize(load_image_u8(path, self.size, self.crop_pct))
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
