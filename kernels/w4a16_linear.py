@@ -41,7 +41,8 @@ if triton is not None:
             return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32, "SPLIT_K": 1}, num_warps=4, num_stages=1)]
         cfgs = []
         for bm, bn, bk, w, s in [(16, 64, 128, 4, 4), (32, 64, 128, 4, 4), (64, 64, 64, 4, 4), (64, 128, 64, 4, 4),
-                                 (128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (128, 128, 128, 8, 3), (64, 256, 64, 8, 3)]:
+                                 (128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (128, 128, 128, 8, 3), (64, 256, 64, 8, 3),
+                                 (64, 32, 128, 4, 4), (128, 64, 128, 4, 3), (128, 128, 64, 4, 4)]:
             cfgs.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": 1}, num_warps=w, num_stages=s))
         return cfgs
 
@@ -58,6 +59,25 @@ if triton is not None:
         if NIBBLE_HI_FIRST:
             return tl.interleave(hi, lo)
         return tl.interleave(lo, hi)
+
+    @triton.jit
+    def _nf4_decode(u):
+        """NF4 code value of each nibble, in registers: a 4-level select tree on the nibble's bits
+        (15 selects per element) instead of a gather from the table in global memory. The constants
+        are NF4_CODE (qvit.kernels.quant) exactly; tests/test_kernels_w4 checks the two agree."""
+        b0 = (u & 1) != 0
+        b1 = (u & 2) != 0
+        b2 = (u & 4) != 0
+        b3 = (u & 8) != 0
+        v0 = tl.where(b1, tl.where(b0, -0.39491748809814453, -0.5250730514526367),
+                      tl.where(b0, -0.6961928009986877, -1.0))
+        v1 = tl.where(b1, tl.where(b0, 0.0, -0.09105003625154495),
+                      tl.where(b0, -0.18477343022823334, -0.28444138169288635))
+        v2 = tl.where(b1, tl.where(b0, 0.33791524171829224, 0.24611230194568634),
+                      tl.where(b0, 0.16093020141124725, 0.07958029955625534))
+        v3 = tl.where(b1, tl.where(b0, 1.0, 0.7229568362236023),
+                      tl.where(b0, 0.5626170039176941, 0.44070982933044434))
+        return tl.where(b3, tl.where(b2, v3, v2), tl.where(b2, v1, v0))
 
     @triton.autotune(configs=_configs(), key=["M", "N", "K", "GROUP", "MODE"],
                      prune_configs_by={"early_config_prune": _prune})
@@ -90,7 +110,7 @@ if triton is not None:
                 z = tl.load(z_ptr + offs_n.to(tl.int64) * stride_sn + g, mask=mask_n, other=0).to(tl.int32)
                 w = (u - z[:, None]).to(tl.float32) * s[:, None]
             else:
-                w = tl.load(code_ptr + u) * s[:, None]
+                w = _nf4_decode(u) * s[:, None]
             acc = tl.dot(a, tl.trans(w.to(x_ptr.dtype.element_ty)), acc)
             x_ptrs += BLOCK_K
             p_ptrs += BLOCK_K // 2

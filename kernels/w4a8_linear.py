@@ -35,7 +35,8 @@ if triton is not None:
         return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
                 for bm, bn, bk, w, s in [(128, 256, 128, 8, 3), (128, 128, 128, 8, 4), (128, 128, 128, 4, 4),
                                          (64, 128, 128, 4, 4), (128, 64, 128, 4, 4), (64, 64, 128, 4, 4),
-                                         (128, 256, 64, 8, 4), (32, 64, 128, 4, 4)]]
+                                         (128, 256, 64, 8, 4), (32, 64, 128, 4, 4), (128, 128, 64, 4, 4),
+                                         (256, 128, 64, 8, 3), (64, 256, 128, 8, 3)]]
 
     def _prune(configs, named_args, **kwargs):
         m, g = named_args["M"], kwargs.get("GROUP", named_args.get("GROUP"))

@@ -310,6 +310,8 @@ def main(argv=None) -> int:
             if args.variants and name not in args.variants:
                 continue
             todo.append((name, spec, None))
+    # the baseline first, then qvit, then the other peers: a run cut short (deadline) keeps the ratios
+    todo.sort(key=lambda t: 0 if t[0].startswith("timm bf16") else 1 if isinstance(t[1], tuple) else 2)
     os.makedirs(args.out, exist_ok=True)
     for name, model, disk in todo:
         try:

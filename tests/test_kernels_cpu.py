@@ -76,6 +76,18 @@ def test_w4a16(poison, mode, group, m, n):
     assert rel_err(y, ref) <= 2 * torch_err + 2 ** -11
 
 
+def test_nf4_decode_matches_the_code_table(poison):
+    """Every one of the 16 nibbles, in both positions of a byte, decodes to NF4_CODE exactly: x = I picks
+    single weights out of the GEMM (fp32 code * absmax 1 -> fp16, the only rounding)."""
+    from qvit.kernels.w4a16_linear import w4a16_linear
+    n, k = 16, 64
+    u = torch.stack([torch.randperm(16) for _ in range(n * k // 16)]).reshape(n, k).to(torch.uint8)
+    packed = ((u[:, 0::2] << 4) | u[:, 1::2]).contiguous()
+    absmax = torch.ones(n, k // 64)
+    y = w4a16_linear(torch.eye(k).half(), packed, absmax, None, None, 64, "nf4")  # (K, N): y[k, n] = W[n, k]
+    assert torch.equal(y.t(), Q.NF4_CODE[u.long()].half())
+
+
 @pytest.mark.parametrize("group", [32, 64, 128])
 def test_w4a8_exact_integer_groups(poison, group):
     from qvit.kernels.w4a8_linear import w4a8_linear

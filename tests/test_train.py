@@ -97,7 +97,7 @@ def test_counts_match_plain_definitions():
 def _tiny(out, **kw):
     from qvit.train.trainer import TrainConfig
     base = dict(model="vit_micro_patch4_32", epochs=2, batch_size=64, limit_train=256, limit_test=200,
-                warmup_epochs=1, eval_every=1, out=str(out), progress=False, compile="off")
+                warmup_epochs=1, eval_every=1, out=str(out), progress=False, compile="off", ema_decay=0.0)
     base.update(kw)
     return TrainConfig(**base)
 

@@ -6,10 +6,13 @@
 #   bash tools/gpu_run.sh [OUT_DIR]         (default: $OUT, else ./gpu-out)
 #   QVIT_GPU_STEPS="install bench tests" bash tools/gpu_run.sh   (steps, in this order; default install tests bench)
 #   steps: install | tests | bench | train (QVIT_TRAIN_ARGS: extra `qvit train` options) | study
-#   (QVIT_STUDY_ARGS, QVIT_STUDY_TIMEOUT or QVIT_DEADLINE, a `date +%s` by which it must end) | qat
-#   (QVIT_QAT_PRESET, QVIT_QAT_EPOCHS, QVIT_QAT_ARGS: QAT finetune of the trained model + its study)
+#   (QVIT_STUDY_ARGS) | qat (QVIT_QAT_PRESET, a list of w4a8/w8a8/w4a16/nf4/qlora, QVIT_QAT_EPOCHS,
+#   QVIT_QAT_ARGS: QAT/QLoRA finetunes of the trained model + their studies)
 #   | e2e (QVIT_E2E_ARGS: profiling/bench_e2e.py, ViT-L/16 end to end against the peers)
 #   | attr (QVIT_ATTR_ARGS: profiling/attribution.py) | ncu (Nsight Compute SOL of the main kernels). QVIT_BUILD_CUDA=0 skips the CUDA build (faster install).
+#   QVIT_DEADLINE (a `date +%s`): the long steps are stopped at that time so that the rest still runs.
+# Two GPUs: install once, then run one lane per GPU into its own folder (each a separate invocation with
+# CUDA_VISIBLE_DEVICES set), e.g. training + study on GPU 0 while the tests and benchmarks run on GPU 1.
 #
 # Peers (bitsandbytes, torchao, sageattention) are taken from .gpu/peers when present
 # (../shared/tools/gpu-prep puts them there); the git commit from .gpu/commit or $QVIT_COMMIT.
@@ -22,6 +25,21 @@ steps=${QVIT_GPU_STEPS:-install tests bench}
 py=${PYTHON:-python3}
 declare -A rc
 t_install=0
+# lim: "timeout SECONDS" until $QVIT_DEADLINE (a `date +%s`), so that a long step ends by itself and the
+# steps after it (and the packing of results) still run; nothing when no deadline is set
+lim() { if [ -n "${QVIT_DEADLINE:-}" ]; then echo "timeout $(( QVIT_DEADLINE - $(date +%s) > 5 ? QVIT_DEADLINE - $(date +%s) : 5 ))"; fi; }
+# bf16 copies of trained models (an fp32 model can exceed the 16 MiB a returned file may have), made right
+# after the step that wrote them so that a later step's timeout cannot lose them; optimizer checkpoints dropped
+to_bf16() {
+  for f in "$@"; do
+    [ -f "$f" ] || continue
+    $py -c "import sys; from safetensors.torch import load_file, save_file; from safetensors import safe_open
+p = sys.argv[1]; m = safe_open(p, 'pt').metadata(); sd = load_file(p)
+save_file({k: v.bfloat16() if v.is_floating_point() else v for k, v in sd.items()}, p.replace('.safetensors', '-bf16.safetensors'), metadata=m)" \
+      "$f" && [ -z "${QVIT_KEEP_FP32:-}" ] && rm -f "$f"
+    rm -f "$(dirname "$f")/last.pt"
+  done
+}
 for step in $steps; do
   case "$step" in
     install)
@@ -32,62 +50,59 @@ for step in $steps; do
       t_install=$(( $(date +%s) - t0 ))
       echo "install: rc=${rc[install]} in ${t_install}s"; grep -E "qvit setup:|error" "$out/install.log" | sort -u | head -20 ;;
     tests)
-      $py -m pytest -m gpu tests -q -p no:cacheprovider --junitxml="$out/gpu_tests.xml" ${QVIT_PYTEST_ARGS:-} 2>&1 | tee "$out/gpu_tests.log" | tail -40
+      $(lim) $py -m pytest -m gpu tests -q -p no:cacheprovider --junitxml="$out/gpu_tests.xml" ${QVIT_PYTEST_ARGS:-} 2>&1 | tee "$out/gpu_tests.log" | tail -40
       rc[tests]=${PIPESTATUS[0]} ;;
     train)
       # the CIFAR-10 baseline (qvit train defaults unless QVIT_TRAIN_ARGS says otherwise) into $out/train
       $py -m qvit.cli train --out "$out/train" --no-progress ${QVIT_TRAIN_ARGS:-} 2>&1 | tee "$out/train.log" | tail -30
-      rc[train]=${PIPESTATUS[0]} ;;
+      rc[train]=${PIPESTATUS[0]}
+      QVIT_KEEP_FP32=1 to_bf16 "$out/train/model.safetensors" ;;
     qat)
-      # QAT finetune of the trained model in $QVIT_QAT_PRESET (default w4a8), then the study of the result
-      pre=${QVIT_QAT_PRESET:-w4a8}   # or qlora: LoRA rank $QVIT_QLORA_RANK (8) on a bitsandbytes NF4 base
-      if [ "$pre" = qlora ]; then flags="--qlora-rank ${QVIT_QLORA_RANK:-8}"; else flags="--qat $pre"; fi
-      $py -m qvit.cli train --out "$out/qat-$pre" --no-progress $flags --pretrained "$out/train/model.safetensors" \
-        --epochs ${QVIT_QAT_EPOCHS:-15} --lr 1e-4 --warmup-epochs 1 --eval-every 5 ${QVIT_QAT_ARGS:-} 2>&1 \
-        | tee "$out/qat-$pre.log" | grep -E "test_top1|QLoRA|error|Error" | tail -8
-      rc[qat]=${PIPESTATUS[0]}
-      to=${QVIT_STUDY_TIMEOUT:-550}; [ -n "${QVIT_DEADLINE:-}" ] && to=$(( QVIT_DEADLINE - $(date +%s) ))
-      [ "${rc[qat]}" = 0 ] && timeout $to $py -m qvit.cli study --model "$out/qat-$pre/model.safetensors" \
-        --out "$out/qat-$pre/study" --no-ablation 2>&1 | grep "qvit study" | tail -12 ;;
+      # QAT (or QLoRA) finetune of the trained model, one run per preset in $QVIT_QAT_PRESET (default w4a8;
+      # "qlora": LoRA rank $QVIT_QLORA_RANK (8) on a bitsandbytes NF4 base), each followed by its study
+      base=$out/train/model.safetensors; [ -f "$base" ] || base=$out/train/model-bf16.safetensors
+      rc[qat]=0
+      for pre in ${QVIT_QAT_PRESET:-w4a8}; do
+        if [ "$pre" = qlora ]; then flags="--qlora-rank ${QVIT_QLORA_RANK:-8}"; else flags="--qat $pre"; fi
+        $(lim) $py -m qvit.cli train --out "$out/qat-$pre" --no-progress $flags --pretrained "$base" --ema-decay 0 \
+          --epochs ${QVIT_QAT_EPOCHS:-15} --lr 1e-4 --warmup-epochs 1 --eval-every 5 ${QVIT_QAT_ARGS:-} 2>&1 \
+          | tee "$out/qat-$pre.log" | grep -E "test_top1|QLoRA|error|Error" | tail -8
+        r=${PIPESTATUS[0]}; [ "$r" = 0 ] || rc[qat]=$r
+        [ "$r" = 0 ] && $(lim) $py -m qvit.cli study --model "$out/qat-$pre/model.safetensors" \
+          --out "$out/qat-$pre/study" --no-ablation 2>&1 | grep "qvit study" | tail -12
+        to_bf16 "$out/qat-$pre/model.safetensors"
+      done ;;
     study)
       # PTQ variants + sensitivity ablation of the model trained by the train step (or $QVIT_STUDY_MODEL)
-      model=${QVIT_STUDY_MODEL:-$out/train/model.safetensors}
-      to=${QVIT_STUDY_TIMEOUT:-550}; [ -n "${QVIT_DEADLINE:-}" ] && to=$(( QVIT_DEADLINE - $(date +%s) ))
-      timeout $to $py -m qvit.cli study --model "$model" --out "$out/study" ${QVIT_STUDY_ARGS:-} 2>&1 \
+      model=${QVIT_STUDY_MODEL:-$out/train/model.safetensors}; [ -f "$model" ] || model=${model%.safetensors}-bf16.safetensors
+      $(lim) $py -m qvit.cli study --model "$model" --out "$out/study" ${QVIT_STUDY_ARGS:-} 2>&1 \
         | tee "$out/study.log" | grep -v Warning | tail -40
       rc[study]=${PIPESTATUS[0]} ;;
     e2e)
       # end-to-end ViT-L/16: the five variants + timm / torch.compile / bitsandbytes / torchao, one run
-      $py -m qvit.profiling.bench_e2e --out "$out" ${QVIT_E2E_ARGS:-} 2>&1 | tee "$out/e2e.log" | grep -E "bench_e2e:|Error" | tail -20
+      $(lim) $py -m qvit.profiling.bench_e2e --out "$out" ${QVIT_E2E_ARGS:-} 2>&1 | tee "$out/e2e.log" | grep -E "bench_e2e:|Error" | tail -20
       rc[e2e]=${PIPESTATUS[0]} ;;
     attr)
       # per-kernel attribution of the variants (torch.profiler, NVTX ranges, categories, launch gaps)
-      $py -m qvit.profiling.attribution --out "$out/attribution" ${QVIT_ATTR_ARGS:-} 2>&1 | tee "$out/attribution.log" | tail -14
+      $(lim) $py -m qvit.profiling.attribution --out "$out/attribution" ${QVIT_ATTR_ARGS:-} 2>&1 | tee "$out/attribution.log" | tail -14
       rc[attr]=${PIPESTATUS[0]} ;;
     ncu)
       # Nsight Compute Speed-of-Light of one launch of each main kernel; never touches the clocks
       if command -v ncu >/dev/null; then
-        ncu --clock-control none --nvtx --nvtx-include "profile/" --section SpeedOfLight --csv \
+        $(lim) ncu --clock-control none --nvtx --nvtx-include "profile/" --section SpeedOfLight --csv \
           $py -m qvit.profiling.ncu_kernels > "$out/ncu_sol.csv" 2> "$out/ncu.log"
         rc[ncu]=$?; echo "ncu: rc=${rc[ncu]}, $(grep -c '"' "$out/ncu_sol.csv" 2>/dev/null) csv lines"; tail -3 "$out/ncu.log"
       else
         echo "ncu: not installed on this machine; no Nsight Compute numbers"; rc[ncu]=0
       fi ;;
     bench)
-      $py -m qvit.profiling.bench_kernels --out "$out" ${QVIT_BENCH_ARGS:-} 2>&1 | tee "$out/bench.log" | tail -60
+      $(lim) $py -m qvit.profiling.bench_kernels --out "$out" ${QVIT_BENCH_ARGS:-} 2>&1 | tee "$out/bench.log" | tail -60
       rc[bench]=${PIPESTATUS[0]} ;;
     *) echo "unknown step $step (install tests bench train study qat e2e attr ncu)"; exit 2 ;;
   esac
 done
-# files that cannot come back (> 16 MiB): bf16 copies of the trained models, no optimizer checkpoints
-for f in "$out"/*/model.safetensors; do
-  [ -f "$f" ] || continue
-  $py -c "import sys; from safetensors.torch import load_file, save_file; from safetensors import safe_open
-p = sys.argv[1]; m = safe_open(p, 'pt').metadata(); sd = load_file(p)
-save_file({k: v.bfloat16() if v.is_floating_point() else v for k, v in sd.items()}, p.replace('.safetensors', '-bf16.safetensors'), metadata=m)" \
-    "$f" && rm -f "$f"
-done
-rm -f "$out"/*/last.pt
+# what is left: the fp32 model of the train step (kept above for the study/qat steps) as bf16 too
+to_bf16 "$out"/*/model.safetensors
 $py - "$out" "$t_install" "${rc[install]:-}" "${rc[tests]:-}" "${rc[bench]:-}" "${rc[train]:-}" "${rc[study]:-}" "${rc[qat]:-}" "${rc[e2e]:-}" "${rc[attr]:-}" "${rc[ncu]:-}" <<'PY'
 import json, os, sys, xml.etree.ElementTree as ET
 out, t_install, rc_i, rc_t, rc_b, rc_tr, rc_st, rc_q, rc_e, rc_a, rc_n = sys.argv[1:]

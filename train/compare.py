@@ -44,7 +44,7 @@ def run(out: str, stages=STAGES, tiny: bool | None = None, device=None) -> str:
     limit_test = None
     if tiny:
         base_cfg = replace(base_cfg, epochs=1, batch_size=64, limit_train=512, limit_test=300, warmup_epochs=0,
-                           eval_every=1, compile="off")
+                           eval_every=1, compile="off", ema_decay=0.0)
         limit_test = 300
     model_file = os.path.join(base_cfg.out, "model.safetensors")
     for stage in stages:
