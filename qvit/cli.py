@@ -120,7 +120,8 @@ def _cmd_quantize(args) -> int:
 def _cmd_compare(args) -> int:
     from qvit.train.compare import STAGES, run
     stages = tuple(args.stages.split(",")) if args.stages else STAGES
-    print(run(args.out, stages, tiny=True if args.tiny else None, device=args.device))
+    print(run(args.out, stages, tiny=True if args.tiny else None, device=args.device, e2e_file=args.e2e,
+              sizes_file=args.sizes))
     return 0
 
 
@@ -286,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stages", default=None, help="comma-separated subset of train,study,qat,qlora,e2e,report")
     s.add_argument("--tiny", action="store_true", help="tiny scale even on a GPU")
     s.add_argument("--device", default=None)
+    s.add_argument("--e2e", default=None, help="report: a bench_e2e.json from another run folder")
+    s.add_argument("--sizes", default=None, help="report: a `bench_e2e --sizes-only` JSON for the disk column")
     s.set_defaults(fn=_cmd_compare)
 
     s = sub.add_parser("demo", help="local web page racing the five variants live (upload or pick an image)")

@@ -34,7 +34,7 @@ VARIANTS = {k: _ALL[k] for k in MAIN}
 
 def default_model() -> str:
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for p in ("runs/cifar10/model.safetensors", os.path.join(here, "results/h200-train-2/train/model-bf16.safetensors")):
+    for p in ("runs/cifar10/model.safetensors", os.path.join(here, "results/h200-train-3/train/model-bf16.safetensors")):
         if os.path.isfile(p):
             return p
     raise FileNotFoundError("no model given and no trained model found (runs/cifar10/model.safetensors); "

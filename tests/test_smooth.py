@@ -7,7 +7,7 @@ import torch
 
 from qvit.vit.smooth import calibrate, outlier_ratio, smooth
 
-MODEL = os.path.join(os.path.dirname(__file__), "..", "results", "h200-train-2", "train", "model-bf16.safetensors")
+MODEL = os.path.join(os.path.dirname(__file__), "..", "results", "h200-train-3", "train", "model-bf16.safetensors")
 
 
 @pytest.fixture(scope="module")

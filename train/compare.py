@@ -30,11 +30,15 @@ def _say(msg):
     print(f"qvit compare: {msg}", file=sys.stderr)
 
 
-def run(out: str, stages=STAGES, tiny: bool | None = None, device=None) -> str:
+def run(out: str, stages=STAGES, tiny: bool | None = None, device=None, e2e_file=None, sizes_file=None) -> str:
     from dataclasses import replace
 
     from qvit.train.trainer import TrainConfig, train
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if tuple(stages) == ("report",):
+        # a report of stages run elsewhere (e.g. on a GPU): tiny only if the training ran at tiny scale
+        tr = _load(os.path.join(out, "train", "summary.json")) or {}
+        return write_results(out, tiny if tiny is not None else tr.get("device", "cpu") == "cpu", e2e_file, sizes_file)
     tiny = (device == "cpu") if tiny is None else tiny
     if tiny:
         _say("no GPU (or --tiny): running the protocol at a tiny scale with the reference backends; "
@@ -83,18 +87,35 @@ def run(out: str, stages=STAGES, tiny: bool | None = None, device=None) -> str:
             args += ["--model", "vit_micro_patch4_32", "--batches", "1", "4", "--iters", "5", "--only", "qvit"]
         bench_e2e.main(args)
     if "report" in stages:
-        return write_results(out, tiny)
+        return write_results(out, tiny, e2e_file, sizes_file)
     return out
 
 
-def write_results(out: str, tiny: bool) -> str:
-    """OUT/RESULTS.md and the two plots from whatever stages have run."""
+def _first(*paths):
+    return next((d for d in map(_load, paths) if d is not None), None)
+
+
+def write_results(out: str, tiny: bool, e2e_file: str | None = None, sizes_file: str | None = None) -> str:
+    """OUT/RESULTS.md and the two plots from whatever stages have run.
+
+    Reads the `qvit compare` layout (train/, study/, qat-w4a8/, qlora/, bench_e2e.json) and the gpu_run one
+    (qat-qlora/, study/ablation_from_log.json). e2e_file: a bench_e2e.json measured elsewhere (another run
+    folder); sizes_file: a `bench_e2e --sizes-only` JSON, used for the disk column and the size plot where
+    the e2e run has no size for a variant (file sizes depend only on shapes and formats)."""
     tr = _load(os.path.join(out, "train", "summary.json"))
     st = _load(os.path.join(out, "study", "study_ptq.json"))
-    e2e = _load(os.path.join(out, "bench_e2e.json"))
+    if st is not None and "ablation" not in st:
+        ab = _load(os.path.join(out, "study", "ablation_from_log.json"))
+        if ab is not None:
+            st["ablation"] = ab
+    e2e = _load(e2e_file or os.path.join(out, "bench_e2e.json"))
+    sizes = {r["variant"].split(" ")[0]: r for r in ((_load(sizes_file) or {}).get("rows", []) if sizes_file else [])
+             if r.get("keep_format") == "int8" or r["variant"].startswith("1 ")}
     qat = _load(os.path.join(out, "qat-w4a8", "summary.json"))
     qstudy = _load(os.path.join(out, "qat-w4a8", "study", "study_ptq.json"))
-    ql = _load(os.path.join(out, "qlora", "summary.json"))
+    ql = _first(os.path.join(out, "qlora", "summary.json"), os.path.join(out, "qat-qlora", "summary.json"))
+    qlstudy = _first(os.path.join(out, "qlora", "study", "study_ptq.json"),
+                     os.path.join(out, "qat-qlora", "study", "study_ptq.json"))
     lines = ["# qvit study results", ""]
     if tiny:
         lines += ["**Tiny CPU run: the protocol at toy scale with reference backends. Not a result.**", ""]
@@ -113,10 +134,14 @@ def write_results(out: str, tiny: bool) -> str:
     for k in main:
         a = (st or {}).get("variants", {}).get(k)
         s = e2e_rows.get(k.split(" ")[0])
+        if s is None and k.split(" ")[0] in sizes:
+            s = {"disk_bytes": sizes[k.split(" ")[0]]["disk_bytes"], "sizes_only": True}
         cells = [k]
         cells += [f"{a['top1']:.2f}", f"{a['top5']:.2f}", f"{a['macro_f1']:.2f}",
                   f"{a['top1'] - ref_acc['top1']:+.2f}"] if a and ref_acc else ["-"] * 4
-        if s:
+        if s and s.get("sizes_only"):
+            cells += ["-"] * 7 + [f"{s['disk_bytes'] / 2 ** 20:.1f}", "-"]
+        elif s:
             b1 = s.get("batch1", {}).get("graphed_ms") or s.get("batch1", {}).get("eager_ms")
             cells += [f"{b1[q]:.3f}" for q in ("mean", "p50", "p95", "p99")] if b1 else ["-"] * 4
             cells += [f"{s[f'batch{b}']['img_per_s']:.0f}" if f"batch{b}" in s else "-" for b in (64, 256)]
@@ -133,8 +158,15 @@ def write_results(out: str, tiny: bool) -> str:
               f"{(st or {}).get('linear_backend', '?')} linears; speed, size and memory: "
               f"{(e2e or {}).get('model', '?')} with random weights on {(e2e or {}).get('env', {}).get('card', '?')} "
               f"(batch-1 latency graphed where capturable; x bf16 = img/s at the largest batch over '{ref_name}' "
-              "in the same run). Source files: train/summary.json, study/study_ptq.json, bench_e2e.json.", ""]
-    if qat or qstudy:
+              "in the same run). Source files: train/summary.json, study/study_ptq.json, "
+              f"{os.path.relpath(e2e_file, out) if e2e_file else 'bench_e2e.json'}"
+              + (f"; disk MiB where no e2e row has it: {os.path.relpath(sizes_file, out)} (safetensors files written on "
+                 "a CPU; sizes depend only on shapes and formats)" if sizes else "") + ".", ""]
+    if not any(k[0].isdigit() for k in e2e_rows) and not tiny:
+        lines += ["**Speed columns: not measured yet.** The ViT-L/16 end-to-end benchmark "
+                  "(`profiling/bench_e2e.py`) has not completed a run with the qvit variants on a GPU; '-' means "
+                  "not measured, never zero.", ""]
+    if qat or qstudy or ql:
         lines += ["## Recovery", ""]
         if qstudy:
             v = qstudy["variants"]
@@ -144,11 +176,26 @@ def write_results(out: str, tiny: bool) -> str:
                                  f"{v[k]['top1']:.2f} ({v[k]['top1'] - ref_acc['top1']:+.2f} vs bf16 baseline)")
         if ql and "qlora" in ql:
             q = ql["qlora"]
-            lines.append(f"- QLoRA rank {ql['config']['qlora_rank']}: before merge (bitsandbytes NF4 + LoRA) top-1 "
+            lines.append(f"- QLoRA rank {ql['config']['qlora_rank']} ({ql['config']['epochs']} epochs): before merge "
+                         f"(bitsandbytes NF4 + LoRA) top-1 "
                          f"{q['before_merge']['top1']:.2f}; merged float {q['merged_float']['top1']:.2f}; re-quantized "
                          f"qvit NF4 {q['merged_nf4']['top1']:.2f}, W4A8 {q['merged_w4a8']['top1']:.2f}")
+        if qlstudy and ref_acc:
+            v = qlstudy["variants"]
+            for k in ("2 4bit+qvit-attn", "4 4bit+sdpa-noflash"):
+                if k in v:
+                    lines.append(f"- QLoRA merged model then {k}: top-1 {v[k]['top1']:.2f} "
+                                 f"({v[k]['top1'] - ref_acc['top1']:+.2f} vs bf16 baseline)")
         lines.append("")
-    pngs = _plots(out, st, e2e_rows)
+    ab = (st or {}).get("ablation")
+    if ab:
+        lines += [f"## Layerwise sensitivity ({ab['preset']} on the named layers only, the rest float; drop vs float "
+                  f"{ab['top1'].get('float', float('nan')):.2f})", "", "| quantized | top-1 | drop |", "|---|---:|---:|"]
+        lines += [f"| {k} | {t:.2f} | {ab['drop'][k]:+.2f} |" for k, t in ab["top1"].items() if k != "float"]
+        if ab.get("source"):
+            lines += ["", f"Source: {ab['source']}."]
+        lines += ["", "0.1 points is 10 test images: differences this small are at the noise level of one evaluation.", ""]
+    pngs = _plots(out, st, {**{k: {"disk_bytes": r["disk_bytes"]} for k, r in sizes.items()}, **e2e_rows})
     lines += [f"![{os.path.splitext(p)[0]}]({p})" for p in pngs]
     path = os.path.join(out, "RESULTS.md")
     with open(path, "w") as f:
