@@ -51,7 +51,7 @@ def attention_ref(q, k, v, sm_scale=None, upcast=True):
     return torch.einsum("bhij,bjhd->bihd", p.to(v.dtype), v).to(dtype)
 
 
-def quantize_qk(q, k):
+def quantize_qk_ref(q, k):
     """Per-(batch, token, head) int8 Q and smoothed K: returns q8, q_scale, k8, k_scale (float32)."""
     from qvit.kernels.quant import quantize_int8_per_token
     km = k.float().mean(dim=1, keepdim=True)  # (B, 1, H, D): softmax is invariant to a per-query shift
@@ -132,6 +132,76 @@ if triton is not None:
                  acc.to(o_ptr.dtype.element_ty), mask=mask_m[:, None])
         # log-sum-exp (natural log) per row, kept for a backward pass
         tl.store(lse_ptr + bh.to(tl.int64) * S + offs_m, (m_i + tl.math.log2(l_i)) * 0.6931471805599453, mask=mask_m)
+
+
+if triton is not None:
+
+    @triton.jit
+    def _round_half_even(x):
+        # (x + 1.5 * 2^23) - 1.5 * 2^23 rounds to the nearest integer, ties to even, as torch.round does
+        # (|x| <= 127 here; fp32 adds round to nearest even on the GPU and in the interpreter)
+        return (x + 12582912.0) - 12582912.0
+
+    @triton.jit
+    def _quant_rows(x, q8_ptr, s_ptr, rows, mask, stride_q8, offs_d, H):
+        """Per-row int8 of a (BLOCK_S, D) float32 tile: scale = amax / 127, q = round(x / scale)."""
+        scale = tl.maximum(tl.max(tl.abs(x), axis=1) / 127.0, 1.1754943508222875e-38)
+        q = tl.clamp(_round_half_even(x / scale[:, None]), -127.0, 127.0)
+        tl.store(q8_ptr + rows[:, None].to(tl.int64) * stride_q8 + offs_d[None, :], q.to(tl.int8), mask=mask[:, None])
+        tl.store(s_ptr + rows.to(tl.int64) * H, scale, mask=mask)
+
+    @triton.jit
+    def _qk_quant_kernel(q_ptr, k_ptr, q8_ptr, qs_ptr, k8_ptr, ks_ptr,
+                         sqb, sqs, sqh, skb, sks, skh, H, S,
+                         D: tl.constexpr, BLOCK_S: tl.constexpr):
+        """One program per (batch, head): K's mean over tokens (pass 1), then int8 rows of Q and of
+        K - mean (pass 2). Reads Q once and K twice (the second time mostly from L2), writes int8 + scales;
+        replaces the ~15 PyTorch kernels of `quantize_qk_ref`."""
+        bh = tl.program_id(0)
+        b = (bh // H).to(tl.int64)
+        h = (bh % H).to(tl.int64)
+        offs_s = tl.arange(0, BLOCK_S)
+        offs_d = tl.arange(0, D)
+        k_base = k_ptr + b * skb + h * skh
+        q_base = q_ptr + b * sqb + h * sqh
+        ksum = tl.zeros((D,), tl.float32)
+        for s0 in range(0, S, BLOCK_S):
+            rows = s0 + offs_s
+            kt = tl.load(k_base + rows[:, None].to(tl.int64) * sks + offs_d[None, :], mask=(rows < S)[:, None], other=0.0)
+            ksum += tl.sum(kt.to(tl.float32), axis=0)
+        kmean = ksum / S
+        out = b * S * H * D + h * D  # (B, S, H, D) contiguous outputs; scales (B, S, H)
+        sc = b * S * H + h
+        for s0 in range(0, S, BLOCK_S):
+            rows = s0 + offs_s
+            mask = rows < S
+            qt = tl.load(q_base + rows[:, None].to(tl.int64) * sqs + offs_d[None, :], mask=mask[:, None], other=0.0)
+            _quant_rows(qt.to(tl.float32), q8_ptr + out, qs_ptr + sc, rows, mask, H * D, offs_d, H)
+            kt = tl.load(k_base + rows[:, None].to(tl.int64) * sks + offs_d[None, :], mask=mask[:, None], other=0.0)
+            _quant_rows(kt.to(tl.float32) - kmean[None, :], k8_ptr + out, ks_ptr + sc, rows, mask, H * D, offs_d, H)
+
+
+def _fake_qk(q, k):
+    b, s, h, d = q.shape
+    f = q.new_empty((b, s, h), dtype=torch.float32)
+    return q.new_empty(q.shape, dtype=torch.int8), f, k.new_empty(k.shape, dtype=torch.int8), f.clone()
+
+
+@fast_custom_op("qvit::quantize_qk", _fake_qk)
+def quantize_qk(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The int8 attention path's input, in one Triton kernel: q8, q_scale, k8, k_scale as `quantize_qk_ref`
+    (int8 (B, S, H, D) contiguous, float32 (B, S, H) scales). K's mean is summed in a different order than
+    torch.mean, so a K element may land one int8 step away from the reference where it sits on a rounding
+    edge; Q matches exactly."""
+    _check_qkv(q, k, k, int8=False)
+    b, s, h, d = q.shape
+    q8, k8 = (torch.empty((b, s, h, d), dtype=torch.int8, device=q.device) for _ in range(2))
+    qs, ks = (torch.empty((b, s, h), dtype=torch.float32, device=q.device) for _ in range(2))
+    if b * s * h:
+        block = 16 if interpreting() else max(16, min(128, 8192 // d))
+        _qk_quant_kernel[(b * h,)](q, k, q8, qs, k8, ks, q.stride(0), q.stride(1), q.stride(2),
+                                   k.stride(0), k.stride(1), k.stride(2), h, s, D=d, BLOCK_S=block)
+    return q8, qs, k8, ks
 
 
 if triton is not None:

@@ -226,7 +226,7 @@ def bench_lnq(res):
 def bench_attention(res, quick):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from qvit.kernels.attention import attention_fwd, attention_int8, attention_ref, quantize_qk
+    from qvit.kernels.attention import attention_fwd, attention_int8, attention_ref, quantize_qk, quantize_qk_ref
     shapes = [(1, 197), (64, 197), (64, 577)] if quick else [(1, 197), (64, 197), (256, 197), (64, 257), (64, 577), (1, 577)]
     h, d = 16, 64
     out = []
@@ -253,7 +253,8 @@ def bench_attention(res, quick):
         provs["qvit fp16"] = lambda: attention_fwd(q, k, v, d ** -0.5)[0]
         q8, qs, k8, ks = quantize_qk(q, k)
         provs["qvit int8 QK (pre-quantized)"] = lambda: attention_int8(q8, qs, k8, ks, v, d ** -0.5)
-        provs["qvit int8 QK (+quantize in torch)"] = lambda: attention_int8(*quantize_qk(q, k), v, d ** -0.5)
+        provs["qvit int8 QK (+quantize kernel)"] = lambda: attention_int8(*quantize_qk(q, k), v, d ** -0.5)
+        provs["qvit int8 QK (+quantize in torch)"] = lambda: attention_int8(*quantize_qk_ref(q, k), v, d ** -0.5)
         for pname, fn in provs.items():
             if pname == "SDPA math" and b * s * s > 64 * 577 * 577:
                 continue

@@ -158,9 +158,14 @@ def test_attention_gpu(poison, b, s, dtype):
 
 @pytest.mark.parametrize("b,s", [(2, 197), (8, 577)])
 def test_attention_int8_gpu(poison, b, s):
-    from qvit.kernels.attention import attention_int8, attention_ref, quantize_qk
+    from qvit.kernels.attention import attention_int8, attention_ref, quantize_qk, quantize_qk_ref
     q, k, v = torch.randn(b, s, 3, 16, 64, device=DEV, dtype=torch.float16).unbind(2)
-    o = attention_int8(*quantize_qk(q, k), v, 64 ** -0.5)
+    got, ref = quantize_qk(q, k), quantize_qk_ref(q, k)
+    assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+    dk = (got[2].int() - ref[2].int()).abs()
+    assert int(dk.max()) <= 1 and float(dk.float().mean()) < 1e-2
+    assert torch.allclose(got[3], ref[3], rtol=1e-5, atol=0)
+    o = attention_int8(*got, v, 64 ** -0.5)
     cos = torch.nn.functional.cosine_similarity(o.float().flatten(), attention_ref(q, k, v).float().flatten(), 0)
     assert cos >= 0.999
 

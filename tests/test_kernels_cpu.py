@@ -143,6 +143,22 @@ def test_attention_backward_kernels_match_reference(poison, b, s, h, d):
             assert rel_err(a, r) < 4e-3, name
 
 
+@pytest.mark.parametrize("b,s,h,d", [(2, 41, 2, 32), (1, 1, 3, 16), (3, 37, 1, 64)])
+def test_quantize_qk_kernel_matches_reference(b, s, h, d):
+    """The one-kernel Q/K quantization against the PyTorch reference, on strided views of a qkv
+    tensor (as the model passes them), K with a common offset (what the smoothing removes)."""
+    from qvit.kernels.attention import quantize_qk, quantize_qk_ref
+    qkv = torch.randn(b, s, 3, h, d).half()
+    q, k = qkv[:, :, 0], qkv[:, :, 1] + 2.5
+    got, ref = quantize_qk(q, k), quantize_qk_ref(q, k)
+    assert [t.dtype for t in got] == [t.dtype for t in ref] and [t.shape for t in got] == [t.shape for t in ref]
+    assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])  # Q: same math, same order
+    # K: the mean over tokens is summed in another order: at most one int8 step, rarely
+    dk = (got[2].int() - ref[2].int()).abs()
+    assert int(dk.max()) <= 1 and float(dk.float().mean()) < 1e-2
+    assert torch.allclose(got[3], ref[3], rtol=1e-5, atol=0)
+
+
 def test_attention_int8(poison):
     from qvit.kernels.attention import attention_int8, attention_int8_ref, attention_ref, quantize_qk
     q, k, v = torch.randn(3, 2, 41, 2, 32).half().unbind(0)
