@@ -120,6 +120,31 @@ if triton is not None:
                  acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
+if triton is not None:
+
+    @triton.jit
+    def _dequant_w4_kernel(p_ptr, s_ptr, z_ptr, w_ptr, N, K, stride_pn, stride_sn, stride_wn,
+                           GROUP: tl.constexpr, MODE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        """(N, K // 2) packed -> (N, K) weight in w_ptr's dtype, the same float32 math as the reference."""
+        offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        k0 = tl.program_id(1) * BLOCK_K
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        offs_kh = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+        mask = (offs_n < N)[:, None] & (offs_k < K)[None, :]
+        p = tl.load(p_ptr + offs_n[:, None].to(tl.int64) * stride_pn + offs_kh[None, :],
+                    mask=(offs_n < N)[:, None] & (offs_kh < K // 2)[None, :], other=0)
+        u = _unpack_tile(p, MODE == 2)
+        g_ptrs = offs_n[:, None].to(tl.int64) * stride_sn + offs_k[None, :] // GROUP
+        s = tl.load(s_ptr + g_ptrs, mask=mask, other=0.0).to(tl.float32)
+        if MODE == 0:
+            w = (u - 8).to(tl.float32) * s
+        elif MODE == 1:
+            w = (u - tl.load(z_ptr + g_ptrs, mask=mask, other=0).to(tl.int32)).to(tl.float32) * s
+        else:
+            w = _nf4_decode(u) * s
+        tl.store(w_ptr + offs_n[:, None].to(tl.int64) * stride_wn + offs_k[None, :], w.to(w_ptr.dtype.element_ty), mask=mask)
+
+
 def check_packed_int4(op, x, packed, scales, bias, group_size):
     """Checks shared by the 4-bit GEMMs; returns (N, K)."""
     if packed.dtype != torch.uint8 or packed.ndim != 2:
@@ -189,3 +214,34 @@ def w4a16_linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, ze
                         x.stride(0), packed.stride(0), scales.stride(0), y.stride(0),
                         GROUP=group_size, MODE=MODES[mode], HAS_BIAS=bias is not None)
     return y
+
+
+def dequantize_w4(packed, scales, zeros, group_size: int, mode: str, dtype=torch.bfloat16) -> torch.Tensor:
+    """The whole (N, K) weight in `dtype` from its 4-bit form, in one Triton kernel; bit-exact to
+    `dequantize_int4` / `dequantize_nf4` followed by `.to(dtype)` (same float32 math, one rounding)."""
+    if triton is None:
+        raise RuntimeError("dequantize_w4: triton is not installed")
+    if mode not in MODES:
+        raise ValueError(f"dequantize_w4: mode must be one of {list(MODES)}, got {mode!r}")
+    n, k = packed.shape[0], packed.shape[1] * 2
+    if packed.device.type == "cpu" and not interpreting():
+        raise ValueError("dequantize_w4: CPU tensors need TRITON_INTERPRET=1 (or use the torch backend)")
+    w = torch.empty((n, k), dtype=dtype, device=packed.device)
+    bn, bk = (16, 32) if interpreting() else (32, 128)
+    _dequant_w4_kernel[(triton.cdiv(n, bn), triton.cdiv(k, bk))](
+        packed, scales, zeros if zeros is not None else packed, w, n, k, packed.stride(0), scales.stride(0), w.stride(0),
+        GROUP=group_size, MODE=MODES[mode], BLOCK_N=bn, BLOCK_K=bk, num_warps=4)
+    return w
+
+
+@fast_custom_op("qvit::w4a16_linear_dequant", _fake)
+def w4a16_linear_dequant(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
+                         bias: torch.Tensor | None, group_size: int, mode: str) -> torch.Tensor:
+    """The large-M alternative to the fused kernel: dequantize the weight once per call (`dequantize_w4`,
+    N x K x 2 bytes written), then one cuBLAS GEMM. Each M-tile of the fused kernel re-dequantizes the
+    weight tile it uses, which makes it ALU-bound when M spans many tiles (results/h200-gpu-2/ncu_sol.md);
+    this path pays the dequantization once. Same rounding as the fused kernel: the weight is rounded to
+    x.dtype, the products accumulate in float32 (cuBLAS)."""
+    _validate(x, packed, scales, zeros, bias, group_size, mode)
+    w = dequantize_w4(packed, scales, zeros, group_size, mode, x.dtype)
+    return torch.nn.functional.linear(x, w, bias.to(x.dtype) if bias is not None else None)

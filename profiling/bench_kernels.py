@@ -105,7 +105,7 @@ def linear_providers(x, lin, k, n):
     from qvit.kernels import quant as Q
     from qvit.kernels.layernorm_quant import layernorm_quant
     from qvit.kernels.w4a8_linear import w4a8_linear
-    from qvit.kernels.w4a16_linear import w4a16_linear
+    from qvit.kernels.w4a16_linear import w4a16_linear, w4a16_linear_dequant
     from qvit.kernels.w8a8_linear import w8a8_linear
     w = lin.weight.detach()
     bias = lin.bias.detach().float()
@@ -131,12 +131,16 @@ def linear_providers(x, lin, k, n):
     pn, an = Q.quantize_nf4(w, 64)
     pn, an = pn.view(n, k // 2), an.view(n, k // 64)
     P["qvit w4a16 nf4"] = lambda: w4a16_linear(x, pn, an, None, bias, 64, "nf4")
+    P["qvit w4a16 int4 (dequant + cuBLAS)"] = lambda: w4a16_linear_dequant(x, p4, s4, None, bias, 128, "int4-sym")
+    P["qvit w4a16 nf4 (dequant + cuBLAS)"] = lambda: w4a16_linear_dequant(x, pn, an, None, bias, 64, "nf4")
     refs = {
         "qvit w8a8 (int8 in)": (lambda: Q.int8_matmul_ref(xq, xs, wq, ws, bias, torch.float32)),
         "qvit w4a8 g128 (int8 in)": (lambda: Q.w4a8_linear_ref(x.float(), p4, s4, 128, bias)),
         "qvit w4a16 int4 g128": (lambda: Q.w4a16_linear_ref(x.float(), p4, s4, None, 128, bias)),
         "qvit w4a16 nf4": (lambda: Q.nf4_linear_ref(x.float(), pn.reshape(-1), an.reshape(-1), (n, k), 64, bias)),
     }
+    refs["qvit w4a16 int4 (dequant + cuBLAS)"] = refs["qvit w4a16 int4 g128"]
+    refs["qvit w4a16 nf4 (dequant + cuBLAS)"] = refs["qvit w4a16 nf4"]
     # peers
     try:
         import bitsandbytes as bnb

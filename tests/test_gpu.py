@@ -49,6 +49,25 @@ def test_w4a16_real_shapes(poison, m, k, n, mode):
     assert rel_err(y, ref) <= 2 * torch_err + 1e-4
 
 
+@pytest.mark.parametrize("mode", ["int4-sym", "int4-asym", "nf4"])
+def test_w4a16_dequant_path_gpu(poison, mode):
+    from qvit.kernels.w4a16_linear import dequantize_w4, w4a16_linear_dequant
+    m, k, n = 197, 1024, 3072
+    x = torch.randn(m, k, device=DEV, dtype=torch.bfloat16)
+    w = torch.randn(n, k, device=DEV) * 0.02
+    b = torch.randn(n, device=DEV, dtype=torch.bfloat16)
+    if mode == "nf4":
+        p, a = Q.quantize_nf4(w, 64)
+        p, s, z, g = p.view(n, k // 2), a.view(n, k // 64), None, 64
+        wd = Q.dequantize_nf4(p.reshape(-1), s.reshape(-1), (n, k), 64)
+    else:
+        p, s, z = Q.quantize_int4(w, 128, mode == "int4-sym")
+        g, wd = 128, Q.dequantize_int4(p, s, z, 128)
+    assert torch.equal(dequantize_w4(p, s, z, g, mode, torch.bfloat16), wd.bfloat16())
+    y = w4a16_linear_dequant(x, p, s, z, b, g, mode)
+    assert torch.equal(y, torch.nn.functional.linear(x, wd.bfloat16(), b))
+
+
 @pytest.mark.parametrize("k,n", SHAPES[:4])
 @pytest.mark.parametrize("m", [1, 197, 197 * 64])
 def test_w4a8_real_shapes(poison, m, k, n):

@@ -76,6 +76,25 @@ def test_w4a16(poison, mode, group, m, n):
     assert rel_err(y, ref) <= 2 * torch_err + 2 ** -11
 
 
+@pytest.mark.parametrize("mode,group", [("int4-sym", 32), ("int4-asym", 64), ("nf4", 64)])
+def test_dequantize_w4_is_bit_exact(mode, group):
+    from qvit.kernels.w4a16_linear import dequantize_w4, w4a16_linear_dequant
+    n, k = 37, 192  # N not a multiple of the tile, K of three 64-groups
+    w = torch.randn(n, k) * 0.05
+    if mode == "nf4":
+        p, a = Q.quantize_nf4(w, group)
+        p, s, z = p.view(n, k // 2), a.view(n, k // group), None
+        ref = Q.dequantize_nf4(p.reshape(-1), s.reshape(-1), (n, k), group)
+    else:
+        p, s, z = Q.quantize_int4(w, group, mode == "int4-sym")
+        ref = Q.dequantize_int4(p, s, z, group)
+    got = dequantize_w4(p, s, z, group, mode, torch.float16)
+    assert torch.equal(got, ref.half())
+    x, b = torch.randn(5, k).half(), torch.randn(n).half()
+    y = w4a16_linear_dequant(x, p, s, z, b, group, mode)
+    assert rel_err(y, x.float() @ ref.half().float().t() + b.float()) < 2 ** -9
+
+
 def test_nf4_decode_matches_the_code_table(poison):
     """Every one of the 16 nibbles, in both positions of a byte, decodes to NF4_CODE exactly: x = I picks
     single weights out of the GEMM (fp32 code * absmax 1 -> fp16, the only rounding)."""
