@@ -38,18 +38,28 @@ if triton is not None:
 
     def _configs():
         if interpreting():
-            return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32, "SPLIT_K": 1}, num_warps=4, num_stages=1)]
+            return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32, "SPLIT_K": 1, "SWAP_AB": False},
+                                  num_warps=4, num_stages=1)]
         cfgs = []
         for bm, bn, bk, w, s in [(16, 64, 128, 4, 4), (32, 64, 128, 4, 4), (64, 64, 64, 4, 4), (64, 128, 64, 4, 4),
                                  (128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (128, 128, 128, 8, 3), (64, 256, 64, 8, 3),
                                  (64, 32, 128, 4, 4), (128, 64, 128, 4, 3), (128, 128, 64, 4, 4)]:
-            cfgs.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": 1}, num_warps=w, num_stages=s))
+            cfgs.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": 1, "SWAP_AB": False},
+                                      num_warps=w, num_stages=s))
+        # swapped operands: the dequantized weight tile is the MMA's register operand; BLOCK_N is the MMA's
+        # M side. BLOCK_M = 256 covers a whole batch-1 ViT sequence (197 tokens): each weight tile is then
+        # dequantized once instead of once per M-tile (ncu: the unswapped kernel ran 64 CTAs at M=197)
+        for bm, bn, bk, w, s in [(256, 64, 64, 4, 3), (256, 64, 128, 8, 3), (128, 64, 128, 4, 4), (64, 64, 128, 4, 4),
+                                 (256, 128, 64, 8, 3), (128, 128, 64, 4, 4), (32, 64, 128, 4, 4)]:
+            cfgs.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": 1, "SWAP_AB": True},
+                                      num_warps=w, num_stages=s))
         return cfgs
 
     def _prune(configs, named_args, **kwargs):
         m, g = named_args["M"], kwargs.get("GROUP", named_args.get("GROUP"))
         out = [c for c in configs if g % c.kwargs["BLOCK_K"] == 0 and c.kwargs["BLOCK_M"] <= 2 * max(m, 16)]
-        return out or [triton.Config({"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 32, "SPLIT_K": 1}, num_warps=4)]
+        return out or [triton.Config({"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 32, "SPLIT_K": 1, "SWAP_AB": False},
+                                     num_warps=4)]
 
     @triton.jit
     def _unpack_tile(p, NIBBLE_HI_FIRST: tl.constexpr):
@@ -85,7 +95,10 @@ if triton is not None:
     def _w4a16_kernel(x_ptr, p_ptr, s_ptr, z_ptr, code_ptr, b_ptr, y_ptr, M, N, K,
                       stride_xm, stride_pn, stride_sn, stride_ym,
                       GROUP: tl.constexpr, MODE: tl.constexpr, HAS_BIAS: tl.constexpr,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+                      SWAP_AB: tl.constexpr):
+        """SWAP_AB=False: acc (BM, BN) = x @ dequant(w)^T; SWAP_AB=True: acc (BN, BM) = dequant(w) @ x^T (the
+        dequantized tile feeds the MMA from registers), stored transposed. Same products, float32 sums."""
         tl.static_assert(GROUP % BLOCK_K == 0)
         pid_m = tl.program_id(0)
         pid_n = tl.program_id(1)
@@ -95,11 +108,14 @@ if triton is not None:
         offs_kh = tl.arange(0, BLOCK_K // 2)
         mask_m = offs_m < M
         mask_n = offs_n < N
-        x_ptrs = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm + offs_k[None, :]
+        if SWAP_AB:
+            x_ptrs = x_ptr + offs_m[None, :].to(tl.int64) * stride_xm + offs_k[:, None]  # x^T tile (BK, BM)
+            acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+        else:
+            x_ptrs = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm + offs_k[None, :]
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         p_ptrs = p_ptr + offs_n[:, None].to(tl.int64) * stride_pn + offs_kh[None, :]
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
-            a = tl.load(x_ptrs, mask=mask_m[:, None], other=0.0)
             p = tl.load(p_ptrs, mask=mask_n[:, None], other=0)
             u = _unpack_tile(p, MODE == 2)
             g = k0 // GROUP
@@ -111,13 +127,25 @@ if triton is not None:
                 w = (u - z[:, None]).to(tl.float32) * s[:, None]
             else:
                 w = _nf4_decode(u) * s[:, None]
-            acc = tl.dot(a, tl.trans(w.to(x_ptr.dtype.element_ty)), acc)
+            w = w.to(x_ptr.dtype.element_ty)
+            if SWAP_AB:
+                a = tl.load(x_ptrs, mask=mask_m[None, :], other=0.0)
+                acc = tl.dot(w, a, acc)
+            else:
+                a = tl.load(x_ptrs, mask=mask_m[:, None], other=0.0)
+                acc = tl.dot(a, tl.trans(w), acc)
             x_ptrs += BLOCK_K
             p_ptrs += BLOCK_K // 2
-        if HAS_BIAS:
-            acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-        tl.store(y_ptr + offs_m[:, None].to(tl.int64) * stride_ym + offs_n[None, :],
-                 acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+        if SWAP_AB:
+            if HAS_BIAS:
+                acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[:, None]
+            tl.store(y_ptr + offs_m[None, :].to(tl.int64) * stride_ym + offs_n[:, None],
+                     acc.to(y_ptr.dtype.element_ty), mask=mask_n[:, None] & mask_m[None, :])
+        else:
+            if HAS_BIAS:
+                acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+            tl.store(y_ptr + offs_m[:, None].to(tl.int64) * stride_ym + offs_n[None, :],
+                     acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
 if triton is not None:

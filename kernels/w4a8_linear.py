@@ -31,17 +31,27 @@ if triton is not None:
 
     def _configs():
         if interpreting():
-            return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32, "GROUP_M": 4}, num_warps=4, num_stages=1)]
-        return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
+            return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32, "GROUP_M": 4, "SWAP_AB": False},
+                                  num_warps=4, num_stages=1)]
+        cfgs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "SWAP_AB": False},
+                              num_warps=w, num_stages=s)
                 for bm, bn, bk, w, s in [(128, 256, 128, 8, 3), (128, 128, 128, 8, 4), (128, 128, 128, 4, 4),
                                          (64, 128, 128, 4, 4), (128, 64, 128, 4, 4), (64, 64, 128, 4, 4),
                                          (128, 256, 64, 8, 4), (32, 64, 128, 4, 4), (128, 128, 64, 4, 4),
                                          (256, 128, 64, 8, 3), (64, 256, 128, 8, 3)]]
+        # swapped: the expanded int8 weight tile is the MMA's register operand (A), the activations are
+        # streamed as B; BLOCK_N is then the MMA's M side (multiple of 64 for wgmma)
+        cfgs += [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "SWAP_AB": True},
+                               num_warps=w, num_stages=s)
+                 for bm, bn, bk, w, s in [(128, 128, 128, 4, 4), (256, 128, 128, 8, 3), (128, 256, 128, 8, 3),
+                                          (64, 128, 128, 4, 4), (32, 128, 128, 4, 4), (128, 64, 128, 4, 4)]]
+        return cfgs
 
     def _prune(configs, named_args, **kwargs):
         m, g = named_args["M"], kwargs.get("GROUP", named_args.get("GROUP"))
         out = [c for c in configs if g % c.kwargs["BLOCK_K"] == 0 and c.kwargs["BLOCK_M"] <= 2 * max(m, 16)]
-        return out or [triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_warps=4)]
+        return out or [triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8, "SWAP_AB": False},
+                                     num_warps=4)]
 
     @triton.autotune(configs=_configs(), key=["M", "N", "K", "GROUP"],
                      prune_configs_by={"early_config_prune": _prune})
@@ -49,7 +59,11 @@ if triton is not None:
     def _w4a8_kernel(x_ptr, xs_ptr, p_ptr, s_ptr, b_ptr, y_ptr, M, N, K,
                      stride_xm, stride_pn, stride_sn, stride_ym,
                      GROUP: tl.constexpr, HAS_BIAS: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+                     SWAP_AB: tl.constexpr):
+        """SWAP_AB=False: acc (BM, BN) = x (BM, BK) @ w^T. SWAP_AB=True: acc (BN, BM) = w (BN, BK) @ x^T, so
+        the weight expanded in registers feeds the MMA directly instead of being staged through shared
+        memory; the epilogue stores the transposed tile. Same integer sums, same float32 epilogue."""
         tl.static_assert(GROUP % BLOCK_K == 0)
         pid = tl.program_id(0)
         num_pid_m = tl.cdiv(M, BLOCK_M)
@@ -65,27 +79,47 @@ if triton is not None:
         offs_kh = tl.arange(0, BLOCK_K // 2)
         mask_m = offs_m < M
         mask_n = offs_n < N
-        x_ptrs = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm + offs_k[None, :]
         p_ptrs = p_ptr + offs_n[:, None].to(tl.int64) * stride_pn + offs_kh[None, :]
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        iacc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+        if SWAP_AB:
+            x_ptrs = x_ptr + offs_m[None, :].to(tl.int64) * stride_xm + offs_k[:, None]  # x^T tile (BK, BM)
+            acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+            iacc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.int32)
+        else:
+            x_ptrs = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm + offs_k[None, :]
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            iacc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
         for k0 in range(0, K, BLOCK_K):
-            a = tl.load(x_ptrs, mask=mask_m[:, None], other=0)
             p = tl.load(p_ptrs, mask=mask_n[:, None], other=0)
             w = (_unpack_tile(p, False) - 8).to(tl.int8)
-            iacc = tl.dot(a, tl.trans(w), iacc, out_dtype=tl.int32)
+            if SWAP_AB:
+                a = tl.load(x_ptrs, mask=mask_m[None, :], other=0)
+                iacc = tl.dot(w, a, iacc, out_dtype=tl.int32)
+            else:
+                a = tl.load(x_ptrs, mask=mask_m[:, None], other=0)
+                iacc = tl.dot(a, tl.trans(w), iacc, out_dtype=tl.int32)
             if (k0 + BLOCK_K) % GROUP == 0:
                 s = tl.load(s_ptr + offs_n.to(tl.int64) * stride_sn + k0 // GROUP, mask=mask_n, other=0.0)
-                acc += iacc.to(tl.float32) * s.to(tl.float32)[None, :]
-                iacc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+                if SWAP_AB:
+                    acc += iacc.to(tl.float32) * s.to(tl.float32)[:, None]
+                    iacc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.int32)
+                else:
+                    acc += iacc.to(tl.float32) * s.to(tl.float32)[None, :]
+                    iacc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
             x_ptrs += BLOCK_K
             p_ptrs += BLOCK_K // 2
         xs = tl.load(xs_ptr + offs_m, mask=mask_m, other=0.0)
-        y = acc * xs[:, None]
-        if HAS_BIAS:
-            y += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-        tl.store(y_ptr + offs_m[:, None].to(tl.int64) * stride_ym + offs_n[None, :],
-                 y.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+        if SWAP_AB:
+            y = acc * xs[None, :]
+            if HAS_BIAS:
+                y += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[:, None]
+            tl.store(y_ptr + offs_m[None, :].to(tl.int64) * stride_ym + offs_n[:, None],
+                     y.to(y_ptr.dtype.element_ty), mask=mask_n[:, None] & mask_m[None, :])
+        else:
+            y = acc * xs[:, None]
+            if HAS_BIAS:
+                y += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+            tl.store(y_ptr + offs_m[:, None].to(tl.int64) * stride_ym + offs_n[None, :],
+                     y.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
 def _fake(xq, x_scale, packed, scales, bias, group_size, out_dtype=torch.float16):

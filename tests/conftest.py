@@ -47,3 +47,16 @@ def rel_err(y, ref):
     y, ref = y.double(), ref.double()
     assert torch.isfinite(y).all(), "output holds NaN/Inf (unwritten or overflowed elements)"
     return float((y - ref).norm() / ref.norm())
+
+
+def pin_config(monkeypatch, kernel, config=None, **overrides):
+    """Make an autotuned Triton kernel run exactly one config (`config`, default its first) with
+    `overrides` applied (e.g. the swapped-operand variant), whatever it would have picked: tests reach
+    every code path the autotuner may choose on a GPU."""
+    import triton
+    c = config if config is not None else kernel.configs[0]
+    cfg = triton.Config({**c.kwargs, **overrides}, num_warps=c.num_warps, num_stages=c.num_stages)
+    monkeypatch.setattr(kernel, "configs", [cfg])
+    monkeypatch.setattr(kernel, "cache", {})
+    if getattr(kernel, "early_config_prune", None) is not None:
+        monkeypatch.setattr(kernel, "early_config_prune", None)

@@ -3,7 +3,7 @@ the bitsandbytes NF4 conversion on bitsandbytes' own GPU quantizer. Skipped with
 import pytest
 import torch
 
-from conftest import rel_err
+from conftest import pin_config, rel_err
 from qvit.kernels import quant as Q
 
 pytestmark = pytest.mark.gpu
@@ -78,6 +78,46 @@ def test_w4a8_real_shapes(poison, m, k, n):
     xq, xs = Q.quantize_int8_per_token(x)
     y = w4a8_linear(xq, xs, p, s, None, 128, torch.float32)
     torch.testing.assert_close(y, Q.w4a8_linear_ref(x, p, s, 128), rtol=1e-4, atol=1e-4)
+
+
+def _swapped(kernel):
+    return [c for c in kernel.configs if c.kwargs.get("SWAP_AB")]
+
+
+@pytest.mark.parametrize("idx", range(6))
+def test_w4a8_swapped_configs_gpu(poison, monkeypatch, idx):
+    """Every swapped-operand config the autotuner may pick compiles on this GPU and is exact (M = 300:
+    a partial tile on both sides)."""
+    from qvit.kernels.w4a8_linear import _w4a8_kernel, w4a8_linear
+    cfgs = _swapped(_w4a8_kernel)
+    if idx >= len(cfgs):
+        pytest.skip("fewer swapped configs")
+    pin_config(monkeypatch, _w4a8_kernel, cfgs[idx])
+    m, k, n = 300, 1024, 3072 - 64
+    x, w = torch.randn(m, k, device=DEV), torch.randn(n, k, device=DEV) * 0.02
+    p, s, _ = Q.quantize_int4(w, 128, True)
+    xq, xs = Q.quantize_int8_per_token(x)
+    b = torch.randn(n, device=DEV)
+    y = w4a8_linear(xq, xs, p, s, b, 128, torch.float32)
+    torch.testing.assert_close(y, Q.w4a8_linear_ref(x, p, s, 128, b), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("idx", range(7))
+def test_w4a16_swapped_configs_gpu(poison, monkeypatch, idx):
+    from qvit.kernels.w4a16_linear import _w4a16_kernel, w4a16_linear
+    cfgs = _swapped(_w4a16_kernel)
+    if idx >= len(cfgs):
+        pytest.skip("fewer swapped configs")
+    pin_config(monkeypatch, _w4a16_kernel, cfgs[idx])
+    m, k, n = 197, 1024, 3072 - 64
+    x = torch.randn(m, k, device=DEV, dtype=torch.bfloat16)
+    w = torch.randn(n, k, device=DEV) * 0.02
+    b = torch.randn(n, device=DEV, dtype=torch.bfloat16)
+    p, a = Q.quantize_nf4(w, 64)
+    y = w4a16_linear(x, p.view(n, k // 2), a.view(n, k // 64), None, b, 64, "nf4")
+    wd = Q.dequantize_nf4(p, a, (n, k), 64)
+    ref = x.float() @ wd.t() + b.float()
+    assert rel_err(y, ref) <= 2 * rel_err(torch.nn.functional.linear(x, wd.bfloat16(), b), ref) + 1e-4
 
 
 @pytest.mark.parametrize("m,k", [(197, 1024), (197 * 64, 1024), (197 * 64, 4096), (7, 72)])

@@ -3,7 +3,7 @@ interpreter computes bf16 wrong), fresh random inputs, outputs poisoned before t
 import pytest
 import torch
 
-from conftest import rel_err, requires_interp
+from conftest import pin_config, rel_err, requires_interp
 from qvit.kernels import quant as Q
 
 pytestmark = requires_interp
@@ -55,8 +55,10 @@ def test_layernorm_quant(poison, m, k, norm, dtype):
 
 @pytest.mark.parametrize("mode,group", [("int4-sym", 32), ("int4-sym", 64), ("int4-asym", 64), ("nf4", 64)])
 @pytest.mark.parametrize("m,n", [(1, 16), (21, 40)])
-def test_w4a16(poison, mode, group, m, n):
-    from qvit.kernels.w4a16_linear import w4a16_linear
+@pytest.mark.parametrize("swap", [False, True])
+def test_w4a16(poison, monkeypatch, mode, group, m, n, swap):
+    from qvit.kernels.w4a16_linear import _w4a16_kernel, w4a16_linear
+    pin_config(monkeypatch, _w4a16_kernel, SWAP_AB=swap)
     k = 128
     x = torch.randn(m, k).half()
     w = torch.randn(n, k) * 0.05
@@ -107,9 +109,11 @@ def test_nf4_decode_matches_the_code_table(poison):
     assert torch.equal(y.t(), Q.NF4_CODE[u.long()].half())
 
 
+@pytest.mark.parametrize("swap", [False, True])
 @pytest.mark.parametrize("group", [32, 64, 128])
-def test_w4a8_exact_integer_groups(poison, group):
-    from qvit.kernels.w4a8_linear import w4a8_linear
+def test_w4a8_exact_integer_groups(poison, monkeypatch, group, swap):
+    from qvit.kernels.w4a8_linear import _w4a8_kernel, w4a8_linear
+    pin_config(monkeypatch, _w4a8_kernel, SWAP_AB=swap)
     m, k, n = 17, 256, 24
     x, w = torch.randn(m, k), torch.randn(n, k) * 0.05
     p, s, _ = Q.quantize_int4(w, group, True)
