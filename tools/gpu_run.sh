@@ -22,6 +22,14 @@ mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 [ -d .gpu/peers ] && export PYTHONPATH="$PWD/.gpu/peers${PYTHONPATH:+:$PYTHONPATH}"
 steps=${QVIT_GPU_STEPS:-install tests bench}
+# Triton autotuning decisions persist between machines: each run starts from tools/triton-autotune.tgz
+# (committed from an earlier run on the same kind of card: Triton keys every entry by its version, the
+# target, the kernel's source and the shape, so a changed kernel re-tunes) and leaves the decisions it
+# made, old and new, in OUT_DIR/triton-autotune.tgz
+export TRITON_CACHE_AUTOTUNING=${TRITON_CACHE_AUTOTUNING:-1}
+tcache=${TRITON_CACHE_DIR:-$HOME/.triton/cache}
+mkdir -p "$tcache"
+[ -f tools/triton-autotune.tgz ] && tar xzf tools/triton-autotune.tgz -C "$tcache" 2>/dev/null
 py=${PYTHON:-python3}
 declare -A rc
 t_install=0
@@ -101,6 +109,7 @@ for step in $steps; do
     *) echo "unknown step $step (install tests bench train study qat e2e attr ncu)"; exit 2 ;;
   esac
 done
+(cd "$tcache" && find . -name '*.autotune.json' | tar czf - -T - ) > "$out/triton-autotune.tgz" 2>/dev/null
 # what is left: the fp32 model of the train step (kept above for the study/qat steps) as bf16 too
 to_bf16 "$out"/*/model.safetensors
 $py - "$out" "$t_install" "${rc[install]:-}" "${rc[tests]:-}" "${rc[bench]:-}" "${rc[train]:-}" "${rc[study]:-}" "${rc[qat]:-}" "${rc[e2e]:-}" "${rc[attr]:-}" "${rc[ncu]:-}" <<'PY'
