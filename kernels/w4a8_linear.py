@@ -1,6 +1,7 @@
 """W4A8 linear: symmetric int4 weights expanded to int8 in registers, int8 tensor cores.
 
     y[m, n] = x_scale[m] * sum_g scales[n, g] * (sum_{k in g} xq[m, k] * (u[n, k] - 8))  (+ bias[n])
+              (-> gelu) (+ residual[m, n])      (the W8A8 kernel's epilogue)
 
 The inner sums are exact int32 MMAs over one group; each group's partial sum is scaled by its
 fp16 scale and accumulated in float32 (QServe-style "expand to int8, keep the tensor cores").
@@ -23,6 +24,7 @@ try:
     import triton
     import triton.language as tl
     from qvit.kernels.w4a16_linear import _unpack_tile, check_packed_int4
+    from qvit.kernels.w8a8_linear import _gelu_erf
 except ImportError:
     triton = None
 
@@ -53,12 +55,12 @@ if triton is not None:
         return out or [triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8, "SWAP_AB": False},
                                      num_warps=4)]
 
-    @triton.autotune(configs=_configs(), key=["M", "N", "K", "GROUP"],
+    @triton.autotune(configs=_configs(), key=["M", "N", "K", "GROUP", "GELU", "HAS_RES"],
                      prune_configs_by={"early_config_prune": _prune})
     @triton.jit
-    def _w4a8_kernel(x_ptr, xs_ptr, p_ptr, s_ptr, b_ptr, y_ptr, M, N, K,
-                     stride_xm, stride_pn, stride_sn, stride_ym,
-                     GROUP: tl.constexpr, HAS_BIAS: tl.constexpr,
+    def _w4a8_kernel(x_ptr, xs_ptr, p_ptr, s_ptr, b_ptr, r_ptr, y_ptr, M, N, K,
+                     stride_xm, stride_pn, stride_sn, stride_rm, stride_ym,
+                     GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, GELU: tl.constexpr, HAS_RES: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
                      SWAP_AB: tl.constexpr):
         """SWAP_AB=False: acc (BM, BN) = x (BM, BK) @ w^T. SWAP_AB=True: acc (BN, BM) = w (BN, BK) @ x^T, so
@@ -108,28 +110,42 @@ if triton is not None:
             x_ptrs += BLOCK_K
             p_ptrs += BLOCK_K // 2
         xs = tl.load(xs_ptr + offs_m, mask=mask_m, other=0.0)
-        if SWAP_AB:
+        if SWAP_AB:  # tile (BN, BM): element [j, i] is y[m_i, n_j]
             y = acc * xs[None, :]
             if HAS_BIAS:
                 y += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[:, None]
-            tl.store(y_ptr + offs_m[None, :].to(tl.int64) * stride_ym + offs_n[:, None],
-                     y.to(y_ptr.dtype.element_ty), mask=mask_n[:, None] & mask_m[None, :])
+            if GELU:
+                y = _gelu_erf(y)
+            mask = mask_n[:, None] & mask_m[None, :]
+            if HAS_RES:
+                y += tl.load(r_ptr + offs_m[None, :].to(tl.int64) * stride_rm + offs_n[:, None], mask=mask,
+                             other=0.0).to(tl.float32)
+            tl.store(y_ptr + offs_m[None, :].to(tl.int64) * stride_ym + offs_n[:, None], y.to(y_ptr.dtype.element_ty),
+                     mask=mask)
         else:
             y = acc * xs[:, None]
             if HAS_BIAS:
                 y += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-            tl.store(y_ptr + offs_m[:, None].to(tl.int64) * stride_ym + offs_n[None, :],
-                     y.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+            if GELU:
+                y = _gelu_erf(y)
+            mask = mask_m[:, None] & mask_n[None, :]
+            if HAS_RES:
+                y += tl.load(r_ptr + offs_m[:, None].to(tl.int64) * stride_rm + offs_n[None, :], mask=mask,
+                             other=0.0).to(tl.float32)
+            tl.store(y_ptr + offs_m[:, None].to(tl.int64) * stride_ym + offs_n[None, :], y.to(y_ptr.dtype.element_ty),
+                     mask=mask)
 
 
-def _fake(xq, x_scale, packed, scales, bias, group_size, out_dtype=torch.float16):
+def _fake(xq, x_scale, packed, scales, bias, group_size, out_dtype=torch.float16, residual=None, gelu=False):
     return xq.new_empty((xq.shape[0], packed.shape[0]), dtype=out_dtype)
 
 
 @fast_custom_op("qvit::w4a8_linear", _fake)
 def w4a8_linear(xq: torch.Tensor, x_scale: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor,
-                bias: torch.Tensor | None, group_size: int, out_dtype: torch.dtype = torch.float16) -> torch.Tensor:
-    """y = x_scale * sum_g scales_g * (xq . (u - 8))_g (+ bias); see the module docstring."""
+                bias: torch.Tensor | None, group_size: int, out_dtype: torch.dtype = torch.float16,
+                residual: torch.Tensor | None = None, gelu: bool = False) -> torch.Tensor:
+    """y = x_scale * sum_g scales_g * (xq . (u - 8))_g (+ bias) (-> gelu) (+ residual); see the module
+    docstring. The epilogue runs in float32 and rounds once, as the W8A8 kernel's."""
     if triton is None:
         raise RuntimeError("w4a8_linear: triton is not installed")
     if xq.dtype != torch.int8 or xq.ndim != 2:
@@ -140,9 +156,14 @@ def w4a8_linear(xq: torch.Tensor, x_scale: torch.Tensor, packed: torch.Tensor, s
     m = xq.shape[0]
     if xq.stride(1) != 1 or not packed.is_contiguous() or not scales.is_contiguous():
         raise ValueError("w4a8_linear: xq must be K-contiguous; packed and scales contiguous")
+    if residual is not None and (residual.shape != (m, n) or residual.stride(1) != 1 or residual.device != xq.device):
+        raise ValueError(f"w4a8_linear: residual must be ({m}, {n}) with unit column stride on {xq.device}, got "
+                         f"{tuple(residual.shape)} stride {residual.stride()} on {residual.device}")
     y = torch.empty((m, n), dtype=out_dtype, device=xq.device)
     grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
-    _w4a8_kernel[grid](xq, x_scale, packed, scales, bias if bias is not None else scales, y, m, n, k,
-                       xq.stride(0), packed.stride(0), scales.stride(0), y.stride(0),
-                       GROUP=group_size, HAS_BIAS=bias is not None)
+    _w4a8_kernel[grid](xq, x_scale, packed, scales, bias if bias is not None else scales,
+                       residual if residual is not None else y, y, m, n, k,
+                       xq.stride(0), packed.stride(0), scales.stride(0),
+                       residual.stride(0) if residual is not None else 0, y.stride(0),
+                       GROUP=group_size, HAS_BIAS=bias is not None, GELU=gelu, HAS_RES=residual is not None)
     return y

@@ -84,6 +84,26 @@ class DropPath(nn.Module):
         return x * mask / keep
 
 
+def _linear(lin, x, gelu: bool = False, residual=None):
+    """lin(x), then GELU, then + residual. Linears that can fuse these into their GEMM's epilogue (qvit's
+    quantized modules: `fuses_epilogue`) get them as arguments; for the others PyTorch applies them, in
+    the order the unfused block always used (GELU(y), then residual + y)."""
+    if getattr(lin, "fuses_epilogue", False):
+        return lin(x, gelu=gelu, residual=residual)
+    y = lin(x)
+    if gelu:
+        y = F.gelu(y)
+    return y if residual is None else residual + y
+
+
+def _norm_into(norm, lin, x):
+    """norm(x) as the input of `lin`; a quantized int8-input linear may instead take the LayerNorm fused
+    with its per-token quantization (one kernel, `norm_quant`), returning its pre-quantized input."""
+    fuse = getattr(lin, "norm_quant", None)
+    out = fuse(x, norm) if fuse is not None else None
+    return norm(x) if out is None else out
+
+
 def _sdpa(q, k, v, backend: AttnBackend):
     # SDPA wants (B, H, S, D); transposes are views, SDPA handles the strides.
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -118,7 +138,9 @@ class Attention(nn.Module):
         self.attn_backend: str | None = None  # None: $QVIT_ATTN / auto
         self.int8_qk = False  # quantized variants: int8 Q/K inside the fused kernel
 
-    def forward(self, x):
+    def forward(self, x, residual=None):
+        """x (B, S, C) float, or pre-quantized by `_norm_into`; residual: added to the output (fused into
+        the proj GEMM's epilogue where it can be)."""
         b, s, c = x.shape
         with range_ctx("qkv"):
             qkv = self.qkv(x).view(b, s, 3, self.num_heads, self.head_dim)
@@ -126,7 +148,7 @@ class Attention(nn.Module):
         with range_ctx("attention"):
             o = self.attend(q, k, v)
         with range_ctx("proj"):
-            return self.proj(o.reshape(b, s, c))
+            return _linear(self.proj, o.reshape(b, s, c), residual=residual)
 
     def attend(self, q, k, v):
         backend = resolve_attn_backend(self.attn_backend, q.device.type)
@@ -159,8 +181,12 @@ class Mlp(nn.Module):
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
 
-    def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
+    def forward(self, x, residual=None):
+        if type(self.act) is nn.GELU and self.act.approximate == "none":
+            h = _linear(self.fc1, x, gelu=True)  # fused into fc1's epilogue where the kernel has it
+        else:
+            h = self.act(self.fc1(x))
+        return _linear(self.fc2, h, residual=residual)
 
 
 class Block(nn.Module):
@@ -173,13 +199,23 @@ class Block(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x):
+        if self.training and self.drop_path.p > 0:
+            with range_ctx("norm1"):
+                h = self.norm1(x)
+            x = x + self.drop_path(self.attn(h))
+            with range_ctx("norm2"):
+                h = self.norm2(x)
+            with range_ctx("mlp"):
+                return x + self.drop_path(self.mlp(h))
+        # no drop path: the residual adds go into the proj / fc2 GEMMs and each LayerNorm into the next
+        # GEMM's input quantization, where the (quantized) layers can fuse them; the same math otherwise
         with range_ctx("norm1"):
-            h = self.norm1(x)
-        x = x + self.drop_path(self.attn(h))
+            h = _norm_into(self.norm1, self.attn.qkv, x)
+        x = self.attn(h, residual=x)
         with range_ctx("norm2"):
-            h = self.norm2(x)
+            h = _norm_into(self.norm2, self.mlp.fc1, x)
         with range_ctx("mlp"):
-            return x + self.drop_path(self.mlp(h))
+            return self.mlp(h, residual=x)
 
 
 class PatchEmbed(nn.Module):

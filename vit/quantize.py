@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
-from qvit.backend import Backend, BackendUnavailable, resolve_backend
+from qvit.backend import Backend, BackendUnavailable, interpreting, resolve_backend
 from qvit.kernels import quant as Q
 from qvit.vit.checkpoint import CheckpointError, atomic_write, read_state_dict
 from qvit.vit.model import Attention, ViT, ViTConfig
@@ -90,6 +90,28 @@ def _as_2d(x):
     return x.reshape(-1, x.shape[-1])
 
 
+@dataclass
+class QAct:
+    """Activations already quantized per token (by a LayerNorm fused with the quantization), handed to
+    the next int8-input linear in place of the float tensor: q int8 (M, K), scale float32 (M,), and
+    the shape / dtype / device the float activation had (the linear's output follows them)."""
+    q: torch.Tensor
+    scale: torch.Tensor
+    shape: torch.Size
+    dtype: torch.dtype
+
+    @property
+    def device(self):
+        return self.q.device
+
+
+def _finish(y, gelu, residual):
+    """The epilogue a kernel did not fuse, in PyTorch: GELU (erf form, as nn.GELU()), then the residual."""
+    if gelu:
+        y = torch.nn.functional.gelu(y)
+    return y if residual is None else residual + y
+
+
 class _QuantLinear(nn.Module):
     quant_kind = "?"
 
@@ -117,11 +139,41 @@ class _QuantLinear(nn.Module):
     def _backend(self, x) -> Backend:
         return resolve_backend(self.backend, x.device.type)
 
-    def forward(self, x):
+    # the model passes gelu= / residual= to linears that have this (qvit.vit.model._linear): fused into the
+    # GEMM's epilogue where the kernel has it, applied in PyTorch otherwise
+    fuses_epilogue = True
+    int8_input = False  # True: the input is quantized per token to int8 first (W8A8, W4A8)
+
+    def forward(self, x, gelu: bool = False, residual: torch.Tensor | None = None):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"{type(self).__name__}: input has {x.shape[-1]} features, expected {self.in_features}")
-        y = self._forward2d(_as_2d(x))
-        return y.reshape(*x.shape[:-1], self.out_features)
+        lead = tuple(x.shape[:-1])
+        if residual is not None and tuple(residual.shape) != lead + (self.out_features,):
+            raise ValueError(f"{type(self).__name__}: residual has shape {tuple(residual.shape)}, expected "
+                             f"{lead + (self.out_features,)}")
+        r2d = residual.reshape(-1, self.out_features) if residual is not None else None
+        y = self._forward2d(x if isinstance(x, QAct) else _as_2d(x), gelu, r2d)
+        return y.reshape(*lead, self.out_features)
+
+    def norm_quant(self, x, norm):
+        """LayerNorm `norm` of x fused with this layer's per-token int8 input quantization, in one kernel
+        (qvit.kernels.layernorm_quant): a QAct, or None where that does not apply (float input layer,
+        torch backend, no CUDA, grad enabled, not an affine nn.LayerNorm) and the caller runs norm(x)."""
+        if not self.int8_input or torch.is_grad_enabled() or x.dtype not in (torch.float16, torch.bfloat16):
+            return None
+        if not x.is_cuda and not interpreting():
+            return None
+        if type(norm) is not nn.LayerNorm or norm.weight is None or tuple(norm.normalized_shape) != (x.shape[-1],):
+            return None
+        backend = self._backend(x)
+        if backend is Backend.TRITON:
+            from qvit.kernels.layernorm_quant import layernorm_quant as lnq
+        elif backend is Backend.CUDA:
+            from qvit.kernels.layernorm_quant import layernorm_quant_cuda as lnq
+        else:
+            return None
+        q, scale = lnq(_as_2d(x).contiguous(), norm.weight, norm.bias, norm.eps)
+        return QAct(q, scale, x.shape, x.dtype)
 
     def layer_meta(self) -> dict:
         return {"kind": self.quant_kind, "in": self.in_features, "out": self.out_features,
@@ -155,20 +207,24 @@ class Int8Linear(_QuantLinear):
             m.bias = lin.bias.detach().float().clone()
         return m
 
-    def _forward2d(self, x):
+    int8_input = True
+
+    def _forward2d(self, x, gelu=False, residual=None):
         backend = self._backend(x)
         out_dtype = x.dtype
         if backend is Backend.CUDA:
             raise BackendUnavailable("backend 'cuda' has no W8A8 GEMM yet; use 'triton' or 'torch'")
-        xq, xs = _quantize_act(x, backend)
+        xq, xs = (x.q, x.scale) if isinstance(x, QAct) else _quantize_act(x, backend)
         if backend is Backend.TRITON:
             from qvit.kernels.w8a8_linear import w8a8_linear
-            return w8a8_linear(xq, xs, self.wq, self.w_scale, self.bias, None, False, out_dtype)
-        if x.is_cuda and x.shape[0] > 16 and self.in_features % 8 == 0 and self.out_features % 8 == 0:
+            return w8a8_linear(xq, xs, self.wq, self.w_scale, self.bias, residual, gelu, out_dtype)
+        if xq.is_cuda and xq.shape[0] > 16 and self.in_features % 8 == 0 and self.out_features % 8 == 0:
             acc = torch._int_mm(xq, self.wq.t())  # exact int32, same numbers as the float64 path
             y = acc.float() * xs[:, None] * self.w_scale
-            return (y + self.bias if self.bias is not None else y).to(out_dtype)
-        return Q.int8_matmul_ref(xq, xs, self.wq, self.w_scale, self.bias, out_dtype)
+            y = (y + self.bias if self.bias is not None else y).to(out_dtype)
+        else:
+            y = Q.int8_matmul_ref(xq, xs, self.wq, self.w_scale, self.bias, out_dtype)
+        return _finish(y, gelu, residual)
 
 
 class Int4Linear(_QuantLinear):
@@ -179,6 +235,7 @@ class Int4Linear(_QuantLinear):
         Q.check_group_size(in_features, group_size)
         self.group_size, self.symmetric, self.act = group_size, symmetric, act
         self.quant_kind = "w4a8" if act == "int8" else "w4a16"
+        self.int8_input = act == "int8"
         g = in_features // group_size
         self.register_buffer("packed", torch.zeros(out_features, in_features // 2, dtype=torch.uint8))
         self.register_buffer("scales", torch.ones(out_features, g, dtype=torch.float16))
@@ -200,21 +257,28 @@ class Int4Linear(_QuantLinear):
     def layer_meta(self):
         return {**super().layer_meta(), "group_size": self.group_size, "symmetric": self.symmetric, "act": self.act}
 
-    def _forward2d(self, x):
+    def _forward2d(self, x, gelu=False, residual=None):
         backend = self._backend(x)
         if backend is Backend.CUDA:
             raise BackendUnavailable(f"backend 'cuda' has no {self.quant_kind} GEMM yet; use 'triton' or 'torch'")
         if self.act == "int8":
             if backend is Backend.TRITON:
                 from qvit.kernels.w4a8_linear import w4a8_linear
-                xq, xs = _quantize_act(x, backend)
-                return w4a8_linear(xq, xs, self.packed, self.scales, self.bias, self.group_size, x.dtype)
-            return Q.w4a8_linear_ref(x, self.packed, self.scales, self.group_size, self.bias)
+                xq, xs = (x.q, x.scale) if isinstance(x, QAct) else _quantize_act(x, backend)
+                return w4a8_linear(xq, xs, self.packed, self.scales, self.bias, self.group_size, x.dtype, residual, gelu)
+            if isinstance(x, QAct):
+                y = Q.dequantize_int8(x.q, x.scale)
+                y = Q.w4a8_linear_ref(y, self.packed, self.scales, self.group_size, self.bias).to(x.dtype)
+            else:
+                y = Q.w4a8_linear_ref(x, self.packed, self.scales, self.group_size, self.bias)
+            return _finish(y, gelu, residual)
         if backend is Backend.TRITON and x.dtype in (torch.float16, torch.bfloat16):
             from qvit.kernels.w4a16_linear import w4a16_linear
             mode = "int4-sym" if self.symmetric else "int4-asym"
-            return w4a16_linear(x.contiguous(), self.packed, self.scales, self.zeros, self.bias, self.group_size, mode)
-        return Q.w4a16_linear_ref(x, self.packed, self.scales, self.zeros, self.group_size, self.bias)
+            y = w4a16_linear(x.contiguous(), self.packed, self.scales, self.zeros, self.bias, self.group_size, mode)
+        else:
+            y = Q.w4a16_linear_ref(x, self.packed, self.scales, self.zeros, self.group_size, self.bias)
+        return _finish(y, gelu, residual)
 
 
 class NF4Linear(_QuantLinear):
@@ -253,15 +317,17 @@ class NF4Linear(_QuantLinear):
     def layer_meta(self):
         return {**super().layer_meta(), "blocksize": self.blocksize}
 
-    def _forward2d(self, x):
+    def _forward2d(self, x, gelu=False, residual=None):
         backend = self._backend(x)
         if backend is Backend.CUDA:
             raise BackendUnavailable("backend 'cuda' has no NF4 GEMM yet; use 'triton' or 'torch'")
         if backend is Backend.TRITON and x.dtype in (torch.float16, torch.bfloat16) and self.blocksize % 32 == 0:
             from qvit.kernels.w4a16_linear import w4a16_linear
-            return w4a16_linear(x.contiguous(), self.packed, self.absmax, None, self.bias, self.blocksize, "nf4")
-        return Q.nf4_linear_ref(x, self.packed, self.absmax, (self.out_features, self.in_features),
-                                self.blocksize, self.bias)
+            y = w4a16_linear(x.contiguous(), self.packed, self.absmax, None, self.bias, self.blocksize, "nf4")
+        else:
+            y = Q.nf4_linear_ref(x, self.packed, self.absmax, (self.out_features, self.in_features),
+                                 self.blocksize, self.bias)
+        return _finish(y, gelu, residual)
 
 
 def _make(meta: dict) -> _QuantLinear:
