@@ -296,6 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--device", default=None)
+    s.add_argument("--check", type=int, default=0, metavar="N",
+                   help="no server: N requests per variant through the demo's path, compared with the benchmark "
+                        "harness's timing of the same models")
+    s.add_argument("--out", default=None, help="with --check: write the comparison JSON here")
     s.set_defaults(fn=_cmd_demo)
 
     s = sub.add_parser("predict", help="classify image files with a qvit model file (float or quantized)")

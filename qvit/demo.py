@@ -198,7 +198,48 @@ def serve(model_path: str | None = None, port: int = 8000, device: str | None = 
     return srv, demo, t
 
 
+def check(model_path: str | None = None, device: str | None = None, n: int = 100, warmup: int = 10) -> dict:
+    """Headless consistency check of the demo's numbers: each variant's batch-1 latency as the demo
+    measures it (its own request path: sample image -> normalize -> model -> logits, synchronized, wall
+    clock) against the benchmark harness's timing of the same model object on a batch-1 input
+    (`qvit.profiling.bench_e2e._time_iters`: CUDA events on a GPU). The ratio of the two medians is the
+    demo's overhead beyond the model; a ratio far from 1 means the page shows something else than what
+    the benchmark measures."""
+    from qvit.profiling.bench_e2e import _stats, _time_iters
+    demo = Demo(model_path or default_model(), device, stream_images=max(n, warmup))
+    if not demo.samples:
+        raise FileNotFoundError("demo check: no CIFAR-10 test images found (datasets/cifar10)")
+    res = {"model": os.path.basename(demo.model_path), "device": str(demo.device), "n": n, "variants": {}}
+    if demo.device.type == "cuda":
+        res["card"] = torch.cuda.get_device_name(demo.device)
+    for i in range(warmup):  # autotuning, first launches
+        demo.predict_sample(i % len(demo.samples))
+    for v in demo.variants.values():
+        v["lat"].clear()
+    for i in range(n):
+        demo.predict_sample(i % len(demo.samples))
+    for name, v in demo.variants.items():
+        pred = v["pred"]
+        x = pred.normalize(demo.samples[0][0]).to(device=pred.device, dtype=pred.dtype)
+        with torch.no_grad():
+            bench = _stats(_time_iters(lambda: pred.model(x), n, pred.device))
+        lat = sorted(v["lat"])
+        shown = {"mean": sum(lat) / len(lat), "p50": lat[len(lat) // 2], "n": len(lat)}
+        res["variants"][name] = {"demo_ms": shown, "bench_ms": bench, "ratio_p50": shown["p50"] / bench["p50"],
+                                 "backend": v["backend"]}
+        print(f"qvit demo check: {name:28s} demo p50 {shown['p50']:.3f} ms, benchmark p50 {bench['p50']:.3f} ms, "
+              f"ratio {shown['p50'] / bench['p50']:.2f}", file=sys.stderr)
+    demo.stop()
+    return res
+
+
 def main(args) -> int:
+    if getattr(args, "check", None):
+        res = check(args.model, args.device, args.check)
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(res, f, indent=1)
+        return 0
     srv, demo, t = serve(args.model, args.port, args.device, args.host)
     print(f"qvit demo: http://{args.host}:{srv.server_address[1]}/  ({demo.model_path} on {demo.device}; "
           "Ctrl-C stops)", file=sys.stderr)

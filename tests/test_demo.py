@@ -86,3 +86,17 @@ def test_page_in_headless_chromium(server, tmp_path):
     # not a blank page: the cards (white on grey), the green probability bars and text are all there
     green = ((img[..., 1] > 140) & (img[..., 0] < 110) & (img[..., 2] < 150)).sum()
     assert img.std() > 20 and green > 500
+
+
+def test_demo_check_compares_with_the_benchmark_timing(tmp_path):
+    """`qvit demo --check N`: the demo's own request path against the benchmark harness's timing of the
+    same model objects, one row per variant (on a GPU: the acceptance check; here: the plumbing)."""
+    from qvit.cli import main
+    out = tmp_path / "check.json"
+    assert main(["demo", "--check", "3", "--device", "cpu", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert set(res["variants"]) == set(VARIANTS) and res["n"] == 3
+    for r in res["variants"].values():
+        assert r["demo_ms"]["n"] == 3 and r["bench_ms"]["n"] == 3
+        assert r["demo_ms"]["p50"] > 0 and r["bench_ms"]["p50"] > 0
+        assert abs(r["ratio_p50"] - r["demo_ms"]["p50"] / r["bench_ms"]["p50"]) < 1e-9

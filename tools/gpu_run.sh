@@ -9,6 +9,7 @@
 #   (QVIT_STUDY_ARGS) | qat (QVIT_QAT_PRESET, a list of w4a8/w8a8/w4a16/nf4/qlora, QVIT_QAT_EPOCHS,
 #   QVIT_QAT_ARGS: QAT/QLoRA finetunes of the trained model + their studies)
 #   | e2e (QVIT_E2E_ARGS: profiling/bench_e2e.py, ViT-L/16 end to end against the peers)
+#   | demo (`qvit demo --check`: the demo's latencies vs the benchmark's, issue 9)
 #   | attr (QVIT_ATTR_ARGS: profiling/attribution.py) | ncu (Nsight Compute SOL of the main kernels). QVIT_BUILD_CUDA=0 skips the CUDA build (faster install).
 #   QVIT_DEADLINE (a `date +%s`): the long steps are stopped at that time so that the rest still runs.
 # Two GPUs: install once, then run one lane per GPU into its own folder (each a separate invocation with
@@ -90,6 +91,12 @@ for step in $steps; do
       # end-to-end ViT-L/16: the five variants + timm / torch.compile / bitsandbytes / torchao, one run
       $(lim) $py -m qvit.profiling.bench_e2e --out "$out" ${QVIT_E2E_ARGS:-} 2>&1 | tee "$out/e2e.log" | grep -E "bench_e2e:|Error" | tail -20
       rc[e2e]=${PIPESTATUS[0]} ;;
+    demo)
+      # issue 9: the demo's batch-1 latencies (its own request path) against the benchmark harness's timing
+      # of the same models, on the committed CIFAR-10 baseline unless QVIT_DEMO_MODEL says otherwise
+      $(lim) $py -m qvit.cli demo --check ${QVIT_DEMO_N:-200} --out "$out/demo_check.json" \
+        --model "${QVIT_DEMO_MODEL:-results/h200-train-3/train/model-bf16.safetensors}" 2>&1 | tee "$out/demo_check.log" | tail -8
+      rc[demo]=${PIPESTATUS[0]} ;;
     attr)
       # per-kernel attribution of the variants (torch.profiler, NVTX ranges, categories, launch gaps)
       $(lim) $py -m qvit.profiling.attribution --out "$out/attribution" ${QVIT_ATTR_ARGS:-} 2>&1 | tee "$out/attribution.log" | tail -14
@@ -106,17 +113,18 @@ for step in $steps; do
     bench)
       $(lim) $py -m qvit.profiling.bench_kernels --out "$out" ${QVIT_BENCH_ARGS:-} 2>&1 | tee "$out/bench.log" | tail -60
       rc[bench]=${PIPESTATUS[0]} ;;
-    *) echo "unknown step $step (install tests bench train study qat e2e attr ncu)"; exit 2 ;;
+    *) echo "unknown step $step (install tests bench train study qat e2e demo attr ncu)"; exit 2 ;;
   esac
 done
 (cd "$tcache" && find . -name '*.autotune.json' | tar czf - -T - ) > "$out/triton-autotune.tgz" 2>/dev/null
 # what is left: the fp32 model of the train step (kept above for the study/qat steps) as bf16 too
 to_bf16 "$out"/*/model.safetensors
-$py - "$out" "$t_install" "${rc[install]:-}" "${rc[tests]:-}" "${rc[bench]:-}" "${rc[train]:-}" "${rc[study]:-}" "${rc[qat]:-}" "${rc[e2e]:-}" "${rc[attr]:-}" "${rc[ncu]:-}" <<'PY'
+$py - "$out" "$t_install" "${rc[install]:-}" "${rc[tests]:-}" "${rc[bench]:-}" "${rc[train]:-}" "${rc[study]:-}" "${rc[qat]:-}" "${rc[e2e]:-}" "${rc[attr]:-}" "${rc[ncu]:-}" "${rc[demo]:-}" <<'PY'
 import json, os, sys, xml.etree.ElementTree as ET
-out, t_install, rc_i, rc_t, rc_b, rc_tr, rc_st, rc_q, rc_e, rc_a, rc_n = sys.argv[1:]
+out, t_install, rc_i, rc_t, rc_b, rc_tr, rc_st, rc_q, rc_e, rc_a, rc_n, rc_d = sys.argv[1:]
 s = {"install_rc": rc_i or None, "install_seconds": int(t_install), "tests_rc": rc_t or None, "bench_rc": rc_b or None,
-     "train_rc": rc_tr or None, "study_rc": rc_st or None, "qat_rc": rc_q or None, "e2e_rc": rc_e or None, "attr_rc": rc_a or None, "ncu_rc": rc_n or None}
+     "train_rc": rc_tr or None, "study_rc": rc_st or None, "qat_rc": rc_q or None, "e2e_rc": rc_e or None, "attr_rc": rc_a or None, "ncu_rc": rc_n or None,
+     "demo_rc": rc_d or None}
 try:
     import torch
     s.update(card=torch.cuda.get_device_name(0), torch=torch.__version__, cuda=torch.version.cuda)
@@ -138,7 +146,7 @@ if os.path.exists(x):
     s["tests"]["passed"] = s["tests"]["tests"] - s["tests"]["failures"] - s["tests"]["errors"] - s["tests"]["skipped"]
     s["failed_tests"] = [f"{c.get('classname')}::{c.get('name')}" for c in ts.iter("testcase")
                          if c.find("failure") is not None or c.find("error") is not None]
-s["passed"] = all(v in (None, "", "0") for v in (rc_i, rc_t, rc_b, rc_tr, rc_st, rc_q, rc_e, rc_a, rc_n))
+s["passed"] = all(v in (None, "", "0") for v in (rc_i, rc_t, rc_b, rc_tr, rc_st, rc_q, rc_e, rc_a, rc_n, rc_d))
 json.dump(s, open(os.path.join(out, "gpu_summary.json"), "w"), indent=1)
 print(json.dumps(s))
 PY
