@@ -79,6 +79,17 @@ def env_info():
 
 
 # ----------------------------------------------------------------------------- ceilings
+_OUT = None  # the JSON file main() writes; sections checkpoint into it after every row
+
+
+def _checkpoint(res):
+    """Write what has been measured so far: a run stopped mid-section keeps its finished rows."""
+    if _OUT is not None:
+        with open(_OUT + ".tmp", "w") as f:
+            json.dump(res, f, indent=1)
+        os.replace(_OUT + ".tmp", _OUT)
+
+
 def ceilings(res):
     n = 1 << 28  # 256M bf16 = 512 MB each way
     a = rnd(n, dtype=torch.bfloat16)
@@ -160,7 +171,7 @@ def linear_providers(x, lin, k, n):
 
 def bench_linears(res, quick):
     ms_list = [197, 12608] if quick else [197, 12608, 50432]
-    out = []
+    out = res["linears"] = []
     for name, (k, n) in VIT_L_LINEARS.items():
         lin = torch.nn.Linear(k, n).to("cuda", torch.bfloat16)
         for m in ms_list:
@@ -184,17 +195,17 @@ def bench_linears(res, quick):
                     if base:
                         entry["speedup_vs_bf16"] = base / entry["ms"]
             out.append(row)
+            _checkpoint(res)
             best = ", ".join(f"{p}={e['ms'] * 1e3:.1f}us" for p, e in row["providers"].items() if "ms" in e)
             print(f"linear {name} M={m}: {best}", flush=True)
             del x
-    res["linears"] = out
 
 
 # ----------------------------------------------------------------------------- layernorm + quant
 def bench_lnq(res):
     from qvit import _ext
     from qvit.kernels.layernorm_quant import layernorm_quant, layernorm_quant_ref
-    out = []
+    out = res["layernorm_quant"] = []
     for m, k in [(12608, 1024), (50432, 1024), (12608, 4096)]:
         x, w, b = rnd(m, k, dtype=torch.float16), rnd(k, dtype=torch.float16), rnd(k, dtype=torch.float16)
         qr, sr = layernorm_quant_ref(x, w, b)
@@ -221,9 +232,9 @@ def bench_lnq(res):
                 if "TBps" in e:
                     e["frac_of_copy"] = e["TBps"] / res["copy_TBps"]
         out.append(row)
+        _checkpoint(res)
         print(f"lnq M={m} K={k}: " + ", ".join(f"{p}={e.get('TBps', float('nan')):.2f}TB/s" for p, e in
                                                row["providers"].items()), flush=True)
-    res["layernorm_quant"] = out
 
 
 # ----------------------------------------------------------------------------- attention
@@ -233,7 +244,7 @@ def bench_attention(res, quick):
     from qvit.kernels.attention import attention_fwd, attention_int8, attention_ref, quantize_qk, quantize_qk_ref
     shapes = [(1, 197), (64, 197), (64, 577)] if quick else [(1, 197), (64, 197), (256, 197), (64, 257), (64, 577), (1, 577)]
     h, d = 16, 64
-    out = []
+    out = res["attention"] = []
     try:
         from sageattention import sageattn
     except Exception:
@@ -272,9 +283,9 @@ def bench_attention(res, quick):
                 row["providers"][pname] = {"error": f"{type(ex).__name__}: {str(ex)[:200]}"}
         row["fp16_sdpa_rel_err"] = rel_err(attention_ref(q, k, v, upcast=False), ref)
         out.append(row)
+        _checkpoint(res)
         print(f"attn B={b} S={s}: " + ", ".join(f"{p}={e['ms'] * 1e3:.1f}us" for p, e in row["providers"].items()
                                                if "ms" in e), flush=True)
-    res["attention"] = out
 
 
 def bench_attention_bwd(res, quick):
@@ -285,7 +296,7 @@ def bench_attention_bwd(res, quick):
     from qvit.kernels.attention import attention_bwd, attention_fwd
     shapes = [(64, 197)] if quick else [(1, 197), (64, 197), (64, 577)]
     h, d = 16, 64
-    out = []
+    out = res["attention_bwd"] = []
     for b, s in shapes:
         qkv = rnd(b, s, 3, h, d, dtype=torch.float16)
         q, k, v = qkv.unbind(2)
@@ -320,9 +331,9 @@ def bench_attention_bwd(res, quick):
             except Exception as ex:
                 row["providers"][pname] = {"error": f"{type(ex).__name__}: {str(ex)[:200]}"}
         out.append(row)
+        _checkpoint(res)
         print(f"attn bwd B={b} S={s}: " + ", ".join(f"{p}={e['ms'] * 1e3:.1f}us" for p, e in row["providers"].items()
                                                    if "ms" in e), flush=True)
-    res["attention_bwd"] = out
 
 
 # ----------------------------------------------------------------------------- report
@@ -408,6 +419,8 @@ def main(argv=None) -> int:
         print("bench_kernels: no CUDA device; nothing to measure", file=sys.stderr)
         return 2
     os.makedirs(args.out, exist_ok=True)
+    global _OUT
+    _OUT = os.path.join(args.out, "bench_kernels.json")
     res = {"env": env_info()}
     print(json.dumps(res["env"]), flush=True)
     torch.manual_seed(0)
