@@ -29,12 +29,15 @@ except ImportError:
     triton = None
 
 
-def layernorm_quant_ref(x, weight=None, bias=None, eps=1e-6):
-    """Plain PyTorch: float32 LayerNorm (or identity when weight is None), then per-token int8."""
+def layernorm_quant_ref(x, weight=None, bias=None, eps=1e-6, fp8: bool = False):
+    """Plain PyTorch: float32 LayerNorm (or identity when weight is None), then per-token int8 (or fp8 e4m3)."""
     h = x.float()
     if weight is not None:
         h = torch.nn.functional.layer_norm(h, (h.shape[-1],), weight.float(),
                                            None if bias is None else bias.float(), eps)
+    if fp8:
+        from qvit.kernels.quant import quantize_fp8_per_token
+        return quantize_fp8_per_token(h)
     return quantize_int8_per_token(h)
 
 
@@ -48,8 +51,20 @@ if triton is not None:
         return (x + 12582912.0) - 12582912.0
 
     @triton.jit
+    def _round_e4m3(v):
+        """v (float32, |v| <= 448) rounded to the nearest float8 e4m3 value, ties to even, in float32
+        arithmetic: step = 2^(exponent - 3) for normals (3 mantissa bits), 2^-9 below 2^-6 (subnormals).
+        The cast to float8 afterwards is then exact (Triton's interpreter rounds that cast wrongly across
+        a binade and at ties; the GPU's cvt would round correctly, and agrees with this on every value)."""
+        bits = v.to(tl.int32, bitcast=True)
+        e = ((bits >> 23) & 0xFF) - 127
+        e = tl.maximum(e, -6)
+        step = ((e - 3 + 127) << 23).to(tl.float32, bitcast=True)
+        return _round_half_even(v / step) * step
+
+    @triton.jit
     def _ln_quant_kernel(x_ptr, w_ptr, b_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm, eps,
-                         NORM: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_K: tl.constexpr,
+                         NORM: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_K: tl.constexpr, FP8: tl.constexpr,
                          ROWS: tl.constexpr):
         pid = tl.program_id(0)
         offs_k = tl.arange(0, BLOCK_K)
@@ -72,9 +87,13 @@ if triton is not None:
                 else:
                     h = x
                 h = tl.where(kmask, h, 0.0)
-                scale = tl.maximum(tl.max(tl.abs(h), axis=0) / 127.0, 1.1754943508222875e-38)
-                q = tl.clamp(_round_half_even(h / scale), -127.0, 127.0)
-                tl.store(q_ptr + row.to(tl.int64) * stride_qm + offs_k, q.to(tl.int8), mask=kmask)
+                if FP8:  # e4m3: scale = amax / 448, the cast rounds to nearest even
+                    scale = tl.maximum(tl.max(tl.abs(h), axis=0) / 448.0, 1.1754943508222875e-38)
+                    q8 = _round_e4m3(tl.clamp(h / scale, -448.0, 448.0)).to(q_ptr.dtype.element_ty)
+                else:
+                    scale = tl.maximum(tl.max(tl.abs(h), axis=0) / 127.0, 1.1754943508222875e-38)
+                    q8 = tl.clamp(_round_half_even(h / scale), -127.0, 127.0).to(tl.int8)
+                tl.store(q_ptr + row.to(tl.int64) * stride_qm + offs_k, q8, mask=kmask)
                 tl.store(s_ptr + row, scale)
 
 
@@ -117,25 +136,40 @@ def _outputs(x):
     return (torch.empty((m, k), dtype=torch.int8, device=x.device), torch.empty((m,), dtype=torch.float32, device=x.device))
 
 
-@fast_custom_op("qvit::layernorm_quant", _fake)
-def layernorm_quant(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
-                    eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
-    """(M, K) float -> (q int8 (M, K), scale float32 (M,)); LayerNorm first when weight is given."""
+def _launch(x, weight, bias, eps, qdtype):
     _validate(x, weight, bias)
     m, k = x.shape
-    q, s = _outputs(x)
+    q = torch.empty((m, k), dtype=qdtype, device=x.device)
+    s = torch.empty((m,), dtype=torch.float32, device=x.device)
     if m == 0:
         return q, s
     block_k = triton.next_power_of_2(k)
     rows = 1 if interpreting() else max(1, min(8, 8192 // block_k))
     num_warps = 1 if interpreting() else min(16, max(1, block_k // 256))
-    dummy = s
     _ln_quant_kernel[(triton.cdiv(m, rows),)](
-        x, weight if weight is not None else dummy, bias if bias is not None else dummy, q, s,
+        x, weight if weight is not None else s, bias if bias is not None else s, q, s,
         m, k, x.stride(0), q.stride(0), eps,
-        NORM=weight is not None, HAS_BIAS=bias is not None, BLOCK_K=block_k, ROWS=rows,
-        num_warps=num_warps)
+        NORM=weight is not None, HAS_BIAS=bias is not None, BLOCK_K=block_k, FP8=qdtype == torch.float8_e4m3fn,
+        ROWS=rows, num_warps=num_warps)
     return q, s
+
+
+@fast_custom_op("qvit::layernorm_quant", _fake)
+def layernorm_quant(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                    eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, K) float -> (q int8 (M, K), scale float32 (M,)); LayerNorm first when weight is given."""
+    return _launch(x, weight, bias, eps, torch.int8)
+
+
+def _fake_fp8(x, weight=None, bias=None, eps=1e-6):
+    return (x.new_empty(x.shape, dtype=torch.float8_e4m3fn), x.new_empty(x.shape[:1], dtype=torch.float32))
+
+
+@fast_custom_op("qvit::layernorm_quant_fp8", _fake_fp8)
+def layernorm_quant_fp8(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                        eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same kernel writing float8_e4m3fn (scale = amax / 448) for the FP8 GEMM."""
+    return _launch(x, weight, bias, eps, torch.float8_e4m3fn)
 
 
 _DTYPE_CODE = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}

@@ -122,6 +122,39 @@ def int8_matmul_ref(xq, x_scale, wq, w_scale, bias=None, out_dtype=torch.float32
     return y.to(out_dtype)
 
 
+# ----------------------------------------------------------------------------- fp8 (e4m3)
+FP8_MAX = 448.0  # largest finite float8_e4m3fn
+
+
+def quantize_fp8_per_token(x: torch.Tensor):
+    """(..., K) float -> (q float8_e4m3fn (..., K), scale float32 (...)): scale = amax / 448, q = x / scale
+    rounded to nearest even by the cast (|x / scale| <= 448, so nothing saturates)."""
+    _check_tensor("x", x, FLOAT_DTYPES)
+    xf = x.float()
+    scale = (xf.abs().amax(dim=-1) / FP8_MAX).clamp(min=torch.finfo(torch.float32).tiny)
+    return (xf / scale[..., None]).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn), scale
+
+
+def quantize_fp8_per_channel(w: torch.Tensor):
+    """(N, K) float -> (q float8_e4m3fn (N, K), scale float32 (N,)); per output channel."""
+    _check_tensor("weight", w, FLOAT_DTYPES, 2)
+    return quantize_fp8_per_token(w)
+
+
+def fp8_matmul_ref(xq, x_scale, wq, w_scale, bias=None, out_dtype=torch.float32, gelu=False, residual=None):
+    """FP8 W8A8 reference: the fp8 values' dot product in float64 (the kernel accumulates in float32 on
+    the tensor cores), then the same epilogue as int8_matmul_ref."""
+    acc = xq.double() @ wq.double().t()
+    y = acc.float() * x_scale.float()[..., None] * w_scale.float()
+    if bias is not None:
+        y = y + bias.float()
+    if gelu:
+        y = torch.nn.functional.gelu(y)
+    if residual is not None:
+        y = y + residual.float()
+    return y.to(out_dtype)
+
+
 # ----------------------------------------------------------------------------- int4
 def pack_int4(u: torch.Tensor) -> torch.Tensor:
     """(N, K) uint8 nibbles in [0, 15] -> (N, K // 2) uint8; k even -> low nibble, k odd -> high."""

@@ -114,7 +114,7 @@ def ceilings(res):
 def linear_providers(x, lin, k, n):
     """name -> (callable, output-for-check or None, reference or None). x bf16 (M, K)."""
     from qvit.kernels import quant as Q
-    from qvit.kernels.layernorm_quant import layernorm_quant
+    from qvit.kernels.layernorm_quant import layernorm_quant, layernorm_quant_fp8
     from qvit.kernels.w4a8_linear import w4a8_linear
     from qvit.kernels.w4a16_linear import w4a16_linear, w4a16_linear_dequant
     from qvit.kernels.w8a8_linear import w8a8_linear
@@ -136,6 +136,11 @@ def linear_providers(x, lin, k, n):
         pass
     P["qvit w8a8 (int8 in)"] = lambda: w8a8_linear(xq, xs, wq, ws, bias, None, False, torch.bfloat16)
     P["qvit w8a8 (+act quant)"] = lambda: w8a8_linear(*layernorm_quant(x), wq, ws, bias, None, False, torch.bfloat16)
+    fq, fs = Q.quantize_fp8_per_channel(w)
+    xf, xfs = Q.quantize_fp8_per_token(x)
+    P["qvit w8a8 fp8 (fp8 in)"] = lambda: w8a8_linear(xf, xfs, fq, fs, bias, None, False, torch.bfloat16)
+    P["qvit w8a8 fp8 (+act quant)"] = lambda: w8a8_linear(*layernorm_quant_fp8(x), fq, fs, bias, None, False,
+                                                          torch.bfloat16)
     p4, s4, _ = Q.quantize_int4(w, 128, True)
     P["qvit w4a8 g128 (int8 in)"] = lambda: w4a8_linear(xq, xs, p4, s4, bias, 128, torch.bfloat16)
     P["qvit w4a16 int4 g128"] = lambda: w4a16_linear(x, p4, s4, None, bias, 128, "int4-sym")
@@ -151,6 +156,7 @@ def linear_providers(x, lin, k, n):
         "qvit w4a16 nf4": (lambda: Q.nf4_linear_ref(x.float(), pn.reshape(-1), an.reshape(-1), (n, k), 64, bias)),
     }
     refs["qvit w4a16 int4 (dequant + cuBLAS)"] = refs["qvit w4a16 int4 g128"]
+    refs["qvit w8a8 fp8 (fp8 in)"] = lambda: Q.fp8_matmul_ref(xf, xfs, fq, fs, bias, torch.float32)
     refs["qvit w4a16 nf4 (dequant + cuBLAS)"] = refs["qvit w4a16 nf4"]
     # peers
     try:

@@ -262,3 +262,56 @@ def test_model_fused_block_matches_unfused(monkeypatch, preset):
         ref = base(x).float()
     assert n_fused_ln == 2 * base.cfg.depth  # norm1 -> qkv and norm2 -> fc1 in every block
     assert rel_err(fused, ref) <= 1.5 * rel_err(unfused, ref) + 1e-3
+
+
+@pytest.mark.parametrize("m,k,n", [(1, 32, 16), (37, 72, 50)])
+@pytest.mark.parametrize("gelu,res", [(False, False), (True, True)])
+def test_fp8_w8a8_matches_reference(poison, m, k, n, gelu, res):
+    """The W8A8 kernel on float8_e4m3fn operands: float32 accumulation of exact fp8 products (each is a
+    3-bit x 3-bit mantissa product), so against the float64 dot the only error is the fp32 summation and
+    the final fp16 rounding."""
+    from qvit.kernels.w8a8_linear import w8a8_linear
+    x, w, b = torch.randn(m, k), torch.randn(n, k), torch.randn(n)
+    xq, xs = Q.quantize_fp8_per_token(x)
+    wq, ws = Q.quantize_fp8_per_channel(w)
+    r = torch.randn(m, n).half() if res else None
+    y = w8a8_linear(xq, xs, wq, ws, b, r, gelu, torch.float16)
+    ref = Q.fp8_matmul_ref(xq, xs, wq, ws, b, torch.float32, gelu=gelu, residual=r)
+    assert rel_err(y, ref) < 2 ** -10
+
+
+def test_fp8_quantization_error_is_what_e4m3_allows():
+    """Per-token e4m3 keeps 3 mantissa bits: every element within half a step (2^-4 relative) of x."""
+    x = torch.randn(64, 256)
+    q, s = Q.quantize_fp8_per_token(x)
+    back = q.float() * s[:, None]
+    assert q.dtype == torch.float8_e4m3fn and s.shape == (64,)
+    assert bool(((back - x).abs() <= x.abs() * 2 ** -4 + s[:, None] * 2 ** -9).all())
+
+
+@pytest.mark.parametrize("norm", [False, True])
+def test_layernorm_quant_fp8_matches_reference(poison, norm):
+    from qvit.kernels.layernorm_quant import layernorm_quant_fp8, layernorm_quant_ref
+    x = torch.randn(23, 96).half() * 3
+    w, b = (torch.randn(96).half(), torch.randn(96).half()) if norm else (None, None)
+    q, s = layernorm_quant_fp8(x, w, b)
+    qr, sr = layernorm_quant_ref(x, w, b, fp8=True)
+    assert q.dtype == torch.float8_e4m3fn
+    torch.testing.assert_close(s, sr, rtol=1e-5, atol=0)
+    # same value after the cast except where the float32 LayerNorm's summation order moves a value across
+    # a rounding edge: then one e4m3 step (2^-3 relative) apart
+    d = (q.float() - qr.float()).abs()
+    assert bool((d <= qr.float().abs() * 2 ** -3 + 2 ** -9).all())
+    assert float((d > 0).float().mean()) < (0.05 if norm else 1e-9)
+
+
+def test_fp8_rounding_sweep_matches_torch_cast(poison):
+    """Rows whose amax is 448 have scale 1, so the kernel's e4m3 rounding sees the values themselves: a
+    dense sweep over the whole range (binade edges, ties, subnormals) must cast exactly as torch does."""
+    from qvit.kernels.layernorm_quant import layernorm_quant_fp8
+    v = torch.cat([torch.linspace(-448, 448, 4095), torch.linspace(-0.03, 0.03, 4095)[:-1]])  # 8189 values
+    v = torch.cat([v, torch.tensor([448.0] * 3)]).reshape(-1, 64)  # 128 rows of 64
+    v[:, 0] = 448.0
+    q, s = layernorm_quant_fp8(v)
+    assert torch.equal(s, torch.ones_like(s))
+    assert torch.equal(q.float(), v.to(torch.float8_e4m3fn).float())
