@@ -33,7 +33,7 @@ from qvit.vit.quantize import QuantConfig, quantize, save_quantized, weight_byte
 from qvit.variants import KEEP, MAIN, VARIANTS  # noqa: E402
 
 # the five study variants, the W4A16 path and the attention kernel alone, end to end
-QVIT_VARIANTS = {k: VARIANTS[k] for k in MAIN + ("x w4a16-int4+sdpa", "x bf16+qvit-attn")}
+QVIT_VARIANTS = {k: VARIANTS[k] for k in MAIN + ("x w4a16-int4+sdpa", "x fp8+sdpa-noflash", "x bf16+qvit-attn")}
 
 
 def _stats(ms: list[float]) -> dict:

@@ -20,5 +20,6 @@ VARIANTS = {
     "x w4a16-int4+sdpa": ("w4a16", "sdpa", False, "int8"),
     "x nf4+sdpa": ("nf4", "sdpa", False, "int8"),
     "x 8bit+qvit-attn-fp16qk": ("w8a8", "qvit", False, "int8"),
+    "x fp8+sdpa-noflash": ("fp8", "sdpa-noflash", False, "int8"),
 }
 MAIN = tuple(k for k in VARIANTS if k[0].isdigit())

@@ -226,7 +226,7 @@ def test_kernel_validation_errors():
         attention(q, q, q)
 
 
-@pytest.mark.parametrize("preset", ["w8a8", "w4a8"])
+@pytest.mark.parametrize("preset", ["w8a8", "w4a8", "fp8"])
 def test_model_fused_block_matches_unfused(monkeypatch, preset):
     """Inference blocks hand each LayerNorm to the next int8 linear (one LayerNorm+quantize kernel), GELU
     to fc1's epilogue and the residuals to proj/fc2's epilogues. Against the same model with none of that
@@ -247,12 +247,13 @@ def test_model_fused_block_matches_unfused(monkeypatch, preset):
     m = m.half().set_backend(linear="triton", attn="sdpa")
     x = torch.randn(2, 3, 32, 32)
     calls = []
-    real = lnq_mod.layernorm_quant
+    fn = "layernorm_quant_fp8" if preset == "fp8" else "layernorm_quant"
+    real = getattr(lnq_mod, fn)
 
     def spy(x2d, weight=None, bias=None, eps=1e-6):
         calls.append(weight is not None)
         return real(x2d, weight, bias, eps)
-    monkeypatch.setattr(lnq_mod, "layernorm_quant", spy)
+    monkeypatch.setattr(lnq_mod, fn, spy)
     with torch.no_grad():
         fused = m(x.half()).float()
         n_fused_ln = sum(calls)

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from qvit.vit import (CheckpointError, Int4Linear, Int8Linear, NF4Linear, QuantConfig, ViT, load_quantized,
-                      quantize, save_quantized, weight_bytes)
+from qvit.vit import (CheckpointError, Fp8Linear, Int4Linear, Int8Linear, NF4Linear, QuantConfig, ViT,
+                      load_quantized, quantize, save_quantized, weight_bytes)
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def _logits(m, x):
 
 
 @pytest.mark.parametrize("preset,cls", [("w8a8", Int8Linear), ("w4a8", Int4Linear), ("w4a16", Int4Linear),
-                                        ("nf4", NF4Linear)])
+                                        ("nf4", NF4Linear), ("fp8", Fp8Linear)])
 def test_presets_swap_and_round_trip(tmp_path, base, preset, cls):
     x = torch.randn(2, 3, 32, 32)
     ref = _logits(base, x)
@@ -32,7 +32,9 @@ def test_presets_swap_and_round_trip(tmp_path, base, preset, cls):
     assert isinstance(m.blocks[1].attn.qkv, cls) and isinstance(m.blocks[2].mlp.fc1, cls)
     y = _logits(m, x)
     cos = torch.nn.functional.cosine_similarity(y.flatten(), ref.flatten(), 0)
-    assert cos > (0.999 if preset == "w8a8" else 0.98), float(cos)
+    # fp8 e4m3 keeps 3 mantissa bits: its rms rounding error is ~2.6x int8's per-token step/sqrt(12) for
+    # typical values (|x| ~ amax / 3), so 1 - cos (quadratic in the error) is ~7x int8's: 0.998
+    assert cos > {"w8a8": 0.999, "fp8": 0.998}.get(preset, 0.98), float(cos)
     path = tmp_path / f"{preset}.safetensors"
     save_quantized(m, str(path))
     m2 = load_quantized(str(path))

@@ -25,14 +25,14 @@ from qvit.vit.checkpoint import CheckpointError, atomic_write, read_state_dict
 from qvit.vit.model import Attention, ViT, ViTConfig
 
 FORMAT_VERSION = "1"
-WEIGHT_FORMATS = ("int8", "int4", "nf4")
+WEIGHT_FORMATS = ("int8", "int4", "nf4", "fp8")
 
 
 @dataclass
 class QuantConfig:
     """What to quantize and how. Small and explicit: no closures (torchao #1585)."""
     weight: str = "int8"            # int8 | int4 | nf4
-    act: str = "int8"               # int8 (W8A8 / W4A8) | none (weight-only: W4A16)
+    act: str = "int8"               # int8 (W8A8 / W4A8) | fp8 (with fp8 weights) | none (weight-only: W4A16)
     group_size: int = 128           # int4 groups along K (32, 64, 128, or K for per-channel)
     symmetric: bool = True          # int4: symmetric (W4A8 needs it) or asymmetric with zero points
     nf4_blocksize: int = 64
@@ -43,8 +43,10 @@ class QuantConfig:
     def __post_init__(self):
         if self.weight not in WEIGHT_FORMATS:
             raise ValueError(f"QuantConfig.weight must be one of {WEIGHT_FORMATS}, got {self.weight!r}")
-        if self.act not in ("int8", "none"):
-            raise ValueError(f"QuantConfig.act must be 'int8' or 'none', got {self.act!r}")
+        if self.act not in ("int8", "fp8", "none"):
+            raise ValueError(f"QuantConfig.act must be 'int8', 'fp8' or 'none', got {self.act!r}")
+        if (self.weight == "fp8") != (self.act == "fp8"):
+            raise ValueError("fp8 runs as FP8 W8A8: weight='fp8' and act='fp8' go together")
         if self.weight == "int8" and self.act != "int8":
             raise ValueError("int8 weights run as W8A8: act must be 'int8'")
         if self.weight == "nf4" and self.act != "none":
@@ -62,6 +64,7 @@ class QuantConfig:
             "w4a8": dict(weight="int4", act="int8", symmetric=True),
             "w4a16": dict(weight="int4", act="none"),
             "nf4": dict(weight="nf4", act="none"),
+            "fp8": dict(weight="fp8", act="fp8"),
         }
         if name not in presets:
             raise ValueError(f"unknown quantization preset {name!r}; known: {', '.join(presets)}")
@@ -166,9 +169,11 @@ class _QuantLinear(nn.Module):
         if type(norm) is not nn.LayerNorm or norm.weight is None or tuple(norm.normalized_shape) != (x.shape[-1],):
             return None
         backend = self._backend(x)
-        if backend is Backend.TRITON:
+        if backend is Backend.TRITON and getattr(self, "act_format", "int8") == "fp8":
+            from qvit.kernels.layernorm_quant import layernorm_quant_fp8 as lnq
+        elif backend is Backend.TRITON:
             from qvit.kernels.layernorm_quant import layernorm_quant as lnq
-        elif backend is Backend.CUDA:
+        elif backend is Backend.CUDA and getattr(self, "act_format", "int8") == "int8":
             from qvit.kernels.layernorm_quant import layernorm_quant_cuda as lnq
         else:
             return None
@@ -224,6 +229,45 @@ class Int8Linear(_QuantLinear):
             y = (y + self.bias if self.bias is not None else y).to(out_dtype)
         else:
             y = Q.int8_matmul_ref(xq, xs, self.wq, self.w_scale, self.bias, out_dtype)
+        return _finish(y, gelu, residual)
+
+
+class Fp8Linear(_QuantLinear):
+    """FP8 W8A8: e4m3 per-channel weights, dynamic per-token e4m3 activations, float32 accumulation on the
+    fp8 tensor cores (sm_89 / sm_90 and newer); the same GEMM kernel and epilogue as W8A8."""
+    quant_kind = "fp8"
+    int8_input = True  # quantized 8-bit input (the norm fusion applies)
+    act_format = "fp8"
+
+    def __init__(self, in_features, out_features, has_bias=True):
+        super().__init__(in_features, out_features, has_bias)
+        self.register_buffer("wq", torch.zeros(out_features, in_features, dtype=torch.float8_e4m3fn))
+        self.register_buffer("w_scale", torch.ones(out_features, dtype=torch.float32))
+
+    @classmethod
+    def from_float(cls, lin: nn.Linear):
+        m = cls(lin.in_features, lin.out_features, lin.bias is not None)
+        m.wq, m.w_scale = Q.quantize_fp8_per_channel(lin.weight.detach())
+        if lin.bias is not None:
+            m.bias = lin.bias.detach().float().clone()
+        return m
+
+    def _forward2d(self, x, gelu=False, residual=None):
+        backend = self._backend(x)
+        out_dtype = x.dtype
+        if backend is Backend.CUDA:
+            raise BackendUnavailable("backend 'cuda' has no FP8 GEMM; use 'triton' or 'torch'")
+        if isinstance(x, QAct):
+            xq, xs = x.q, x.scale
+        elif backend is Backend.TRITON:
+            from qvit.kernels.layernorm_quant import layernorm_quant_fp8
+            xq, xs = layernorm_quant_fp8(x.contiguous())
+        else:
+            xq, xs = Q.quantize_fp8_per_token(x)
+        if backend is Backend.TRITON:
+            from qvit.kernels.w8a8_linear import w8a8_linear
+            return w8a8_linear(xq, xs, self.wq, self.w_scale, self.bias, residual, gelu, out_dtype)
+        y = Q.fp8_matmul_ref(xq, xs, self.wq, self.w_scale, self.bias, out_dtype)
         return _finish(y, gelu, residual)
 
 
@@ -338,6 +382,8 @@ def _make(meta: dict) -> _QuantLinear:
         return Int4Linear(meta["in"], meta["out"], meta["bias"], meta["group_size"], meta["symmetric"], meta["act"])
     if kind == "nf4":
         return NF4Linear(meta["in"], meta["out"], meta["bias"], meta["blocksize"])
+    if kind == "fp8":
+        return Fp8Linear(meta["in"], meta["out"], meta["bias"])
     raise CheckpointError(f"unknown quantized layer kind {kind!r}")
 
 
@@ -348,6 +394,8 @@ def _from_float(lin: nn.Linear, cfg: QuantConfig, main: bool):
         return Int8Linear.from_float(lin)
     if cfg.weight == "int4":
         return Int4Linear.from_float(lin, cfg.group_size, cfg.symmetric, cfg.act)
+    if cfg.weight == "fp8":
+        return Fp8Linear.from_float(lin)
     return NF4Linear.from_float(lin, cfg.nf4_blocksize)
 
 
