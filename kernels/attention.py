@@ -76,7 +76,11 @@ if triton is not None:
         return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
                 for bm, bn, w, s in [(64, 64, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3), (64, 128, 4, 3),
                                      (128, 128, 8, 3), (64, 256, 4, 2), (64, 256, 8, 2), (128, 256, 8, 2),
-                                     (32, 256, 4, 2), (16, 256, 4, 2)]]
+                                     (32, 256, 4, 2), (16, 256, 4, 2),
+                                     # one key tile covers S <= 256: nothing to pipeline across iterations,
+                                     # so single-stage variants free shared memory for more CTAs per SM
+                                     (64, 256, 4, 1), (64, 256, 8, 1), (128, 256, 8, 1), (32, 256, 4, 1),
+                                     (64, 128, 4, 2), (128, 128, 8, 2)]]
 
     def _prune(configs, named_args, **kwargs):
         s = named_args["S"]
