@@ -101,7 +101,29 @@ def render(attr: dict, attr_path: str, ncu_rows=None, ncu_path=None, bench=None,
                 L.append(f"| {name} | " + " | ".join(cells) + " |")
             L.append("")
 
-        L += ["## Largest excess over bf16 (GPU time by category, largest batch)", ""]
+        qa = variants.get("x bf16+qvit-attn")
+        if qa:
+            L += ["## Fused FA2-style attention vs SDPA at ViT length", ""]
+            for b in batches:
+                if b in qa and b in ref:
+                    t_q = _part_us(qa[b]["by_range"], PARTS["attention"])
+                    t_s = _part_us(ref[b]["by_range"], PARTS["attention"])
+                    L.append(f"- batch {b}: qvit's kernel {t_q:.0f} us vs SDPA (PyTorch's pick) {t_s:.0f} us per forward: "
+                             + ("helps" if t_q < t_s else "hurts") + f" ({t_q / t_s:.2f}x the time).")
+            L.append("")
+        L += ["## Where quantization saves or costs GPU time (largest batch, vs bf16)", ""]
+        b = batches[-1]
+        for name in ("5 8bit+sdpa-noflash", "4 4bit+sdpa-noflash"):
+            r = variants.get(name, {}).get(b)
+            if not r or b not in ref:
+                continue
+            parts = []
+            for p_, names in PARTS.items():
+                t, t0 = _part_us(r["by_range"], names), _part_us(ref[b]["by_range"], names)
+                if t0 > 0:
+                    parts.append(f"{p_} {t / t0:.2f}x")
+            L.append(f"- {name}, batch {b}: " + ", ".join(parts) + ".")
+        L += ["", "## Largest excess over bf16 (GPU time by category, largest batch)", ""]
         b = batches[-1]
         for name, per_b in variants.items():
             if name == "1 bf16" or b not in per_b:

@@ -38,3 +38,31 @@ def test_attribute_synthetic_trace():
     assert rng["patch_embed"]["GEMM"] == 10 and rng["block/qkv"]["GEMM"] == 20
     assert rng["block/attention"]["attention"] == 15 and rng["block/mlp"]["elementwise"] == 5
     assert rng["head"]["GEMM"] == 4
+
+
+def test_profiling_report_from_committed_measurements(tmp_path):
+    """The report generator on the H200 files committed under results/: every section renders, the ncu
+    rows get their throughput against the same run's ceilings, and the numbers are the inputs'."""
+    import json
+    import os
+
+    from qvit.profiling.ncu_report import parse
+    from qvit.profiling.report import main
+    root = os.path.join(os.path.dirname(__file__), "..", "results")
+    attr = os.path.join(root, "h200-attr-1", "attribution", "attribution.json")
+    ncu = os.path.join(root, "h200-gpu-2", "ncu_sol.csv")
+    bench = os.path.join(root, "h200-gpu-2", "bench_kernels.json")
+    out = tmp_path / "REPORT.md"
+    assert main(["--attr", attr, "--ncu", ncu, "--bench", bench, "--out", str(out)]) == 0
+    md = out.read_text()
+    for section in ("Launch gaps", "GPU time by model part, batch 64", "Fused FA2-style attention",
+                    "Where quantization saves", "Largest excess", "Nsight Compute"):
+        assert section in md
+    rows = parse(open(ncu).read())
+    assert {r["range"] for r in rows} >= {"w8a8_fc1_M12608", "w4a8_fc1_M12608", "attention_B64_S197"}
+    # W8A8 fc1: 2 * 12608 * 1024 * 4096 ops over ncu's duration, against the int8 ceiling of the same run
+    r = next(r for r in rows if r["range"] == "w8a8_fc1_M12608")
+    us = float(r["Duration"][0]) / 1e3
+    tops = 2 * 12608 * 1024 * 4096 / us / 1e6
+    ceil = json.load(open(bench))["int8_mm_TOPs"]
+    assert f"| {tops:.0f} | {100 * tops / ceil:.0f}% |" in md
