@@ -150,7 +150,7 @@ if triton is not None:
     def _quant_rows(x, q8_ptr, s_ptr, rows, mask, stride_q8, offs_d, H):
         """Per-row int8 of a (BLOCK_S, D) float32 tile: scale = amax / 127, q = round(x / scale)."""
         scale = tl.maximum(tl.max(tl.abs(x), axis=1) / 127.0, 1.1754943508222875e-38)
-        q = tl.clamp(_round_half_even(x / scale[:, None]), -127.0, 127.0)
+        q = tl.clamp(_round_half_even(tl.math.div_rn(x, scale[:, None])), -127.0, 127.0)
         tl.store(q8_ptr + rows[:, None].to(tl.int64) * stride_q8 + offs_d[None, :], q.to(tl.int8), mask=mask[:, None])
         tl.store(s_ptr + rows.to(tl.int64) * H, scale, mask=mask)
 

@@ -101,10 +101,10 @@ if triton is not None:
         h = tl.where(mask, h, 0.0)
         if FP8:  # e4m3: scale = amax / 448, rounded onto the e4m3 grid, then an exact cast
             scale = tl.maximum(tl.max(tl.abs(h), axis=1) / 448.0, 1.1754943508222875e-38)
-            q8 = _round_e4m3(tl.clamp(h / scale[:, None], -448.0, 448.0)).to(q_ptr.dtype.element_ty)
+            q8 = _round_e4m3(tl.clamp(tl.math.div_rn(h, scale[:, None]), -448.0, 448.0)).to(q_ptr.dtype.element_ty)
         else:
             scale = tl.maximum(tl.max(tl.abs(h), axis=1) / 127.0, 1.1754943508222875e-38)
-            q8 = tl.clamp(_round_half_even(h / scale[:, None]), -127.0, 127.0).to(tl.int8)
+            q8 = tl.clamp(_round_half_even(tl.math.div_rn(h, scale[:, None])), -127.0, 127.0).to(tl.int8)
         tl.store(q_ptr + rows[:, None].to(tl.int64) * stride_qm + offs_k[None, :], q8, mask=mask)
         tl.store(s_ptr + rows, scale, mask=rmask)
 
