@@ -142,17 +142,9 @@ def quantize_fp8_per_channel(w: torch.Tensor):
 
 
 def fp8_matmul_ref(xq, x_scale, wq, w_scale, bias=None, out_dtype=torch.float32, gelu=False, residual=None):
-    """FP8 W8A8 reference: the fp8 values' dot product in float64 (the kernel accumulates in float32 on
-    the tensor cores), then the same epilogue as int8_matmul_ref."""
-    acc = xq.double() @ wq.double().t()
-    y = acc.float() * x_scale.float()[..., None] * w_scale.float()
-    if bias is not None:
-        y = y + bias.float()
-    if gelu:
-        y = torch.nn.functional.gelu(y)
-    if residual is not None:
-        y = y + residual.float()
-    return y.to(out_dtype)
+    """FP8 W8A8 reference: the same math as int8_matmul_ref (the fp8 values' dot product in float64, then
+    the float32 epilogue); the kernel accumulates in float32 on the fp8 tensor cores."""
+    return int8_matmul_ref(xq, x_scale, wq, w_scale, bias, out_dtype, gelu, residual)
 
 
 # ----------------------------------------------------------------------------- int4

@@ -24,7 +24,7 @@ try:
     import triton
     import triton.language as tl
     from qvit.kernels.w4a16_linear import _unpack_tile, check_packed_int4
-    from qvit.kernels.w8a8_linear import _gelu_erf
+    from qvit.kernels.w8a8_linear import _epilogue
 except ImportError:
     triton = None
 
@@ -112,28 +112,10 @@ if triton is not None:
         xs = tl.load(xs_ptr + offs_m, mask=mask_m, other=0.0)
         if SWAP_AB:  # tile (BN, BM): element [j, i] is y[m_i, n_j]
             y = acc * xs[None, :]
-            if HAS_BIAS:
-                y += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[:, None]
-            if GELU:
-                y = _gelu_erf(y)
-            mask = mask_n[:, None] & mask_m[None, :]
-            if HAS_RES:
-                y += tl.load(r_ptr + offs_m[None, :].to(tl.int64) * stride_rm + offs_n[:, None], mask=mask,
-                             other=0.0).to(tl.float32)
-            tl.store(y_ptr + offs_m[None, :].to(tl.int64) * stride_ym + offs_n[:, None], y.to(y_ptr.dtype.element_ty),
-                     mask=mask)
         else:
             y = acc * xs[:, None]
-            if HAS_BIAS:
-                y += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-            if GELU:
-                y = _gelu_erf(y)
-            mask = mask_m[:, None] & mask_n[None, :]
-            if HAS_RES:
-                y += tl.load(r_ptr + offs_m[:, None].to(tl.int64) * stride_rm + offs_n[None, :], mask=mask,
-                             other=0.0).to(tl.float32)
-            tl.store(y_ptr + offs_m[:, None].to(tl.int64) * stride_ym + offs_n[None, :], y.to(y_ptr.dtype.element_ty),
-                     mask=mask)
+        _epilogue(y, offs_m, offs_n, mask_m, mask_n, b_ptr, r_ptr, y_ptr, stride_rm, stride_ym,
+                  HAS_BIAS, GELU, HAS_RES, SWAP_AB)
 
 
 def _fake(xq, x_scale, packed, scales, bias, group_size, out_dtype=torch.float16, residual=None, gelu=False):

@@ -60,6 +60,26 @@ if triton is not None:
     def _gelu_erf(x):
         return 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
 
+    @triton.jit
+    def _epilogue(y, offs_m, offs_n, mask_m, mask_n, b_ptr, r_ptr, y_ptr, stride_rm, stride_ym,
+                  HAS_BIAS: tl.constexpr, GELU: tl.constexpr, HAS_RES: tl.constexpr, TRANSPOSED: tl.constexpr):
+        """The GEMMs' shared epilogue on a float32 tile holding output rows m and columns n ((BM, BN), or
+        (BN, BM) when TRANSPOSED): + bias[n] -> GELU -> + residual[m, n], rounded once to y_ptr's dtype."""
+        if TRANSPOSED:
+            m2, n2 = offs_m[None, :].to(tl.int64), offs_n[:, None]
+            mm2, mn2 = mask_m[None, :], mask_n[:, None]
+        else:
+            m2, n2 = offs_m[:, None].to(tl.int64), offs_n[None, :]
+            mm2, mn2 = mask_m[:, None], mask_n[None, :]
+        if HAS_BIAS:
+            y += tl.load(b_ptr + n2, mask=mn2, other=0.0).to(tl.float32)
+        if GELU:
+            y = _gelu_erf(y)
+        mask = mm2 & mn2
+        if HAS_RES:
+            y += tl.load(r_ptr + m2 * stride_rm + n2, mask=mask, other=0.0).to(tl.float32)
+        tl.store(y_ptr + m2 * stride_ym + n2, y.to(y_ptr.dtype.element_ty), mask=mask)
+
     @triton.autotune(configs=_configs(), key=["M", "N", "K", "HAS_RES", "GELU", "FP8"],
                      prune_configs_by={"early_config_prune": _prune})
     @triton.jit
@@ -106,16 +126,8 @@ if triton is not None:
         xs = tl.load(xs_ptr + offs_m, mask=mask_m, other=0.0)
         ws = tl.load(ws_ptr + offs_n, mask=mask_n, other=0.0)
         y = acc.to(tl.float32) * xs[:, None] * ws[None, :]
-        if HAS_BIAS:
-            y += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-        if GELU:
-            y = _gelu_erf(y)
-        mask = mask_m[:, None] & mask_n[None, :]
-        if HAS_RES:
-            r = tl.load(r_ptr + offs_m[:, None].to(tl.int64) * stride_rm + offs_n[None, :], mask=mask, other=0.0)
-            y += r.to(tl.float32)
-        tl.store(y_ptr + offs_m[:, None].to(tl.int64) * stride_ym + offs_n[None, :],
-                 y.to(y_ptr.dtype.element_ty), mask=mask)
+        _epilogue(y, offs_m, offs_n, mask_m, mask_n, b_ptr, r_ptr, y_ptr, stride_rm, stride_ym,
+                  HAS_BIAS, GELU, HAS_RES, False)
 
 
 def _validate(xq, x_scale, wq, w_scale, bias, residual, out_dtype):

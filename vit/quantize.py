@@ -198,77 +198,68 @@ def _quantize_act(x, backend: Backend):
 class Int8Linear(_QuantLinear):
     """W8A8: int8 per-channel weights, dynamic per-token int8 activations, int32 accumulation."""
     quant_kind = "w8a8"
+    int8_input = True
+    act_format = "int8"
+    _qdtype = torch.int8
 
     def __init__(self, in_features, out_features, has_bias=True):
         super().__init__(in_features, out_features, has_bias)
-        self.register_buffer("wq", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("wq", torch.zeros(out_features, in_features, dtype=self._qdtype))
         self.register_buffer("w_scale", torch.ones(out_features, dtype=torch.float32))
+
+    @staticmethod
+    def _quantize_weight(w):
+        return Q.quantize_int8_per_channel(w)
 
     @classmethod
     def from_float(cls, lin: nn.Linear):
         m = cls(lin.in_features, lin.out_features, lin.bias is not None)
-        m.wq, m.w_scale = Q.quantize_int8_per_channel(lin.weight.detach())
+        m.wq, m.w_scale = cls._quantize_weight(lin.weight.detach())
         if lin.bias is not None:
             m.bias = lin.bias.detach().float().clone()
         return m
 
-    int8_input = True
+    def _quantize_input(self, x, backend):
+        return _quantize_act(x, backend)
 
-    def _forward2d(self, x, gelu=False, residual=None):
-        backend = self._backend(x)
-        out_dtype = x.dtype
-        if backend is Backend.CUDA:
-            raise BackendUnavailable("backend 'cuda' has no W8A8 GEMM yet; use 'triton' or 'torch'")
-        xq, xs = (x.q, x.scale) if isinstance(x, QAct) else _quantize_act(x, backend)
-        if backend is Backend.TRITON:
-            from qvit.kernels.w8a8_linear import w8a8_linear
-            return w8a8_linear(xq, xs, self.wq, self.w_scale, self.bias, residual, gelu, out_dtype)
+    def _matmul_torch(self, xq, xs, out_dtype):
         if xq.is_cuda and xq.shape[0] > 16 and self.in_features % 8 == 0 and self.out_features % 8 == 0:
             acc = torch._int_mm(xq, self.wq.t())  # exact int32, same numbers as the float64 path
             y = acc.float() * xs[:, None] * self.w_scale
-            y = (y + self.bias if self.bias is not None else y).to(out_dtype)
-        else:
-            y = Q.int8_matmul_ref(xq, xs, self.wq, self.w_scale, self.bias, out_dtype)
-        return _finish(y, gelu, residual)
-
-
-class Fp8Linear(_QuantLinear):
-    """FP8 W8A8: e4m3 per-channel weights, dynamic per-token e4m3 activations, float32 accumulation on the
-    fp8 tensor cores (sm_89 / sm_90 and newer); the same GEMM kernel and epilogue as W8A8."""
-    quant_kind = "fp8"
-    int8_input = True  # quantized 8-bit input (the norm fusion applies)
-    act_format = "fp8"
-
-    def __init__(self, in_features, out_features, has_bias=True):
-        super().__init__(in_features, out_features, has_bias)
-        self.register_buffer("wq", torch.zeros(out_features, in_features, dtype=torch.float8_e4m3fn))
-        self.register_buffer("w_scale", torch.ones(out_features, dtype=torch.float32))
-
-    @classmethod
-    def from_float(cls, lin: nn.Linear):
-        m = cls(lin.in_features, lin.out_features, lin.bias is not None)
-        m.wq, m.w_scale = Q.quantize_fp8_per_channel(lin.weight.detach())
-        if lin.bias is not None:
-            m.bias = lin.bias.detach().float().clone()
-        return m
+            return (y + self.bias if self.bias is not None else y).to(out_dtype)
+        return Q.int8_matmul_ref(xq, xs, self.wq, self.w_scale, self.bias, out_dtype)
 
     def _forward2d(self, x, gelu=False, residual=None):
         backend = self._backend(x)
         out_dtype = x.dtype
         if backend is Backend.CUDA:
-            raise BackendUnavailable("backend 'cuda' has no FP8 GEMM; use 'triton' or 'torch'")
-        if isinstance(x, QAct):
-            xq, xs = x.q, x.scale
-        elif backend is Backend.TRITON:
-            from qvit.kernels.layernorm_quant import layernorm_quant_fp8
-            xq, xs = layernorm_quant_fp8(x.contiguous())
-        else:
-            xq, xs = Q.quantize_fp8_per_token(x)
+            raise BackendUnavailable(f"backend 'cuda' has no {self.quant_kind} GEMM yet; use 'triton' or 'torch'")
+        xq, xs = (x.q, x.scale) if isinstance(x, QAct) else self._quantize_input(x, backend)
         if backend is Backend.TRITON:
             from qvit.kernels.w8a8_linear import w8a8_linear
             return w8a8_linear(xq, xs, self.wq, self.w_scale, self.bias, residual, gelu, out_dtype)
-        y = Q.fp8_matmul_ref(xq, xs, self.wq, self.w_scale, self.bias, out_dtype)
-        return _finish(y, gelu, residual)
+        return _finish(self._matmul_torch(xq, xs, out_dtype), gelu, residual)
+
+
+class Fp8Linear(Int8Linear):
+    """FP8 W8A8: e4m3 per-channel weights, dynamic per-token e4m3 activations, float32 accumulation on the
+    fp8 tensor cores (sm_89 / sm_90 and newer); the same GEMM kernel and epilogue as W8A8."""
+    quant_kind = "fp8"
+    act_format = "fp8"
+    _qdtype = torch.float8_e4m3fn
+
+    @staticmethod
+    def _quantize_weight(w):
+        return Q.quantize_fp8_per_channel(w)
+
+    def _quantize_input(self, x, backend):
+        if backend is Backend.TRITON:
+            from qvit.kernels.layernorm_quant import layernorm_quant_fp8
+            return layernorm_quant_fp8(x.contiguous())
+        return Q.quantize_fp8_per_token(x)
+
+    def _matmul_torch(self, xq, xs, out_dtype):
+        return Q.fp8_matmul_ref(xq, xs, self.wq, self.w_scale, self.bias, out_dtype)
 
 
 class Int4Linear(_QuantLinear):
