@@ -49,8 +49,9 @@ if triton is not None:
         # swapped operands: the dequantized weight tile is the MMA's register operand; BLOCK_N is the MMA's
         # M side. BLOCK_M = 256 covers a whole batch-1 ViT sequence (197 tokens): each weight tile is then
         # dequantized once instead of once per M-tile (ncu: the unswapped kernel ran 64 CTAs at M=197)
+        # BLOCK_N 32: below wgmma's 64-row minimum (mma.sync then), but twice the CTAs for N = 1024 at M = 197
         for bm, bn, bk, w, s in [(256, 64, 64, 4, 3), (256, 64, 128, 8, 3), (128, 64, 128, 4, 4), (64, 64, 128, 4, 4),
-                                 (256, 128, 64, 8, 3), (128, 128, 64, 4, 4), (32, 64, 128, 4, 4)]:
+                                 (256, 128, 64, 8, 3), (128, 128, 64, 4, 4), (32, 64, 128, 4, 4), (256, 32, 128, 4, 3)]:
             cfgs.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": 1, "SWAP_AB": True},
                                       num_warps=w, num_stages=s))
         return cfgs

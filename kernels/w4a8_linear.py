@@ -46,7 +46,8 @@ if triton is not None:
         cfgs += [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "SWAP_AB": True},
                                num_warps=w, num_stages=s)
                  for bm, bn, bk, w, s in [(128, 128, 128, 4, 4), (256, 128, 128, 8, 3), (128, 256, 128, 8, 3),
-                                          (64, 128, 128, 4, 4), (32, 128, 128, 4, 4), (128, 64, 128, 4, 4)]]
+                                          (64, 128, 128, 4, 4), (32, 128, 128, 4, 4), (128, 64, 128, 4, 4),
+                                          (256, 64, 128, 4, 3)]]
         return cfgs
 
     def _prune(configs, named_args, **kwargs):

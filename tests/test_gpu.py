@@ -102,7 +102,7 @@ def _swapped(kernel):
     return [c for c in kernel.configs if c.kwargs.get("SWAP_AB")]
 
 
-@pytest.mark.parametrize("idx", range(6))
+@pytest.mark.parametrize("idx", range(7))
 def test_w4a8_swapped_configs_gpu(poison, monkeypatch, idx):
     """Every swapped-operand config the autotuner may pick compiles on this GPU and is exact (M = 300:
     a partial tile on both sides)."""
@@ -120,7 +120,7 @@ def test_w4a8_swapped_configs_gpu(poison, monkeypatch, idx):
     torch.testing.assert_close(y, Q.w4a8_linear_ref(x, p, s, 128, b), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("idx", range(7))
+@pytest.mark.parametrize("idx", range(8))
 def test_w4a16_swapped_configs_gpu(poison, monkeypatch, idx):
     from qvit.kernels.w4a16_linear import _w4a16_kernel, w4a16_linear
     cfgs = _swapped(_w4a16_kernel)
