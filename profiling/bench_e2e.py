@@ -30,6 +30,7 @@ import torch.nn as nn
 from qvit.vit.model import ViT, ViTConfig
 from qvit.vit.quantize import QuantConfig, quantize, save_quantized, weight_bytes
 
+from qvit.profiling.bench_kernels import write_json  # noqa: E402
 from qvit.variants import KEEP, MAIN, VARIANTS  # noqa: E402
 
 # the five study variants, the W4A16 path and the attention kernel alone, end to end
@@ -331,8 +332,7 @@ def main(argv=None) -> int:
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        with open(os.path.join(args.out, "bench_e2e.json"), "w") as f:
-            json.dump(res, f, indent=1)
+        write_json(os.path.join(args.out, "bench_e2e.json"), res)  # after every row: a deadline keeps them
     with open(os.path.join(args.out, "bench_e2e.md"), "w") as f:
         f.write(to_markdown(res))
     return 0

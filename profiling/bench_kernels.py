@@ -82,12 +82,20 @@ def env_info():
 _OUT = None  # the JSON file main() writes; sections checkpoint into it after every row
 
 
+def write_json(path, obj):
+    """JSON written atomically (qvit.vit.checkpoint.atomic_write): a run killed mid-write keeps the last file."""
+    from qvit.vit.checkpoint import atomic_write
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1)
+    atomic_write(path, write)
+
+
 def _checkpoint(res):
     """Write what has been measured so far: a run stopped mid-section keeps its finished rows."""
     if _OUT is not None:
-        with open(_OUT + ".tmp", "w") as f:
-            json.dump(res, f, indent=1)
-        os.replace(_OUT + ".tmp", _OUT)
+        write_json(_OUT, res)
 
 
 def ceilings(res):
@@ -441,8 +449,7 @@ def main(argv=None) -> int:
             res.setdefault("section_errors", {})[name] = traceback.format_exc()[-2000:]
             traceback.print_exc()
         print(f"[{name}: {time.time() - t0:.0f} s]", flush=True)
-        with open(os.path.join(args.out, "bench_kernels.json"), "w") as f:
-            json.dump(res, f, indent=1)
+        _checkpoint(res)  # also after a section that failed or has no rows
     with open(os.path.join(args.out, "bench_kernels.md"), "w") as f:
         f.write(markdown(res))
     return 0
