@@ -18,6 +18,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords and not GPU:
             item.add_marker(skip_gpu)
+    # QVIT_TEST_SHARD="i/n": keep every n-th test starting at i (collection order, so that the parametrized
+    # cases of one expensive test spread over the shards); tools/gpu_run.sh runs one shard per GPU
+    shard = os.environ.get("QVIT_TEST_SHARD")
+    if shard:
+        try:
+            i, n = (int(v) for v in shard.split("/"))
+            assert 0 <= i < n
+        except (ValueError, AssertionError):
+            raise pytest.UsageError(f"QVIT_TEST_SHARD={shard!r}: expected 'i/n' with 0 <= i < n") from None
+        keep = [it for k, it in enumerate(items) if k % n == i]
+        config.hook.pytest_deselected(items=[it for k, it in enumerate(items) if k % n != i])
+        items[:] = keep
 
 
 requires_interp = pytest.mark.skipif(not INTERP, reason="Triton interpreter tests (CPU); TRITON_INTERPRET is not 1")

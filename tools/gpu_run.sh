@@ -11,6 +11,7 @@
 #   | e2e (QVIT_E2E_ARGS: profiling/bench_e2e.py, ViT-L/16 end to end against the peers)
 #   | demo (`qvit demo --check`: the demo's latencies vs the benchmark's, issue 9)
 #   | attr (QVIT_ATTR_ARGS: profiling/attribution.py) | ncu (Nsight Compute SOL of the main kernels). QVIT_BUILD_CUDA=0 skips the CUDA build (faster install).
+#   QVIT_GPUS="0 1 2": several GPUs: the GPU tests sharded over them (bench on the first, alongside).
 #   QVIT_DEADLINE (a `date +%s`): the long steps are stopped at that time so that the rest still runs.
 # Two GPUs: install once, then run one lane per GPU into its own folder (each a separate invocation with
 # CUDA_VISIBLE_DEVICES set), e.g. training + study on GPU 0 while the tests and benchmarks run on GPU 1.
@@ -34,6 +35,17 @@ mkdir -p "$tcache"
 py=${PYTHON:-python3}
 declare -A rc
 t_install=0
+# QVIT_GPUS="0 1 2 3": the tests step runs one shard per listed GPU (QVIT_TEST_SHARD, tests/conftest.py), all
+# but the first when a bench step follows, which then runs on the first at the same time; unset: one GPU, in order
+read -r -a gpus <<< "${QVIT_GPUS:-}"
+shard_pids=()
+wait_shards() {
+  [ ${#shard_pids[@]} -eq 0 ] && return
+  rc[tests]=0
+  for p in "${shard_pids[@]}"; do wait "$p" || rc[tests]=$?; done
+  shard_pids=()
+  for f in "$out"/gpu_tests.*.log; do echo "$f: $(tail -1 "$f")"; done
+}
 # lim: "timeout SECONDS" until $QVIT_DEADLINE (a `date +%s`), so that a long step ends by itself and the
 # steps after it (and the packing of results) still run; nothing when no deadline is set
 lim() { if [ -n "${QVIT_DEADLINE:-}" ]; then echo "timeout $(( QVIT_DEADLINE - $(date +%s) > 5 ? QVIT_DEADLINE - $(date +%s) : 5 ))"; fi; }
@@ -59,8 +71,21 @@ for step in $steps; do
       t_install=$(( $(date +%s) - t0 ))
       echo "install: rc=${rc[install]} in ${t_install}s"; grep -E "qvit setup:|error" "$out/install.log" | sort -u | head -20 ;;
     tests)
-      $(lim) $py -m pytest -m gpu tests -q -p no:cacheprovider --junitxml="$out/gpu_tests.xml" ${QVIT_PYTEST_ARGS:-} 2>&1 | tee "$out/gpu_tests.log" | tail -40
-      rc[tests]=${PIPESTATUS[0]} ;;
+      if [ ${#gpus[@]} -ge 2 ]; then
+        # one shard per GPU, in the background; with a bench step the first GPU is left to the benchmarks
+        tg=("${gpus[@]}"); [[ " $steps " == *" bench "* ]] && tg=("${gpus[@]:1}")
+        n=${#tg[@]}; shard_pids=()
+        for i in "${!tg[@]}"; do
+          CUDA_VISIBLE_DEVICES=${tg[$i]} QVIT_TEST_SHARD=$i/$n $(lim) $py -m pytest -m gpu tests -q -p no:cacheprovider \
+            --junitxml="$out/gpu_tests.$i.xml" ${QVIT_PYTEST_ARGS:-} > "$out/gpu_tests.$i.log" 2>&1 &
+          shard_pids+=($!)
+        done
+        echo "tests: $n shards on GPUs ${tg[*]} (background)"
+        [[ " $steps " == *" bench "* ]] || wait_shards
+      else
+        $(lim) $py -m pytest -m gpu tests -q -p no:cacheprovider --junitxml="$out/gpu_tests.xml" ${QVIT_PYTEST_ARGS:-} 2>&1 | tee "$out/gpu_tests.log" | tail -40
+        rc[tests]=${PIPESTATUS[0]}
+      fi ;;
     train)
       # the CIFAR-10 baseline (qvit train defaults unless QVIT_TRAIN_ARGS says otherwise) into $out/train
       $py -m qvit.cli train --out "$out/train" --no-progress ${QVIT_TRAIN_ARGS:-} 2>&1 | tee "$out/train.log" | tail -30
@@ -111,11 +136,14 @@ for step in $steps; do
         echo "ncu: not installed on this machine; no Nsight Compute numbers"; rc[ncu]=0
       fi ;;
     bench)
-      $(lim) $py -m qvit.profiling.bench_kernels --out "$out" ${QVIT_BENCH_ARGS:-} 2>&1 | tee "$out/bench.log" | tail -60
-      rc[bench]=${PIPESTATUS[0]} ;;
+      CUDA_VISIBLE_DEVICES=${gpus[0]:-${CUDA_VISIBLE_DEVICES:-}} $(lim) $py -m qvit.profiling.bench_kernels --out "$out" \
+        ${QVIT_BENCH_ARGS:-} 2>&1 | tee "$out/bench.log" | tail -60
+      rc[bench]=${PIPESTATUS[0]}
+      wait_shards ;;
     *) echo "unknown step $step (install tests bench train study qat e2e demo attr ncu)"; exit 2 ;;
   esac
 done
+wait_shards
 (cd "$tcache" && find . -name '*.autotune.json' | tar czf - -T - ) > "$out/triton-autotune.tgz" 2>/dev/null
 # what is left: the fp32 model of the train step (kept above for the study/qat steps) as bf16 too
 to_bf16 "$out"/*/model.safetensors
@@ -139,13 +167,19 @@ try:
     from qvit import _ext; s["cuda_ext"] = _ext.load_error() or "loaded"
 except Exception as e:
     s["cuda_ext"] = f"import failed: {e}"
-x = os.path.join(out, "gpu_tests.xml")
-if os.path.exists(x):
-    r = ET.parse(x).getroot(); ts = r if r.tag == "testsuite" else r.find("testsuite")
-    s["tests"] = {k: int(ts.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+import glob
+xs = sorted(glob.glob(os.path.join(out, "gpu_tests*.xml")))  # one file, or one per shard
+if xs:
+    s["tests"] = dict.fromkeys(("tests", "failures", "errors", "skipped"), 0)
+    s["failed_tests"] = []
+    s["test_shards"] = len(xs)
+    for x in xs:
+        r = ET.parse(x).getroot(); ts = r if r.tag == "testsuite" else r.find("testsuite")
+        for k in s["tests"]:
+            s["tests"][k] += int(ts.get(k, 0))
+        s["failed_tests"] += [f"{c.get('classname')}::{c.get('name')}" for c in ts.iter("testcase")
+                              if c.find("failure") is not None or c.find("error") is not None]
     s["tests"]["passed"] = s["tests"]["tests"] - s["tests"]["failures"] - s["tests"]["errors"] - s["tests"]["skipped"]
-    s["failed_tests"] = [f"{c.get('classname')}::{c.get('name')}" for c in ts.iter("testcase")
-                         if c.find("failure") is not None or c.find("error") is not None]
 s["passed"] = all(v in (None, "", "0") for v in (rc_i, rc_t, rc_b, rc_tr, rc_st, rc_q, rc_e, rc_a, rc_n, rc_d))
 json.dump(s, open(os.path.join(out, "gpu_summary.json"), "w"), indent=1)
 print(json.dumps(s))
