@@ -89,13 +89,23 @@ def test_fp8_w8a8_real_shapes(poison, m, k, n):
     w, b = torch.randn(n, k, device=DEV) * 0.02, torch.randn(n, device=DEV)
     xq, xs = layernorm_quant_fp8(x)
     qr, sr = layernorm_quant_ref(x, fp8=True)
-    assert torch.equal(xq.float(), qr.float()) and torch.allclose(xs, sr, rtol=1e-6, atol=0)
+    # the same bar as the int8 LayerNorm+quantize test: the kernel's fp32 mean/variance sums run in another
+    # order than torch's, so a value lying on a rounding boundary may land one e4m3 code away, rarely
+    torch.testing.assert_close(xs, sr, rtol=1e-5, atol=0)
+    d = (_e4m3_ordinal(xq) - _e4m3_ordinal(qr)).abs()
+    assert int(d.max()) <= 1 and float(d.float().mean()) < 1e-3
     wq, ws = Q.quantize_fp8_per_channel(w)
     y = w8a8_linear(xq, xs, wq, ws, b, None, False, torch.float32)
     ref = Q.fp8_matmul_ref(xq, xs, wq, ws, b)
     # Hopper's fp8 MMA adds products inside one instruction with fewer than fp32's mantissa bits (DeepSeek-V3
     # measured ~14); Triton promotes to fp32 between MMAs. 2^-12 relative bounds that with room
     assert rel_err(y, ref) < 2 ** -12
+
+
+def _e4m3_ordinal(q):
+    """e4m3 codes as signed integers in value order (adjacent representable values differ by one)."""
+    c = q.view(torch.uint8).int()
+    return torch.where(c >= 128, -(c - 128), c)
 
 
 def _swapped(kernel):
@@ -131,9 +141,11 @@ def test_w4a16_swapped_configs_gpu(poison, monkeypatch, idx):
     x = torch.randn(m, k, device=DEV, dtype=torch.bfloat16)
     w = torch.randn(n, k, device=DEV) * 0.02
     b = torch.randn(n, device=DEV, dtype=torch.bfloat16)
-    p, a = Q.quantize_nf4(w, 64)
-    y = w4a16_linear(x, p.view(n, k // 2), a.view(n, k // 64), None, b, 64, "nf4")
-    wd = Q.dequantize_nf4(p, a, (n, k), 64)
+    # group 128: every swapped config's BLOCK_K divides it (the kernel refuses others by static_assert;
+    # the autotuner's prune drops them, which pin_config bypasses)
+    p, a = Q.quantize_nf4(w, 128)
+    y = w4a16_linear(x, p.view(n, k // 2), a.view(n, k // 128), None, b, 128, "nf4")
+    wd = Q.dequantize_nf4(p, a, (n, k), 128)
     ref = x.float() @ wd.t() + b.float()
     assert rel_err(y, ref) <= 2 * rel_err(torch.nn.functional.linear(x, wd.bfloat16(), b), ref) + 1e-4
 
