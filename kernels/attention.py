@@ -87,12 +87,16 @@ if triton is not None:
         out = [c for c in configs if c.kwargs["BLOCK_N"] <= max(64, triton.next_power_of_2(s))]
         return out or configs
 
-    @triton.autotune(configs=_configs(), key=["S", "H", "D", "INT8"],
+    # BATCH_TUNE (the batch rounded to a power of two, at most 64; unused by the kernel) is in every
+    # attention key: the grid is batch x heads x query blocks, so the best tile at batch 1 is not the best at
+    # batch 64. Without it the first call's batch chose the tile for all (the H200 autotuning record showed
+    # the S = 197 decision taken at batch 1-2 and then reused by the batch-64 benchmark)
+    @triton.autotune(configs=_configs(), key=["S", "H", "D", "INT8", "BATCH_TUNE"],
                      prune_configs_by={"early_config_prune": _prune})
     @triton.jit
     def _attn_fwd(q_ptr, k_ptr, v_ptr, qs_ptr, ks_ptr, o_ptr, lse_ptr,
                   sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sob, sos, soh,
-                  H, S, qk_scale,
+                  H, S, qk_scale, BATCH_TUNE,
                   D: tl.constexpr, INT8: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
         pid_m = tl.program_id(0)
@@ -221,11 +225,11 @@ if triton is not None:
         """A (len(offs), D) tile of rows `offs` of one (batch, head) slice; masked rows read as 0."""
         return tl.load(ptr + base + offs[:, None].to(tl.int64) * stride_s + offs_d[None, :], mask=mask[:, None], other=0.0)
 
-    @triton.autotune(configs=_bwd_configs(), key=["S", "H", "D"])
+    @triton.autotune(configs=_bwd_configs(), key=["S", "H", "D", "BATCH_TUNE"])
     @triton.jit
     def _attn_bwd_dkdv(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
                        sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sdb, sds, sdh, sgb, sgs, sgh,
-                       H, S, sm_scale,
+                       H, S, sm_scale, BATCH_TUNE,
                        D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
         """One program per (key block, batch x head): dV = P^T dO and dK = dS^T Q * scale, streaming the
         query blocks; P is rebuilt from the forward's log-sum-exp, dS = P * (dO V^T - delta)."""
@@ -261,11 +265,11 @@ if triton is not None:
         tl.store(dv_ptr + b * sgb + h * sgh + offs_n[:, None].to(tl.int64) * sgs + offs_d[None, :],
                  dv.to(dv_ptr.dtype.element_ty), mask=mask_n[:, None])
 
-    @triton.autotune(configs=_bwd_configs(), key=["S", "H", "D"])
+    @triton.autotune(configs=_bwd_configs(), key=["S", "H", "D", "BATCH_TUNE"])
     @triton.jit
     def _attn_bwd_dq(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
                      sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sdb, sds, sdh, sgb, sgs, sgh,
-                     H, S, sm_scale,
+                     H, S, sm_scale, BATCH_TUNE,
                      D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
         """One program per (query block, batch x head): dQ = dS K * scale, streaming the key blocks."""
         pid_m = tl.program_id(0)
@@ -295,6 +299,12 @@ if triton is not None:
         dq = dq * sm_scale
         tl.store(dq_ptr + b * sgb + h * sgh + offs_m[:, None].to(tl.int64) * sgs + offs_d[None, :],
                  dq.to(dq_ptr.dtype.element_ty), mask=mask_m[:, None])
+
+
+def batch_tune(b: int) -> int:
+    """The batch as the attention autotuner sees it: the next power of two, at most 64 (beyond that the
+    grid already fills the GPU many times over, and the cache stays small)."""
+    return min(1 << max(b - 1, 0).bit_length(), 64)
 
 
 def _check_qkv(q, k, v, int8):
@@ -336,7 +346,7 @@ def _launch(q, k, v, qs, ks, sm_scale, int8):
     _attn_fwd[grid](q, k, v, qs if qs is not None else dummy, ks if ks is not None else dummy, o, lse,
                     q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                     v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
-                    h, s, qk_scale, D=d, INT8=int8)
+                    h, s, qk_scale, batch_tune(b), D=d, INT8=int8)
     return o, lse
 
 
@@ -402,7 +412,7 @@ def attention_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Te
     delta = (do.float() * o.float()).sum(-1).permute(0, 2, 1).reshape(b * h, s).contiguous()
     args = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
-            dq.stride(0), dq.stride(1), dq.stride(2), h, s, sm_scale)
+            dq.stride(0), dq.stride(1), dq.stride(2), h, s, sm_scale, batch_tune(b))
     _attn_bwd_dkdv[lambda meta: (triton.cdiv(s, meta["BLOCK_N"]), b * h)](
         q, k, v, do, lse, delta, dk, dv, *args, D=d)
     _attn_bwd_dq[lambda meta: (triton.cdiv(s, meta["BLOCK_M"]), b * h)](
