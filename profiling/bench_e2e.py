@@ -241,10 +241,50 @@ def sizes(args) -> int:
     return 0
 
 
+def _ref_row(rows):
+    return next((r for r in rows if r["variant"].startswith("timm bf16 (sdpa)") and "error" not in r), None) or \
+        next((r for r in rows if r["variant"].startswith("1 ") and "error" not in r), None)
+
+
+def merge(paths: list[str]) -> dict:
+    """One result from several bench_e2e runs of one commit on one kind of card (e.g. one per GPU of a
+    machine, each measuring its own timm bf16 baseline): every row keeps the img/s of the baseline measured
+    in its own run (`ref_img_per_s`, `lane`), so each ratio stays a same-run ratio."""
+    runs = [json.load(open(p)) for p in paths]
+    for key in ("model", "batches"):
+        if len({json.dumps(r[key]) for r in runs}) != 1:
+            raise ValueError(f"merge: the runs differ in {key}: " + ", ".join(f"{p}: {r[key]}" for p, r in zip(paths, runs)))
+    for key in ("card", "commit", "torch", "triton"):
+        if len({r["env"].get(key) for r in runs}) != 1:
+            raise ValueError(f"merge: the runs differ in {key}: " + ", ".join(f"{p}: {r['env'].get(key)}"
+                                                                              for p, r in zip(paths, runs)))
+    res = {**{k: v for k, v in runs[0].items() if k not in ("rows", "missing", "env")}, "env": runs[0]["env"],
+           "merged_from": [os.path.basename(os.path.dirname(os.path.abspath(p))) + "/" + os.path.basename(p)
+                           for p in paths], "rows": [], "missing": {}}
+    res["env"]["dates"] = [r["env"].get("date") for r in runs]
+    for lane, run in enumerate(runs):
+        ref = _ref_row(run["rows"])
+        for r in run["rows"]:
+            r = dict(r, lane=lane)
+            if ref is not None:
+                r["ref_variant"] = ref["variant"]
+                r["ref_img_per_s"] = {k: v["img_per_s"] for k, v in ref.items() if k.startswith("batch")}
+            if r["variant"] == (ref or {}).get("variant") and lane > 0:
+                r["variant"] = f"{r['variant']} (run {lane + 1})"
+            res["rows"].append(r)
+        res["missing"].update(run.get("missing", {}))
+    return res
+
+
+def _ratio(r, ref, big):
+    """img/s at batch `big` over the same run's baseline (a merged row carries its own), or None."""
+    base = (r.get("ref_img_per_s") or {}).get(big) or (ref or {}).get(big, {}).get("img_per_s")
+    return r[big]["img_per_s"] / base if base and big in r else None
+
+
 def to_markdown(res: dict) -> str:
     rows = res["rows"]
-    ref = next((r for r in rows if r["variant"].startswith("timm bf16 (sdpa)")), None) or \
-        next((r for r in rows if r["variant"].startswith("1 ")), None)
+    ref = _ref_row(rows)
     bs = res["batches"]
     head = ["variant", "b1 eager p50 ms", "b1 graphed mean", "p50", "p95", "p99"] + \
         [f"img/s b{b}" for b in bs if b != 1] + ["x ref b" + str(max(bs)), "weights MiB", "disk MiB", "peak GiB"]
@@ -252,7 +292,9 @@ def to_markdown(res: dict) -> str:
              f"torch {res['env'].get('torch')}, Triton {res['env'].get('triton')}, commit {res['env'].get('commit')}. "
              "Batch-1 latency per call in ms (CUDA events per iteration); img/s from the graphed p50 where the "
              "forward could be captured, else eager. Ratio column: img/s at the largest batch over the reference "
-             f"row ({ref['variant'] if ref else '?'}).", "",
+             f"row ({ref['variant'] if ref else '?'})"
+             + (f" measured in the same run (merged from {len(res['merged_from'])} runs, one per GPU: "
+                + ", ".join(res["merged_from"]) + ")" if res.get("merged_from") else "") + ".", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         if "error" in r:
@@ -264,7 +306,8 @@ def to_markdown(res: dict) -> str:
         cells += [f"{g[k]:.3f}" for k in ("mean", "p50", "p95", "p99")] if g else ["-"] * 4
         cells += [f"{r[f'batch{b}']['img_per_s']:.0f}" for b in bs if b != 1]
         big = f"batch{max(bs)}"
-        cells.append(f"{r[big]['img_per_s'] / ref[big]['img_per_s']:.2f}x" if ref and big in ref else "-")
+        x = _ratio(r, ref, big)
+        cells.append(f"{x:.2f}x" if x is not None else "-")
         cells.append(f"{r['weight_bytes'] / 2 ** 20:.1f}")
         cells.append(f"{r['disk_bytes'] / 2 ** 20:.1f}" if r.get("disk_bytes") else "-")
         cells.append(f"{r['peak_mem_bytes'] / 2 ** 30:.2f}" if r.get("peak_mem_bytes") else "-")
@@ -283,11 +326,20 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="qvit,timm,compile,bnb,torchao")
     ap.add_argument("--variants", nargs="*", default=None, help="subset of the qvit variant names")
     ap.add_argument("--device", default=None)
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                    help="merge bench_e2e.json files of one commit and card (one run per GPU) into OUT; no timing")
     ap.add_argument("--sizes-only", action="store_true",
                     help="weight and safetensors sizes of the qvit variants (bf16 base), no timing; any machine")
     args = ap.parse_args(argv)
     if args.sizes_only:
         return sizes(args)
+    if args.merge:
+        res = merge(args.merge)
+        os.makedirs(args.out, exist_ok=True)
+        write_json(os.path.join(args.out, "bench_e2e.json"), res)
+        with open(os.path.join(args.out, "bench_e2e.md"), "w") as f:
+            f.write(to_markdown(res))
+        return 0
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     only = set(args.only.split(","))

@@ -146,8 +146,9 @@ def write_results(out: str, tiny: bool, e2e_file: str | None = None, sizes_file:
             cells += [f"{b1[q]:.3f}" for q in ("mean", "p50", "p95", "p99")] if b1 else ["-"] * 4
             cells += [f"{s[f'batch{b}']['img_per_s']:.0f}" if f"batch{b}" in s else "-" for b in (64, 256)]
             big = max(int(x[5:]) for x in s if x.startswith("batch"))
-            cells.append(f"{s[f'batch{big}']['img_per_s'] / ref_speed[f'batch{big}']['img_per_s']:.2f}x"
-                         if ref_speed and f"batch{big}" in ref_speed else "-")
+            base = (s.get("ref_img_per_s") or {}).get(f"batch{big}") or \
+                (ref_speed or {}).get(f"batch{big}", {}).get("img_per_s")  # a merged run: its own baseline
+            cells.append(f"{s[f'batch{big}']['img_per_s'] / base:.2f}x" if base else "-")
             cells += [f"{s['disk_bytes'] / 2 ** 20:.1f}" if s.get("disk_bytes") else "-",
                       f"{s['peak_mem_bytes'] / 2 ** 30:.2f}" if s.get("peak_mem_bytes") else "-"]
         else:
