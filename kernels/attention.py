@@ -91,14 +91,31 @@ if triton is not None:
     # attention key: the grid is batch x heads x query blocks, so the best tile at batch 1 is not the best at
     # batch 64. Without it the first call's batch chose the tile for all (the H200 autotuning record showed
     # the S = 197 decision taken at batch 1-2 and then reused by the batch-64 benchmark)
-    @triton.autotune(configs=_configs(), key=["S", "H", "D", "INT8", "BATCH_TUNE"],
+    @triton.jit
+    def _round_half_even(x):
+        # (x + 1.5 * 2^23) - 1.5 * 2^23 rounds to the nearest integer, ties to even, as torch.round does
+        # (|x| <= 127 here; fp32 adds round to nearest even on the GPU and in the interpreter)
+        return (x + 12582912.0) - 12582912.0
+
+    @triton.jit
+    def _quant_tile(x, AXIS: tl.constexpr):
+        """int8 of a float32 tile along AXIS (1: per row, 0: per column) with scale = amax / 127 and
+        q = round(x / scale), exactly as `quantize_int8_per_token`; returns (int8 tile, scales)."""
+        scale = tl.maximum(tl.max(tl.abs(x), axis=AXIS) / 127.0, 1.1754943508222875e-38)
+        sc = scale[:, None] if AXIS == 1 else scale[None, :]
+        return tl.clamp(_round_half_even(tl.math.div_rn(x, sc)), -127.0, 127.0).to(tl.int8), scale
+
+    @triton.autotune(configs=_configs(), key=["S", "H", "D", "INT8", "QUANT_QK", "BATCH_TUNE"],
                      prune_configs_by={"early_config_prune": _prune})
     @triton.jit
     def _attn_fwd(q_ptr, k_ptr, v_ptr, qs_ptr, ks_ptr, o_ptr, lse_ptr,
                   sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sob, sos, soh,
                   H, S, qk_scale, BATCH_TUNE,
-                  D: tl.constexpr, INT8: tl.constexpr,
+                  D: tl.constexpr, INT8: tl.constexpr, QUANT_QK: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        """INT8: q, k are int8 with per-token scales (qs, ks). QUANT_QK: q, k are fp16/bf16 and quantized
+        here, on chip, as `quantize_qk_ref` does (Q per token; K minus its mean over all tokens, per token),
+        so that no int8 copy of Q/K goes through memory; QK^T then runs on the int8 tensor cores."""
         pid_m = tl.program_id(0)
         bh = tl.program_id(1)
         b = (bh // H).to(tl.int64)
@@ -109,11 +126,24 @@ if triton is not None:
         mask_m = offs_m < S
         q = tl.load(q_ptr + b * sqb + h * sqh + offs_m[:, None].to(tl.int64) * sqs + offs_d[None, :],
                     mask=mask_m[:, None], other=0)
+        k_base = k_ptr + b * skb + h * skh
+        v_base = v_ptr + b * svb + h * svh
         if INT8:
             # per-token scales folded with sm_scale * log2(e) into one row factor
             qsc = tl.load(qs_ptr + (b * S + offs_m) * H + h, mask=mask_m, other=0.0) * qk_scale
-        k_base = k_ptr + b * skb + h * skh
-        v_base = v_ptr + b * svb + h * svh
+        if QUANT_QK:
+            q8, qsc = _quant_tile(q.to(tl.float32), 1)
+            q = q8
+            qsc = qsc * qk_scale
+            # K's mean over the head's tokens (one tile when S <= BLOCK_N; the tile is read again below,
+            # from L1/L2), as a (D, 1) column to subtract from the transposed K tiles
+            ksum = tl.zeros((D,), tl.float32)
+            for n0 in range(0, S, BLOCK_N):
+                cols = n0 + offs_n
+                kt = tl.load(k_base + cols[None, :].to(tl.int64) * sks + offs_d[:, None], mask=(cols < S)[None, :],
+                             other=0.0)
+                ksum += tl.sum(kt.to(tl.float32), axis=1)
+            kmean = ksum / S
         m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
         l_i = tl.zeros((BLOCK_M,), tl.float32)
         acc = tl.zeros((BLOCK_M, D), tl.float32)
@@ -124,6 +154,9 @@ if triton is not None:
             if INT8:
                 ksc = tl.load(ks_ptr + (b * S + cols) * H + h, mask=mask_n, other=0.0)
                 s = tl.dot(q, kt, out_dtype=tl.int32).to(tl.float32) * qsc[:, None] * ksc[None, :]
+            elif QUANT_QK:
+                k8, ksc = _quant_tile(kt.to(tl.float32) - kmean[:, None], 0)  # per token = per column of K^T
+                s = tl.dot(q, k8, out_dtype=tl.int32).to(tl.float32) * qsc[:, None] * ksc[None, :]
             else:
                 s = tl.dot(q, kt) * qk_scale
             s = tl.where(mask_n[None, :], s, float("-inf"))
@@ -145,17 +178,10 @@ if triton is not None:
 if triton is not None:
 
     @triton.jit
-    def _round_half_even(x):
-        # (x + 1.5 * 2^23) - 1.5 * 2^23 rounds to the nearest integer, ties to even, as torch.round does
-        # (|x| <= 127 here; fp32 adds round to nearest even on the GPU and in the interpreter)
-        return (x + 12582912.0) - 12582912.0
-
-    @triton.jit
     def _quant_rows(x, q8_ptr, s_ptr, rows, mask, stride_q8, offs_d, H):
-        """Per-row int8 of a (BLOCK_S, D) float32 tile: scale = amax / 127, q = round(x / scale)."""
-        scale = tl.maximum(tl.max(tl.abs(x), axis=1) / 127.0, 1.1754943508222875e-38)
-        q = tl.clamp(_round_half_even(tl.math.div_rn(x, scale[:, None])), -127.0, 127.0)
-        tl.store(q8_ptr + rows[:, None].to(tl.int64) * stride_q8 + offs_d[None, :], q.to(tl.int8), mask=mask[:, None])
+        """Per-row int8 of a (BLOCK_S, D) float32 tile, stored with its scales."""
+        q, scale = _quant_tile(x, 1)
+        tl.store(q8_ptr + rows[:, None].to(tl.int64) * stride_q8 + offs_d[None, :], q, mask=mask[:, None])
         tl.store(s_ptr + rows.to(tl.int64) * H, scale, mask=mask)
 
     @triton.jit
@@ -334,7 +360,7 @@ def _check_qkv(q, k, v, int8):
         raise RuntimeError("attention: triton is not installed")
 
 
-def _launch(q, k, v, qs, ks, sm_scale, int8):
+def _launch(q, k, v, qs, ks, sm_scale, int8, quant_qk=False):
     b, s, h, d = q.shape
     o = torch.empty((b, s, h, d), dtype=v.dtype, device=v.device)
     lse = torch.empty((b * h, s), dtype=torch.float32, device=v.device)
@@ -346,7 +372,7 @@ def _launch(q, k, v, qs, ks, sm_scale, int8):
     _attn_fwd[grid](q, k, v, qs if qs is not None else dummy, ks if ks is not None else dummy, o, lse,
                     q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                     v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
-                    h, s, qk_scale, batch_tune(b), D=d, INT8=int8)
+                    h, s, qk_scale, batch_tune(b), D=d, INT8=int8, QUANT_QK=quant_qk)
     return o, lse
 
 
@@ -377,6 +403,21 @@ def attention_int8(q8: torch.Tensor, q_scale: torch.Tensor, k8: torch.Tensor, k_
             raise ValueError(f"attention (int8): {name} must be contiguous float32 {tuple(want)}, got "
                              f"{t.dtype} {tuple(t.shape)}")
     return _launch(q8, k8, v, q_scale, k_scale, sm_scale, True)[0]
+
+
+def _fake_qk_int8(q, k, v, sm_scale):
+    return v.new_empty(q.shape)
+
+
+@fast_custom_op("qvit::attention_qk_int8", _fake_qk_int8)
+def attention_qk_int8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sm_scale: float) -> torch.Tensor:
+    """The int8 Q/K path from fp16/bf16 q, k, v (B, S, H, D) in one kernel (inference only): Q and the
+    smoothed K are quantized on chip, as `quantize_qk_ref` (K's mean summed in another order: a K element
+    on a rounding edge may land one int8 step away), QK^T on the int8 tensor cores, P.V in v's dtype.
+    Same result as `attention_int8(*quantize_qk(q, k), v, sm_scale)` without the int8 round trip through
+    memory and without the quantization kernel (which ran one program per (batch, head): 16 at batch 1)."""
+    _check_qkv(q, k, v, int8=False)
+    return _launch(q, k, v, None, None, sm_scale, False, quant_qk=True)[0]
 
 
 def attention_bwd_ref(q, k, v, o, lse, do, sm_scale):

@@ -255,7 +255,8 @@ def bench_lnq(res):
 def bench_attention(res, quick):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from qvit.kernels.attention import attention_fwd, attention_int8, attention_ref, quantize_qk, quantize_qk_ref
+    from qvit.kernels.attention import (attention_fwd, attention_int8, attention_qk_int8, attention_ref, quantize_qk,
+                                        quantize_qk_ref)
     shapes = [(1, 197), (64, 197), (64, 577)] if quick else [(1, 197), (64, 197), (256, 197), (64, 257), (64, 577), (1, 577)]
     h, d = 16, 64
     out = res["attention"] = []
@@ -283,6 +284,7 @@ def bench_attention(res, quick):
         q8, qs, k8, ks = quantize_qk(q, k)
         provs["qvit int8 QK (pre-quantized)"] = lambda: attention_int8(q8, qs, k8, ks, v, d ** -0.5)
         provs["qvit int8 QK (+quantize kernel)"] = lambda: attention_int8(*quantize_qk(q, k), v, d ** -0.5)
+        provs["qvit int8 QK (quantized on chip)"] = lambda: attention_qk_int8(q, k, v, d ** -0.5)
         provs["qvit int8 QK (+quantize in torch)"] = lambda: attention_int8(*quantize_qk_ref(q, k), v, d ** -0.5)
         for pname, fn in provs.items():
             if pname == "SDPA math" and b * s * s > 64 * 577 * 577:

@@ -43,11 +43,12 @@ def test_linear(benchmark, layer, k, n, m, provider):
 
 
 @pytest.mark.parametrize("b,s", [(1, 197), (64, 197), (64, 577)])
-@pytest.mark.parametrize("provider", ["sdpa-flash", "sdpa-cudnn", "qvit-fp16", "qvit-int8", "qvit-int8+quant"])
+@pytest.mark.parametrize("provider", ["sdpa-flash", "sdpa-cudnn", "qvit-fp16", "qvit-int8", "qvit-int8+quant",
+                                      "qvit-int8-on-chip"])
 def test_attention(benchmark, b, s, provider):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from qvit.kernels.attention import attention_fwd, attention_int8, quantize_qk
+    from qvit.kernels.attention import attention_fwd, attention_int8, attention_qk_int8, quantize_qk
     benchmark.group = f"attention B={b} S={s}"
     q, k, v = torch.randn(b, s, 3, 16, 64, device="cuda", dtype=torch.float16).unbind(2)
     if provider.startswith("sdpa"):
@@ -62,7 +63,9 @@ def test_attention(benchmark, b, s, provider):
     elif provider == "qvit-int8":
         qq = quantize_qk(q, k)
         fn = lambda: attention_int8(*qq, v, 0.125)  # noqa: E731
-    else:  # what the model runs: quantize Q/K (one kernel), then attention
+    elif provider == "qvit-int8+quant":  # quantize Q/K (one kernel), then attention
         fn = lambda: attention_int8(*quantize_qk(q, k), v, 0.125)  # noqa: E731
+    else:  # what the model runs: Q/K quantized inside the attention kernel
+        fn = lambda: attention_qk_int8(q, k, v, 0.125)  # noqa: E731
     fn()
     benchmark(_sync_loop(fn))

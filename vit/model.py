@@ -161,8 +161,8 @@ class Attention(nn.Module):
             else:
                 from qvit.kernels import attention as qattn
                 if self.int8_qk and not torch.is_grad_enabled():
-                    q8, qs, k8, ks = qattn.quantize_qk(q, k)
-                    return qattn.attention_int8(q8, qs, k8, ks, v, self.head_dim ** -0.5)
+                    # Q/K quantized on chip inside the attention kernel (no int8 copy through memory)
+                    return qattn.attention_qk_int8(q, k, v, self.head_dim ** -0.5)
                 return qattn.attention(q, k, v)
         if backend is AttnBackend.TORCH:
             from qvit.kernels.attention import attention_ref
