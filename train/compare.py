@@ -235,6 +235,7 @@ def _plots(out, st, e2e_rows) -> list[str]:
         ax.set_xlabel(xlabel)
         ax.set_ylabel("CIFAR-10 top-1 (%)")
         ax.grid(alpha=0.3)
+        ax.margins(x=0.2, y=0.1)  # room for the labels
         fig.tight_layout()
         fig.savefig(os.path.join(out, fname), dpi=120)
         plt.close(fig)
