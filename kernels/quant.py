@@ -206,6 +206,46 @@ def dequantize_int4(packed, scales, zeros=None, group_size: int = 128, dtype=tor
     return (q * scales.float()[..., None]).reshape(n, k).to(dtype)
 
 
+PROG_INT8_MAX = 119  # first-level int8 range of the progressive format: 7 * 17 = 119 keeps q4 * s2 in int8
+
+
+def quantize_int4_progressive(w: torch.Tensor, group_size: int = 128):
+    """Two-level ("progressive", as QServe) 4-bit weights: per-output-channel int8 in [-119, 119] with a
+    float32 scale s1, then group-wise symmetric int4 of those integers with *integer* scales s2 in [1, 17]:
+
+        w[n, k] ~ s1[n] * (q4[n, k] * s2[n, k // g]),   q4 in [-7, 7],  |q4 * s2| <= 119
+
+    so the expanded weight q4 * s2 is an int8 matrix with one float scale per channel: the GEMM is a plain
+    W8A8 one (no per-group float work inside it). Nibbles are stored as q4 + 8 in pack_int4's order.
+    Returns (packed uint8 (N, K // 2), s2 uint8 (N, K // g), s1 float32 (N,))."""
+    _check_tensor("weight", w, FLOAT_DTYPES, 2)
+    n, k = w.shape
+    check_group_size(k, group_size)
+    wf = w.float()
+    s1 = (wf.abs().amax(1) / PROG_INT8_MAX).clamp(min=torch.finfo(torch.float32).tiny)
+    w8 = torch.round(wf / s1[:, None]).clamp(-PROG_INT8_MAX, PROG_INT8_MAX).reshape(n, k // group_size, group_size)
+    s2 = torch.ceil(w8.abs().amax(-1) / 7).clamp(1, 17)
+    q = torch.round(w8 / s2[..., None]).clamp(-7, 7)
+    return pack_int4((q + 8).to(torch.uint8).reshape(n, k)), s2.to(torch.uint8), s1
+
+
+def expand_int4_progressive(packed: torch.Tensor, s2: torch.Tensor, group_size: int = 128) -> torch.Tensor:
+    """(N, K // 2) nibbles and (N, K // g) integer group scales -> the int8 weight q4 * s2 (N, K)."""
+    _check_tensor("packed", packed, (torch.uint8,), 2)
+    _check_tensor("group scales", s2, (torch.uint8,), 2)
+    n, k = packed.shape[0], packed.shape[1] * 2
+    check_group_size(k, group_size)
+    if tuple(s2.shape) != (n, k // group_size):
+        raise ValueError(f"group scales must have shape {(n, k // group_size)} for K={k}, group_size={group_size}, "
+                         f"got {tuple(s2.shape)}")
+    q = (unpack_int4(packed).to(torch.int16) - 8).reshape(n, k // group_size, group_size)
+    return (q * s2.to(torch.int16)[..., None]).reshape(n, k).to(torch.int8)
+
+
+def dequantize_int4_progressive(packed, s2, s1, group_size: int = 128, dtype=torch.float32):
+    return (expand_int4_progressive(packed, s2, group_size).float() * s1.float()[:, None]).to(dtype)
+
+
 def w4a16_linear_ref(x, packed, scales, zeros=None, group_size=128, bias=None):
     """Reference W4A16 linear: dequantize the weight to float32, matmul in float32, cast to x.dtype."""
     w = dequantize_int4(packed, scales, zeros, group_size)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from qvit.backend import interpreting
+from qvit.kernels import quant as Q
 from qvit.kernels._op import fast_custom_op
 
 try:
@@ -150,3 +151,53 @@ def w4a8_linear(xq: torch.Tensor, x_scale: torch.Tensor, packed: torch.Tensor, s
                        residual.stride(0) if residual is not None else 0, y.stride(0),
                        GROUP=group_size, HAS_BIAS=bias is not None, GELU=gelu, HAS_RES=residual is not None)
     return y
+
+
+if triton is not None:
+
+    @triton.jit
+    def _expand_prog_kernel(p_ptr, s2_ptr, w_ptr, N, K, GROUP: tl.constexpr, BLOCK_N: tl.constexpr,
+                            BLOCK_K: tl.constexpr):
+        """(BN, BK) tile of the int8 weight q4 * s2 from its nibbles and integer group scales."""
+        offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        k0 = tl.program_id(1) * BLOCK_K
+        offs_kh = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        mask_n = offs_n < N
+        p = tl.load(p_ptr + offs_n[:, None].to(tl.int64) * (K // 2) + offs_kh[None, :], mask=mask_n[:, None], other=0)
+        s2 = tl.load(s2_ptr + offs_n.to(tl.int64) * (K // GROUP) + k0 // GROUP, mask=mask_n, other=0)
+        w = (_unpack_tile(p, False) - 8) * s2.to(tl.int32)[:, None]
+        tl.store(w_ptr + offs_n[:, None].to(tl.int64) * K + offs_k[None, :], w.to(tl.int8), mask=mask_n[:, None])
+
+
+def _fake_expand(packed, s2, group_size):
+    return packed.new_empty((packed.shape[0], packed.shape[1] * 2), dtype=torch.int8)
+
+
+@fast_custom_op("qvit::expand_int4_progressive", _fake_expand)
+def expand_int4_progressive(packed: torch.Tensor, s2: torch.Tensor, group_size: int) -> torch.Tensor:
+    """The progressive 4-bit format's int8 weight (q4 * s2, see qvit.kernels.quant.quantize_int4_progressive)
+    in one pass: reads K/2 + K/g bytes per row, writes K. `Int4ProgLinear` runs it before the W8A8 GEMM, so
+    4-bit weights stay 4-bit in memory and the GEMM is the 8-bit one. Bit-exact to the PyTorch reference."""
+    if triton is None:
+        raise RuntimeError("expand_int4_progressive: triton is not installed")
+    if packed.dtype != torch.uint8 or packed.ndim != 2 or not packed.is_contiguous():
+        raise TypeError(f"expand_int4_progressive: packed must be contiguous 2-D uint8, got {packed.dtype} "
+                        f"{tuple(packed.shape)}")
+    n, k = packed.shape[0], packed.shape[1] * 2
+    Q.check_group_size(k, group_size)
+    if group_size % 32:
+        raise ValueError(f"expand_int4_progressive: group_size={group_size} must be a multiple of 32")
+    if s2.dtype != torch.uint8 or tuple(s2.shape) != (n, k // group_size) or not s2.is_contiguous():
+        raise ValueError(f"expand_int4_progressive: group scales must be contiguous uint8 {(n, k // group_size)}, "
+                         f"got {s2.dtype} {tuple(s2.shape)}")
+    if s2.device != packed.device:
+        raise ValueError("expand_int4_progressive: packed and group scales are on different devices")
+    if packed.device.type == "cpu" and not interpreting():
+        raise ValueError("expand_int4_progressive: CPU tensors need TRITON_INTERPRET=1 (or use the torch backend)")
+    w = torch.empty((n, k), dtype=torch.int8, device=packed.device)
+    if n * k:
+        bn, bk = (16, 32) if interpreting() else (32, 128 if group_size % 128 == 0 else 64 if group_size % 64 == 0 else 32)
+        _expand_prog_kernel[(triton.cdiv(n, bn), k // bk)](packed, s2, w, n, k, GROUP=group_size, BLOCK_N=bn,
+                                                           BLOCK_K=bk)
+    return w

@@ -123,7 +123,7 @@ def linear_providers(x, lin, k, n):
     """name -> (callable, output-for-check or None, reference or None). x bf16 (M, K)."""
     from qvit.kernels import quant as Q
     from qvit.kernels.layernorm_quant import layernorm_quant, layernorm_quant_fp8
-    from qvit.kernels.w4a8_linear import w4a8_linear
+    from qvit.kernels.w4a8_linear import expand_int4_progressive, w4a8_linear
     from qvit.kernels.w4a16_linear import w4a16_linear, w4a16_linear_dequant
     from qvit.kernels.w8a8_linear import w8a8_linear
     w = lin.weight.detach()
@@ -151,6 +151,9 @@ def linear_providers(x, lin, k, n):
                                                           torch.bfloat16)
     p4, s4, _ = Q.quantize_int4(w, 128, True)
     P["qvit w4a8 g128 (int8 in)"] = lambda: w4a8_linear(xq, xs, p4, s4, bias, 128, torch.bfloat16)
+    pp, g2, s1 = Q.quantize_int4_progressive(w, 128)
+    P["qvit w4a8p g128 (expand + w8a8, int8 in)"] = lambda: w8a8_linear(
+        xq, xs, expand_int4_progressive(pp, g2, 128), s1, bias, None, False, torch.bfloat16)
     P["qvit w4a16 int4 g128"] = lambda: w4a16_linear(x, p4, s4, None, bias, 128, "int4-sym")
     pn, an = Q.quantize_nf4(w, 64)
     pn, an = pn.view(n, k // 2), an.view(n, k // 64)
@@ -164,6 +167,8 @@ def linear_providers(x, lin, k, n):
         "qvit w4a16 nf4": (lambda: Q.nf4_linear_ref(x.float(), pn.reshape(-1), an.reshape(-1), (n, k), 64, bias)),
     }
     refs["qvit w4a16 int4 (dequant + cuBLAS)"] = refs["qvit w4a16 int4 g128"]
+    refs["qvit w4a8p g128 (expand + w8a8, int8 in)"] = lambda: Q.int8_matmul_ref(
+        xq, xs, Q.expand_int4_progressive(pp, g2, 128), s1, bias, torch.float32)
     refs["qvit w8a8 fp8 (fp8 in)"] = lambda: Q.fp8_matmul_ref(xf, xfs, fq, fs, bias, torch.float32)
     refs["qvit w4a16 nf4 (dequant + cuBLAS)"] = refs["qvit w4a16 nf4"]
     # peers

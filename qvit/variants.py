@@ -21,5 +21,8 @@ VARIANTS = {
     "x nf4+sdpa": ("nf4", "sdpa", False, "int8"),
     "x 8bit+qvit-attn-fp16qk": ("w8a8", "qvit", False, "int8"),
     "x fp8+sdpa-noflash": ("fp8", "sdpa-noflash", False, "int8"),
+    # 4-bit in the two-level (QServe-style progressive) format: the GEMM is the W8A8 one
+    "x w4a8p+qvit-attn": ("w4a8p", "qvit", True, "int8"),
+    "x w4a8p+sdpa-noflash": ("w4a8p", "sdpa-noflash", False, "int8"),
 }
 MAIN = tuple(k for k in VARIANTS if k[0].isdigit())

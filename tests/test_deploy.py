@@ -38,7 +38,7 @@ def images(tmp_path):
     return paths, str(bad)
 
 
-@pytest.mark.parametrize("preset", ["w8a8", "w4a8", "nf4"])
+@pytest.mark.parametrize("preset", ["w8a8", "w4a8", "w4a8p", "nf4"])
 def test_export_load_predict_round_trip(tmp_path, float_file, images, preset, capsys):
     m, fpath = float_file
     out = tmp_path / f"{preset}.safetensors"

@@ -69,6 +69,31 @@ def test_int4_quantize_bounds_and_round_trip(group, symmetric):
     assert torch.equal(u2, u)
 
 
+@pytest.mark.parametrize("group", [32, 64, 128])
+def test_int4_progressive_bounds_and_round_trip(group):
+    """Two-level 4-bit: q4 in [-7, 7], integer group scales in [1, 17], the expanded int8 weight q4 * s2
+    within +-119 (so it never overflows int8), and the error of each weight bounded by the two roundings:
+    half a first-level step (s1 / 2) plus half a second-level step (s1 * s2 / 2)."""
+    w = rand_w(37, 256)
+    w[3, 5] = 0.9  # an outlier channel
+    w[4] = 0  # an all-zero channel
+    packed, s2, s1 = Q.quantize_int4_progressive(w, group)
+    assert packed.shape == (37, 128) and s2.shape == (37, 256 // group) and s1.shape == (37,)
+    assert packed.dtype == s2.dtype == torch.uint8 and s1.dtype == torch.float32
+    u = Q.unpack_int4(packed)
+    assert int(u.min()) >= 1 and int(u.max()) <= 15  # q4 + 8 in [1, 15]
+    assert int(s2.min()) >= 1 and int(s2.max()) <= 17
+    w8 = Q.expand_int4_progressive(packed, s2, group)
+    assert w8.dtype == torch.int8 and int(w8.abs().max()) <= Q.PROG_INT8_MAX
+    assert torch.equal(w8.int(), ((u.int() - 8).reshape(37, -1, group) * s2.int()[..., None]).reshape(37, 256))
+    deq = Q.dequantize_int4_progressive(packed, s2, s1, group)
+    bound = s1[:, None] * (0.5 + s2.float().repeat_interleave(group, 1) / 2)
+    assert ((deq - w).abs() <= bound * (1 + 1e-6)).all()
+    assert torch.equal(deq[4], torch.zeros(256))
+    # the float weight carries the int8 one exactly: dividing by the channel scale gives it back
+    assert torch.equal(torch.round(deq / s1[:, None]).to(torch.int8), w8)
+
+
 def test_int4_zero_is_exact_asymmetric():
     w = rand_w(4, 64)
     w[:, ::5] = 0.0

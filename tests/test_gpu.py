@@ -259,6 +259,21 @@ def test_attention_int8_gpu(poison, b, s):
     assert cos >= 0.999
 
 
+@pytest.mark.parametrize("n,k", [(3072, 1024), (1024, 4096), (1000, 1024)])
+def test_expand_int4_progressive_gpu(poison, n, k):
+    """The progressive 4-bit weight expanded on the GPU: bit-exact to the reference, at ViT-L shapes and
+    the 1000-class head; then the W8A8 GEMM on it against the exact integer reference."""
+    from qvit.kernels.w4a8_linear import expand_int4_progressive
+    from qvit.kernels.w8a8_linear import w8a8_linear
+    w = torch.randn(n, k, device=DEV) * 0.02
+    packed, s2, s1 = Q.quantize_int4_progressive(w, 128)
+    w8 = expand_int4_progressive(packed, s2, 128)
+    assert torch.equal(w8, Q.expand_int4_progressive(packed, s2, 128))
+    xq, xs = Q.quantize_int8_per_token(torch.randn(197, k, device=DEV))
+    y = w8a8_linear(xq, xs, w8, s1, None, None, False, torch.float32)
+    torch.testing.assert_close(y, Q.int8_matmul_ref(xq, xs, w8, s1, None, torch.float32), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("b,s", [(1, 197), (64, 197), (4, 577), (3, 97)])
 def test_attention_qk_int8_on_chip_gpu(poison, b, s):
     """Q/K quantized inside the attention kernel against the reference int8 path and the float truth, on
@@ -311,7 +326,7 @@ def test_attention_backward_kernels_gpu(b, s, dtype):
         assert rel_err(ours[:, :, i], ref[:, :, i]) <= 2 * rel_err(low[:, :, i], ref[:, :, i]) + 1e-3, "qkv"[i]
 
 
-@pytest.mark.parametrize("preset", ["w8a8", "w4a8", "w4a16", "nf4"])
+@pytest.mark.parametrize("preset", ["w8a8", "w4a8", "w4a8p", "w4a16", "nf4"])
 def test_model_triton_backend_matches_torch_backend(preset):
     import copy
 

@@ -208,6 +208,25 @@ def test_attention_int8(poison):
     assert cos > 0.999
 
 
+@pytest.mark.parametrize("n,k,group", [(37, 64, 32), (16, 128, 64), (5, 256, 128)])
+def test_expand_int4_progressive_kernel_bit_exact(poison, n, k, group):
+    from qvit.kernels.w4a8_linear import expand_int4_progressive
+    w = torch.randn(n, k) * torch.rand(n, 1)
+    packed, s2, _ = Q.quantize_int4_progressive(w, group)
+    assert torch.equal(expand_int4_progressive(packed, s2, group), Q.expand_int4_progressive(packed, s2, group))
+
+
+def test_expand_int4_progressive_errors():
+    from qvit.kernels.w4a8_linear import expand_int4_progressive
+    packed, s2, _ = Q.quantize_int4_progressive(torch.randn(8, 64), 32)
+    with pytest.raises(ValueError, match="group scales must be"):
+        expand_int4_progressive(packed, s2[:, :1].contiguous(), 32)
+    with pytest.raises(TypeError, match="packed must be"):
+        expand_int4_progressive(packed.int(), s2, 32)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        expand_int4_progressive(packed, Q.quantize_int4_progressive(torch.randn(8, 64), 16)[1], 16)
+
+
 @pytest.mark.parametrize("b,s,h", [(2, 41, 2), (1, 7, 3), (1, 37, 1)])
 def test_attention_qk_int8_on_chip(poison, b, s, h):
     """Q/K quantized inside the attention kernel: the same result as quantizing them first (reference
@@ -241,7 +260,7 @@ def test_kernel_validation_errors():
         attention(q, q, q)
 
 
-@pytest.mark.parametrize("preset", ["w8a8", "w4a8", "fp8"])
+@pytest.mark.parametrize("preset", ["w8a8", "w4a8", "w4a8p", "fp8"])
 def test_model_fused_block_matches_unfused(monkeypatch, preset):
     """Inference blocks hand each LayerNorm to the next int8 linear (one LayerNorm+quantize kernel), GELU
     to fc1's epilogue and the residuals to proj/fc2's epilogues. Against the same model with none of that

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from qvit.vit import (CheckpointError, Fp8Linear, Int4Linear, Int8Linear, NF4Linear, QuantConfig, ViT,
+from qvit.vit import (CheckpointError, Fp8Linear, Int4Linear, Int4ProgLinear, Int8Linear, NF4Linear, QuantConfig, ViT,
                       load_quantized, quantize, save_quantized, weight_bytes)
 
 
@@ -21,7 +21,7 @@ def _logits(m, x):
 
 
 @pytest.mark.parametrize("preset,cls", [("w8a8", Int8Linear), ("w4a8", Int4Linear), ("w4a16", Int4Linear),
-                                        ("nf4", NF4Linear), ("fp8", Fp8Linear)])
+                                        ("nf4", NF4Linear), ("fp8", Fp8Linear), ("w4a8p", Int4ProgLinear)])
 def test_presets_swap_and_round_trip(tmp_path, base, preset, cls):
     x = torch.randn(2, 3, 32, 32)
     ref = _logits(base, x)
