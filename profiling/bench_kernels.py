@@ -59,6 +59,23 @@ def rel_err(y, ref):
     return float((y - ref).norm() / ref.norm().clamp(min=1e-30))
 
 
+def source_commit() -> str | None:
+    """The commit the numbers belong to: $QVIT_COMMIT, else the checkout's HEAD (with "+dirty" when tracked
+    files differ from it), else .gpu/commit (the device machine's copy of the tree may have no .git)."""
+    import subprocess
+    if os.environ.get("QVIT_COMMIT"):
+        return os.environ["QVIT_COMMIT"]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if head.returncode == 0:
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                   text=True, timeout=10).stdout.strip()
+            return head.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return open(".gpu/commit").read().strip() if os.path.exists(".gpu/commit") else None
+
+
 def env_info():
     import importlib.metadata as md
 
@@ -67,9 +84,7 @@ def env_info():
             return md.version(name)
         except md.PackageNotFoundError:
             return None
-    commit = os.environ.get("QVIT_COMMIT")
-    if not commit and os.path.exists(".gpu/commit"):
-        commit = open(".gpu/commit").read().strip()
+    commit = source_commit()
     p = torch.cuda.get_device_properties(0)
     return {"card": torch.cuda.get_device_name(0), "sm_count": p.multi_processor_count,
             "capability": f"{p.major}.{p.minor}", "memory_gb": round(p.total_memory / 2**30, 1),

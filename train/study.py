@@ -102,7 +102,8 @@ def study(model_path: str, out: str, device=None, data_root=None, limit_test=Non
         print(f"qvit study: {name:28s} top1={r['top1']:.2f} top5={r['top5']:.2f} f1={r['macro_f1']:.2f} "
               f"({r['eval_s']:.1f}s)", file=sys.stderr)
         del m
-    commit = os.environ.get("QVIT_COMMIT") or (open(".gpu/commit").read().strip() if os.path.exists(".gpu/commit") else None)
+    from qvit.profiling.bench_kernels import source_commit
+    commit = source_commit()
     result = {"model": model_path, "commit": commit, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "linear_backend": linear, "dtype": str(dtype).replace("torch.", ""), "n_test": int(xte.shape[0]),
               "keep": list(KEEP), "variants": rows, "smoothquant": smooth_info}
