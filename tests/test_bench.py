@@ -16,10 +16,10 @@ def _sync_loop(fn, n=20):
 
 @pytest.mark.parametrize("layer,k,n", [("qkv", 1024, 3072), ("proj", 1024, 1024), ("fc1", 1024, 4096), ("fc2", 4096, 1024)])
 @pytest.mark.parametrize("m", [197, 12608])
-@pytest.mark.parametrize("provider", ["torch-bf16", "qvit-w8a8", "qvit-w4a8", "qvit-w4a16"])
+@pytest.mark.parametrize("provider", ["torch-bf16", "qvit-w8a8", "qvit-w4a8", "qvit-w4a8p", "qvit-w4a16"])
 def test_linear(benchmark, layer, k, n, m, provider):
     from qvit.kernels import quant as Q
-    from qvit.kernels.w4a8_linear import w4a8_linear
+    from qvit.kernels.w4a8_linear import expand_int4_progressive, w4a8_linear
     from qvit.kernels.w4a16_linear import w4a16_linear
     from qvit.kernels.w8a8_linear import w8a8_linear
     benchmark.group = f"linear {layer} M={m}"
@@ -31,6 +31,11 @@ def test_linear(benchmark, layer, k, n, m, provider):
         xq, xs = Q.quantize_int8_per_token(x)
         wq, ws = Q.quantize_int8_per_channel(w)
         fn = lambda: w8a8_linear(xq, xs, wq, ws, None, None, False, torch.bfloat16)  # noqa: E731
+    elif provider == "qvit-w4a8p":  # 4-bit two-level weights: expanded to int8 per call, then the W8A8 GEMM
+        xq, xs = Q.quantize_int8_per_token(x)
+        p, s2, s1 = Q.quantize_int4_progressive(w, 128)
+        fn = lambda: w8a8_linear(xq, xs, expand_int4_progressive(p, s2, 128), s1, None, None, False,  # noqa: E731
+                                 torch.bfloat16)
     else:
         p, s, _ = Q.quantize_int4(w, 128)
         if provider == "qvit-w4a8":
