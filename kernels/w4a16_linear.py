@@ -56,11 +56,17 @@ if triton is not None:
                                       num_warps=w, num_stages=s))
         return cfgs
 
-    def _prune(configs, named_args, **kwargs):
-        m, g = named_args["M"], kwargs.get("GROUP", named_args.get("GROUP"))
-        out = [c for c in configs if g % c.kwargs["BLOCK_K"] == 0 and c.kwargs["BLOCK_M"] <= 2 * max(m, 16)]
-        return out or [triton.Config({"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 32, "SPLIT_K": 1, "SWAP_AB": False},
-                                     num_warps=4)]
+    def group_prune(fallback):
+        """Autotuner prune for the group-wise 4-bit kernels: BLOCK_K must divide the group (the kernels
+        refuse others by static_assert), tiles far taller than M only add padding; `fallback` if none is left."""
+        def prune(configs, named_args, **kwargs):
+            m, g = named_args["M"], kwargs.get("GROUP", named_args.get("GROUP"))
+            out = [c for c in configs if g % c.kwargs["BLOCK_K"] == 0 and c.kwargs["BLOCK_M"] <= 2 * max(m, 16)]
+            return out or [fallback]
+        return prune
+
+    _prune = group_prune(triton.Config({"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 32, "SPLIT_K": 1, "SWAP_AB": False},
+                                       num_warps=4))
 
     @triton.jit
     def _unpack_tile(p, NIBBLE_HI_FIRST: tl.constexpr):

@@ -24,7 +24,7 @@ from qvit.kernels._op import fast_custom_op
 try:
     import triton
     import triton.language as tl
-    from qvit.kernels.w4a16_linear import _unpack_tile, check_packed_int4
+    from qvit.kernels.w4a16_linear import _unpack_tile, check_packed_int4, group_prune
     from qvit.kernels.w8a8_linear import _epilogue
 except ImportError:
     triton = None
@@ -51,11 +51,8 @@ if triton is not None:
                                           (256, 64, 128, 4, 3)]]
         return cfgs
 
-    def _prune(configs, named_args, **kwargs):
-        m, g = named_args["M"], kwargs.get("GROUP", named_args.get("GROUP"))
-        out = [c for c in configs if g % c.kwargs["BLOCK_K"] == 0 and c.kwargs["BLOCK_M"] <= 2 * max(m, 16)]
-        return out or [triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8, "SWAP_AB": False},
-                                     num_warps=4)]
+    _prune = group_prune(triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8, "SWAP_AB": False},
+                                       num_warps=4))
 
     @triton.autotune(configs=_configs(), key=["M", "N", "K", "GROUP", "GELU", "HAS_RES"],
                      prune_configs_by={"early_config_prune": _prune})
