@@ -188,7 +188,7 @@ def _cmd_train(args) -> int:
 def _cmd_study(args) -> int:
     from qvit.train.study import study
     r = study(args.model, args.out, device=args.device, data_root=args.data_root, limit_test=args.limit_test,
-              variants=args.variants, ablation=not args.no_ablation)
+              variants=args.variants, ablation=not args.no_ablation, ablation_rows=args.ablation_rows)
     print(json.dumps({k: {"top1": round(v["top1"], 2), "top5": round(v["top5"], 2), "macro_f1": round(v["macro_f1"], 2)}
                       for k, v in r["variants"].items()}, indent=1))
     return 0
@@ -274,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit-test", type=int, default=None)
     s.add_argument("--variants", nargs="*", default=None, help="subset of the variant names")
     s.add_argument("--no-ablation", action="store_true")
+    s.add_argument("--ablation-rows", nargs="+", default=None, metavar="PREFIX",
+                   help="only the ablation rows whose label starts with one of these (e.g. head 'all linears' "
+                        "default); `--variants` with no names skips the variants")
     s.add_argument("--device", default=None)
     s.set_defaults(fn=_cmd_study)
 

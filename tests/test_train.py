@@ -272,3 +272,22 @@ def test_folder_finetune_from_timm_checkpoint(tmp_path):
     # the blocks came from the timm weights (lr 1e-5 for 3 steps moves them by ~1e-4 at most)
     w = t.state_dict()["blocks.5.mlp.fc1.weight"]
     assert (m.blocks[5].mlp.fc1.weight - w).abs().max() < 1e-3
+
+
+def test_sensitivity_only_runs_the_named_rows(monkeypatch):
+    """`--ablation-rows`: only the rows whose label starts with a given prefix are evaluated (plus the float
+    reference), each with its own layer selection."""
+    from qvit.train import study as st
+    built = []
+
+    def fake_build(base, preset, attn, int8_qk, device, keep_format="float", keep=None, filter_fn=None):
+        names = ["head", "blocks.0.attn.qkv", "blocks.1.mlp.fc2", "blocks.2.attn.proj"]
+        built.append(None if filter_fn is None else [n for n in names if filter_fn(n, torch.nn.Linear(1, 1), ())])
+        return len(built)
+
+    monkeypatch.setattr(st, "build_variant", fake_build)
+    monkeypatch.setattr(st, "run_eval", lambda m, loader, aug: {"top1": 90.0 - m})
+    r = st.sensitivity(None, None, None, "cpu", 3, "w4a8", only=["head", "default protection"])
+    assert list(r["top1"]) == ["float", "head", "default protection (blocks 0, -1, head float)"]
+    assert built == [None, ["head"], ["blocks.1.mlp.fc2"]]
+    assert r["drop"]["head"] == r["top1"]["float"] - r["top1"]["head"]

@@ -71,7 +71,7 @@ def layer_filter(select):
 
 
 def study(model_path: str, out: str, device=None, data_root=None, limit_test=None, variants=None,
-          ablation: bool = True, ablation_preset: str = "w4a8") -> dict:
+          ablation: bool = True, ablation_preset: str = "w4a8", ablation_rows=None) -> dict:
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     base = load_model(model_path).float().eval()
     depth = base.cfg.depth
@@ -83,7 +83,7 @@ def study(model_path: str, out: str, device=None, data_root=None, limit_test=Non
     aug = Augment(AugmentConfig(mean=CIFAR_MEAN, std=CIFAR_STD))
     linear, dtype, attn_override = _env(device)
     rows = {}
-    names = variants or list(VARIANTS) + list(SMOOTHED)
+    names = list(variants) if variants is not None else list(VARIANTS) + list(SMOOTHED)  # []: none
     smooth_info = None
     if any(n in SMOOTHED for n in names):
         from qvit.vit.smooth import calibrate, smooth
@@ -109,7 +109,7 @@ def study(model_path: str, out: str, device=None, data_root=None, limit_test=Non
               "keep": list(KEEP), "variants": rows, "smoothquant": smooth_info}
     _write(out, result)  # the variants survive an ablation that fails or runs out of time
     if ablation:
-        result["ablation"] = sensitivity(base, loader, aug, device, depth, ablation_preset)
+        result["ablation"] = sensitivity(base, loader, aug, device, depth, ablation_preset, ablation_rows)
         _write(out, result)
     return result
 
@@ -120,13 +120,17 @@ def _write(out, result):
     atomic_write(os.path.join(out, "study_ptq.json"), lambda t: open(t, "w").write(json.dumps(result, indent=1)))
 
 
-def sensitivity(base, loader, aug, device, depth, preset="w4a8") -> dict:
+def sensitivity(base, loader, aug, device, depth, preset="w4a8", only=None) -> dict:
     """Top-1 of `preset` applied to one block at a time, to one layer type at a time (all blocks), to
-    every linear (no protection) and with the default protection (first/last blocks and head float)."""
+    every linear (no protection) and with the default protection (first/last blocks and head float).
+    only: label prefixes of the rows to run (e.g. to finish an ablation a deadline cut); the float
+    reference always runs."""
     ref = run_eval(build_variant(base, None, "sdpa", False, device), loader, aug)["top1"]
     rows = {"float": ref}
 
     def one(label, select):
+        if only and not any(label.startswith(p) for p in only):
+            return
         m = build_variant(base, preset, "sdpa", False, device, keep=(), filter_fn=layer_filter(select))
         top1 = run_eval(m, loader, aug)["top1"]
         rows[label] = top1
