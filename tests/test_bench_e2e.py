@@ -33,3 +33,32 @@ def test_sizes_only(tmp_path):
     four = by[("2 4bit+qvit-attn", "int8")]["disk_vs_bf16"]
     eight = by[("3 8bit+qvit-attn", "int8")]["disk_vs_bf16"]
     assert four < eight < 1.0
+
+
+def _run(tmp_path, name, ref_ips, rows, commit="abc"):
+    """A bench_e2e.json with a timm baseline at `ref_ips` img/s (batch 4) and qvit `rows` {variant: img/s}."""
+    def row(v, ips):
+        return {"variant": v, "batch1": {"eager_ms": {"p50": 1.0}, "img_per_s": 1000.0}, "batch4": {"img_per_s": ips},
+                "weight_bytes": 1}
+    res = {"model": "m", "device": "cuda", "batches": [1, 4], "env": {"card": "H200", "commit": commit},
+           "rows": [row("timm bf16 (sdpa)", ref_ips)] + [row(v, ips) for v, ips in rows.items()], "missing": {}}
+    p = tmp_path / name
+    p.mkdir()
+    (p / "bench_e2e.json").write_text(json.dumps(res))
+    return str(p / "bench_e2e.json")
+
+
+def test_merge_keeps_each_runs_baseline(tmp_path):
+    import pytest
+    a = _run(tmp_path, "gpu0", 100.0, {"1 bf16": 100.0, "3 8bit": 150.0})
+    b = _run(tmp_path, "gpu1", 200.0, {"5 8bit": 300.0})
+    res = bench_e2e.merge([a, b])
+    by = {r["variant"]: r for r in res["rows"]}
+    assert set(by) == {"timm bf16 (sdpa)", "1 bf16", "3 8bit", "timm bf16 (sdpa) (run 2)", "5 8bit"}
+    assert by["3 8bit"]["ref_img_per_s"]["batch4"] == 100.0 and by["5 8bit"]["ref_img_per_s"]["batch4"] == 200.0
+    md = bench_e2e.to_markdown(res)
+    assert "| 3 8bit |" in md and "1.50x" in md  # 150 / 100, its own run's baseline
+    assert "| 5 8bit |" in md and "1.50x |" in md.split("| 5 8bit |")[1].split("\n")[0]  # 300 / 200, not / 100
+    c = _run(tmp_path, "other", 100.0, {"2 4bit": 90.0}, commit="def")
+    with pytest.raises(ValueError, match="commit"):
+        bench_e2e.merge([a, c])
