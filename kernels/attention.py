@@ -87,10 +87,6 @@ if triton is not None:
         out = [c for c in configs if c.kwargs["BLOCK_N"] <= max(64, triton.next_power_of_2(s))]
         return out or configs
 
-    # BATCH_TUNE (the batch rounded to a power of two, at most 64; unused by the kernel) is in every
-    # attention key: the grid is batch x heads x query blocks, so the best tile at batch 1 is not the best at
-    # batch 64. Without it the first call's batch chose the tile for all (the H200 autotuning record showed
-    # the S = 197 decision taken at batch 1-2 and then reused by the batch-64 benchmark)
     @triton.jit
     def _round_half_even(x):
         # (x + 1.5 * 2^23) - 1.5 * 2^23 rounds to the nearest integer, ties to even, as torch.round does
@@ -105,6 +101,10 @@ if triton is not None:
         sc = scale[:, None] if AXIS == 1 else scale[None, :]
         return tl.clamp(_round_half_even(tl.math.div_rn(x, sc)), -127.0, 127.0).to(tl.int8), scale
 
+    # BATCH_TUNE (the batch rounded to a power of two, at most 64; unused by the kernel) is in every
+    # attention key: the grid is batch x heads x query blocks, so the best tile at batch 1 is not the best at
+    # batch 64. Without it the first call's batch chose the tile for all (the H200 autotuning record showed
+    # the S = 197 decision taken at batch 1-2 and then reused by the batch-64 benchmark)
     @triton.autotune(configs=_configs(), key=["S", "H", "D", "INT8", "QUANT_QK", "BATCH_TUNE"],
                      prune_configs_by={"early_config_prune": _prune})
     @triton.jit
