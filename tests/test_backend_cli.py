@@ -64,3 +64,25 @@ def test_cli_check_and_quantize(tmp_path):
 def test_cli_info_runs():
     r = _qvit("info")
     assert r.returncode == 0 and "torch" in r.stdout
+
+
+def test_test_shards_partition_the_suite():
+    """QVIT_TEST_SHARD=i/n (tests/conftest.py, used by tools/gpu_run.sh to run one shard per GPU): the
+    shards are disjoint and together collect exactly the unsharded suite; a malformed value is refused."""
+    import os
+
+    def collect(shard=None):
+        env = {k: v for k, v in os.environ.items() if k != "QVIT_TEST_SHARD"}
+        if shard:
+            env["QVIT_TEST_SHARD"] = shard
+        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "--co", "-p", "no:cacheprovider", "tests/test_formats.py"],
+                           capture_output=True, text=True, env=env, cwd=os.path.dirname(os.path.dirname(__file__)))
+        return r.returncode, [ln for ln in r.stdout.splitlines() if "::" in ln]
+    rc, full = collect()
+    assert rc == 0 and len(full) > 10
+    shards = [collect(f"{i}/3") for i in range(3)]
+    assert all(rc == 0 and ids for rc, ids in shards)
+    got = [t for _, ids in shards for t in ids]
+    assert sorted(got) == sorted(full) and len(set(got)) == len(got)
+    rc, _ = collect("3/3")
+    assert rc != 0
