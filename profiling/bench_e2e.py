@@ -108,7 +108,7 @@ def measure(name, model, cfg: ViTConfig, device, dtype, batches, iters, disk_byt
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
-            x = torch.randn(max(batches), 3, cfg.img_size, cfg.img_size, device=device, dtype=dtype)
+            x = torch.randn(max(batches), 3, cfg.img_size, cfg.img_size).to(device=device, dtype=dtype)
             model(x)
             torch.cuda.synchronize()
             row["peak_mem_bytes"] = torch.cuda.max_memory_allocated()
@@ -153,59 +153,76 @@ def _swap_linears(model, make):
     return model
 
 
-def peers(name_cfg: str, only, device, dtype):
-    """(name, model, disk bytes) for the peers available here; reasons for the missing ones."""
-    out, missing = [], {}
+# the peers by name -> the --only group that enables them; all but the timm baseline run in a process of
+# their own (`_isolated_row`): a peer that breaks CUDA state (a failed graph capture leaves the CUDA RNG in
+# capture mode, and every later `torch.randn` on the GPU raises) then loses only its own row
+PEERS = {"timm bf16 (sdpa)": "timm", "timm bf16 + torch.compile": "compile", "bitsandbytes NF4": "bnb",
+         "bitsandbytes LLM.int8": "bnb", "torchao int8-dynamic": "torchao", "torchao int8-dynamic + compile": "torchao"}
+
+
+def _blocks_only(mod, fqn: str) -> bool:
+    """The linears every peer quantizes: the transformer blocks' (as qvit's variants do; the head's M is the
+    batch, and torch._int_mm refuses M <= 16)."""
+    return isinstance(mod, nn.Linear) and fqn.startswith("blocks.")
+
+
+def build_peer(name: str, name_cfg: str, device, dtype):
+    """(model, disk bytes or None) of the peer `name` (a PEERS key); raises with the reason when it cannot run."""
+    if name not in PEERS:
+        raise ValueError(f"bench_e2e: unknown peer {name!r}; known: {', '.join(PEERS)}")
+    import timm
+    t = timm.create_model(name_cfg, pretrained=False).to(device=device, dtype=dtype).eval()
+    if name == "timm bf16 (sdpa)":
+        return t, _state_disk(t)
+    if name == "timm bf16 + torch.compile":
+        return torch.compile(t), _state_disk(t)
+    if PEERS[name] == "bnb":
+        import bitsandbytes as bnb
+
+        def nf4(lin):
+            q = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=lin.bias is not None,
+                                  compute_dtype=dtype, quant_type="nf4")
+            q.weight = bnb.nn.Params4bit(lin.weight.detach().float().cpu(), requires_grad=False, quant_type="nf4")
+            if lin.bias is not None:
+                q.bias = nn.Parameter(lin.bias.detach().clone(), requires_grad=False)
+            return q.to(device)
+
+        def int8(lin):
+            q = bnb.nn.Linear8bitLt(lin.in_features, lin.out_features, bias=lin.bias is not None,
+                                    has_fp16_weights=False, threshold=6.0)
+            q.weight = bnb.nn.Int8Params(lin.weight.detach().half().cpu(), requires_grad=False,
+                                         has_fp16_weights=False)
+            if lin.bias is not None:
+                q.bias = nn.Parameter(lin.bias.detach().clone(), requires_grad=False)
+            return q.to(device)
+        m = _swap_linears(t.cpu(), nf4 if name == "bitsandbytes NF4" else int8).to(device)
+        return m, _state_disk(m)
+    from torchao.quantization import quantize_
     try:
-        import timm
-        t = timm.create_model(name_cfg, pretrained=False).to(device=device, dtype=dtype).eval()
-    except Exception as e:  # noqa: BLE001
-        return out, {"timm": f"{type(e).__name__}: {e}"}
-    if "timm" in only:
-        out.append(("timm bf16 (sdpa)", t, _state_disk(t)))
-    if "compile" in only:
-        out.append(("timm bf16 + torch.compile", torch.compile(copy.deepcopy(t)), _state_disk(t)))
-    if "bnb" in only:
-        try:
-            import bitsandbytes as bnb
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig as C
+        cfg = C()
+    except ImportError:
+        from torchao.quantization import int8_dynamic_activation_int8_weight
+        cfg = int8_dynamic_activation_int8_weight()
+    quantize_(t, cfg, filter_fn=_blocks_only)
+    return (torch.compile(t) if name.endswith("+ compile") else t), None
 
-            def nf4(lin):
-                q = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=lin.bias is not None,
-                                      compute_dtype=dtype, quant_type="nf4")
-                q.weight = bnb.nn.Params4bit(lin.weight.detach().float().cpu(), requires_grad=False, quant_type="nf4")
-                if lin.bias is not None:
-                    q.bias = nn.Parameter(lin.bias.detach().clone(), requires_grad=False)
-                return q.to(device)
 
-            def int8(lin):
-                q = bnb.nn.Linear8bitLt(lin.in_features, lin.out_features, bias=lin.bias is not None,
-                                        has_fp16_weights=False, threshold=6.0)
-                q.weight = bnb.nn.Int8Params(lin.weight.detach().half().cpu(), requires_grad=False,
-                                             has_fp16_weights=False)
-                if lin.bias is not None:
-                    q.bias = nn.Parameter(lin.bias.detach().clone(), requires_grad=False)
-                return q.to(device)
-            for label, make in (("bitsandbytes NF4", nf4), ("bitsandbytes LLM.int8", int8)):
-                m = _swap_linears(copy.deepcopy(t).cpu(), make).to(device)
-                out.append((label, m, _state_disk(m)))
-        except Exception as e:  # noqa: BLE001
-            missing["bnb"] = f"{type(e).__name__}: {str(e)[:200]}"
-    if "torchao" in only:
-        try:
-            from torchao.quantization import quantize_
-            try:
-                from torchao.quantization import Int8DynamicActivationInt8WeightConfig as C
-                cfg = C()
-            except ImportError:
-                from torchao.quantization import int8_dynamic_activation_int8_weight
-                cfg = int8_dynamic_activation_int8_weight()
-            m = copy.deepcopy(t)
-            quantize_(m, cfg)
-            out.append(("torchao int8-dynamic", m, None))
-            out.append(("torchao int8-dynamic + compile", torch.compile(m), None))
-        except Exception as e:  # noqa: BLE001
-            missing["torchao"] = f"{type(e).__name__}: {str(e)[:200]}"
-    return out, missing
+def _isolated_row(name: str, args) -> dict:
+    """Measure peer `name` in a fresh Python process (same GPU, same arguments); its row, or an error row
+    with the reason (the child's last lines) when it fails or dies."""
+    import subprocess
+    with tempfile.TemporaryDirectory() as d:
+        cmd = [sys.executable, "-m", "qvit.profiling.bench_e2e", "--peer", name, "--out", d, "--model", args.model,
+               "--iters", str(args.iters), "--batches", *map(str, args.batches)]
+        if args.device:
+            cmd += ["--device", args.device]
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        f = os.path.join(d, "peer.json")
+        if p.returncode == 0 and os.path.exists(f):
+            return json.load(open(f))
+        tail = " | ".join(line for line in (p.stderr or "").strip().splitlines()[-3:])
+        return {"variant": name, "error": f"exit {p.returncode}: {tail[-300:]}"}
 
 
 def sizes(args) -> int:
@@ -327,6 +344,8 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="qvit,timm,compile,bnb,torchao")
     ap.add_argument("--variants", nargs="*", default=None, help="subset of the qvit variant names")
     ap.add_argument("--device", default=None)
+    ap.add_argument("--peers-on-cpu", action="store_true", help=argparse.SUPPRESS)  # tests: the isolation path
+    ap.add_argument("--peer", default=None, help=argparse.SUPPRESS)  # internal: one peer, in its own process
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                     help="merge bench_e2e.json files of one commit and card (one run per GPU) into OUT; no timing")
     ap.add_argument("--sizes-only", action="store_true",
@@ -354,24 +373,37 @@ def main(argv=None) -> int:
         env = {"card": "cpu", "torch": torch.__version__}
     res = {"model": args.model, "device": device.type, "dtype": str(dtype), "batches": args.batches, "env": env,
            "rows": [], "missing": {}}
+    if args.peer is not None:  # child of _isolated_row: one row into OUT/peer.json
+        model, disk = build_peer(args.peer, args.model, device, dtype)
+        row = measure(args.peer, model, cfg, device, dtype, args.batches, args.iters, disk)
+        os.makedirs(args.out, exist_ok=True)
+        write_json(os.path.join(args.out, "peer.json"), row)
+        return 0
+    # the baseline first (in this process), then qvit, then the other peers, each in a process of its own:
+    # a run cut short (deadline) keeps the ratios
     todo = []
-    if device.type == "cuda" and only - {"qvit"}:
-        p, missing = peers(args.model, only, device, dtype)
-        todo += p
-        res["missing"].update(missing)
+    if device.type == "cuda" and "timm" in only:
+        try:
+            todo.append(("timm bf16 (sdpa)", *build_peer("timm bf16 (sdpa)", args.model, device, dtype)))
+        except Exception as e:  # noqa: BLE001
+            res["missing"]["timm"] = f"{type(e).__name__}: {str(e)[:200]}"
     if "qvit" in only:
         for name, spec in QVIT_VARIANTS.items():
             if args.variants and name not in args.variants:
                 continue
             todo.append((name, spec, None))
-    # the baseline first, then qvit, then the other peers: a run cut short (deadline) keeps the ratios
-    todo.sort(key=lambda t: 0 if t[0].startswith("timm bf16") else 1 if isinstance(t[1], tuple) else 2)
+    if device.type == "cuda" or args.peers_on_cpu:
+        todo += [(name, "isolated", None) for name, group in PEERS.items()
+                 if group in only and group != "timm"]
     os.makedirs(args.out, exist_ok=True)
     for name, model, disk in todo:
         try:
-            if isinstance(model, tuple):
-                model, disk = build_qvit(base, *model, device, dtype)
-            row = measure(name, model, cfg, device, dtype, args.batches, args.iters, disk)
+            if isinstance(model, str):  # "isolated": a peer, in a process of its own
+                row = _isolated_row(name, args)
+            else:
+                if isinstance(model, tuple):
+                    model, disk = build_qvit(base, *model, device, dtype)
+                row = measure(name, model, cfg, device, dtype, args.batches, args.iters, disk)
         except Exception as e:  # noqa: BLE001  (one failing variant must not lose the others)
             traceback.print_exc()
             row = {"variant": name, "error": f"{type(e).__name__}: {str(e)[:300]}"}

@@ -62,3 +62,29 @@ def test_merge_keeps_each_runs_baseline(tmp_path):
     c = _run(tmp_path, "other", 100.0, {"2 4bit": 90.0}, commit="def")
     with pytest.raises(ValueError, match="commit"):
         bench_e2e.merge([a, c])
+
+
+def test_peer_failure_is_one_error_row(tmp_path):
+    """Peers run in processes of their own: one that cannot run (here timm has no such model) becomes an error
+    row naming the reason, and the rows before it are kept."""
+    rc = bench_e2e.main(["--out", str(tmp_path), "--device", "cpu", "--model", "vit_micro_patch4_32",
+                         "--batches", "1", "--iters", "2", "--only", "qvit,compile", "--variants", "1 bf16",
+                         "--peers-on-cpu"])
+    assert rc == 0
+    rows = json.loads((tmp_path / "bench_e2e.json").read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["1 bf16", "timm bf16 + torch.compile"]
+    assert "error" not in rows[0]
+    assert rows[1]["error"].startswith("exit ") and "vit_micro_patch4_32" in rows[1]["error"]
+
+
+def test_unknown_peer_is_refused():
+    import pytest
+    with pytest.raises(ValueError, match="unknown peer 'nope'"):
+        bench_e2e.build_peer("nope", "vit_micro_patch4_32", None, None)
+
+
+def test_torchao_and_bnb_quantize_only_the_blocks():
+    import torch.nn as nn
+    assert bench_e2e._blocks_only(nn.Linear(2, 2), "blocks.3.mlp.fc1")
+    assert not bench_e2e._blocks_only(nn.Linear(2, 2), "head")
+    assert not bench_e2e._blocks_only(nn.LayerNorm(2), "blocks.3.norm1")
