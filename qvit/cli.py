@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--attn", default=None, help="attention backend while training (default sdpa)")
     s.add_argument("--pretrained", default=None, help="timm or qvit checkpoint to finetune from")
     s.add_argument("--out", default=None, help="run folder (default runs/cifar10)")
-    s.add_argument("--qat", default=None, choices=["w8a8", "w4a8", "w4a16", "nf4"],
+    s.add_argument("--qat", default=None, choices=["w8a8", "w4a8", "w4a8p", "w4a16", "nf4"],
                    help="quantization-aware training (fake quant + STE) in this format; use with --pretrained")
     s.add_argument("--qlora-rank", type=int, default=None,
                    help="QLoRA: LoRA adapters of this rank on a bitsandbytes NF4 base; merged and re-quantized at the end")

@@ -10,19 +10,20 @@ KEEP = ("head", "blocks.0.", "blocks.-1.")
 
 VARIANTS = {
     "1 bf16": (None, "sdpa", False, "float"),
-    "2 4bit+qvit-attn": ("w4a8", "qvit", True, "int8"),
+    "2 4bit+qvit-attn": ("w4a8p", "qvit", True, "int8"),
     "3 8bit+qvit-attn": ("w8a8", "qvit", True, "int8"),
-    "4 4bit+sdpa-noflash": ("w4a8", "sdpa-noflash", False, "int8"),
+    "4 4bit+sdpa-noflash": ("w4a8p", "sdpa-noflash", False, "int8"),
     "5 8bit+sdpa-noflash": ("w8a8", "sdpa-noflash", False, "int8"),
-    "x 4bit+qvit-attn, kept float": ("w4a8", "qvit", True, "float"),
+    "x 4bit+qvit-attn, kept float": ("w4a8p", "qvit", True, "float"),
     "x bf16+qvit-attn": (None, "qvit", False, "float"),
     "x bf16+sdpa-flash": (None, "sdpa-flash", False, "float"),
     "x w4a16-int4+sdpa": ("w4a16", "sdpa", False, "int8"),
     "x nf4+sdpa": ("nf4", "sdpa", False, "int8"),
     "x 8bit+qvit-attn-fp16qk": ("w8a8", "qvit", False, "int8"),
     "x fp8+sdpa-noflash": ("fp8", "sdpa-noflash", False, "int8"),
-    # 4-bit in the two-level (QServe-style progressive) format: the GEMM is the W8A8 one
-    "x w4a8p+qvit-attn": ("w4a8p", "qvit", True, "int8"),
-    "x w4a8p+sdpa-noflash": ("w4a8p", "sdpa-noflash", False, "int8"),
+    # 4-bit with float group scales on the direct W4A8 kernel (int4 expanded to int8 inside the GEMM)
+    "x w4a8+qvit-attn": ("w4a8", "qvit", True, "int8"),
+    "x w4a8+sdpa-noflash": ("w4a8", "sdpa-noflash", False, "int8"),
 }
+FOUR_BIT = VARIANTS["2 4bit+qvit-attn"][0]  # the study's 4-bit preset (QAT, ablation, exports)
 MAIN = tuple(k for k in VARIANTS if k[0].isdigit())

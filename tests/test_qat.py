@@ -9,7 +9,7 @@ from qvit.vit.model import ViT
 from qvit.vit.quantize import QuantConfig, quantize
 
 
-@pytest.mark.parametrize("preset", ["w8a8", "w4a8", "w4a16", "nf4"])
+@pytest.mark.parametrize("preset", ["w8a8", "w4a8", "w4a8p", "w4a16", "nf4"])
 def test_fake_quant_layers_match_real_quantized_layers(preset):
     """Each FakeQuantLinear, on the input it sees inside the QAT model, gives what the deployed layer
     (reference backend) gives on that input, to float summation order: the fake quantizer is the real

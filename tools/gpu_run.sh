@@ -6,7 +6,7 @@
 #   bash tools/gpu_run.sh [OUT_DIR]         (default: $OUT, else ./gpu-out)
 #   QVIT_GPU_STEPS="install bench tests" bash tools/gpu_run.sh   (steps, in this order; default install tests bench)
 #   steps: install | tests | bench | train (QVIT_TRAIN_ARGS: extra `qvit train` options) | study
-#   (QVIT_STUDY_ARGS) | qat (QVIT_QAT_PRESET, a list of w4a8/w8a8/w4a16/nf4/qlora, QVIT_QAT_EPOCHS,
+#   (QVIT_STUDY_ARGS) | qat (QVIT_QAT_PRESET, a list of w4a8p/w4a8/w8a8/w4a16/nf4/qlora, QVIT_QAT_EPOCHS,
 #   QVIT_QAT_ARGS: QAT/QLoRA finetunes of the trained model + their studies)
 #   | e2e (QVIT_E2E_ARGS: profiling/bench_e2e.py, ViT-L/16 end to end against the peers)
 #   | demo (`qvit demo --check`: the demo's latencies vs the benchmark's, issue 9)
@@ -92,11 +92,11 @@ for step in $steps; do
       rc[train]=${PIPESTATUS[0]}
       QVIT_KEEP_FP32=1 to_bf16 "$out/train/model.safetensors" ;;
     qat)
-      # QAT (or QLoRA) finetune of the trained model, one run per preset in $QVIT_QAT_PRESET (default w4a8;
+      # QAT (or QLoRA) finetune of the trained model, one run per preset in $QVIT_QAT_PRESET (default w4a8p;
       # "qlora": LoRA rank $QVIT_QLORA_RANK (8) on a bitsandbytes NF4 base), each followed by its study
       base=$out/train/model.safetensors; [ -f "$base" ] || base=$out/train/model-bf16.safetensors
       rc[qat]=0
-      for pre in ${QVIT_QAT_PRESET:-w4a8}; do
+      for pre in ${QVIT_QAT_PRESET:-w4a8p}; do
         if [ "$pre" = qlora ]; then flags="--qlora-rank ${QVIT_QLORA_RANK:-8}"; else flags="--qat $pre"; fi
         $(lim) $py -m qvit.cli train --out "$out/qat-$pre" --no-progress $flags --pretrained "$base" --ema-decay 0 \
           --epochs ${QVIT_QAT_EPOCHS:-15} --lr 1e-4 --warmup-epochs 1 --eval-every 5 ${QVIT_QAT_ARGS:-} 2>&1 \

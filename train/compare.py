@@ -6,7 +6,7 @@ Stages (a stage whose artifact exists is skipped, so a run cut by a time limit r
 
     train   the CIFAR-10 baseline (`qvit train` defaults)                -> OUT/train/model.safetensors
     study   the PTQ variants on qvit's kernels + sensitivity ablation    -> OUT/study/study_ptq.json
-    qat     W4A8 QAT finetune from the baseline, then its study           -> OUT/qat-w4a8/...
+    qat     4-bit QAT finetune from the baseline, then its study          -> OUT/qat-w4a8p/...
     qlora   QLoRA (NF4 base + LoRA rank 8), merged and re-quantized       -> OUT/qlora/summary.json
     e2e     ViT-L/16 speed, memory and size of the variants and the peers -> OUT/bench_e2e.json
     report  RESULTS.md: one table (accuracy from CIFAR-10, speed/size from ViT-L/16), plots
@@ -22,6 +22,7 @@ import sys
 import torch
 
 from qvit.train.report import _load
+from qvit.variants import FOUR_BIT
 
 STAGES = ("train", "study", "qat", "qlora", "e2e", "report")
 
@@ -68,11 +69,12 @@ def run(out: str, stages=STAGES, tiny: bool | None = None, device=None, e2e_file
                         "5 8bit+sdpa-noflash"] if tiny else None, ablation=not tiny)
     short = dict(epochs=1 if tiny else 15, lr=1e-4, warmup_epochs=0 if tiny else 1, eval_every=1 if tiny else 5,
                  pretrained=model_file)
-    if "qat" in stages and not os.path.exists(os.path.join(out, "qat-w4a8", "summary.json")):
-        _say("stage qat (w4a8)")
-        train(replace(base_cfg, out=os.path.join(out, "qat-w4a8"), qat="w4a8", **short), resume=True, device=device)
+    qdir = os.path.join(out, f"qat-{FOUR_BIT}")
+    if "qat" in stages and not os.path.exists(os.path.join(qdir, "summary.json")):
+        _say(f"stage qat ({FOUR_BIT})")
+        train(replace(base_cfg, out=qdir, qat=FOUR_BIT, **short), resume=True, device=device)
         from qvit.train.study import study
-        study(os.path.join(out, "qat-w4a8", "model.safetensors"), os.path.join(out, "qat-w4a8", "study"),
+        study(os.path.join(qdir, "model.safetensors"), os.path.join(qdir, "study"),
               device=device, limit_test=limit_test, variants=["1 bf16", "2 4bit+qvit-attn", "4 4bit+sdpa-noflash"],
               ablation=False)
     if "qlora" in stages and not os.path.exists(os.path.join(out, "qlora", "summary.json")):
@@ -98,7 +100,7 @@ def _first(*paths):
 def write_results(out: str, tiny: bool, e2e_file: str | None = None, sizes_file: str | None = None) -> str:
     """OUT/RESULTS.md and the two plots from whatever stages have run.
 
-    Reads the `qvit compare` layout (train/, study/, qat-w4a8/, qlora/, bench_e2e.json) and the gpu_run one
+    Reads the `qvit compare` layout (train/, study/, qat-<4-bit preset>/, qlora/, bench_e2e.json) and the gpu_run one
     (qat-qlora/, study/ablation_from_log.json). e2e_file: a bench_e2e.json measured elsewhere (another run
     folder); sizes_file: a `bench_e2e --sizes-only` JSON, used for the disk column and the size plot where
     the e2e run has no size for a variant (file sizes depend only on shapes and formats)."""
@@ -111,8 +113,11 @@ def write_results(out: str, tiny: bool, e2e_file: str | None = None, sizes_file:
     e2e = _load(e2e_file or os.path.join(out, "bench_e2e.json"))
     sizes = {r["variant"].split(" ")[0]: r for r in ((_load(sizes_file) or {}).get("rows", []) if sizes_file else [])
              if r.get("keep_format") == "int8" or r["variant"].startswith("1 ")}
-    qat = _load(os.path.join(out, "qat-w4a8", "summary.json"))
-    qstudy = _load(os.path.join(out, "qat-w4a8", "study", "study_ptq.json"))
+    # the QAT of the study's 4-bit preset, else of the earlier one (w4a8: runs before w4a8p was the 4-bit row)
+    qdir = next((os.path.join(out, f"qat-{p}") for p in (FOUR_BIT, "w4a8")
+                 if os.path.exists(os.path.join(out, f"qat-{p}", "summary.json"))), os.path.join(out, f"qat-{FOUR_BIT}"))
+    qat = _load(os.path.join(qdir, "summary.json"))
+    qstudy = _load(os.path.join(qdir, "study", "study_ptq.json"))
     ql = _first(os.path.join(out, "qlora", "summary.json"), os.path.join(out, "qat-qlora", "summary.json"))
     qlstudy = _first(os.path.join(out, "qlora", "study", "study_ptq.json"),
                      os.path.join(out, "qat-qlora", "study", "study_ptq.json"))
@@ -173,7 +178,8 @@ def write_results(out: str, tiny: bool, e2e_file: str | None = None, sizes_file:
             v = qstudy["variants"]
             for k in ("2 4bit+qvit-attn", "4 4bit+sdpa-noflash"):
                 if k in v and ref_acc:
-                    lines.append(f"- QAT w4a8 ({qat['config']['epochs'] if qat else '?'} epochs) then {k}: top-1 "
+                    lines.append(f"- QAT {qat['config']['qat'] if qat else '?'} ({qat['config']['epochs'] if qat else '?'} "
+                                 f"epochs) then {k} ({v[k].get('preset', '?')}): top-1 "
                                  f"{v[k]['top1']:.2f} ({v[k]['top1'] - ref_acc['top1']:+.2f} vs bf16 baseline)")
         if ql and "qlora" in ql:
             q = ql["qlora"]

@@ -29,6 +29,8 @@ def fake_quant_weight(w: torch.Tensor, cfg: QuantConfig) -> torch.Tensor:
     wd = w.detach()
     if cfg.weight == "int8":
         fq = Q.dequantize_int8(*Q.quantize_int8_per_channel(wd))
+    elif cfg.weight == "int4" and cfg.progressive:  # the two-level grid the w4a8p kernels run on
+        fq = Q.dequantize_int4_progressive(*Q.quantize_int4_progressive(wd, cfg.group_size), cfg.group_size)
     elif cfg.weight == "int4":
         packed, scales, zeros = Q.quantize_int4(wd, cfg.group_size, cfg.symmetric)
         fq = Q.dequantize_int4(packed, scales, zeros, cfg.group_size)

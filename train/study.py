@@ -31,7 +31,7 @@ from qvit.train.metrics import evaluate
 from qvit.vit.checkpoint import load_model
 from qvit.vit.quantize import QuantConfig, default_filter, quantize, weight_bytes
 
-from qvit.variants import KEEP, VARIANTS  # noqa: E402  (one table for study, benchmarks and demo)
+from qvit.variants import FOUR_BIT, KEEP, VARIANTS  # noqa: E402  (one table for study, benchmarks and demo)
 
 # extra rows: a variant of the table after SmoothQuant folding (alpha 0.5, calibrated on 256 training images)
 SMOOTHED = {"x 8bit+sdpa-noflash, smoothquant": "5 8bit+sdpa-noflash",
@@ -71,7 +71,7 @@ def layer_filter(select):
 
 
 def study(model_path: str, out: str, device=None, data_root=None, limit_test=None, variants=None,
-          ablation: bool = True, ablation_preset: str = "w4a8", ablation_rows=None) -> dict:
+          ablation: bool = True, ablation_preset: str | None = None, ablation_rows=None) -> dict:
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     base = load_model(model_path).float().eval()
     depth = base.cfg.depth
@@ -109,7 +109,7 @@ def study(model_path: str, out: str, device=None, data_root=None, limit_test=Non
               "keep": list(KEEP), "variants": rows, "smoothquant": smooth_info}
     _write(out, result)  # the variants survive an ablation that fails or runs out of time
     if ablation:
-        result["ablation"] = sensitivity(base, loader, aug, device, depth, ablation_preset, ablation_rows)
+        result["ablation"] = sensitivity(base, loader, aug, device, depth, ablation_preset or FOUR_BIT, ablation_rows)
         _write(out, result)
     return result
 
@@ -120,7 +120,7 @@ def _write(out, result):
     atomic_write(os.path.join(out, "study_ptq.json"), lambda t: open(t, "w").write(json.dumps(result, indent=1)))
 
 
-def sensitivity(base, loader, aug, device, depth, preset="w4a8", only=None) -> dict:
+def sensitivity(base, loader, aug, device, depth, preset=FOUR_BIT, only=None) -> dict:
     """Top-1 of `preset` applied to one block at a time, to one layer type at a time (all blocks), to
     every linear (no protection) and with the default protection (first/last blocks and head float).
     only: label prefixes of the rows to run (e.g. to finish an ablation a deadline cut); the float

@@ -58,7 +58,7 @@ class TrainConfig:
     compile: str = "auto"                 # auto (on CUDA: CUDA graphs, falling back to plain) | graphs | on | off
     attn: str = "sdpa"                    # attention backend while training
     pretrained: str | None = None         # timm/qvit checkpoint to start from (finetuning)
-    qat: str | None = None                # quantization-aware training in this preset (w8a8 | w4a8 | w4a16 | nf4)
+    qat: str | None = None                # quantization-aware training in this preset (w8a8 | w4a8 | w4a8p | w4a16 | nf4)
     qat_keep: tuple = ("head", "blocks.0.", "blocks.-1.")  # layers QAT / QLoRA leave in higher precision
     qlora_rank: int = 0                   # > 0: QLoRA (LoRA adapters of this rank on a bitsandbytes NF4 base)
     out: str = "runs/cifar10"
