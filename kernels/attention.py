@@ -51,12 +51,16 @@ def attention_ref(q, k, v, sm_scale=None, upcast=True):
     return torch.einsum("bhij,bjhd->bihd", p.to(v.dtype), v).to(dtype)
 
 
-def quantize_qk_ref(q, k):
-    """Per-(batch, token, head) int8 Q and smoothed K: returns q8, q_scale, k8, k_scale (float32)."""
+def quantize_qk_ref(q, k, smooth_k: bool = True):
+    """Per-(batch, token, head) int8 Q and K (smooth_k: K minus its mean over tokens first): returns q8,
+    q_scale, k8, k_scale (float32)."""
     from qvit.kernels.quant import quantize_int8_per_token
-    km = k.float().mean(dim=1, keepdim=True)  # (B, 1, H, D): softmax is invariant to a per-query shift
     q8, qs = quantize_int8_per_token(q)
-    k8, ks = quantize_int8_per_token(k.float() - km)
+    if smooth_k:
+        km = k.float().mean(dim=1, keepdim=True)  # (B, 1, H, D): softmax is invariant to a per-query shift
+        k8, ks = quantize_int8_per_token(k.float() - km)
+    else:
+        k8, ks = quantize_int8_per_token(k)
     return q8, qs, k8, ks
 
 
@@ -105,17 +109,18 @@ if triton is not None:
     # attention key: the grid is batch x heads x query blocks, so the best tile at batch 1 is not the best at
     # batch 64. Without it the first call's batch chose the tile for all (the H200 autotuning record showed
     # the S = 197 decision taken at batch 1-2 and then reused by the batch-64 benchmark)
-    @triton.autotune(configs=_configs(), key=["S", "H", "D", "INT8", "QUANT_QK", "BATCH_TUNE"],
+    @triton.autotune(configs=_configs(), key=["S", "H", "D", "INT8", "QUANT_QK", "SMOOTH_K", "BATCH_TUNE"],
                      prune_configs_by={"early_config_prune": _prune})
     @triton.jit
     def _attn_fwd(q_ptr, k_ptr, v_ptr, qs_ptr, ks_ptr, o_ptr, lse_ptr,
                   sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sob, sos, soh,
                   H, S, qk_scale, BATCH_TUNE,
-                  D: tl.constexpr, INT8: tl.constexpr, QUANT_QK: tl.constexpr,
+                  D: tl.constexpr, INT8: tl.constexpr, QUANT_QK: tl.constexpr, SMOOTH_K: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
         """INT8: q, k are int8 with per-token scales (qs, ks). QUANT_QK: q, k are fp16/bf16 and quantized
-        here, on chip, as `quantize_qk_ref` does (Q per token; K minus its mean over all tokens, per token),
-        so that no int8 copy of Q/K goes through memory; QK^T then runs on the int8 tensor cores."""
+        here, on chip, as `quantize_qk_ref` does (Q per token; K per token, minus its mean over all tokens
+        when SMOOTH_K: an extra pass over the head's K in every program), so that no int8 copy of Q/K goes
+        through memory; QK^T then runs on the int8 tensor cores."""
         pid_m = tl.program_id(0)
         bh = tl.program_id(1)
         b = (bh // H).to(tl.int64)
@@ -135,6 +140,7 @@ if triton is not None:
             q8, qsc = _quant_tile(q.to(tl.float32), 1)
             q = q8
             qsc = qsc * qk_scale
+        if QUANT_QK and SMOOTH_K:
             # K's mean over the head's tokens (one tile when S <= BLOCK_N; the tile is read again below,
             # from L1/L2), as a (D, 1) column to subtract from the transposed K tiles
             ksum = tl.zeros((D,), tl.float32)
@@ -155,7 +161,10 @@ if triton is not None:
                 ksc = tl.load(ks_ptr + (b * S + cols) * H + h, mask=mask_n, other=0.0)
                 s = tl.dot(q, kt, out_dtype=tl.int32).to(tl.float32) * qsc[:, None] * ksc[None, :]
             elif QUANT_QK:
-                k8, ksc = _quant_tile(kt.to(tl.float32) - kmean[:, None], 0)  # per token = per column of K^T
+                if SMOOTH_K:
+                    k8, ksc = _quant_tile(kt.to(tl.float32) - kmean[:, None], 0)  # per token = per column of K^T
+                else:
+                    k8, ksc = _quant_tile(kt.to(tl.float32), 0)
                 s = tl.dot(q, k8, out_dtype=tl.int32).to(tl.float32) * qsc[:, None] * ksc[None, :]
             else:
                 s = tl.dot(q, kt) * qk_scale
@@ -360,7 +369,7 @@ def _check_qkv(q, k, v, int8):
         raise RuntimeError("attention: triton is not installed")
 
 
-def _launch(q, k, v, qs, ks, sm_scale, int8, quant_qk=False):
+def _launch(q, k, v, qs, ks, sm_scale, int8, quant_qk=False, smooth_k=True):
     b, s, h, d = q.shape
     o = torch.empty((b, s, h, d), dtype=v.dtype, device=v.device)
     lse = torch.empty((b * h, s), dtype=torch.float32, device=v.device)
@@ -372,7 +381,7 @@ def _launch(q, k, v, qs, ks, sm_scale, int8, quant_qk=False):
     _attn_fwd[grid](q, k, v, qs if qs is not None else dummy, ks if ks is not None else dummy, o, lse,
                     q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                     v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
-                    h, s, qk_scale, batch_tune(b), D=d, INT8=int8, QUANT_QK=quant_qk)
+                    h, s, qk_scale, batch_tune(b), D=d, INT8=int8, QUANT_QK=quant_qk, SMOOTH_K=quant_qk and smooth_k)
     return o, lse
 
 
@@ -405,19 +414,21 @@ def attention_int8(q8: torch.Tensor, q_scale: torch.Tensor, k8: torch.Tensor, k_
     return _launch(q8, k8, v, q_scale, k_scale, sm_scale, True)[0]
 
 
-def _fake_qk_int8(q, k, v, sm_scale):
+def _fake_qk_int8(q, k, v, sm_scale, smooth_k=True):
     return v.new_empty(q.shape)
 
 
 @fast_custom_op("qvit::attention_qk_int8", _fake_qk_int8)
-def attention_qk_int8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sm_scale: float) -> torch.Tensor:
-    """The int8 Q/K path from fp16/bf16 q, k, v (B, S, H, D) in one kernel (inference only): Q and the
-    smoothed K are quantized on chip, as `quantize_qk_ref` (K's mean summed in another order: a K element
-    on a rounding edge may land one int8 step away), QK^T on the int8 tensor cores, P.V in v's dtype.
+def attention_qk_int8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sm_scale: float,
+                      smooth_k: bool = True) -> torch.Tensor:
+    """The int8 Q/K path from fp16/bf16 q, k, v (B, S, H, D) in one kernel (inference only): Q and K (minus
+    its mean over tokens when smooth_k) are quantized on chip, as `quantize_qk_ref(q, k, smooth_k)` (K's mean
+    summed in another order: a K element on a rounding edge may land one int8 step away), QK^T on the int8
+    tensor cores, P.V in v's dtype.
     Same result as `attention_int8(*quantize_qk(q, k), v, sm_scale)` without the int8 round trip through
     memory and without the quantization kernel (which ran one program per (batch, head): 16 at batch 1)."""
     _check_qkv(q, k, v, int8=False)
-    return _launch(q, k, v, None, None, sm_scale, False, quant_qk=True)[0]
+    return _launch(q, k, v, None, None, sm_scale, False, quant_qk=True, smooth_k=smooth_k)[0]
 
 
 def attention_bwd_ref(q, k, v, o, lse, do, sm_scale):

@@ -305,6 +305,7 @@ def bench_attention(res, quick):
         provs["qvit int8 QK (pre-quantized)"] = lambda: attention_int8(q8, qs, k8, ks, v, d ** -0.5)
         provs["qvit int8 QK (+quantize kernel)"] = lambda: attention_int8(*quantize_qk(q, k), v, d ** -0.5)
         provs["qvit int8 QK (quantized on chip)"] = lambda: attention_qk_int8(q, k, v, d ** -0.5)
+        provs["qvit int8 QK (on chip, K unsmoothed)"] = lambda: attention_qk_int8(q, k, v, d ** -0.5, False)
         provs["qvit int8 QK (+quantize in torch)"] = lambda: attention_int8(*quantize_qk_ref(q, k), v, d ** -0.5)
         for pname, fn in provs.items():
             if pname == "SDPA math" and b * s * s > 64 * 577 * 577:

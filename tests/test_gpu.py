@@ -274,15 +274,16 @@ def test_expand_int4_progressive_gpu(poison, n, k):
     torch.testing.assert_close(y, Q.int8_matmul_ref(xq, xs, w8, s1, None, torch.float32), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("smooth_k", [True, False])
 @pytest.mark.parametrize("b,s", [(1, 197), (64, 197), (4, 577), (3, 97)])
-def test_attention_qk_int8_on_chip_gpu(poison, b, s):
+def test_attention_qk_int8_on_chip_gpu(poison, b, s, smooth_k):
     """Q/K quantized inside the attention kernel against the reference int8 path and the float truth, on
     views of one qkv tensor (the model's layout), K with an offset (what the smoothing removes)."""
     from qvit.kernels.attention import attention_int8_ref, attention_qk_int8, attention_ref, quantize_qk_ref
     qkv = torch.randn(b, s, 3, 16, 64, device=DEV, dtype=torch.bfloat16)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1] + 2.0, qkv[:, :, 2]
-    o = attention_qk_int8(q, k, v, 64 ** -0.5)
-    ref = attention_int8_ref(*quantize_qk_ref(q, k), v)
+    o = attention_qk_int8(q, k, v, 64 ** -0.5, smooth_k)
+    ref = attention_int8_ref(*quantize_qk_ref(q, k, smooth_k), v)
     # both outputs are rounded to bf16 (2^-9 relative each, at most 2^-8 between them); K's mean, summed in
     # another order, may move a rare K element one int8 step, far below that
     assert rel_err(o, ref) < 2 ** -8

@@ -227,17 +227,18 @@ def test_expand_int4_progressive_errors():
         expand_int4_progressive(packed, Q.quantize_int4_progressive(torch.randn(8, 64), 16)[1], 16)
 
 
+@pytest.mark.parametrize("smooth_k", [True, False])
 @pytest.mark.parametrize("b,s,h", [(2, 41, 2), (1, 7, 3), (1, 37, 1)])
-def test_attention_qk_int8_on_chip(poison, b, s, h):
+def test_attention_qk_int8_on_chip(poison, b, s, h, smooth_k):
     """Q/K quantized inside the attention kernel: the same result as quantizing them first (reference
     quantization, reference int8 attention), on strided views of a qkv tensor with a K offset; S = 37 > the
-    interpreter's 16-wide key tiles, so the K mean spans several tiles."""
+    interpreter's 16-wide key tiles, so the K mean spans several tiles. With and without K smoothing."""
     from qvit.kernels.attention import attention_int8_ref, attention_qk_int8, attention_ref, quantize_qk_ref
     qkv = torch.randn(b, s, 3, h, 32).half()
     q, k, v = qkv[:, :, 0], qkv[:, :, 1] + 3.0, qkv[:, :, 2]
-    o = attention_qk_int8(q, k, v, 32 ** -0.5)
+    o = attention_qk_int8(q, k, v, 32 ** -0.5, smooth_k)
     assert o.shape == q.shape and o.dtype == v.dtype
-    assert rel_err(o, attention_int8_ref(*quantize_qk_ref(q, k), v)) < 2e-3
+    assert rel_err(o, attention_int8_ref(*quantize_qk_ref(q, k, smooth_k), v)) < 2e-3
     cos = torch.nn.functional.cosine_similarity(o.float().flatten(), attention_ref(q, k, v).float().flatten(), 0)
     assert cos > 0.999
 

@@ -92,3 +92,27 @@ def test_half_keeps_quantized_formats(base):
     q = m.blocks[1].attn.qkv
     assert q.wq.dtype == torch.int8 and q.w_scale.dtype == torch.float32 and q.bias.dtype == torch.float32
     assert m.blocks[0].attn.qkv.weight.dtype == torch.float16  # float layers do follow .half()
+
+
+def test_int8_attention_smoothing_saved_and_old_files_keep_it(tmp_path, base):
+    """QuantConfig.smooth_k reaches every attention module and survives save/load; a file written before the
+    option existed (no smooth_k in its quant metadata) loads with K smoothing on, as it was made."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from qvit.vit.model import Attention
+    for smooth in (False, True):
+        m = quantize(copy.deepcopy(base), QuantConfig.preset("w8a8", int8_attention=True, smooth_k=smooth))
+        assert all(a.int8_qk and a.smooth_k == smooth for a in m.modules() if isinstance(a, Attention))
+        p = tmp_path / f"m{smooth}.safetensors"
+        save_quantized(m, str(p))
+        back = load_quantized(str(p))
+        assert all(a.smooth_k == smooth for a in back.modules() if isinstance(a, Attention))
+    with safe_open(str(tmp_path / "mFalse.safetensors"), framework="pt") as f:
+        meta = dict(f.metadata())
+        sd = {k: f.get_tensor(k) for k in f.keys()}
+    q = json.loads(meta["quant"])
+    del q["smooth_k"]
+    save_file(sd, str(tmp_path / "old.safetensors"), metadata={**meta, "quant": json.dumps(q)})
+    old = load_quantized(str(tmp_path / "old.safetensors"))
+    assert all(a.smooth_k for a in old.modules() if isinstance(a, Attention))

@@ -137,6 +137,7 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.attn_backend: str | None = None  # None: $QVIT_ATTN / auto
         self.int8_qk = False  # quantized variants: int8 Q/K inside the fused kernel
+        self.smooth_k = False  # ... with K minus its token mean (QuantConfig.smooth_k)
 
     def forward(self, x, residual=None):
         """x (B, S, C) float, or pre-quantized by `_norm_into`; residual: added to the output (fused into
@@ -162,7 +163,7 @@ class Attention(nn.Module):
                 from qvit.kernels import attention as qattn
                 if self.int8_qk and not torch.is_grad_enabled():
                     # Q/K quantized on chip inside the attention kernel (no int8 copy through memory)
-                    return qattn.attention_qk_int8(q, k, v, self.head_dim ** -0.5)
+                    return qattn.attention_qk_int8(q, k, v, self.head_dim ** -0.5, self.smooth_k)
                 return qattn.attention(q, k, v)
         if backend is AttnBackend.TORCH:
             from qvit.kernels.attention import attention_ref

@@ -1,0 +1,47 @@
+import torch, time
+from qvit.vit.checkpoint import load_model
+from qvit.vit import model as M
+from qvit.kernels.attention import attention_int8_ref, attention_ref
+from qvit.kernels.quant import quantize_int8_per_token
+from qvit.train.data import load_cifar10
+from qvit.train.augment import CIFAR_MEAN, CIFAR_STD
+torch.manual_seed(0)
+m = load_model("results/h200-train-3/train/model-bf16.safetensors").float().eval()
+x, y = load_cifar10("test")
+n = 2000
+x = x[:n].float() / 255; y = y[:n]
+x = (x - torch.tensor(CIFAR_MEAN).view(1,3,1,1)) / torch.tensor(CIFAR_STD).view(1,3,1,1)
+MODE = {"m": "float"}
+def attend(self, q, k, v):
+    mode = MODE["m"]
+    if mode == "float":
+        return attention_ref(q, k, v)
+    if mode == "dyn":
+        k = k - k.mean(dim=1, keepdim=True)
+    elif mode == "static":
+        k = k - self._kstatic.view(1, 1, self.num_heads, self.head_dim)
+    q8, qs = quantize_int8_per_token(q); k8, ks = quantize_int8_per_token(k)
+    return attention_int8_ref(q8, qs, k8, ks, v)
+M.Attention.attend = attend
+for blk in m.blocks:
+    a = blk.attn; C = a.qkv.in_features
+    wk = a.qkv.weight[C:2*C]; bk = a.qkv.bias[C:2*C]
+    a._kstatic = (bk + wk @ blk.norm1.bias).detach()
+res = {}
+with torch.no_grad():
+    for mode in ("float", "dyn", "static", "none"):
+        MODE["m"] = mode; t = time.time()
+        logits = torch.cat([m(x[i:i+250]) for i in range(0, n, 250)])
+        res[mode] = logits
+        ref = res["float"]
+        print(mode, "top1", (logits.argmax(1) == y).float().mean().item()*100, "rel err", ((logits-ref).norm()/ref.norm()).item(), f"{time.time()-t:.0f}s", flush=True)
+# how big is the residual mean after static fold vs before
+with torch.no_grad():
+    ks = []
+    def hook(mod, inp, out):
+        ks.append(out)
+    blk = m.blocks[4]; h = blk.attn.qkv.register_forward_hook(hook)
+    MODE["m"] = "float"; m(x[:64]); h.remove()
+    C = blk.attn.qkv.in_features; k = ks[0][..., C:2*C]
+    print("block4 |K| rms", k.pow(2).mean().sqrt().item(), "token-mean rms", k.mean(1).pow(2).mean().sqrt().item(),
+          "after static fold token-mean rms", (k.mean(1) - blk.attn._kstatic).pow(2).mean().sqrt().item())
