@@ -84,7 +84,10 @@ if triton is not None:
                                      # one key tile covers S <= 256: nothing to pipeline across iterations,
                                      # so single-stage variants free shared memory for more CTAs per SM
                                      (64, 256, 4, 1), (64, 256, 8, 1), (128, 256, 8, 1), (32, 256, 4, 1),
-                                     (64, 128, 4, 2), (128, 128, 8, 2)]]
+                                     (64, 128, 4, 2), (128, 128, 8, 2),
+                                     # narrower key tiles: 197 keys pad to 224 instead of 256 (the H200
+                                     # record had BLOCK_N = 64 pipelined tiles win at batch >= 4), deeper pipes
+                                     (128, 32, 4, 3), (128, 32, 8, 4), (64, 32, 4, 4), (128, 64, 8, 4)]]
 
     def _prune(configs, named_args, **kwargs):
         s = named_args["S"]
@@ -104,6 +107,18 @@ if triton is not None:
         scale = tl.maximum(tl.max(tl.abs(x), axis=AXIS) / 127.0, 1.1754943508222875e-38)
         sc = scale[:, None] if AXIS == 1 else scale[None, :]
         return tl.clamp(_round_half_even(tl.math.div_rn(x, sc)), -127.0, 127.0).to(tl.int8), scale
+
+    @triton.jit
+    def _quant_tile_fast(x, AXIS: tl.constexpr):
+        """`_quant_tile` with one division per row/column instead of one per element: q = round(x * (127 /
+        amax)). x * (127 / amax) and x / (amax / 127) differ by a few ulp, so an element within ~1e-5 of a
+        rounding tie may land one int8 step away from the reference quantizer: the on-chip path's results are
+        checked against the reference within the output's rounding (tests), not bit for bit."""
+        amax = tl.max(tl.abs(x), axis=AXIS)
+        scale = tl.maximum(amax / 127.0, 1.1754943508222875e-38)
+        inv = 1.0 / scale
+        iv = inv[:, None] if AXIS == 1 else inv[None, :]
+        return tl.clamp(_round_half_even(x * iv), -127.0, 127.0).to(tl.int8), scale
 
     # BATCH_TUNE (the batch rounded to a power of two, at most 64; unused by the kernel) is in every
     # attention key: the grid is batch x heads x query blocks, so the best tile at batch 1 is not the best at
@@ -137,7 +152,7 @@ if triton is not None:
             # per-token scales folded with sm_scale * log2(e) into one row factor
             qsc = tl.load(qs_ptr + (b * S + offs_m) * H + h, mask=mask_m, other=0.0) * qk_scale
         if QUANT_QK:
-            q8, qsc = _quant_tile(q.to(tl.float32), 1)
+            q8, qsc = _quant_tile_fast(q.to(tl.float32), 1)
             q = q8
             qsc = qsc * qk_scale
         if QUANT_QK and SMOOTH_K:
@@ -162,9 +177,9 @@ if triton is not None:
                 s = tl.dot(q, kt, out_dtype=tl.int32).to(tl.float32) * qsc[:, None] * ksc[None, :]
             elif QUANT_QK:
                 if SMOOTH_K:
-                    k8, ksc = _quant_tile(kt.to(tl.float32) - kmean[:, None], 0)  # per token = per column of K^T
+                    k8, ksc = _quant_tile_fast(kt.to(tl.float32) - kmean[:, None], 0)  # per token = column of K^T
                 else:
-                    k8, ksc = _quant_tile(kt.to(tl.float32), 0)
+                    k8, ksc = _quant_tile_fast(kt.to(tl.float32), 0)
                 s = tl.dot(q, k8, out_dtype=tl.int32).to(tl.float32) * qsc[:, None] * ksc[None, :]
             else:
                 s = tl.dot(q, kt) * qk_scale
@@ -423,8 +438,8 @@ def attention_qk_int8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sm_scal
                       smooth_k: bool = True) -> torch.Tensor:
     """The int8 Q/K path from fp16/bf16 q, k, v (B, S, H, D) in one kernel (inference only): Q and K (minus
     its mean over tokens when smooth_k) are quantized on chip, as `quantize_qk_ref(q, k, smooth_k)` (K's mean
-    summed in another order: a K element on a rounding edge may land one int8 step away), QK^T on the int8
-    tensor cores, P.V in v's dtype.
+    summed in another order, and the scale applied as a multiplication by its reciprocal: an element on a
+    rounding edge may land one int8 step away), QK^T on the int8 tensor cores, P.V in v's dtype.
     Same result as `attention_int8(*quantize_qk(q, k), v, sm_scale)` without the int8 round trip through
     memory and without the quantization kernel (which ran one program per (batch, head): 16 at batch 1)."""
     _check_qkv(q, k, v, int8=False)
