@@ -60,8 +60,9 @@ def rel_err(y, ref):
 
 
 def source_commit() -> str | None:
-    """The commit the numbers belong to: $QVIT_COMMIT, else the checkout's HEAD (with "+dirty" when tracked
-    files differ from it), else .gpu/commit (the device machine's copy of the tree may have no .git)."""
+    """The commit the numbers belong to: $QVIT_COMMIT (tools/gpu_run.sh sets it from .gpu/commit: the device
+    machine's copy of .git can be older than the tree it runs), else the checkout's HEAD (with "+dirty" when
+    tracked files differ from it), else .gpu/commit."""
     import subprocess
     if os.environ.get("QVIT_COMMIT"):
         return os.environ["QVIT_COMMIT"]

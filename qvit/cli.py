@@ -121,7 +121,7 @@ def _cmd_compare(args) -> int:
     from qvit.train.compare import STAGES, run
     stages = tuple(args.stages.split(",")) if args.stages else STAGES
     print(run(args.out, stages, tiny=True if args.tiny else None, device=args.device, e2e_file=args.e2e,
-              sizes_file=args.sizes))
+              sizes_file=args.sizes, study_file=args.study))
     return 0
 
 
@@ -292,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default=None)
     s.add_argument("--e2e", default=None, help="report: a bench_e2e.json from another run folder")
     s.add_argument("--sizes", default=None, help="report: a `bench_e2e --sizes-only` JSON for the disk column")
+    s.add_argument("--study", default=None, help="report: a study_ptq.json from another folder (a later study)")
     s.set_defaults(fn=_cmd_compare)
 
     s = sub.add_parser("demo", help="local web page racing the five variants live (upload or pick an image)")

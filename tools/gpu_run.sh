@@ -33,6 +33,10 @@ tcache=${TRITON_CACHE_DIR:-$HOME/.triton/cache}
 mkdir -p "$tcache"
 [ -f tools/triton-autotune.tgz ] && tar xzf tools/triton-autotune.tgz -C "$tcache" 2>/dev/null
 py=${PYTHON:-python3}
+# the commit every JSON names: the device's copy of .git can be a snapshot older than the tree it runs
+# (seen in session 5: HEAD at the session's start, tree at the call), so .gpu/commit, written by the submitter
+# right before the call, wins over git there
+[ -z "${QVIT_COMMIT:-}" ] && [ -f .gpu/commit ] && export QVIT_COMMIT=$(cat .gpu/commit)
 declare -A rc
 t_install=0
 # QVIT_GPUS="0 1 2 3": the tests step runs one shard per listed GPU (QVIT_TEST_SHARD, tests/conftest.py), all
@@ -76,14 +80,14 @@ for step in $steps; do
         tg=("${gpus[@]}"); [[ " $steps " == *" bench "* ]] && tg=("${gpus[@]:1}")
         n=${#tg[@]}; shard_pids=()
         for i in "${!tg[@]}"; do
-          CUDA_VISIBLE_DEVICES=${tg[$i]} QVIT_TEST_SHARD=$i/$n $(lim) $py -m pytest -m gpu tests -q -p no:cacheprovider \
+          CUDA_VISIBLE_DEVICES=${tg[$i]} QVIT_TEST_SHARD=$i/$n $(lim) $py -m pytest -m gpu tests -q -p no:cacheprovider --durations=25 \
             --junitxml="$out/gpu_tests.$i.xml" ${QVIT_PYTEST_ARGS:-} > "$out/gpu_tests.$i.log" 2>&1 &
           shard_pids+=($!)
         done
         echo "tests: $n shards on GPUs ${tg[*]} (background)"
         [[ " $steps " == *" bench "* ]] || wait_shards
       else
-        $(lim) $py -m pytest -m gpu tests -q -p no:cacheprovider --junitxml="$out/gpu_tests.xml" ${QVIT_PYTEST_ARGS:-} 2>&1 | tee "$out/gpu_tests.log" | tail -40
+        $(lim) $py -m pytest -m gpu tests -q -p no:cacheprovider --durations=25 --junitxml="$out/gpu_tests.xml" ${QVIT_PYTEST_ARGS:-} 2>&1 | tee "$out/gpu_tests.log" | tail -40
         rc[tests]=${PIPESTATUS[0]}
       fi ;;
     train)

@@ -31,7 +31,8 @@ def _say(msg):
     print(f"qvit compare: {msg}", file=sys.stderr)
 
 
-def run(out: str, stages=STAGES, tiny: bool | None = None, device=None, e2e_file=None, sizes_file=None) -> str:
+def run(out: str, stages=STAGES, tiny: bool | None = None, device=None, e2e_file=None, sizes_file=None,
+        study_file=None) -> str:
     from dataclasses import replace
 
     from qvit.train.trainer import TrainConfig, train
@@ -39,7 +40,8 @@ def run(out: str, stages=STAGES, tiny: bool | None = None, device=None, e2e_file
     if tuple(stages) == ("report",):
         # a report of stages run elsewhere (e.g. on a GPU): tiny only if the training ran at tiny scale
         tr = _load(os.path.join(out, "train", "summary.json")) or {}
-        return write_results(out, tiny if tiny is not None else tr.get("device", "cpu") == "cpu", e2e_file, sizes_file)
+        return write_results(out, tiny if tiny is not None else tr.get("device", "cpu") == "cpu", e2e_file, sizes_file,
+                             study_file)
     tiny = (device == "cpu") if tiny is None else tiny
     if tiny:
         _say("no GPU (or --tiny): running the protocol at a tiny scale with the reference backends; "
@@ -89,7 +91,7 @@ def run(out: str, stages=STAGES, tiny: bool | None = None, device=None, e2e_file
             args += ["--model", "vit_micro_patch4_32", "--batches", "1", "4", "--iters", "5", "--only", "qvit"]
         bench_e2e.main(args)
     if "report" in stages:
-        return write_results(out, tiny, e2e_file, sizes_file)
+        return write_results(out, tiny, e2e_file, sizes_file, study_file)
     return out
 
 
@@ -97,15 +99,17 @@ def _first(*paths):
     return next((d for d in map(_load, paths) if d is not None), None)
 
 
-def write_results(out: str, tiny: bool, e2e_file: str | None = None, sizes_file: str | None = None) -> str:
+def write_results(out: str, tiny: bool, e2e_file: str | None = None, sizes_file: str | None = None,
+                  study_file: str | None = None) -> str:
     """OUT/RESULTS.md and the two plots from whatever stages have run.
 
     Reads the `qvit compare` layout (train/, study/, qat-<4-bit preset>/, qlora/, bench_e2e.json) and the gpu_run one
     (qat-qlora/, study/ablation_from_log.json). e2e_file: a bench_e2e.json measured elsewhere (another run
     folder); sizes_file: a `bench_e2e --sizes-only` JSON, used for the disk column and the size plot where
-    the e2e run has no size for a variant (file sizes depend only on shapes and formats)."""
+    the e2e run has no size for a variant (file sizes depend only on shapes and formats); study_file: a
+    study_ptq.json from another folder (a later study of the same model)."""
     tr = _load(os.path.join(out, "train", "summary.json"))
-    st = _load(os.path.join(out, "study", "study_ptq.json"))
+    st = _load(study_file or os.path.join(out, "study", "study_ptq.json"))
     if st is not None and "ablation" not in st:
         ab = _load(os.path.join(out, "study", "ablation_from_log.json"))
         if ab is not None:
@@ -164,7 +168,8 @@ def write_results(out: str, tiny: bool, e2e_file: str | None = None, sizes_file:
               f"{(st or {}).get('linear_backend', '?')} linears; speed, size and memory: "
               f"{(e2e or {}).get('model', '?')} with random weights on {(e2e or {}).get('env', {}).get('card', '?')} "
               f"(batch-1 latency graphed where capturable; x bf16 = img/s at the largest batch over '{ref_name}' "
-              "in the same run). Source files: train/summary.json, study/study_ptq.json, "
+              "in the same run). Source files: train/summary.json, "
+              f"{os.path.relpath(study_file, out) if study_file else 'study/study_ptq.json'}, "
               f"{os.path.relpath(e2e_file, out) if e2e_file else 'bench_e2e.json'}"
               + (f"; disk MiB where no e2e row has it: {os.path.relpath(sizes_file, out)} (safetensors files written on "
                  "a CPU; sizes depend only on shapes and formats)" if sizes else "") + ".", ""]
