@@ -291,3 +291,26 @@ def test_sensitivity_only_runs_the_named_rows(monkeypatch):
     assert list(r["top1"]) == ["float", "head", "default protection (blocks 0, -1, head float)"]
     assert built == [None, ["head"], ["blocks.1.mlp.fc2"]]
     assert r["drop"]["head"] == r["top1"]["float"] - r["top1"]["head"]
+
+
+def test_results_from_a_later_study_file(tmp_path):
+    """`qvit compare --stages report --study FILE`: the table's accuracy comes from FILE (a later study of the
+    same model, in another folder), the source line names it, and the run folder's ablation is kept."""
+    import json
+
+    from qvit.train.compare import write_results
+    out = tmp_path / "run"
+    (out / "study").mkdir(parents=True)
+    row = {"n": 10, "top5": 99.0, "macro_f1": 80.0}
+    json.dump({"variants": {"1 bf16": {**row, "top1": 91.0}, "2 4bit+qvit-attn": {**row, "top1": 90.5}}},
+              open(out / "study" / "study_ptq.json", "w"))
+    json.dump({"preset": "w4a8", "top1": {"float": 91.0, "head": 90.9}, "drop": {"float": 0.0, "head": 0.1}},
+              open(out / "study" / "ablation_from_log.json", "w"))
+    later = tmp_path / "later" / "study_ptq.json"
+    later.parent.mkdir()
+    json.dump({"n_test": 10, "variants": {"1 bf16": {**row, "top1": 91.0}, "2 4bit+qvit-attn": {**row, "top1": 90.25}}},
+              open(later, "w"))
+    md = open(write_results(str(out), False, study_file=str(later))).read()
+    assert "| 2 4bit+qvit-attn | 90.25 |" in md and "90.50" not in md
+    assert "../later/study_ptq.json" in md
+    assert "| head | 90.90 | +0.10 |" in md
