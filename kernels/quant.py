@@ -122,6 +122,42 @@ def int8_matmul_ref(xq, x_scale, wq, w_scale, bias=None, out_dtype=torch.float32
     return y.to(out_dtype)
 
 
+def quantize_int8_per_group(x: torch.Tensor, group: int):
+    """(..., K) float -> (q int8 (..., K), scale float32 (..., K // group)): per token and per run of `group`
+    consecutive channels, scale = amax / 127 and q = round(x / scale) as `quantize_int8_per_token` (which is
+    the case group = K). What the fc1 GEMM's epilogue writes for fc2 (a token's 4,096 channels are spread over
+    several output tiles, so no single program sees the token's amax)."""
+    _check_tensor("x", x, FLOAT_DTYPES)
+    k = x.shape[-1]
+    if group <= 0 or k % group:
+        raise ValueError(f"activation group size {group} must divide K={k}")
+    xg = x.float().reshape(*x.shape[:-1], k // group, group)
+    scale = (xg.abs().amax(dim=-1) / INT8_MAX).clamp(min=torch.finfo(torch.float32).tiny)
+    q = torch.round(xg / scale[..., None]).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
+    return q.reshape(x.shape), scale
+
+
+def int8_group_matmul_ref(xq, x_scale, wq, w_scale, bias=None, out_dtype=torch.float32, gelu=False, residual=None):
+    """`int8_matmul_ref` with group-wise activation scales x_scale (..., K // g): each group's exact integer
+    dot is scaled by its own activation scale, then by the channel's weight scale."""
+    k = xq.shape[-1]
+    g = k // x_scale.shape[-1]
+    if g * x_scale.shape[-1] != k:
+        raise ValueError(f"x_scale has {x_scale.shape[-1]} groups, which do not divide K={k}")
+    x2, s2 = xq.reshape(-1, k).double(), x_scale.reshape(-1, k // g).double()
+    acc = torch.zeros(x2.shape[0], wq.shape[0], dtype=torch.float64, device=xq.device)
+    for j in range(k // g):  # each group's exact integer dot, scaled by the group's activation scale
+        acc += (x2[:, j * g:(j + 1) * g] @ wq[:, j * g:(j + 1) * g].double().t()) * s2[:, j:j + 1]
+    y = acc.float().reshape(*xq.shape[:-1], wq.shape[0]) * w_scale.float()
+    if bias is not None:
+        y = y + bias.float()
+    if gelu:
+        y = torch.nn.functional.gelu(y)
+    if residual is not None:
+        y = y + residual.float()
+    return y.to(out_dtype)
+
+
 # ----------------------------------------------------------------------------- fp8 (e4m3)
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
 

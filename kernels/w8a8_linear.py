@@ -34,7 +34,8 @@ if triton is not None:
 
     def _configs():
         if interpreting():
-            return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32, "GROUP_M": 4}, num_warps=4, num_stages=1)]
+            # 32-wide N tiles: whole 32-channel output groups (the quantizing epilogue) fit one tile
+            return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}, num_warps=4, num_stages=1)]
         cfgs = []
         for bm, bn, bk, w, s in [
             (128, 256, 128, 8, 3), (256, 128, 128, 8, 3), (128, 128, 128, 4, 4), (128, 128, 128, 8, 4),
@@ -47,13 +48,20 @@ if triton is not None:
 
     def _prune(configs, named_args, **kwargs):
         m, n, k = named_args["M"], named_args["N"], named_args["K"]
+        xg = named_args.get("XG", kwargs.get("XG", 0))
+        qout = named_args.get("QOUT", kwargs.get("QOUT", 0))
         out = []
         for c in configs:
             bm, bn, bk = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]
             # drop tiles far larger than the problem (they only add padding work)
             if bm > 2 * max(m, 16) or bn > 2 * max(n, 16) or bk > 2 * max(k, 32):
                 continue
+            # group-scaled input: a K tile within one group; group-quantized output: whole groups per N tile
+            if (xg and (bk > xg or xg % bk)) or (qout and bn % qout):
+                continue
             out.append(c)
+        if not out and (xg or qout):
+            raise ValueError(f"w8a8_linear: no tile fits input group {xg} / output group {qout}")
         return out or configs[-1:]
 
     @triton.jit
@@ -80,16 +88,47 @@ if triton is not None:
             y += tl.load(r_ptr + m2 * stride_rm + n2, mask=mask, other=0.0).to(tl.float32)
         tl.store(y_ptr + m2 * stride_ym + n2, y.to(y_ptr.dtype.element_ty), mask=mask)
 
-    @triton.autotune(configs=_configs(), key=["M", "N", "K", "HAS_RES", "GELU", "FP8"],
+    @triton.jit
+    def _round_half_even(x):
+        # (x + 1.5 * 2^23) - 1.5 * 2^23: round to nearest, ties to even, as torch.round (|x| <= 127.5 here)
+        return (x + 12582912.0) - 12582912.0
+
+    @triton.jit
+    def _epilogue_quant(y, offs_m, offs_n, mask_m, mask_n, pid_n, b_ptr, q_ptr, s_ptr, N, stride_qm,
+                        HAS_BIAS: tl.constexpr, GELU: tl.constexpr, G: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        """+ bias -> GELU on the float32 tile, then int8 per token and per group of G columns, as
+        `quantize_int8_per_group` does (scale = amax / 127, q = round(y / scale)): q (M, N) int8, s (M, N // G)."""
+        tl.static_assert(BLOCK_N % G == 0, "an N tile must hold whole output groups")
+        if HAS_BIAS:
+            y += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        if GELU:
+            y = _gelu_erf(y)
+        y3 = tl.reshape(y, (BLOCK_M, BLOCK_N // G, G))
+        scale = tl.maximum(tl.max(tl.abs(y3), axis=2) / 127.0, 1.1754943508222875e-38)
+        q3 = tl.clamp(_round_half_even(tl.math.div_rn(y3, scale[:, :, None])), -127.0, 127.0)
+        q = tl.reshape(q3, (BLOCK_M, BLOCK_N)).to(tl.int8)
+        m2 = offs_m[:, None].to(tl.int64)
+        tl.store(q_ptr + m2 * stride_qm + offs_n[None, :], q, mask=mask_m[:, None] & mask_n[None, :])
+        offs_g = pid_n * (BLOCK_N // G) + tl.arange(0, BLOCK_N // G)
+        tl.store(s_ptr + m2 * (N // G) + offs_g[None, :], scale,
+                 mask=mask_m[:, None] & (offs_g < N // G)[None, :])
+
+    @triton.autotune(configs=_configs(), key=["M", "N", "K", "HAS_RES", "GELU", "FP8", "XG", "QOUT"],
                      prune_configs_by={"early_config_prune": _prune})
     @triton.jit
     def _w8a8_kernel(
-        x_ptr, xs_ptr, w_ptr, ws_ptr, b_ptr, r_ptr, y_ptr,
+        x_ptr, xs_ptr, w_ptr, ws_ptr, b_ptr, r_ptr, y_ptr, ys_ptr,
         M, N, K,
         stride_xm, stride_wn, stride_rm, stride_ym,
         HAS_BIAS: tl.constexpr, GELU: tl.constexpr, HAS_RES: tl.constexpr, FP8: tl.constexpr,
+        XG: tl.constexpr, QOUT: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     ):
+        """XG > 0: x's scales are per token and per group of XG channels, xs (M, K // XG): each K tile's
+        int32 product is scaled by its group's scale into a float32 accumulator. QOUT > 0: the output is
+        quantized in the epilogue, per token and per group of QOUT output channels: int8 into y, scales
+        (M, N // QOUT) into ys (the next GEMM's XG input; no residual then)."""
         # grouped tile order: GROUP_M row-tiles share one sweep over N, so W tiles stay in L2
         pid = tl.program_id(0)
         num_pid_m = tl.cdiv(M, BLOCK_M)
@@ -108,10 +147,13 @@ if triton is not None:
         # 64-bit row offsets: M * K overflows int32 beyond 2^31 elements
         x_ptrs = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm + offs_k[None, :]
         w_ptrs = w_ptr + offs_n[None, :].to(tl.int64) * stride_wn + offs_k[:, None]
-        if FP8:  # e4m3 operands, float32 accumulation on the fp8 tensor cores
+        if FP8 or XG > 0:  # e4m3 operands (fp8 tensor cores) or group-scaled int8 partial products
             acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         else:
             acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+        if XG > 0:
+            tl.static_assert(XG % BLOCK_K == 0, "a K tile must lie within one activation group")
+            xs_row = xs_ptr + offs_m.to(tl.int64) * (K // XG)
         for k0 in range(0, K, BLOCK_K):
             kmask = (k0 + offs_k) < K
             a = tl.load(x_ptrs, mask=mask_m[:, None] & kmask[None, :], other=0.0 if FP8 else 0)
@@ -121,16 +163,26 @@ if triton is not None:
                 # never promotes it (max_num_imprecise_acc = 2^30; DeepSeek-V3 measured ~2% error at K = 4096
                 # that way). Promote into the fp32 accumulator after every BLOCK_K products (DeepSeek-V3: 128)
                 acc = tl.dot(a, b, acc, max_num_imprecise_acc=BLOCK_K)
+            elif XG > 0:
+                xsg = tl.load(xs_row + k0 // XG, mask=mask_m, other=0.0)
+                acc += tl.dot(a, b, out_dtype=tl.int32).to(tl.float32) * xsg[:, None]
             else:
                 acc = tl.dot(a, b, acc, out_dtype=tl.int32)
             x_ptrs += BLOCK_K
             w_ptrs += BLOCK_K
 
-        xs = tl.load(xs_ptr + offs_m, mask=mask_m, other=0.0)
         ws = tl.load(ws_ptr + offs_n, mask=mask_n, other=0.0)
-        y = acc.to(tl.float32) * xs[:, None] * ws[None, :]
-        _epilogue(y, offs_m, offs_n, mask_m, mask_n, b_ptr, r_ptr, y_ptr, stride_rm, stride_ym,
-                  HAS_BIAS, GELU, HAS_RES, False)
+        if XG > 0:
+            y = acc * ws[None, :]
+        else:
+            xs = tl.load(xs_ptr + offs_m, mask=mask_m, other=0.0)
+            y = acc.to(tl.float32) * xs[:, None] * ws[None, :]
+        if QOUT > 0:
+            _epilogue_quant(y, offs_m, offs_n, mask_m, mask_n, pid_n, b_ptr, y_ptr, ys_ptr, N, stride_ym,
+                            HAS_BIAS, GELU, QOUT, BLOCK_M, BLOCK_N)
+        else:
+            _epilogue(y, offs_m, offs_n, mask_m, mask_n, b_ptr, r_ptr, y_ptr, stride_rm, stride_ym,
+                      HAS_BIAS, GELU, HAS_RES, False)
 
 
 def _validate(xq, x_scale, wq, w_scale, bias, residual, out_dtype):
@@ -149,9 +201,19 @@ def _validate(xq, x_scale, wq, w_scale, bias, residual, out_dtype):
     n, k2 = wq.shape
     if k != k2:
         raise ValueError(f"w8a8_linear: xq has K={k} but wq has K={k2}")
-    if x_scale.shape != (m,) or w_scale.shape != (n,):
-        raise ValueError(f"w8a8_linear: scales must be ({m},) and ({n},), got {tuple(x_scale.shape)} "
-                         f"and {tuple(w_scale.shape)}")
+    if w_scale.shape != (n,):
+        raise ValueError(f"w8a8_linear: w_scale must be ({n},), got {tuple(w_scale.shape)}")
+    if x_scale.ndim == 2:  # group-wise activation scales (M, K // g)
+        g = k // max(x_scale.shape[1], 1)
+        if x_scale.shape[0] != m or x_scale.shape[1] == 0 or g * x_scale.shape[1] != k or g % 32:
+            raise ValueError(f"w8a8_linear: group scales must be ({m}, K // g) with g a multiple of 32 dividing "
+                             f"K={k}, got {tuple(x_scale.shape)}")
+        if qdt != torch.int8:
+            raise TypeError("w8a8_linear: group-wise activation scales are an int8 path (not fp8)")
+        if not x_scale.is_contiguous():
+            raise ValueError("w8a8_linear: group scales must be contiguous")
+    elif x_scale.shape != (m,):
+        raise ValueError(f"w8a8_linear: x_scale must be ({m},) or ({m}, K // group), got {tuple(x_scale.shape)}")
     if bias is not None and bias.shape != (n,):
         raise ValueError(f"w8a8_linear: bias must be ({n},), got {tuple(bias.shape)}")
     if residual is not None and residual.shape != (m, n):
@@ -173,23 +235,55 @@ def _fake(xq, x_scale, wq, w_scale, bias=None, residual=None, gelu=False, out_dt
     return xq.new_empty((xq.shape[0], wq.shape[0]), dtype=out_dtype)
 
 
+def _launch(xq, x_scale, wq, w_scale, bias, residual, gelu, y, ys, qout):
+    m, k = xq.shape
+    n = wq.shape[0]
+    if residual is not None and residual.stride(1) != 1:
+        residual = residual.contiguous()
+    xg = k // x_scale.shape[1] if x_scale.ndim == 2 else 0
+    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
+    _w8a8_kernel[grid](
+        xq, x_scale, wq, w_scale, bias if bias is not None else w_scale,
+        residual if residual is not None else y, y, ys if ys is not None else w_scale,
+        m, n, k, xq.stride(0), wq.stride(0),
+        residual.stride(0) if residual is not None else 0, y.stride(0),
+        HAS_BIAS=bias is not None, GELU=gelu, HAS_RES=residual is not None, FP8=xq.dtype == torch.float8_e4m3fn,
+        XG=xg, QOUT=qout,
+    )
+
+
 @fast_custom_op("qvit::w8a8_linear", _fake)
 def w8a8_linear(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor,
                 bias: torch.Tensor | None = None, residual: torch.Tensor | None = None,
                 gelu: bool = False, out_dtype: torch.dtype = torch.float16) -> torch.Tensor:
-    """y = epilogue(xq @ wq^T); see the module docstring."""
+    """y = epilogue(xq @ wq^T); see the module docstring. x_scale (M,) per token, or (M, K // g) per token
+    and group of g input channels (what `w8a8_linear_quant_out` of the previous layer writes)."""
     _validate(xq, x_scale, wq, w_scale, bias, residual, out_dtype)
-    m, k = xq.shape
-    n = wq.shape[0]
-    y = torch.empty((m, n), dtype=out_dtype, device=xq.device)
-    if residual is not None and residual.stride(1) != 1:
-        residual = residual.contiguous()
-    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
-    _w8a8_kernel[grid](
-        xq, x_scale, wq, w_scale, bias if bias is not None else w_scale,
-        residual if residual is not None else y, y,
-        m, n, k, xq.stride(0), wq.stride(0),
-        residual.stride(0) if residual is not None else 0, y.stride(0),
-        HAS_BIAS=bias is not None, GELU=gelu, HAS_RES=residual is not None, FP8=xq.dtype == torch.float8_e4m3fn,
-    )
+    y = torch.empty((xq.shape[0], wq.shape[0]), dtype=out_dtype, device=xq.device)
+    _launch(xq, x_scale, wq, w_scale, bias, residual, gelu, y, None, 0)
     return y
+
+
+def _fake_quant_out(xq, x_scale, wq, w_scale, bias=None, gelu=False, group=128):
+    m, n = xq.shape[0], wq.shape[0]
+    return xq.new_empty((m, n), dtype=torch.int8), xq.new_empty((m, n // group), dtype=torch.float32)
+
+
+@fast_custom_op("qvit::w8a8_linear_quant_out", _fake_quant_out)
+def w8a8_linear_quant_out(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor,
+                          bias: torch.Tensor | None = None, gelu: bool = False,
+                          group: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """The W8A8 GEMM with its output quantized in the epilogue (after bias and GELU), per token and per group
+    of `group` output channels: (q int8 (M, N), scale float32 (M, N // group)), exactly what
+    `quantize_int8_per_group` makes of the float32 epilogue result, and what the next W8A8 GEMM takes as its
+    input with group-wise scales. Replaces GEMM -> bf16 -> separate quantize kernel (fc1 -> fc2)."""
+    _validate(xq, x_scale, wq, w_scale, bias, None, torch.float32)
+    n = wq.shape[0]
+    if xq.dtype != torch.int8:
+        raise TypeError("w8a8_linear_quant_out: int8 operands only")
+    if group <= 0 or group % 16 or n % group:
+        raise ValueError(f"w8a8_linear_quant_out: group={group} must be a multiple of 16 dividing N={n}")
+    q = torch.empty((xq.shape[0], n), dtype=torch.int8, device=xq.device)
+    s = torch.empty((xq.shape[0], n // group), dtype=torch.float32, device=xq.device)
+    _launch(xq, x_scale, wq, w_scale, bias, None, gelu, q, s, group)
+    return q, s

@@ -141,7 +141,7 @@ def linear_providers(x, lin, k, n):
     from qvit.kernels.layernorm_quant import layernorm_quant, layernorm_quant_fp8
     from qvit.kernels.w4a8_linear import expand_int4_progressive, w4a8_linear
     from qvit.kernels.w4a16_linear import w4a16_linear, w4a16_linear_dequant
-    from qvit.kernels.w8a8_linear import w8a8_linear
+    from qvit.kernels.w8a8_linear import w8a8_linear, w8a8_linear_quant_out
     w = lin.weight.detach()
     bias = lin.bias.detach().float()
     P = {}
@@ -170,6 +170,14 @@ def linear_providers(x, lin, k, n):
     pp, g2, s1 = Q.quantize_int4_progressive(w, 128)
     P["qvit w4a8p g128 (expand + w8a8, int8 in)"] = lambda: w8a8_linear(
         xq, xs, expand_int4_progressive(pp, g2, 128), s1, bias, None, False, torch.bfloat16)
+    # fc1 -> fc2 without the quantize kernel between them: fc1's epilogue writes int8 + scales per 128
+    # channels (GELU first), fc2 reads group-scaled int8 (QuantConfig.act_group)
+    if n % 128 == 0:
+        P["qvit w8a8 (+gelu, int8 out g128)"] = lambda: w8a8_linear_quant_out(xq, xs, wq, ws, bias, True, 128)
+    if k % 128 == 0:
+        xgq, xgs = Q.quantize_int8_per_group(x, 128)
+        P["qvit w8a8 (int8 in, g128 scales)"] = lambda: w8a8_linear(xgq, xgs, wq, ws, bias, None, False,
+                                                                     torch.bfloat16)
     P["qvit w4a16 int4 g128"] = lambda: w4a16_linear(x, p4, s4, None, bias, 128, "int4-sym")
     pn, an = Q.quantize_nf4(w, 64)
     pn, an = pn.view(n, k // 2), an.view(n, k // 64)
@@ -186,6 +194,9 @@ def linear_providers(x, lin, k, n):
     refs["qvit w4a8p g128 (expand + w8a8, int8 in)"] = lambda: Q.int8_matmul_ref(
         xq, xs, Q.expand_int4_progressive(pp, g2, 128), s1, bias, torch.float32)
     refs["qvit w8a8 fp8 (fp8 in)"] = lambda: Q.fp8_matmul_ref(xf, xfs, fq, fs, bias, torch.float32)
+    if k % 128 == 0:
+        refs["qvit w8a8 (int8 in, g128 scales)"] = lambda: Q.int8_group_matmul_ref(xgq, xgs, wq, ws, bias,
+                                                                                    torch.float32)
     refs["qvit w4a16 nf4 (dequant + cuBLAS)"] = refs["qvit w4a16 nf4"]
     # peers
     try:

@@ -225,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="quantize a float model into one safetensors file (export: the same command)")
     s.add_argument("--model", default="vit_small_patch4_32", help="config name, qvit float file, or timm checkpoint")
     s.add_argument("--config", default=None, help="config name when --model is a timm checkpoint")
-    s.add_argument("--preset", default="w8a8", choices=["w8a8", "w4a8", "w4a8p", "w4a16", "nf4", "fp8"])
+    s.add_argument("--preset", default="w8a8", choices=["w8a8", "w4a8", "w4a8p", "w4a16", "nf4", "fp8", "w8a8g", "w4a8pg"],
+                   help="w8a8g / w4a8pg: w8a8 / w4a8p with fc1's epilogue quantizing fc2's input (per 128 channels)")
     s.add_argument("--group-size", type=int, default=128)
     s.add_argument("--keep", nargs="*", default=["head", "blocks.0.", "blocks.-1."])
     s.add_argument("--keep-format", default="int8", choices=["float", "int8"],

@@ -24,6 +24,10 @@ VARIANTS = {
     # 4-bit with float group scales on the direct W4A8 kernel (int4 expanded to int8 inside the GEMM)
     "x w4a8+qvit-attn": ("w4a8", "qvit", True, "int8"),
     "x w4a8+sdpa-noflash": ("w4a8", "sdpa-noflash", False, "int8"),
+    # fc1's epilogue quantizes fc2's input (per token and 128 channels): one kernel and one bf16 round trip
+    # fewer per block (QuantConfig.act_group)
+    "x 8bit-g128+sdpa-noflash": ("w8a8g", "sdpa-noflash", False, "int8"),
+    "x 4bit-g128+sdpa-noflash": ("w4a8pg", "sdpa-noflash", False, "int8"),
 }
 FOUR_BIT = VARIANTS["2 4bit+qvit-attn"][0]  # the study's 4-bit preset (QAT, ablation, exports)
 MAIN = tuple(k for k in VARIANTS if k[0].isdigit())

@@ -327,7 +327,7 @@ def test_attention_backward_kernels_gpu(b, s, dtype):
         assert rel_err(ours[:, :, i], ref[:, :, i]) <= 2 * rel_err(low[:, :, i], ref[:, :, i]) + 1e-3, "qkv"[i]
 
 
-@pytest.mark.parametrize("preset", ["w8a8", "w4a8", "w4a8p", "w4a16", "nf4"])
+@pytest.mark.parametrize("preset", ["w8a8", "w4a8", "w4a8p", "w4a16", "nf4", "w8a8g", "w4a8pg"])
 def test_model_triton_backend_matches_torch_backend(preset):
     import copy
 
@@ -375,3 +375,26 @@ def test_demo_graph_replay_matches_eager_gpu():
         assert rel_err(out.float(), eager) < 2 ** -6, name
         assert top[0]["label"] == demo.classes[int(eager[0].argmax())], name
     demo.stop()
+
+
+@pytest.mark.parametrize("m", [197, 197 * 8 + 3])
+def test_w8a8_fc1_quant_out_and_group_input_gpu(poison, m):
+    """fc1 -> fc2 of ViT-L without a quantize kernel between them, at real shapes: fc1's epilogue (bias,
+    GELU, int8 per token and 128 channels) against `quantize_int8_per_group` of the exact float32 result
+    (a code on a rounding tie may move one step: float32 epilogue), and fc2 with those group-scaled codes
+    against the exact group-wise reference."""
+    from qvit.kernels.w8a8_linear import w8a8_linear, w8a8_linear_quant_out
+    xq, xs = Q.quantize_int8_per_token(torch.randn(m, 1024, device=DEV))
+    w1q, w1s = Q.quantize_int8_per_channel(torch.randn(4096, 1024, device=DEV) * 0.03)
+    b1 = torch.randn(4096, device=DEV) * 0.1
+    q, s = w8a8_linear_quant_out(xq, xs, w1q, w1s, b1, True, 128)
+    qr, sr = Q.quantize_int8_per_group(Q.int8_matmul_ref(xq, xs, w1q, w1s, b1, torch.float32, gelu=True), 128)
+    torch.testing.assert_close(s, sr, rtol=1e-5, atol=0)
+    d = (q.int() - qr.int()).abs()
+    assert int(d.max()) <= 1 and float(d.float().mean()) < 1e-3
+    w2q, w2s = Q.quantize_int8_per_channel(torch.randn(1024, 4096, device=DEV) * 0.02)
+    b2 = torch.randn(1024, device=DEV)
+    r = torch.randn(m, 1024, device=DEV, dtype=torch.bfloat16)
+    y = w8a8_linear(q, s, w2q, w2s, b2, r, False, torch.float32)
+    ref = Q.int8_group_matmul_ref(q, s, w2q, w2s, b2, torch.float32, residual=r)
+    assert rel_err(y, ref) < 2 ** -18  # exact int32 per K tile; float32 sums of 32-64 scaled partials

@@ -116,3 +116,42 @@ def test_int8_attention_smoothing_saved_and_old_files_keep_it(tmp_path, base):
     save_file(sd, str(tmp_path / "old.safetensors"), metadata={**meta, "quant": json.dumps(q)})
     old = load_quantized(str(tmp_path / "old.safetensors"))
     assert all(a.smooth_k for a in old.modules() if isinstance(a, Attention))
+
+
+@pytest.mark.parametrize("preset", ["w8a8g", "w4a8pg"])
+def test_fc1_quantizing_epilogue_feeds_fc2(base, preset):
+    """act_group: each W8A8-family fc1 hands fc2 int8 codes with per-token, per-group scales (no float
+    round trip), on the reference backend here: logits as close to float as the per-token path's, the
+    fused path taken in every quantized block (not in the float-kept ones), saved and loaded with the file."""
+    from qvit.vit.model import Mlp
+    torch.manual_seed(1)
+    x = torch.randn(3, 3, 32, 32)
+    f = _logits(base, x)
+    plain = _logits(quantize(copy.deepcopy(base), QuantConfig.preset(preset.rstrip("g"))), x)
+    m = quantize(copy.deepcopy(base), QuantConfig.preset(preset))
+    calls = []
+    for mlp in (mm for mm in m.modules() if isinstance(mm, Mlp)):
+        if getattr(mlp.fc1, "out_group", 0):
+            real = mlp.fc1.forward_quant
+            mlp.fc1.forward_quant = lambda *a, real=real, **k: calls.append(1) or real(*a, **k)
+    g = _logits(m, x)
+    assert len(calls) == 2  # depth 4: blocks 1 and 2 quantized, 0 and 3 kept in float
+    err = lambda y: float((y - f).norm() / f.norm())  # noqa: E731
+    assert err(g) <= 1.5 * err(plain) + 1e-3, (err(g), err(plain))
+    assert not torch.equal(g, plain)  # the path differs (group scales, no bf16 rounding between fc1 and fc2)
+
+
+def test_act_group_saved_and_validated(tmp_path, base):
+    from qvit.vit.model import Mlp
+    m = quantize(copy.deepcopy(base), QuantConfig.preset("w8a8g", keep_format="int8"))
+    save_quantized(m, str(tmp_path / "g.safetensors"))
+    back = load_quantized(str(tmp_path / "g.safetensors"))
+    assert back.quant_config.act_group == 128
+    assert all(mm.fc1.out_group == 128 for mm in back.modules() if isinstance(mm, Mlp))
+    with pytest.raises(ValueError, match="act_group"):
+        QuantConfig.preset("w8a8", act_group=100)
+    # formats without a group-scaled int8 input never fuse (W4A16 weights, FP8 activations)
+    for p in ("w4a16", "fp8"):
+        q = quantize(copy.deepcopy(base), QuantConfig.preset(p, act_group=128, keep_format="int8"))
+        assert all(getattr(mm.fc1, "out_group", 0) == 0 for mm in q.modules() if isinstance(mm, Mlp)
+                   if type(mm.fc1).__name__ != "Int8Linear"), p

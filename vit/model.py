@@ -183,7 +183,12 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x, residual=None):
-        if type(self.act) is nn.GELU and self.act.approximate == "none":
+        gelu = type(self.act) is nn.GELU and self.act.approximate == "none"
+        group = getattr(self.fc1, "out_group", 0)
+        if gelu and group and not torch.is_grad_enabled():
+            # fc1's epilogue: bias, GELU, int8 per token and group -> fc2's input (QuantConfig.act_group)
+            return _linear(self.fc2, self.fc1.forward_quant(x, gelu=True, group=group), residual=residual)
+        if gelu:
             h = _linear(self.fc1, x, gelu=True)  # fused into fc1's epilogue where the kernel has it
         else:
             h = self.act(self.fc1(x))

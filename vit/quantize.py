@@ -22,7 +22,7 @@ import torch.nn as nn
 from qvit.backend import Backend, BackendUnavailable, interpreting, resolve_backend
 from qvit.kernels import quant as Q
 from qvit.vit.checkpoint import CheckpointError, atomic_write, read_state_dict
-from qvit.vit.model import Attention, ViT, ViTConfig
+from qvit.vit.model import Attention, Mlp, ViT, ViTConfig
 
 FORMAT_VERSION = "1"
 WEIGHT_FORMATS = ("int8", "int4", "nf4", "fp8")
@@ -42,6 +42,10 @@ class QuantConfig:
     # over K in every program). Off: on the CIFAR-10 baseline it changed nothing measurable (2,000 test
     # images: top-1 94.25 with it, 94.30 without, 94.30 float; logit error 1.74e-3 vs 1.84e-3, NOTES.md)
     smooth_k: bool = False
+    # > 0: fc1's GEMM quantizes its output in its epilogue (after GELU), per token and group of act_group
+    # channels, and fc2 takes those int8 codes with group-wise scales: no bf16 round trip and no separate
+    # quantization kernel between them (W8A8 family only: w8a8, w4a8p). 0: fc1 writes bf16, fc2 quantizes.
+    act_group: int = 0
     keep: tuple = ("head", "blocks.0.", "blocks.-1.")  # name prefixes kept in higher precision
     keep_format: str = "float"      # float | int8: what kept linears become
 
@@ -60,6 +64,8 @@ class QuantConfig:
             raise ValueError("W4A8 needs symmetric int4 weights (symmetric=True)")
         if self.progressive and not (self.weight == "int4" and self.act == "int8"):
             raise ValueError("progressive (two-level) scales are a W4A8 format: weight='int4', act='int8'")
+        if self.act_group < 0 or self.act_group % 16:
+            raise ValueError(f"QuantConfig.act_group must be 0 or a multiple of 16, got {self.act_group}")
         if self.keep_format not in ("float", "int8"):
             raise ValueError(f"QuantConfig.keep_format must be 'float' or 'int8', got {self.keep_format!r}")
         self.keep = tuple(self.keep)
@@ -70,6 +76,9 @@ class QuantConfig:
             "w8a8": dict(weight="int8", act="int8"),
             "w4a8": dict(weight="int4", act="int8", symmetric=True),
             "w4a8p": dict(weight="int4", act="int8", symmetric=True, progressive=True),
+            # the same with fc1's epilogue quantizing fc2's input (per token and 128 channels)
+            "w8a8g": dict(weight="int8", act="int8", act_group=128),
+            "w4a8pg": dict(weight="int4", act="int8", symmetric=True, progressive=True, act_group=128),
             "w4a16": dict(weight="int4", act="none"),
             "nf4": dict(weight="nf4", act="none"),
             "fp8": dict(weight="fp8", act="fp8"),
@@ -110,6 +119,7 @@ class QAct:
     scale: torch.Tensor
     shape: torch.Size
     dtype: torch.dtype
+    group: int = 0  # 0: scale (M,) per token; g: scale (M, K // g) per token and group of g channels
 
     @property
     def device(self):
@@ -230,7 +240,28 @@ class Int8Linear(_QuantLinear):
     def _quantize_input(self, x, backend):
         return _quantize_act(x, backend)
 
+    accepts_group_input = True  # takes a QAct with group-wise scales (fc1's quantizing epilogue)
+    out_group = 0  # > 0: `forward_quant` is used for this layer's output (QuantConfig.act_group)
+
+    def forward_quant(self, x, gelu: bool = False, group: int = 128) -> QAct:
+        """The layer's output (+ bias, GELU) quantized per token and group of `group` channels, as the next
+        W8A8 layer's input: in the GEMM's epilogue on the Triton backend, in PyTorch on the reference one."""
+        x2 = x if isinstance(x, QAct) else _as_2d(x)
+        backend = self._backend(x2)
+        xq, xs = (x2.q, x2.scale) if isinstance(x2, QAct) else self._quantize_input(x2, backend)
+        wq = self._weight(backend)
+        lead = tuple(x.shape[:-1])
+        if backend is Backend.TRITON:
+            from qvit.kernels.w8a8_linear import w8a8_linear_quant_out
+            q, s = w8a8_linear_quant_out(xq, xs, wq, self.w_scale, self.bias, gelu, group)
+        else:
+            y = self._matmul_torch(xq, xs, wq, torch.float32)
+            q, s = Q.quantize_int8_per_group(_finish(y, gelu, None), group)
+        return QAct(q, s, torch.Size(lead + (self.out_features,)), x.dtype, group)
+
     def _matmul_torch(self, xq, xs, wq, out_dtype):
+        if xs.ndim == 2:  # group-wise activation scales
+            return Q.int8_group_matmul_ref(xq, xs, wq, self.w_scale, self.bias, out_dtype)
         if xq.is_cuda and xq.shape[0] > 16 and self.in_features % 8 == 0 and self.out_features % 8 == 0:
             acc = torch._int_mm(xq, wq.t())  # exact int32, same numbers as the float64 path
             y = acc.float() * xs[:, None] * self.w_scale
@@ -260,6 +291,7 @@ class Fp8Linear(Int8Linear):
     quant_kind = "fp8"
     act_format = "fp8"
     _qdtype = torch.float8_e4m3fn
+    accepts_group_input = False
 
     @staticmethod
     def _quantize_weight(w):
@@ -446,6 +478,19 @@ def _set(model, name, module):
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
+def _set_runtime(model: ViT, config: QuantConfig):
+    """The quantization choices made at run time, not stored in any tensor: int8 Q/K attention (and K
+    smoothing), and fc1's quantizing epilogue feeding fc2 (only where both are W8A8-family layers)."""
+    for m in model.modules():
+        if isinstance(m, Attention):
+            m.int8_qk, m.smooth_k = config.int8_attention, config.smooth_k
+        if isinstance(m, Mlp):
+            fuse = (config.act_group > 0 and isinstance(m.fc1, Int8Linear) and m.fc1.act_format == "int8"
+                    and getattr(m.fc2, "accepts_group_input", False) and m.fc2.in_features % config.act_group == 0)
+            if isinstance(m.fc1, Int8Linear):
+                m.fc1.out_group = config.act_group if fuse else 0
+
+
 def quantize(model: ViT, config: QuantConfig, filter_fn=default_filter) -> ViT:
     """Swap the model's linears in place for quantized modules; returns the model."""
     if not isinstance(config, QuantConfig):
@@ -463,9 +508,7 @@ def quantize(model: ViT, config: QuantConfig, filter_fn=default_filter) -> ViT:
             new = new.to(mod.weight.device)
             _set(model, name, new)
             layers[name] = new.layer_meta()
-    for m in model.modules():
-        if isinstance(m, Attention):
-            m.int8_qk, m.smooth_k = config.int8_attention, config.smooth_k
+    _set_runtime(model, config)
     model.quant_config = config
     model.quant_layers = layers
     return model
@@ -505,9 +548,7 @@ def load_quantized(path: str, device="cpu") -> ViT:
         model = ViT(cfg)
     for name, lm in layers.items():
         _set(model, name, _make(lm))
-    for m in model.modules():
-        if isinstance(m, Attention):
-            m.int8_qk, m.smooth_k = qcfg.int8_attention, qcfg.smooth_k
+    _set_runtime(model, qcfg)
     model.quant_config, model.quant_layers = qcfg, layers
     own = model.state_dict()
     missing = sorted(set(own) - set(sd))
