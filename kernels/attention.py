@@ -124,14 +124,14 @@ if triton is not None:
     # attention key: the grid is batch x heads x query blocks, so the best tile at batch 1 is not the best at
     # batch 64. Without it the first call's batch chose the tile for all (the H200 autotuning record showed
     # the S = 197 decision taken at batch 1-2 and then reused by the batch-64 benchmark)
-    @triton.autotune(configs=_configs(), key=["S", "H", "D", "INT8", "QUANT_QK", "SMOOTH_K", "BATCH_TUNE"],
+    @triton.autotune(configs=_configs(), key=["S", "H", "D", "INT8", "QUANT_QK", "SMOOTH_K", "QOUT", "BATCH_TUNE"],
                      prune_configs_by={"early_config_prune": _prune})
     @triton.jit
-    def _attn_fwd(q_ptr, k_ptr, v_ptr, qs_ptr, ks_ptr, o_ptr, lse_ptr,
+    def _attn_fwd(q_ptr, k_ptr, v_ptr, qs_ptr, ks_ptr, o_ptr, lse_ptr, os_ptr,
                   sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sob, sos, soh,
                   H, S, qk_scale, BATCH_TUNE,
                   D: tl.constexpr, INT8: tl.constexpr, QUANT_QK: tl.constexpr, SMOOTH_K: tl.constexpr,
-                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                  QOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
         """INT8: q, k are int8 with per-token scales (qs, ks). QUANT_QK: q, k are fp16/bf16 and quantized
         here, on chip, as `quantize_qk_ref` does (Q per token; K per token, minus its mean over all tokens
         when SMOOTH_K: an extra pass over the head's K in every program), so that no int8 copy of Q/K goes
@@ -193,8 +193,16 @@ if triton is not None:
             acc = tl.dot(p.to(v_ptr.dtype.element_ty), v, acc)
             m_i = m_new
         acc = acc / l_i[:, None]
-        tl.store(o_ptr + b * sob + h * soh + offs_m[:, None].to(tl.int64) * sos + offs_d[None, :],
-                 acc.to(o_ptr.dtype.element_ty), mask=mask_m[:, None])
+        if QOUT:
+            # the proj GEMM's input: int8 per (token, head) -- a group of D of proj's K channels -- with the
+            # scale beside it in (B, S, H), as `quantize_int8_per_group(o, D)` does with the float32 output
+            oq, osc = _quant_tile(acc, 1)
+            tl.store(o_ptr + b * sob + h * soh + offs_m[:, None].to(tl.int64) * sos + offs_d[None, :], oq,
+                     mask=mask_m[:, None])
+            tl.store(os_ptr + (b * S + offs_m) * H + h, osc, mask=mask_m)
+        else:
+            tl.store(o_ptr + b * sob + h * soh + offs_m[:, None].to(tl.int64) * sos + offs_d[None, :],
+                     acc.to(o_ptr.dtype.element_ty), mask=mask_m[:, None])
         # log-sum-exp (natural log) per row, kept for a backward pass
         tl.store(lse_ptr + bh.to(tl.int64) * S + offs_m, (m_i + tl.math.log2(l_i)) * 0.6931471805599453, mask=mask_m)
 
@@ -384,20 +392,24 @@ def _check_qkv(q, k, v, int8):
         raise RuntimeError("attention: triton is not installed")
 
 
-def _launch(q, k, v, qs, ks, sm_scale, int8, quant_qk=False, smooth_k=True):
+def _launch(q, k, v, qs, ks, sm_scale, int8, quant_qk=False, smooth_k=True, quant_out=False):
+    """(o, lse), or with quant_out (o int8, o_scale float32 (B, S, H), lse)."""
     b, s, h, d = q.shape
-    o = torch.empty((b, s, h, d), dtype=v.dtype, device=v.device)
+    o = torch.empty((b, s, h, d), dtype=torch.int8 if quant_out else v.dtype, device=v.device)
     lse = torch.empty((b * h, s), dtype=torch.float32, device=v.device)
+    osc = torch.empty((b, s, h), dtype=torch.float32, device=v.device) if quant_out else None
     if b * s * h == 0:
-        return o, lse
+        return (o, osc, lse) if quant_out else (o, lse)
     qk_scale = sm_scale * 1.4426950408889634
     grid = lambda meta: (triton.cdiv(s, meta["BLOCK_M"]), b * h)  # noqa: E731
     dummy = lse
     _attn_fwd[grid](q, k, v, qs if qs is not None else dummy, ks if ks is not None else dummy, o, lse,
+                    osc if osc is not None else dummy,
                     q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                     v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
-                    h, s, qk_scale, batch_tune(b), D=d, INT8=int8, QUANT_QK=quant_qk, SMOOTH_K=quant_qk and smooth_k)
-    return o, lse
+                    h, s, qk_scale, batch_tune(b), D=d, INT8=int8, QUANT_QK=quant_qk, SMOOTH_K=quant_qk and smooth_k,
+                    QOUT=quant_out)
+    return (o, osc, lse) if quant_out else (o, lse)
 
 
 def _fake_fwd(q, k, v, sm_scale):
@@ -444,6 +456,23 @@ def attention_qk_int8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sm_scal
     memory and without the quantization kernel (which ran one program per (batch, head): 16 at batch 1)."""
     _check_qkv(q, k, v, int8=False)
     return _launch(q, k, v, None, None, sm_scale, False, quant_qk=True, smooth_k=smooth_k)[0]
+
+
+def _fake_quant_out(q, k, v, sm_scale, int8_qk=False, smooth_k=False):
+    b, s, h, _ = q.shape
+    return q.new_empty(q.shape, dtype=torch.int8), q.new_empty((b, s, h), dtype=torch.float32)
+
+
+@fast_custom_op("qvit::attention_quant_out", _fake_quant_out)
+def attention_quant_out(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sm_scale: float, int8_qk: bool = False,
+                        smooth_k: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention (fp16/bf16 q, k, v (B, S, H, D); int8_qk: Q/K quantized on chip as `attention_qk_int8`) with
+    its output quantized in the epilogue for the proj GEMM: (o int8 (B, S, H, D), scale float32 (B, S, H)),
+    one scale per token and head -- `quantize_int8_per_group(o, D)` of the float32 output -- so that o
+    reshaped to (B * S, H * D) is proj's int8 input with group-wise scales (B * S, H). Inference only."""
+    _check_qkv(q, k, v, int8=False)
+    o, osc, _ = _launch(q, k, v, None, None, sm_scale, False, quant_qk=int8_qk, smooth_k=smooth_k, quant_out=True)
+    return o, osc
 
 
 def attention_bwd_ref(q, k, v, o, lse, do, sm_scale):

@@ -32,6 +32,10 @@ _OUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 if triton is not None:
 
+    # narrow K tiles, offered only for inputs with 32- or 64-channel scale groups (proj after the quantizing
+    # attention epilogue: one group per head); the other calls are tuned over the same tiles as before
+    _GROUP_ONLY = ((128, 128, 64), (64, 128, 64), (128, 128, 32), (64, 64, 32))
+
     def _configs():
         if interpreting():
             # 32-wide N tiles: whole 32-channel output groups (the quantizing epilogue) fit one tile
@@ -41,7 +45,7 @@ if triton is not None:
             (128, 256, 128, 8, 3), (256, 128, 128, 8, 3), (128, 128, 128, 4, 4), (128, 128, 128, 8, 4),
             (128, 64, 128, 4, 4), (64, 128, 128, 4, 4), (64, 64, 128, 4, 4), (128, 256, 64, 8, 4),
             (64, 256, 128, 8, 3), (32, 64, 256, 4, 3),
-        ]:
+        ] + [c + (4, 4) for c in _GROUP_ONLY]:
             cfgs.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8},
                                       num_warps=w, num_stages=s))
         return cfgs
@@ -59,10 +63,13 @@ if triton is not None:
             # group-scaled input: a K tile within one group; group-quantized output: whole groups per N tile
             if (xg and (bk > xg or xg % bk)) or (qout and bn % qout):
                 continue
+            if not xg and (bm, bn, bk) in _GROUP_ONLY:  # the narrow-K tiles are for group-scaled inputs
+                continue
             out.append(c)
         if not out and (xg or qout):
             raise ValueError(f"w8a8_linear: no tile fits input group {xg} / output group {qout}")
-        return out or configs[-1:]
+        return out or [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"])
+                       not in _GROUP_ONLY][-1:]
 
     @triton.jit
     def _gelu_erf(x):

@@ -36,7 +36,8 @@ from qvit.variants import KEEP, MAIN, VARIANTS  # noqa: E402
 # the five study variants, the W4A16 path and the attention kernel alone, end to end
 QVIT_VARIANTS = {k: VARIANTS[k] for k in MAIN + ("x w4a16-int4+sdpa", "x fp8+sdpa-noflash", "x bf16+qvit-attn",
                                                  "x 8bit+qvit-attn-fp16qk", "x w4a8+sdpa-noflash",
-                                                 "x 8bit-g128+sdpa-noflash", "x 4bit-g128+sdpa-noflash")}
+                                                 "x 8bit-g128+sdpa-noflash", "x 4bit-g128+sdpa-noflash",
+                                                 "x 8bit-g128+qvit-attn-fp16qk", "x 8bit-g128+qvit-attn")}
 
 
 def _stats(ms: list[float]) -> dict:

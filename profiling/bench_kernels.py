@@ -287,8 +287,8 @@ def bench_lnq(res):
 def bench_attention(res, quick):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from qvit.kernels.attention import (attention_fwd, attention_int8, attention_qk_int8, attention_ref, quantize_qk,
-                                        quantize_qk_ref)
+    from qvit.kernels.attention import (attention_fwd, attention_int8, attention_qk_int8, attention_quant_out,
+                                        attention_ref, quantize_qk, quantize_qk_ref)
     shapes = [(1, 197), (64, 197), (64, 577)] if quick else [(1, 197), (64, 197), (256, 197), (64, 257), (64, 577), (1, 577)]
     h, d = 16, 64
     out = res["attention"] = []
@@ -319,11 +319,17 @@ def bench_attention(res, quick):
         provs["qvit int8 QK (quantized on chip)"] = lambda: attention_qk_int8(q, k, v, d ** -0.5)
         provs["qvit int8 QK (on chip, K unsmoothed)"] = lambda: attention_qk_int8(q, k, v, d ** -0.5, False)
         provs["qvit int8 QK (+quantize in torch)"] = lambda: attention_int8(*quantize_qk_ref(q, k), v, d ** -0.5)
+        # the output quantized for proj in the epilogue (int8 + a scale per token and head): what the model
+        # runs with QuantConfig.act_group instead of attention -> separate quantize kernel
+        provs["qvit fp16 (+int8 out for proj)"] = lambda: attention_quant_out(q, k, v, d ** -0.5)
+        provs["qvit int8 QK (on chip, +int8 out)"] = lambda: attention_quant_out(q, k, v, d ** -0.5, True)
         for pname, fn in provs.items():
             if pname == "SDPA math" and b * s * s > 64 * 577 * 577:
                 continue
             try:
                 y = fn()
+                if isinstance(y, tuple):  # (int8, scale per token and head): its error as dequantized
+                    y = y[0].float() * y[1][..., None]
                 torch.cuda.synchronize()
                 e = {**timed(fn, graph=not pname.startswith("Sage")), "rel_err": rel_err(y, ref)}
                 e["TFLOPs"] = flops / e["ms"] / 1e9

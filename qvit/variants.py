@@ -27,6 +27,9 @@ VARIANTS = {
     # fc1's epilogue quantizes fc2's input (per token and 128 channels): one kernel and one bf16 round trip
     # fewer per block (QuantConfig.act_group)
     "x 8bit-g128+sdpa-noflash": ("w8a8g", "sdpa-noflash", False, "int8"),
+    # ... and qvit's attention writing proj's int8 input (per token and head) from its epilogue
+    "x 8bit-g128+qvit-attn-fp16qk": ("w8a8g", "qvit", False, "int8"),
+    "x 8bit-g128+qvit-attn": ("w8a8g", "qvit", True, "int8"),
     "x 4bit-g128+sdpa-noflash": ("w4a8pg", "sdpa-noflash", False, "int8"),
 }
 FOUR_BIT = VARIANTS["2 4bit+qvit-attn"][0]  # the study's 4-bit preset (QAT, ablation, exports)

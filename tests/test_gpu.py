@@ -398,3 +398,19 @@ def test_w8a8_fc1_quant_out_and_group_input_gpu(poison, m):
     y = w8a8_linear(q, s, w2q, w2s, b2, r, False, torch.float32)
     ref = Q.int8_group_matmul_ref(q, s, w2q, w2s, b2, torch.float32, residual=r)
     assert rel_err(y, ref) < 2 ** -18  # exact int32 per K tile; float32 sums of 32-64 scaled partials
+
+
+@pytest.mark.parametrize("int8_qk", [False, True])
+@pytest.mark.parametrize("b,s", [(1, 197), (64, 197), (3, 97)])
+def test_attention_quantized_output_gpu(poison, b, s, int8_qk):
+    """The attention epilogue's int8 output for proj at ViT-L shapes: the codes and scales of the same kernel's
+    fp16 output quantized per token and head, to fp16's rounding (a code next to a tie may move one step)."""
+    from qvit.kernels.attention import attention, attention_qk_int8, attention_quant_out
+    qkv = torch.randn(b, s, 3, 16, 64, device=DEV, dtype=torch.float16)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    o8, osc = attention_quant_out(q, k, v, 0.125, int8_qk)
+    o = attention_qk_int8(q, k, v, 0.125, False) if int8_qk else attention(q, k, v, 0.125)
+    qr, sr = Q.quantize_int8_per_group(o.float().reshape(b, s, 1024), 64)
+    torch.testing.assert_close(osc, sr, rtol=2 ** -10, atol=0)
+    d = (o8.reshape(b, s, 1024).int() - qr.int()).abs()
+    assert int(d.max()) <= 1 and float(d.float().mean()) < 0.1

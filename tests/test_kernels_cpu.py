@@ -419,7 +419,8 @@ def test_fp8_rounding_sweep_matches_torch_cast(poison):
 
 def test_model_fc1_quantizing_epilogue_triton_matches_reference(monkeypatch):
     """act_group on the Triton backend: every block's fc1 runs `w8a8_linear_quant_out` (int8 + group scales
-    for fc2, no fp16 tensor between them). The Triton model runs in fp16 and the reference in float32, which
+    for fc2, no fp16 tensor between them) and its attention `attention_quant_out` (int8 per token and head for
+    proj). The Triton model runs in fp16 and the reference in float32, which
     alone moves the logits by ~2% (activations crossing int8 rounding edges); the property checked: with the
     fusion the two backends differ no more than without it, and the fused model is as close to float."""
     import copy
@@ -427,21 +428,43 @@ def test_model_fc1_quantizing_epilogue_triton_matches_reference(monkeypatch):
 
     from qvit.vit import QuantConfig, ViT, quantize
     wmod = importlib.import_module("qvit.kernels.w8a8_linear")
+    amod = importlib.import_module("qvit.kernels.attention")
     torch.manual_seed(0)
     base = ViT.from_name("vit_micro_patch4_32").eval()
-    calls = []
+    calls, acalls = [], []
     real = wmod.w8a8_linear_quant_out
     monkeypatch.setattr(wmod, "w8a8_linear_quant_out", lambda *a: calls.append(1) or real(*a))
+    areal = amod.attention_quant_out
+    monkeypatch.setattr(amod, "attention_quant_out", lambda *a: acalls.append(1) or areal(*a))
     x = torch.randn(2, 3, 32, 32)
     out = {}
     with torch.no_grad():
         f = base(x)
         for g in (0, 32):
             m = quantize(copy.deepcopy(base), QuantConfig.preset("w8a8", keep=(), act_group=g))
-            tri = m.half().set_backend(linear="triton", attn="sdpa")(x.half()).float()
+            tri = m.half().set_backend(linear="triton", attn="qvit")(x.half()).float()
             ref = m.float().set_backend(linear="torch", attn="torch")(x).float()
             out[g] = (tri, ref)
-    assert len(calls) == base.cfg.depth  # only the act_group model
+    assert len(calls) == len(acalls) == base.cfg.depth  # only the act_group model: fc1 -> fc2, attention -> proj
     (tri0, ref0), (tri, ref) = out[0], out[32]
     assert rel_err(tri, ref) <= 1.5 * rel_err(tri0, ref0) + 1e-3
     assert rel_err(tri, f) <= 1.5 * rel_err(tri0, f) + 1e-3
+
+
+@pytest.mark.parametrize("int8_qk", [False, True])
+@pytest.mark.parametrize("b,s,h", [(2, 41, 2), (1, 7, 3)])
+def test_attention_quantized_output(poison, b, s, h, int8_qk):
+    """The attention epilogue's int8 output for proj (per token and head, scales (B, S, H)): the codes and
+    scales `quantize_int8_per_group(o, D)` makes of the same kernel's fp16 output, to that output's
+    rounding (fp16 moves a value by <= 2^-11 relative: <= 0.07 of an int8 step, so a code next to a tie may
+    move one step)."""
+    from qvit.kernels.attention import attention, attention_qk_int8, attention_quant_out
+    qkv = torch.randn(b, s, 3, h, 32).half()
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    o8, osc = attention_quant_out(q, k, v, 32 ** -0.5, int8_qk)
+    o = attention_qk_int8(q, k, v, 32 ** -0.5, False) if int8_qk else attention(q, k, v, 32 ** -0.5)
+    qr, sr = Q.quantize_int8_per_group(o.float().reshape(b, s, h * 32), 32)
+    assert o8.shape == q.shape and o8.dtype == torch.int8 and osc.shape == (b, s, h)
+    torch.testing.assert_close(osc.reshape(b, s, h), sr, rtol=2 ** -10, atol=0)
+    d = (o8.reshape(b, s, h * 32).int() - qr.int()).abs()
+    assert int(d.max()) <= 1 and float(d.float().mean()) < 0.1

@@ -138,6 +138,7 @@ class Attention(nn.Module):
         self.attn_backend: str | None = None  # None: $QVIT_ATTN / auto
         self.int8_qk = False  # quantized variants: int8 Q/K inside the fused kernel
         self.smooth_k = False  # ... with K minus its token mean (QuantConfig.smooth_k)
+        self.proj_group = 0  # > 0: qvit's kernel quantizes its output for proj (QuantConfig.act_group)
 
     def forward(self, x, residual=None):
         """x (B, S, C) float, or pre-quantized by `_norm_into`; residual: added to the output (fused into
@@ -146,6 +147,17 @@ class Attention(nn.Module):
         with range_ctx("qkv"):
             qkv = self.qkv(x).view(b, s, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.unbind(2)  # (B, S, H, D) views, no copy
+        if self.proj_group and not torch.is_grad_enabled() and q.dtype in (torch.float16, torch.bfloat16) \
+                and resolve_attn_backend(self.attn_backend, q.device.type) is AttnBackend.QVIT:
+            # the attention kernel's epilogue writes proj's input: int8 per (token, head) with its scale
+            from qvit.kernels import attention as qattn
+            from qvit.vit.quantize import QAct
+            with range_ctx("attention"):
+                o8, osc = qattn.attention_quant_out(q, k, v, self.head_dim ** -0.5, self.int8_qk, self.smooth_k)
+            xin = QAct(o8.view(b * s, c), osc.view(b * s, self.num_heads), torch.Size((b, s, c)), q.dtype,
+                       self.head_dim)
+            with range_ctx("proj"):
+                return _linear(self.proj, xin, residual=residual)
         with range_ctx("attention"):
             o = self.attend(q, k, v)
         with range_ctx("proj"):

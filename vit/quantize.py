@@ -43,8 +43,9 @@ class QuantConfig:
     # images: top-1 94.25 with it, 94.30 without, 94.30 float; logit error 1.74e-3 vs 1.84e-3, NOTES.md)
     smooth_k: bool = False
     # > 0: fc1's GEMM quantizes its output in its epilogue (after GELU), per token and group of act_group
-    # channels, and fc2 takes those int8 codes with group-wise scales: no bf16 round trip and no separate
-    # quantization kernel between them (W8A8 family only: w8a8, w4a8p). 0: fc1 writes bf16, fc2 quantizes.
+    # channels, and fc2 takes those int8 codes with group-wise scales; with qvit's attention, its kernel
+    # quantizes its output per token and head for proj the same way: no bf16 round trip and no separate
+    # quantization kernel before fc2 and proj (W8A8 family only: w8a8, w4a8p). 0: bf16 out, quantize kernels.
     act_group: int = 0
     keep: tuple = ("head", "blocks.0.", "blocks.-1.")  # name prefixes kept in higher precision
     keep_format: str = "float"      # float | int8: what kept linears become
@@ -484,6 +485,9 @@ def _set_runtime(model: ViT, config: QuantConfig):
     for m in model.modules():
         if isinstance(m, Attention):
             m.int8_qk, m.smooth_k = config.int8_attention, config.smooth_k
+            fuse = (config.act_group > 0 and isinstance(m.proj, Int8Linear) and m.proj.act_format == "int8"
+                    and m.proj.accepts_group_input and m.head_dim % 32 == 0)
+            m.proj_group = m.head_dim if fuse else 0
         if isinstance(m, Mlp):
             fuse = (config.act_group > 0 and isinstance(m.fc1, Int8Linear) and m.fc1.act_format == "int8"
                     and getattr(m.fc2, "accepts_group_input", False) and m.fc2.in_features % config.act_group == 0)
