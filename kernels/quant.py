@@ -112,7 +112,11 @@ def w8a8_linear_ref(x, wq, w_scale, bias=None, out_dtype=None):
 def int8_matmul_ref(xq, x_scale, wq, w_scale, bias=None, out_dtype=torch.float32, gelu=False, residual=None):
     """(xq (..., K) int8 . wq (N, K) int8^T) * x_scale[..., None] * w_scale[None] (+ bias)(-> gelu)(+ residual)."""
     acc = xq.double() @ wq.double().t()
-    y = acc.float() * x_scale.float()[..., None] * w_scale.float()
+    return _epilogue_ref(acc.float() * x_scale.float()[..., None] * w_scale.float(), bias, gelu, residual, out_dtype)
+
+
+def _epilogue_ref(y, bias, gelu, residual, out_dtype):
+    """The GEMMs' epilogue on a float32 result: + bias -> GELU (erf) -> + residual, rounded once."""
     if bias is not None:
         y = y + bias.float()
     if gelu:
@@ -148,14 +152,8 @@ def int8_group_matmul_ref(xq, x_scale, wq, w_scale, bias=None, out_dtype=torch.f
     acc = torch.zeros(x2.shape[0], wq.shape[0], dtype=torch.float64, device=xq.device)
     for j in range(k // g):  # each group's exact integer dot, scaled by the group's activation scale
         acc += (x2[:, j * g:(j + 1) * g] @ wq[:, j * g:(j + 1) * g].double().t()) * s2[:, j:j + 1]
-    y = acc.float().reshape(*xq.shape[:-1], wq.shape[0]) * w_scale.float()
-    if bias is not None:
-        y = y + bias.float()
-    if gelu:
-        y = torch.nn.functional.gelu(y)
-    if residual is not None:
-        y = y + residual.float()
-    return y.to(out_dtype)
+    return _epilogue_ref(acc.float().reshape(*xq.shape[:-1], wq.shape[0]) * w_scale.float(), bias, gelu, residual,
+                         out_dtype)
 
 
 # ----------------------------------------------------------------------------- fp8 (e4m3)
