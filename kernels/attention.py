@@ -73,6 +73,7 @@ def attention_int8_ref(q8, q_scale, k8, k_scale, v, sm_scale=None):
 
 
 if triton is not None:
+    from qvit.kernels.layernorm_quant import _round_half_even  # one rounding rule for every quantizer
 
     def _configs():
         if interpreting():
@@ -93,12 +94,6 @@ if triton is not None:
         s = named_args["S"]
         out = [c for c in configs if c.kwargs["BLOCK_N"] <= max(64, triton.next_power_of_2(s))]
         return out or configs
-
-    @triton.jit
-    def _round_half_even(x):
-        # (x + 1.5 * 2^23) - 1.5 * 2^23 rounds to the nearest integer, ties to even, as torch.round does
-        # (|x| <= 127 here; fp32 adds round to nearest even on the GPU and in the interpreter)
-        return (x + 12582912.0) - 12582912.0
 
     @triton.jit
     def _quant_tile(x, AXIS: tl.constexpr):

@@ -31,6 +31,7 @@ _OUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 if triton is not None:
+    from qvit.kernels.layernorm_quant import _round_half_even  # one rounding rule for every quantizer
 
     # narrow K tiles, offered only for inputs with 32- or 64-channel scale groups (proj after the quantizing
     # attention epilogue: one group per head); the other calls are tuned over the same tiles as before
@@ -94,11 +95,6 @@ if triton is not None:
         if HAS_RES:
             y += tl.load(r_ptr + m2 * stride_rm + n2, mask=mask, other=0.0).to(tl.float32)
         tl.store(y_ptr + m2 * stride_ym + n2, y.to(y_ptr.dtype.element_ty), mask=mask)
-
-    @triton.jit
-    def _round_half_even(x):
-        # (x + 1.5 * 2^23) - 1.5 * 2^23: round to nearest, ties to even, as torch.round (|x| <= 127.5 here)
-        return (x + 12582912.0) - 12582912.0
 
     @triton.jit
     def _epilogue_quant(y, offs_m, offs_n, mask_m, mask_n, pid_n, b_ptr, q_ptr, s_ptr, N, stride_qm,

@@ -66,8 +66,10 @@ def _time_iters(fn, iters: int, device) -> list[float]:
     return out
 
 
-def _graphed(model, x):
-    """(replay fn, None) or (None, reason): the forward captured in a CUDA graph with a static input."""
+def capture_graph(model, x):
+    """((graph, static output), None) or (None, reason): model(x) captured in a CUDA graph after three warm-up
+    calls on a side stream (autotuning, first launches); replaying it recomputes the output from whatever x
+    holds then. The demo and this benchmark both capture with it."""
     try:
         s = torch.cuda.Stream()
         s.wait_stream(torch.cuda.current_stream())
@@ -77,11 +79,17 @@ def _graphed(model, x):
         torch.cuda.current_stream().wait_stream(s)
         g = torch.cuda.CUDAGraph()
         with torch.no_grad(), torch.cuda.graph(g):
-            model(x)
-        return g.replay, None
-    except Exception as e:  # noqa: BLE001  (a peer that cannot be captured is reported, not fatal)
+            out = model(x)
+        return (g, out), None
+    except Exception as e:  # noqa: BLE001  (a model that cannot be captured is reported, not fatal)
         torch.cuda.synchronize()
         return None, f"{type(e).__name__}: {str(e)[:160]}"
+
+
+def _graphed(model, x):
+    """(replay fn, None) or (None, reason)."""
+    got, why = capture_graph(model, x)
+    return (got[0].replay if got else None), why
 
 
 def measure(name, model, cfg: ViTConfig, device, dtype, batches, iters, disk_bytes):

@@ -75,21 +75,10 @@ class Demo:
     def _capture(pred):
         """((graph, static input, static logits), None) for a batch-1 forward replayed from a CUDA graph, as a
         deployment would run it (and as `bench_e2e` times its graphed rows); (None, reason) if it cannot."""
-        try:
-            x = torch.zeros(1, 3, pred.size, pred.size, device=pred.device, dtype=pred.dtype)
-            s = torch.cuda.Stream()
-            s.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(s), torch.no_grad():
-                for _ in range(3):  # autotuning and first launches outside the capture
-                    pred.model(x)
-            torch.cuda.current_stream().wait_stream(s)
-            g = torch.cuda.CUDAGraph()
-            with torch.no_grad(), torch.cuda.graph(g):
-                out = pred.model(x)
-            return (g, x, out), None
-        except Exception as e:  # noqa: BLE001  (the demo then runs the variant eagerly and says so)
-            torch.cuda.synchronize()
-            return None, f"{type(e).__name__}: {str(e)[:80]}"
+        from qvit.profiling.bench_e2e import capture_graph
+        x = torch.zeros(1, 3, pred.size, pred.size, device=pred.device, dtype=pred.dtype)
+        got, why = capture_graph(pred.model, x)
+        return ((got[0], x, got[1]), None) if got else (None, why[:80])
 
     def _samples(self, n):
         try:

@@ -456,8 +456,8 @@ def test_model_fc1_quantizing_epilogue_triton_matches_reference(monkeypatch):
 def test_attention_quantized_output(poison, b, s, h, int8_qk):
     """The attention epilogue's int8 output for proj (per token and head, scales (B, S, H)): the codes and
     scales `quantize_int8_per_group(o, D)` makes of the same kernel's fp16 output, to that output's
-    rounding (fp16 moves a value by <= 2^-11 relative: <= 0.07 of an int8 step, so a code next to a tie may
-    move one step)."""
+    rounding: fp16 moves a value by <= 2^-11 relative, <= 0.07 of an int8 step (~0.015 on average), so a
+    code within that of a tie moves one step: about 3% of codes expected, 10% allowed."""
     from qvit.kernels.attention import attention, attention_qk_int8, attention_quant_out
     qkv = torch.randn(b, s, 3, h, 32).half()
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]

@@ -247,10 +247,7 @@ class Int8Linear(_QuantLinear):
     def forward_quant(self, x, gelu: bool = False, group: int = 128) -> QAct:
         """The layer's output (+ bias, GELU) quantized per token and group of `group` channels, as the next
         W8A8 layer's input: in the GEMM's epilogue on the Triton backend, in PyTorch on the reference one."""
-        x2 = x if isinstance(x, QAct) else _as_2d(x)
-        backend = self._backend(x2)
-        xq, xs = (x2.q, x2.scale) if isinstance(x2, QAct) else self._quantize_input(x2, backend)
-        wq = self._weight(backend)
+        backend, xq, xs, wq = self._gemm_inputs(x if isinstance(x, QAct) else _as_2d(x))
         lead = tuple(x.shape[:-1])
         if backend is Backend.TRITON:
             from qvit.kernels.w8a8_linear import w8a8_linear_quant_out
@@ -269,13 +266,17 @@ class Int8Linear(_QuantLinear):
             return (y + self.bias if self.bias is not None else y).to(out_dtype)
         return Q.int8_matmul_ref(xq, xs, wq, self.w_scale, self.bias, out_dtype)
 
-    def _forward2d(self, x, gelu=False, residual=None):
+    def _gemm_inputs(self, x):
+        """(backend, int8/fp8 activations, their scales, weight) for a 2-D input or a QAct."""
         backend = self._backend(x)
-        out_dtype = x.dtype
         if backend is Backend.CUDA:
             raise BackendUnavailable(f"backend 'cuda' has no {self.quant_kind} GEMM yet; use 'triton' or 'torch'")
         xq, xs = (x.q, x.scale) if isinstance(x, QAct) else self._quantize_input(x, backend)
-        wq = self._weight(backend)
+        return backend, xq, xs, self._weight(backend)
+
+    def _forward2d(self, x, gelu=False, residual=None):
+        out_dtype = x.dtype
+        backend, xq, xs, wq = self._gemm_inputs(x)
         if backend is Backend.TRITON:
             from qvit.kernels.w8a8_linear import w8a8_linear
             return w8a8_linear(xq, xs, wq, self.w_scale, self.bias, residual, gelu, out_dtype)
