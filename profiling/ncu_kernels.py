@@ -4,7 +4,8 @@ range `profile` after warm-up (Triton autotuning happens outside it), so that
     ncu --clock-control none --nvtx --nvtx-include "profile/" --section SpeedOfLight --csv \\
         python -m qvit.profiling.ncu_kernels
 
-profiles exactly one launch of each: W8A8 fc1 (M = 12608), W4A8 fc1, W4A16 fc1 (M = 197), fused attention
+profiles exactly one launch of each: W8A8 fc1 (M = 12608; plain, + GELU, + GELU + group-quantized output), fc2
+on per-token and on group-wise (128) input scales, W4A8 fc1, W4A16 fc1 (M = 197), fused attention
 (B = 64, S = 197), LayerNorm + quantize. `--clock-control none` leaves the card's clocks alone.
 tools/gpu_run.sh (step `ncu`) runs it and keeps the CSV.
 """
@@ -21,10 +22,10 @@ def main() -> int:
         return 2
     from qvit.kernels import quant as Q
     from qvit.kernels.attention import attention
-    from qvit.kernels.layernorm_quant import layernorm_quant
+    from qvit.kernels.layernorm_quant import layernorm_quant, layernorm_quant_cuda
     from qvit.kernels.w4a8_linear import w4a8_linear
     from qvit.kernels.w4a16_linear import w4a16_linear
-    from qvit.kernels.w8a8_linear import w8a8_linear
+    from qvit.kernels.w8a8_linear import w8a8_linear, w8a8_linear_quant_out
     dev = "cuda"
     torch.manual_seed(0)
     m, k, n = 197 * 64, 1024, 4096
@@ -37,13 +38,27 @@ def main() -> int:
     x1 = x[:197].contiguous()
     q, kk, v = torch.randn(64, 197, 3, 16, 64, device=dev, dtype=torch.bfloat16).unbind(2)
     lw, lb = torch.ones(k, device=dev, dtype=torch.bfloat16), torch.zeros(k, device=dev, dtype=torch.bfloat16)
+    # fc2 (4096 -> 1024) on fc1's group-quantized output, against the per-token-scaled GEMM
+    h = torch.nn.functional.gelu(torch.randn(m, n, device=dev, dtype=torch.bfloat16))
+    hq, hs = Q.quantize_int8_per_token(h)
+    hqg, hsg = Q.quantize_int8_per_group(h, 128)
+    w2q, w2s = Q.quantize_int8_per_channel(torch.randn(k, n, device=dev) * 0.02)
     calls = {
         "w8a8_fc1_M12608": lambda: w8a8_linear(xq, xs, wq, ws, b, None, False, torch.bfloat16),
+        "w8a8_fc1_gelu_M12608": lambda: w8a8_linear(xq, xs, wq, ws, b, None, True, torch.bfloat16),
+        "w8a8_fc1_gelu_qout128_M12608": lambda: w8a8_linear_quant_out(xq, xs, wq, ws, b, True, 128),
+        "w8a8_fc2_M12608": lambda: w8a8_linear(hq, hs, w2q, w2s, None, None, False, torch.bfloat16),
+        "w8a8_fc2_g128_M12608": lambda: w8a8_linear(hqg, hsg, w2q, w2s, None, None, False, torch.bfloat16),
         "w4a8_fc1_M12608": lambda: w4a8_linear(xq, xs, p4, s4, b, 128, torch.bfloat16),
         "w4a16_fc1_M197": lambda: w4a16_linear(x1, p4, s4, None, b, 128, "int4-sym"),
         "attention_B64_S197": lambda: attention(q, kk, v),
         "layernorm_quant_M12608": lambda: layernorm_quant(x, lw, lb),
     }
+    try:  # the hand-written CUDA kernel, where the extension is built
+        layernorm_quant_cuda(x, lw, lb)
+        calls["layernorm_quant_cuda_M12608"] = lambda: layernorm_quant_cuda(x, lw, lb)
+    except Exception as e:  # noqa: BLE001 - reported, the other kernels still run
+        print(f"ncu_kernels: no CUDA layernorm_quant ({e})", file=sys.stderr)
     for fn in calls.values():  # warm-up + autotuning, outside the profiled range
         for _ in range(3):
             fn()
