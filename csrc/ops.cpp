@@ -16,7 +16,27 @@
 namespace qvit {
 cudaError_t layernorm_quant_launch(int dtype, const void* x, const void* w, const void* b, int8_t* q, float* s,
                                    int64_t M, int K, int64_t stride_x, float eps, cudaStream_t stream);
+int layernorm_quant_variant(int v);
 }
+
+namespace qvit {
+struct W8A8Args {
+  const int8_t* x;
+  const float* xs;
+  const int8_t* w;
+  const float* ws;
+  const float* bias;
+  const void* res;
+  void* y;
+  int* part;
+  unsigned* counters;
+  int M, N, K;
+  long long sx, sw, sr, sy;
+  int splits, kt_per_split, gelu;
+};
+cudaError_t w8a8_gemm_launch(int dtype, int cfg, const W8A8Args& a, cudaStream_t stream);
+int w8a8_gemm_tile(int cfg, int* bm, int* bn);
+}  // namespace qvit
 
 static thread_local char g_err[512] = {0};
 
@@ -58,6 +78,52 @@ int qvit_layernorm_quant(int dtype, const void* x, const void* w, const void* b,
   if (e != cudaSuccess) return fail((int)e, "qvit_cuda.layernorm_quant: launch failed: %s", cudaGetErrorString(e));
   return 0;
 }
+
+// W8A8 GEMM for small M (csrc/w8a8_gemm.cu). dtype: output (and residual) 0 float16, 1 bfloat16, 2 float32.
+// xq (M, K) int8 row stride sx; wq (N, K) int8 row stride sw; x_scale (M,), w_scale (N,), bias (N,) float32
+// (bias, residual may be null); y (M, N) row stride sy; residual row stride sr. cfg: tile shape (0-3); splits:
+// K slices (>= 1); with splits > 1, part (splits, M, N) int32 scratch and counters (one uint32 per output
+// tile, all zero; the kernel leaves them zero). Returns 0, 1 (bad argument) or the CUDA error of the launch.
+int qvit_w8a8_gemm(int dtype, int cfg, int splits, const void* xq, const void* xs, const void* wq, const void* ws,
+                   const void* bias, const void* res, void* y, void* part, void* counters, int64_t M, int64_t N,
+                   int64_t K, int64_t sx, int64_t sw, int64_t sr, int64_t sy, int gelu, void* stream) {
+  g_err[0] = 0;
+  const char* op = "qvit_cuda.w8a8_gemm";
+  if (dtype < 0 || dtype > 2) return fail(1, "%s: unsupported output dtype code %d", op, dtype);
+  int bm = 0, bn = 0;
+  if (qvit::w8a8_gemm_tile(cfg, &bm, &bn)) return fail(1, "%s: unknown tile config %d", op, cfg);
+  if (M < 0 || N <= 0 || K <= 0) return fail(1, "%s: bad shape M=%lld N=%lld K=%lld", op, (long long)M, (long long)N, (long long)K);
+  if (K % 16) return fail(1, "%s: K=%lld must be a multiple of 16 (16-byte loads)", op, (long long)K);
+  if (K > 133000) return fail(1, "%s: K=%lld could overflow the int32 accumulator", op, (long long)K);
+  if (M > INT32_MAX || N > INT32_MAX) return fail(1, "%s: M or N exceeds int32", op);
+  if (!xq || !xs || !wq || !ws || !y) return fail(1, "%s: null pointer", op);
+  if (reinterpret_cast<uintptr_t>(xq) % 16 || reinterpret_cast<uintptr_t>(wq) % 16 || sx % 16 || sw % 16)
+    return fail(1, "%s: rows of xq and wq must be 16-byte aligned", op);
+  if (sx < K || sw < K || sy < N || (res && sr < N)) return fail(1, "%s: a row stride is smaller than its row", op);
+  const int64_t kt = (K + 63) / 64;
+  if (splits < 1 || splits > kt) return fail(1, "%s: splits=%d must be in [1, %lld] for K=%lld", op, splits, (long long)kt, (long long)K);
+  const int64_t per = (kt + splits - 1) / splits;
+  if ((kt + per - 1) / per != splits)
+    return fail(1, "%s: splits=%d leaves an empty K slice for K=%lld (use %lld)", op, splits, (long long)K, (long long)((kt + per - 1) / per));
+  if (splits > 1 && (!part || !counters)) return fail(1, "%s: splits > 1 needs the partials and counters buffers", op);
+  const int64_t tiles_m = (M + bm - 1) / bm, tiles_n = (N + bn - 1) / bn;
+  if (tiles_m > 65535) return fail(1, "%s: M=%lld needs more than 65535 row tiles", op, (long long)M);
+  if (M == 0) return 0;
+  (void)tiles_n;
+  qvit::W8A8Args a{static_cast<const int8_t*>(xq), static_cast<const float*>(xs), static_cast<const int8_t*>(wq),
+                   static_cast<const float*>(ws), static_cast<const float*>(bias), res, y, static_cast<int*>(part),
+                   static_cast<unsigned*>(counters), (int)M, (int)N, (int)K, (long long)sx, (long long)sw,
+                   (long long)sr, (long long)sy, splits, (int)per, gelu ? 1 : 0};
+  const cudaError_t e = qvit::w8a8_gemm_launch(dtype, cfg, a, static_cast<cudaStream_t>(stream));
+  if (e != cudaSuccess) return fail((int)e, "%s: launch failed: %s", op, cudaGetErrorString(e));
+  return 0;
+}
+
+// Selects the LayerNorm+quantize kernel of the rows path (0: per-row kernel, 1-3: rows kernels, see
+// csrc/layernorm_quant.cu); -1 only reads it. Returns the previous choice. For benchmarks and tests.
+int qvit_layernorm_quant_variant(int v) { return qvit::layernorm_quant_variant(v); }
+
+int qvit_w8a8_gemm_tile(int cfg, int* bm, int* bn) { return qvit::w8a8_gemm_tile(cfg, bm, bn); }
 
 }  // extern "C"
 

@@ -133,12 +133,12 @@ def _disk(write) -> int:
         return os.path.getsize(p)
 
 
-def build_qvit(base: ViT, preset, attn, int8_qk, keep_format, device, dtype):
+def build_qvit(base: ViT, preset, attn, int8_qk, keep_format, device, dtype, linear="triton"):
     m = copy.deepcopy(base)
     if preset is not None:
         quantize(m, QuantConfig.preset(preset, keep=KEEP, keep_format=keep_format, int8_attention=int8_qk))
     m = m.to(device=device, dtype=dtype).eval()
-    linear = "triton" if device.type == "cuda" else "torch"
+    linear = linear if device.type == "cuda" else "torch"
     m.set_backend(linear=linear, attn=attn if device.type == "cuda" else "torch")
     if preset is None:
         from qvit.vit.checkpoint import save_model
@@ -354,6 +354,9 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="qvit,timm,compile,bnb,torchao")
     ap.add_argument("--variants", nargs="*", default=None, help="subset of the qvit variant names")
     ap.add_argument("--device", default=None)
+    ap.add_argument("--linear", default="triton",
+                    help="linear backend(s) of the qvit variants, comma-separated (triton, cuda): one row per variant "
+                         "and backend; rows not on Triton are named '... [cuda linears]'")
     ap.add_argument("--peers-on-cpu", action="store_true", help=argparse.SUPPRESS)  # tests: the isolation path
     ap.add_argument("--peer", default=None, help=argparse.SUPPRESS)  # internal: one peer, in its own process
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
@@ -398,10 +401,12 @@ def main(argv=None) -> int:
         except Exception as e:  # noqa: BLE001
             res["missing"]["timm"] = f"{type(e).__name__}: {str(e)[:200]}"
     if "qvit" in only:
-        for name, spec in QVIT_VARIANTS.items():
-            if args.variants and name not in args.variants:
-                continue
-            todo.append((name, spec, None))
+        for linear in args.linear.split(","):
+            for name, spec in QVIT_VARIANTS.items():
+                if args.variants and name not in args.variants:
+                    continue
+                # rows on another linear backend than Triton say so in their name
+                todo.append((name if linear == "triton" else f"{name} [{linear} linears]", spec + (linear,), None))
     if device.type == "cuda" or args.peers_on_cpu:
         todo += [(name, "isolated", None) for name, group in PEERS.items()
                  if group in only and group != "timm"]
@@ -412,7 +417,8 @@ def main(argv=None) -> int:
                 row = _isolated_row(name, args)
             else:
                 if isinstance(model, tuple):
-                    model, disk = build_qvit(base, *model, device, dtype)
+                    *spec, linear = model
+                    model, disk = build_qvit(base, *spec, device, dtype, linear)
                 row = measure(name, model, cfg, device, dtype, args.batches, args.iters, disk)
         except Exception as e:  # noqa: BLE001  (one failing variant must not lose the others)
             traceback.print_exc()

@@ -160,6 +160,10 @@ def linear_providers(x, lin, k, n):
         pass
     P["qvit w8a8 (int8 in)"] = lambda: w8a8_linear(xq, xs, wq, ws, bias, None, False, torch.bfloat16)
     P["qvit w8a8 (+act quant)"] = lambda: w8a8_linear(*layernorm_quant(x), wq, ws, bias, None, False, torch.bfloat16)
+    from qvit import _ext
+    if _ext.load_error() is None:  # the hand-written CUDA GEMM (csrc/w8a8_gemm.cu), tuned per shape at its first call
+        from qvit.kernels.w8a8_cuda import w8a8_linear_cuda
+        P["qvit-cuda w8a8 (int8 in)"] = lambda: w8a8_linear_cuda(xq, xs, wq, ws, bias, None, False, torch.bfloat16)
     fq, fs = Q.quantize_fp8_per_channel(w)
     xf, xfs = Q.quantize_fp8_per_token(x)
     P["qvit w8a8 fp8 (fp8 in)"] = lambda: w8a8_linear(xf, xfs, fq, fs, bias, None, False, torch.bfloat16)
@@ -193,6 +197,7 @@ def linear_providers(x, lin, k, n):
     refs["qvit w4a16 int4 (dequant + cuBLAS)"] = refs["qvit w4a16 int4 g128"]
     refs["qvit w4a8p g128 (expand + w8a8, int8 in)"] = lambda: Q.int8_matmul_ref(
         xq, xs, Q.expand_int4_progressive(pp, g2, 128), s1, bias, torch.float32)
+    refs["qvit-cuda w8a8 (int8 in)"] = refs["qvit w8a8 (int8 in)"]
     refs["qvit w8a8 fp8 (fp8 in)"] = lambda: Q.fp8_matmul_ref(xf, xfs, fq, fs, bias, torch.float32)
     if k % 128 == 0:
         refs["qvit w8a8 (int8 in, g128 scales)"] = lambda: Q.int8_group_matmul_ref(xgq, xgs, wq, ws, bias,
@@ -231,6 +236,11 @@ def bench_linears(res, quick):
                     entry = timed(fn, graph=not pname.startswith("bnb"))
                     if pname in refs:
                         entry["rel_err"] = rel_err(y, refs[pname]())
+                    if pname.startswith("qvit-cuda w8a8"):  # the tuner's pick: (tile config, K splits)
+                        from qvit.kernels import w8a8_cuda
+                        picks = [v for key, v in w8a8_cuda._choice.items() if key[:3] == (m, n, k)]
+                        entry["cuda_config"] = {"tile": w8a8_cuda.CONFIGS[picks[-1][0]], "splits": picks[-1][1]} \
+                            if picks else None
                     row["providers"][pname] = entry
                 except Exception as e:
                     row["providers"][pname] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
@@ -261,7 +271,20 @@ def bench_lnq(res):
                  "torch (layer_norm + quantize, eager)": lambda: layernorm_quant_ref(x, w, b)}
         if _ext.load_error() is None:
             from qvit.kernels.layernorm_quant import layernorm_quant_cuda
+            lib = _ext.lib()
+            default = lib.qvit_layernorm_quant_variant(-1)
             provs["qvit cuda"] = lambda: layernorm_quant_cuda(x, w, b)
+
+            def variant(v):  # the CUDA kernel variants of the rows path (csrc/layernorm_quant.cu)
+                def run():
+                    prev = lib.qvit_layernorm_quant_variant(v)
+                    try:
+                        return layernorm_quant_cuda(x, w, b)
+                    finally:
+                        lib.qvit_layernorm_quant_variant(prev)
+                return run
+            for v, what in ((0, "per-row"), (1, "rows+prefetch"), (2, "rows+prefetch+pinned w"), (3, "rows+pinned w")):
+                provs[f"qvit cuda v{v} {what}" + (" (default)" if v == default else "")] = variant(v)
         for pname, fn in provs.items():
             try:
                 q, s = fn()

@@ -86,3 +86,26 @@ def test_test_shards_partition_the_suite():
     assert sorted(got) == sorted(full) and len(set(got)) == len(got)
     rc, _ = collect("3/3")
     assert rc != 0
+
+
+def test_cuda_w8a8_split_plan_and_cpu_refusal():
+    """The CUDA GEMM's launch plan (pure Python, no GPU): every timed candidate and the capture-time heuristic
+    give K slices that are all non-empty, and CPU tensors are refused by name before the library is touched."""
+    import torch
+
+    from qvit.kernels import quant as Q
+    from qvit.kernels.w8a8_cuda import _BK, CONFIGS, _normalize_splits, candidates, heuristic, w8a8_linear_cuda
+    for m, n, k in [(197, 3072, 1024), (197, 1024, 4096), (1, 1000, 1024), (50432, 4096, 1024), (5, 16, 16)]:
+        kt = -(-k // _BK)
+        plans = candidates(m, n, k) + [heuristic(m, n, k)]
+        assert (0, 1) in plans
+        for cfg, s in plans:
+            assert 0 <= cfg < len(CONFIGS) and 1 <= s <= kt and _normalize_splits(k, s) == s
+            per = -(-kt // s)
+            assert (s - 1) * per < kt  # the last slice has work
+    xq, xs = Q.quantize_int8_per_token(torch.randn(3, 32))
+    wq, ws = Q.quantize_int8_per_channel(torch.randn(8, 32))
+    with pytest.raises(ValueError, match="must be a CUDA tensor"):
+        w8a8_linear_cuda(xq, xs, wq, ws)
+    with pytest.raises(ValueError, match="K=24 must be a multiple of 16"):
+        w8a8_linear_cuda(xq[:, :24].contiguous(), xs, wq[:, :24].contiguous(), ws)

@@ -171,6 +171,32 @@ def test_layernorm_quant_gpu(poison, m, k, impl):
     assert int(d.max()) <= 1 and float(d.float().mean()) < 1e-3  # summation order only: rare one-step flips
 
 
+@pytest.mark.parametrize("variant", [0, 1, 2, 3])
+@pytest.mark.parametrize("m,k,dtype", [(197, 1024, torch.bfloat16), (197 * 64 + 3, 1024, torch.float16),
+                                       (5, 72, torch.float16), (1000, 512, torch.float32), (3, 8, torch.bfloat16)])
+def test_layernorm_quant_cuda_kernel_variants(poison, variant, m, k, dtype):
+    """Every CUDA kernel of the rows path (per-row; rows with prefetch and/or pinned weights; several rows per warp
+    at large M, one at small M) against the reference: the scales to float32 rounding, the codes to one step."""
+    _cuda_ext_or_fail()
+    from qvit import _ext
+    from qvit.kernels.layernorm_quant import layernorm_quant_cuda, layernorm_quant_ref
+    x = (torch.randn(m, k, device=DEV) * 2 + 0.5).to(dtype)
+    w, b = torch.randn(k, device=DEV).to(dtype), torch.randn(k, device=DEV).to(dtype)
+    lib = _ext.lib()
+    prev = lib.qvit_layernorm_quant_variant(variant)
+    try:
+        for args in ((w, b), (w, None), ()):
+            q, s = layernorm_quant_cuda(x, *args)
+            qr, sr = layernorm_quant_ref(x.float(), *[a.float() for a in args])
+            torch.testing.assert_close(s, sr, rtol=1e-5, atol=0)
+            d = (q.int() - qr.int()).abs()
+            assert int(d.max()) <= 1 and float(d.float().mean()) < 1e-3, (args == (), variant)
+            if not args:
+                assert torch.equal(q, qr)  # pure quantization: bit-exact (the division near ties)
+    finally:
+        lib.qvit_layernorm_quant_variant(prev)
+
+
 def test_cuda_layernorm_quant_errors():
     from qvit.kernels.layernorm_quant import layernorm_quant_cuda
     with pytest.raises(ValueError, match="multiple of 8"):
@@ -232,6 +258,75 @@ def test_cuda_op_compiles_and_graphs():
     g.replay()
     q2, s2 = layernorm_quant_ref(x * 0.5, w, b)
     torch.testing.assert_close(sg, s2, rtol=1e-5, atol=0)
+
+
+def _cuda_ext_or_fail():
+    from qvit import _ext
+    if _ext.load_error():
+        pytest.fail(f"CUDA extension not loaded on a GPU machine: {_ext.load_error()}")
+
+
+@pytest.mark.parametrize("k,n", SHAPES)
+@pytest.mark.parametrize("m", [1, 197, 197 * 2 + 5])
+def test_w8a8_cuda_every_tile_and_split(poison, m, k, n):
+    """The CUDA W8A8 GEMM (csrc/w8a8_gemm.cu) at ViT-L shapes, every tile config and several K splits: the same
+    bits for every (config, splits) with a float32 output (the int32 partials are exact), and the bf16 epilogue
+    (bias, GELU, residual) against the exact reference to one bf16 rounding."""
+    _cuda_ext_or_fail()
+    from qvit.kernels.w8a8_cuda import CONFIGS, _normalize_splits, w8a8_linear_cuda
+    xq, xs = Q.quantize_int8_per_token(torch.randn(m, k, device=DEV) * torch.rand(1, k, device=DEV) * 3)
+    wq, ws = Q.quantize_int8_per_channel(torch.randn(n, k, device=DEV) * 0.02)
+    b = torch.randn(n, device=DEV)
+    r = torch.randn(m, n, device=DEV, dtype=torch.bfloat16)
+    ref32 = Q.int8_matmul_ref(xq, xs, wq, ws)
+    first = None
+    for cfg in range(len(CONFIGS)):
+        for s in sorted({1, 2, _normalize_splits(k, 3), _normalize_splits(k, 8)}):
+            y32 = w8a8_linear_cuda(xq, xs, wq, ws, None, None, False, torch.float32, cfg, s)
+            if first is None:
+                first = y32
+                torch.testing.assert_close(y32, ref32, rtol=1e-5, atol=1e-5)
+            assert torch.equal(y32, first), (cfg, s)
+    ref = Q.int8_matmul_ref(xq, xs, wq, ws, b, torch.float32, gelu=True, residual=r)
+    for cfg, s in ((0, 1), (2, _normalize_splits(k, 4)), (-1, 0)):  # (-1, 0): the tuned choice
+        y = w8a8_linear_cuda(xq, xs, wq, ws, b, r, True, torch.bfloat16, cfg, s)
+        assert rel_err(y, ref) < 2 ** -8, (cfg, s)
+    y16 = w8a8_linear_cuda(xq, xs, wq, ws, b, None, False, torch.float16)
+    assert rel_err(y16, Q.int8_matmul_ref(xq, xs, wq, ws, b, torch.float32)) < 2 ** -10
+
+
+def test_w8a8_cuda_errors_graphs_and_compile():
+    """Bad input is refused by name; split-K re-arms its tile counters, so CUDA-graph replays and repeated calls
+    stay right; the op is one node under torch.compile(fullgraph=True)."""
+    _cuda_ext_or_fail()
+    from qvit.kernels.w8a8_cuda import w8a8_linear_cuda
+    m, k, n = 197, 4096, 1024
+    xq, xs = Q.quantize_int8_per_token(torch.randn(m, k, device=DEV))
+    wq, ws = Q.quantize_int8_per_channel(torch.randn(n, k, device=DEV))
+    with pytest.raises(ValueError, match="K=40 must be a multiple of 16"):
+        w8a8_linear_cuda(xq[:, :40].contiguous(), xs, wq[:, :40].contiguous(), ws)
+    with pytest.raises(ValueError, match="per token"):
+        w8a8_linear_cuda(xq, torch.ones(m, 32, device=DEV), wq, ws)
+    with pytest.raises(ValueError, match="CUDA tensor"):
+        w8a8_linear_cuda(xq.cpu(), xs.cpu(), wq.cpu(), ws.cpu())
+    with pytest.raises(ValueError, match="bias must be float32"):
+        w8a8_linear_cuda(xq, xs, wq, ws, torch.ones(n, device=DEV, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="empty K slice"):
+        w8a8_linear_cuda(xq, xs, wq, ws, None, None, False, torch.float32, 0, 63)
+    ref = Q.int8_matmul_ref(xq, xs, wq, ws)
+    for _ in range(3):  # the counters are re-armed by every launch
+        torch.testing.assert_close(w8a8_linear_cuda(xq, xs, wq, ws, None, None, False, torch.float32, 0, 8), ref,
+                                   rtol=1e-5, atol=1e-5)
+    x2 = xq.clone()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        yg = w8a8_linear_cuda(x2, xs, wq, ws, None, None, False, torch.float32, 3, 4)
+    for flip in (True, False):
+        x2.copy_(-xq if flip else xq)
+        g.replay()
+        torch.testing.assert_close(yg, -ref if flip else ref, rtol=1e-5, atol=1e-5)
+    f = torch.compile(lambda a: w8a8_linear_cuda(a, xs, wq, ws, None, None, False, torch.float32), fullgraph=True)
+    torch.testing.assert_close(f(xq), ref, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("b,s", [(1, 1), (1, 97), (2, 197), (64, 197), (4, 257), (2, 577)])
@@ -340,6 +435,32 @@ def test_model_triton_backend_matches_torch_backend(preset):
         y = m.set_backend(linear="triton", attn="qvit")(x).float()
     cos = torch.nn.functional.cosine_similarity(y.flatten(), ref.flatten(), 0)
     assert cos > 0.999, float(cos)
+
+
+@pytest.mark.parametrize("preset", ["w8a8", "w4a8p"])
+def test_model_cuda_backend_matches_torch_backend(preset):
+    """The `cuda` linear backend (CUDA LayerNorm+quantize and the CUDA W8A8 GEMM; w4a8p expands its weights
+    first) against the reference backend on the same model, eager and replayed from a CUDA graph."""
+    import copy
+
+    _cuda_ext_or_fail()
+    from qvit.vit import QuantConfig, ViT, quantize
+    torch.manual_seed(0)
+    m = quantize(ViT.from_name("vit_base_patch16_224", depth=4).eval(), QuantConfig.preset(preset)).to(DEV).half()
+    x = torch.randn(2, 3, 224, 224, device=DEV, dtype=torch.float16)
+    with torch.no_grad():
+        ref = copy.deepcopy(m).set_backend(linear="torch", attn="sdpa")(x).float()
+        m.set_backend(linear="cuda", attn="sdpa")
+        y = m(x).float()  # also the per-shape tuning, before the capture
+        xs = x.clone()
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            yg = m(xs)
+        xs.copy_(x)
+        g.replay()
+    cos = torch.nn.functional.cosine_similarity(y.flatten(), ref.flatten(), 0)
+    assert cos > 0.999, float(cos)
+    torch.testing.assert_close(yg.float(), y, rtol=0, atol=0)  # same kernels, same choices: the same bits
 
 
 def test_bnb_nf4_gpu_conversion_bit_exact():

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
-from qvit.backend import Backend, BackendUnavailable, interpreting, resolve_backend
+from qvit.backend import Backend, BackendUnavailable, interpreting, resolve_backend, triton_reason
 from qvit.kernels import quant as Q
 from qvit.vit.checkpoint import CheckpointError, atomic_write, read_state_dict
 from qvit.vit.model import Attention, Mlp, ViT, ViTConfig
@@ -247,6 +247,8 @@ class Int8Linear(_QuantLinear):
     def forward_quant(self, x, gelu: bool = False, group: int = 128) -> QAct:
         """The layer's output (+ bias, GELU) quantized per token and group of `group` channels, as the next
         W8A8 layer's input: in the GEMM's epilogue on the Triton backend, in PyTorch on the reference one."""
+        if self._backend(x) is Backend.CUDA:
+            raise BackendUnavailable("backend 'cuda' has no quantizing-epilogue GEMM; use 'triton' or 'torch'")
         backend, xq, xs, wq = self._gemm_inputs(x if isinstance(x, QAct) else _as_2d(x))
         lead = tuple(x.shape[:-1])
         if backend is Backend.TRITON:
@@ -269,8 +271,9 @@ class Int8Linear(_QuantLinear):
     def _gemm_inputs(self, x):
         """(backend, int8/fp8 activations, their scales, weight) for a 2-D input or a QAct."""
         backend = self._backend(x)
-        if backend is Backend.CUDA:
-            raise BackendUnavailable(f"backend 'cuda' has no {self.quant_kind} GEMM yet; use 'triton' or 'torch'")
+        if backend is Backend.CUDA and (self.act_format != "int8" or (isinstance(x, QAct) and x.scale.ndim == 2)):
+            what = "group-scaled input" if self.act_format == "int8" else f"{self.quant_kind} GEMM"
+            raise BackendUnavailable(f"backend 'cuda' has no {what} path ({self.quant_kind}); use 'triton' or 'torch'")
         xq, xs = (x.q, x.scale) if isinstance(x, QAct) else self._quantize_input(x, backend)
         return backend, xq, xs, self._weight(backend)
 
@@ -280,6 +283,9 @@ class Int8Linear(_QuantLinear):
         if backend is Backend.TRITON:
             from qvit.kernels.w8a8_linear import w8a8_linear
             return w8a8_linear(xq, xs, wq, self.w_scale, self.bias, residual, gelu, out_dtype)
+        if backend is Backend.CUDA:  # csrc/w8a8_gemm.cu: mma.sync + split-K, tuned per shape
+            from qvit.kernels.w8a8_cuda import w8a8_linear_cuda
+            return w8a8_linear_cuda(xq, xs, wq, self.w_scale, self.bias, residual, gelu, out_dtype)
         return _finish(self._matmul_torch(xq, xs, wq, out_dtype), gelu, residual)
 
     def _weight(self, backend):
@@ -334,7 +340,9 @@ class Int4ProgLinear(Int8Linear):
         return m
 
     def _weight(self, backend):
-        if backend is Backend.TRITON and self.group_size % 32 == 0:
+        # the cuda backend expands with the Triton kernel too, where Triton runs (csrc/ has no expand kernel)
+        triton_ok = backend is Backend.TRITON or (backend is Backend.CUDA and triton_reason("cuda") is None)
+        if triton_ok and self.group_size % 32 == 0:
             from qvit.kernels.w4a8_linear import expand_int4_progressive
             return expand_int4_progressive(self.packed, self.gscale, self.group_size)
         return Q.expand_int4_progressive(self.packed, self.gscale, self.group_size)

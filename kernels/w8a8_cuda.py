@@ -1,0 +1,206 @@
+"""W8A8 linear on the hand-written CUDA kernel (csrc/w8a8_gemm.cu): `mma.sync` int8 tensor cores with split-K for
+small M (ViT-L/16 at batch 1 has M = 197), the same math and epilogue as the Triton kernel:
+
+    y[m, n] = (sum_k xq[m, k] * wq[n, k]) * x_scale[m] * w_scale[n]  (+ bias[n])  (-> gelu)  (+ residual[m, n])
+
+xq int8 (M, K), K a multiple of 16; x_scale float32 (M,) (per token; group-wise scales are a Triton-only path);
+wq int8 (N, K); w_scale float32 (N,); bias float32 (N,) or None; residual (M, N) in the output dtype or None.
+The int32 dot is exact and split-K sums int32 partials, so every tile shape and split gives the same bits.
+
+The tile shape and the number of K slices are picked per shape by timing the candidates once (CUDA events, at
+the first call outside a CUDA-graph capture; a capture with no timing yet takes a heuristic choice). The split-K
+launch needs an int32 scratch (splits, M, N) from the caching allocator and one counter per output tile from a
+zeroed buffer kept per (device, stream), which the kernel leaves zeroed.
+
+Reference: `qvit.kernels.quant.int8_matmul_ref` (exact integer dot in float64).
+"""
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from qvit.kernels._op import fast_custom_op
+
+# (BLOCK_M, BLOCK_N) of the kernel's tile configs, by index (csrc/w8a8_gemm.cu `dispatch`)
+CONFIGS = ((64, 64), (64, 128), (32, 128), (32, 64))
+SPLITS = (1, 2, 3, 4, 6, 8, 12, 16)
+_BK = 64
+_MAX_COUNTERS = 1 << 15  # output tiles a split-K launch may have (split-K only pays when tiles are few)
+_OUT_CODE = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}
+_counters: dict = {}
+_choice: dict = {}
+
+
+def _normalize_splits(k: int, splits: int) -> int:
+    """The split count the kernel runs for K (no empty K slice): ceil(KT / ceil(KT / splits))."""
+    kt = -(-k // _BK)
+    s = max(1, min(splits, kt))
+    per = -(-kt // s)
+    return -(-kt // per)
+
+
+def _tiles(m: int, n: int, cfg: int) -> int:
+    bm, bn = CONFIGS[cfg]
+    return -(-m // bm) * -(-n // bn)
+
+
+def candidates(m: int, n: int, k: int) -> list[tuple[int, int]]:
+    """(config, splits) pairs worth timing for this shape."""
+    out = []
+    for cfg in range(len(CONFIGS)):
+        tiles = _tiles(m, n, cfg)
+        for s in SPLITS:
+            s2 = _normalize_splits(k, s)
+            if s2 != s or (s > 1 and (tiles > _MAX_COUNTERS or tiles * s > 8 * 132 * 4)):
+                continue
+            out.append((cfg, s))
+    return out
+
+
+def heuristic(m: int, n: int, k: int) -> tuple[int, int]:
+    """Used only inside a CUDA-graph capture before any timing: enough CTAs for ~2 per SM of a 132-SM GPU."""
+    cfg = 0 if m > 32 else 3
+    tiles = _tiles(m, n, cfg)
+    s = 1
+    while tiles * s < 264 and s < 16 and _normalize_splits(k, s * 2) == s * 2 and tiles <= _MAX_COUNTERS:
+        s *= 2
+    return cfg, s
+
+
+def _validate(xq, x_scale, wq, w_scale, bias, residual, out_dtype):
+    op = "w8a8_linear_cuda"
+    for name, t, dt in (("xq", xq, torch.int8), ("wq", wq, torch.int8),
+                        ("x_scale", x_scale, torch.float32), ("w_scale", w_scale, torch.float32)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a tensor")
+        if t.dtype != dt:
+            raise TypeError(f"{op}: {name} must be {dt}, got {t.dtype}")
+    if xq.ndim != 2 or wq.ndim != 2:
+        raise ValueError(f"{op}: xq and wq must be 2-D, got {tuple(xq.shape)} and {tuple(wq.shape)}")
+    m, k = xq.shape
+    n, k2 = wq.shape
+    if k != k2:
+        raise ValueError(f"{op}: xq has K={k} but wq has K={k2}")
+    if k % 16:
+        raise ValueError(f"{op}: K={k} must be a multiple of 16 (the kernel loads 16-byte chunks)")
+    if x_scale.shape != (m,):
+        raise ValueError(f"{op}: x_scale must be ({m},) (per token; group-wise scales run on the Triton backend), "
+                         f"got {tuple(x_scale.shape)}")
+    if w_scale.shape != (n,):
+        raise ValueError(f"{op}: w_scale must be ({n},), got {tuple(w_scale.shape)}")
+    if bias is not None and (bias.shape != (n,) or bias.dtype != torch.float32):
+        raise ValueError(f"{op}: bias must be float32 ({n},), got {bias.dtype} {tuple(bias.shape)}")
+    if residual is not None and (residual.shape != (m, n) or residual.dtype != out_dtype):
+        raise ValueError(f"{op}: residual must be {out_dtype} ({m}, {n}), got {residual.dtype} {tuple(residual.shape)}")
+    if out_dtype not in _OUT_CODE:
+        raise TypeError(f"{op}: out_dtype must be one of {tuple(_OUT_CODE)}, got {out_dtype}")
+    for name, t in (("xq", xq), ("x_scale", x_scale), ("wq", wq), ("w_scale", w_scale), ("bias", bias),
+                    ("residual", residual)):
+        if t is not None and not t.is_cuda:
+            raise ValueError(f"{op}: {name} must be a CUDA tensor, got {t.device}")
+    devs = {t.device for t in (xq, x_scale, wq, w_scale, bias, residual) if t is not None}
+    if len(devs) != 1:
+        raise ValueError(f"{op}: all tensors must be on one device, got {sorted(map(str, devs))}")
+    if xq.stride(1) != 1 or wq.stride(1) != 1:
+        raise ValueError(f"{op}: xq and wq must be contiguous along K")
+    if xq.data_ptr() % 16 or wq.data_ptr() % 16 or xq.stride(0) % 16 or wq.stride(0) % 16:
+        raise ValueError(f"{op}: rows of xq and wq must start on 16-byte boundaries")
+    for name, t in (("x_scale", x_scale), ("w_scale", w_scale), ("bias", bias)):
+        if t is not None and not t.is_contiguous():
+            raise ValueError(f"{op}: {name} must be contiguous")
+
+
+def _counter_buf(device: torch.device) -> torch.Tensor:
+    stream = torch.cuda.current_stream(device).cuda_stream
+    key = (device.index, stream)
+    buf = _counters.get(key)
+    if buf is None:
+        buf = _counters[key] = torch.zeros(_MAX_COUNTERS, dtype=torch.int32, device=device)
+    return buf
+
+
+def _run(xq, x_scale, wq, w_scale, bias, residual, gelu, y, cfg, splits):
+    from qvit import _ext
+    lib = _ext.lib()
+    m, k = xq.shape
+    n = wq.shape[0]
+    part = cnt = None
+    if splits > 1:
+        if _tiles(m, n, cfg) > _MAX_COUNTERS:
+            raise ValueError(f"w8a8_linear_cuda: split-K over {_tiles(m, n, cfg)} output tiles exceeds "
+                             f"{_MAX_COUNTERS}; use splits=1 for this shape")
+        part = torch.empty((splits, m, n), dtype=torch.int32, device=xq.device)
+        cnt = _counter_buf(xq.device)
+    stream = torch.cuda.current_stream(xq.device).cuda_stream
+    rc = lib.qvit_w8a8_gemm(
+        _OUT_CODE[y.dtype], cfg, splits, xq.data_ptr(), x_scale.data_ptr(), wq.data_ptr(), w_scale.data_ptr(),
+        bias.data_ptr() if bias is not None else None, residual.data_ptr() if residual is not None else None,
+        y.data_ptr(), part.data_ptr() if part is not None else None, cnt.data_ptr() if cnt is not None else None,
+        m, n, k, xq.stride(0), wq.stride(0), residual.stride(0) if residual is not None else 0, y.stride(0),
+        int(bool(gelu)), ctypes.c_void_p(stream))
+    _ext.check(rc, "w8a8_linear_cuda")
+
+
+def _tune(key, args, m, n, k):
+    """Time every candidate (config, splits) on these very tensors; remember and return the fastest."""
+    best, best_t = None, float("inf")
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    for cfg, s in candidates(m, n, k):
+        _run(*args, cfg, s)  # warm-up (and first-launch costs)
+        start.record()
+        for _ in range(10):
+            _run(*args, cfg, s)
+        end.record()
+        end.synchronize()
+        t = start.elapsed_time(end)
+        if t < best_t:
+            best, best_t = (cfg, s), t
+    _choice[key] = best
+    return best
+
+
+def _fake(xq, x_scale, wq, w_scale, bias=None, residual=None, gelu=False, out_dtype=torch.float16, config=-1,
+          splits=0):
+    return xq.new_empty((xq.shape[0], wq.shape[0]), dtype=out_dtype)
+
+
+@fast_custom_op("qvit::w8a8_linear_cuda", _fake)
+def w8a8_linear_cuda(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor,
+                     bias: torch.Tensor | None = None, residual: torch.Tensor | None = None, gelu: bool = False,
+                     out_dtype: torch.dtype = torch.float16, config: int = -1, splits: int = 0) -> torch.Tensor:
+    """y = epilogue(xq @ wq^T) on the CUDA kernel; see the module docstring. config (index into CONFIGS) and
+    splits (K slices) pin the launch; -1 / 0 let the per-shape tuner choose."""
+    _validate(xq, x_scale, wq, w_scale, bias, residual, out_dtype)
+    m, k = xq.shape
+    n = wq.shape[0]
+    if residual is not None and residual.stride(1) != 1:
+        residual = residual.contiguous()
+    y = torch.empty((m, n), dtype=out_dtype, device=xq.device)
+    if m == 0:
+        return y
+    args = (xq, x_scale, wq, w_scale, bias, residual, gelu, y)
+    with torch.cuda.device(xq.device):
+        cfg, s = _plan(args, m, n, k, config, splits)
+        _run(*args, cfg, s)
+    return y
+
+
+def _plan(args, m, n, k, config, splits):
+    """(tile config, splits): pinned by the caller, else remembered or timed for this shape."""
+    xq, out_dtype, gelu, bias, residual = args[0], args[7].dtype, args[6], args[4], args[5]
+    if config >= 0 or splits > 0:
+        cfg = config if config >= 0 else heuristic(m, n, k)[0]
+        if not 0 <= cfg < len(CONFIGS):
+            raise ValueError(f"w8a8_linear_cuda: config={config} is not one of 0..{len(CONFIGS) - 1}")
+        s = splits if splits > 0 else 1
+        if _normalize_splits(k, s) != s:
+            raise ValueError(f"w8a8_linear_cuda: splits={s} leaves an empty K slice at K={k} "
+                             f"(use {_normalize_splits(k, s)})")
+    else:
+        key = (m, n, k, out_dtype, bool(gelu), residual is not None, bias is not None, xq.device.index)
+        choice = _choice.get(key)
+        if choice is None:
+            choice = heuristic(m, n, k) if torch.cuda.is_current_stream_capturing() else _tune(key, args, m, n, k)
+        cfg, s = choice
+    return cfg, s
