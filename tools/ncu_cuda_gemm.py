@@ -1,0 +1,39 @@
+"""One launch of the CUDA W8A8 GEMM (csrc/w8a8_gemm.cu) per pinned (tile config, splits) at ViT-L proj and qkv,
+M = 197, inside NVTX ranges `profile/<name>`, for Nsight Compute:
+
+    ncu --clock-control none --nvtx --nvtx-include "profile/" --section SpeedOfLight --section WarpStateStats \\
+        --csv python tools/ncu_cuda_gemm.py
+"""
+import sys
+
+import torch
+
+
+def main() -> int:
+    from qvit.kernels import quant as Q
+    from qvit.kernels.w8a8_cuda import w8a8_linear_cuda
+    torch.manual_seed(0)
+    runs = []
+    for name, k, n in (("proj", 1024, 1024), ("qkv", 1024, 3072)):
+        xq, xs = Q.quantize_int8_per_token(torch.randn(197, k, device="cuda"))
+        wq, ws = Q.quantize_int8_per_channel(torch.randn(n, k, device="cuda"))
+        b = torch.randn(n, device="cuda")
+        for cfg, s in ((0, 1), (0, 8), (3, 1), (1, 1)):
+            runs.append((f"{name}_cfg{cfg}_s{s}", lambda xq=xq, xs=xs, wq=wq, ws=ws, b=b, cfg=cfg, s=s:
+                         w8a8_linear_cuda(xq, xs, wq, ws, b, None, False, torch.bfloat16, cfg, s)))
+    for _, fn in runs:
+        fn()
+    torch.cuda.synchronize()
+    for name, fn in runs:
+        torch.cuda.nvtx.range_push("profile")
+        torch.cuda.nvtx.range_push(name)
+        fn()
+        torch.cuda.nvtx.range_pop()
+        torch.cuda.nvtx.range_pop()
+        torch.cuda.synchronize()
+    print(f"ncu_cuda_gemm: {len(runs)} launches", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
