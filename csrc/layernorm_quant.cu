@@ -149,155 +149,6 @@ layernorm_quant_kernel(const T* __restrict__ x, const T* __restrict__ w, const T
   if (lane == 0 && warp % WPR == 0) s[row] = scale;
 }
 
-// The rows path (K <= 32 * VEC * 4: ViT-L's 1,024 channels in half precision), for many rows: each warp walks
-// `rpw` consecutive rows with the next row's 16-byte vectors loaded while the current one is reduced and quantized
-// (memory in flight all the time, not only between reductions), the LayerNorm weight and bias loaded once per warp
-// and kept packed in registers (the per-row kernel above re-reads them for every row: 2x the row's own bytes through
-// L1), and the codes rounded by the 1.5 * 2^23 addition, whose float bits hold the int8 code in their low byte
-// (packed with byte permutes: no float-to-int conversions). The same arithmetic as the kernel above, so the same
-// bits: ncu on the H200 put that kernel at 58% issue-slot use with 12 cycles between a warp's instructions.
-__device__ __forceinline__ uint32_t quant_bits(float v, float scale, float inv) {
-  constexpr float C = 12582912.f;  // 1.5 * 2^23: adding it rounds to an integer, ties to even, for |t| < 2^22
-  const float t = v * inv;
-  float rr = t + C;
-  if (fabsf(t - (rr - C)) > 0.4999f) rr = rintf(__fdiv_rn(v, scale)) + C;  // within 1e-4 of a tie: divide
-  return __float_as_uint(rr);  // low byte: the code, two's complement (|code| <= 127 as |v| <= amax)
-}
-
-// PREFETCH: load row r + 1 while row r is reduced (more bytes in flight, ~32 more registers per lane).
-// PIN: keep the weight/bias conversions inside the row loop (an empty asm makes the packed registers look
-// rewritten every row), else the compiler hoists them into 64 float registers (168 per lane in all for bf16).
-template <typename T, int MAXV, bool PREFETCH, bool PIN>
-__global__ void __launch_bounds__(kWarpsPerBlock * 32)
-layernorm_quant_rows_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b,
-                            int8_t* __restrict__ q, float* __restrict__ s, int64_t M, int K, int64_t stride_x,
-                            float eps, bool norm, int rpw) {
-  constexpr int VEC = 16 / sizeof(T);
-  const int lane = threadIdx.x & 31;
-  const int64_t row0 = ((int64_t)blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5)) * rpw;
-  if (row0 >= M) return;  // the whole warp leaves; no block-wide barrier in this kernel
-  const int64_t row_end = min(M, row0 + (int64_t)rpw);
-  const int nvec = K / VEC;
-  uint4 wr[MAXV], br[MAXV], cur[MAXV], nxt[MAXV];
-  const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
-#pragma unroll
-  for (int i = 0; i < MAXV; ++i) {
-    const int c = i * 32 + lane;
-    const bool ok = c < nvec;
-    wr[i] = (norm && ok) ? *reinterpret_cast<const uint4*>(w + c * VEC) : zero;
-    br[i] = (norm && ok && b != nullptr) ? *reinterpret_cast<const uint4*>(b + c * VEC) : zero;
-    cur[i] = ok ? *reinterpret_cast<const uint4*>(x + row0 * stride_x + c * VEC) : zero;
-  }
-  for (int64_t row = row0; row < row_end; ++row) {
-    const bool more = row + 1 < row_end;
-    if constexpr (PREFETCH) {
-#pragma unroll
-      for (int i = 0; i < MAXV; ++i) {
-        const int c = i * 32 + lane;
-        nxt[i] = (more && c < nvec) ? *reinterpret_cast<const uint4*>(x + (row + 1) * stride_x + c * VEC) : zero;
-      }
-    }
-    if constexpr (PIN) {
-#pragma unroll
-      for (int i = 0; i < MAXV; ++i)
-        asm volatile("" : "+r"(wr[i].x), "+r"(wr[i].y), "+r"(wr[i].z), "+r"(wr[i].w), "+r"(br[i].x), "+r"(br[i].y),
-                     "+r"(br[i].z), "+r"(br[i].w));
-    }
-    float v[MAXV][VEC];
-    float sum = 0.f;
-#pragma unroll
-    for (int i = 0; i < MAXV; ++i) {
-      const T* e = reinterpret_cast<const T*>(&cur[i]);
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) { v[i][j] = to_f<T>(e[j]); sum += v[i][j]; }  // masked vectors are zeros
-    }
-    if (norm) {
-      const float mean = warp_sum(sum) / K;
-      float sq = 0.f;
-#pragma unroll
-      for (int i = 0; i < MAXV; ++i) {
-        if (i * 32 + lane < nvec) {
-#pragma unroll
-          for (int j = 0; j < VEC; ++j) { v[i][j] -= mean; sq += v[i][j] * v[i][j]; }
-        }
-      }
-      const float rstd = 1.f / sqrtf(warp_sum(sq) / K + eps);
-#pragma unroll
-      for (int i = 0; i < MAXV; ++i) {
-        if (i * 32 + lane < nvec) {
-          const T* we = reinterpret_cast<const T*>(&wr[i]);
-          const T* be = reinterpret_cast<const T*>(&br[i]);
-          if (b != nullptr) {
-#pragma unroll
-            for (int j = 0; j < VEC; ++j) v[i][j] = v[i][j] * rstd * to_f<T>(we[j]) + to_f<T>(be[j]);
-          } else {
-#pragma unroll
-            for (int j = 0; j < VEC; ++j) v[i][j] = v[i][j] * rstd * to_f<T>(we[j]);
-          }
-        }
-      }
-    }
-    float amax = 0.f;
-#pragma unroll
-    for (int i = 0; i < MAXV; ++i)
-      if (i * 32 + lane < nvec)
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) amax = fmaxf(amax, fabsf(v[i][j]));
-    const float scale = fmaxf(warp_max(amax) / 127.f, FLT_MIN);
-    const float inv = __frcp_rn(scale);
-    int8_t* qr = q + row * (int64_t)K;
-#pragma unroll
-    for (int i = 0; i < MAXV; ++i) {
-      const int c = i * 32 + lane;
-      if (c < nvec) {
-        uint32_t u[VEC];
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) u[j] = quant_bits(v[i][j], scale, inv);
-        uint32_t packed[VEC / 4];
-#pragma unroll
-        for (int j = 0; j < VEC / 4; ++j)  // low bytes of four words -> one word
-          packed[j] = __byte_perm(__byte_perm(u[4 * j], u[4 * j + 1], 0x0040), __byte_perm(u[4 * j + 2], u[4 * j + 3], 0x0040),
-                                  0x5410);
-        if constexpr (VEC == 8) {
-          *reinterpret_cast<uint2*>(qr + c * VEC) = make_uint2(packed[0], packed[1]);
-        } else {
-          *reinterpret_cast<uint32_t*>(qr + c * VEC) = packed[0];
-        }
-      }
-    }
-    if (lane == 0) s[row] = scale;
-    if constexpr (PREFETCH) {
-#pragma unroll
-      for (int i = 0; i < MAXV; ++i) cur[i] = nxt[i];
-    } else if (more) {
-#pragma unroll
-      for (int i = 0; i < MAXV; ++i) {
-        const int c = i * 32 + lane;
-        cur[i] = c < nvec ? *reinterpret_cast<const uint4*>(x + (row + 1) * stride_x + c * VEC) : zero;
-      }
-    }
-  }
-}
-
-// which kernel the rows path launches (bench and tests switch it through qvit_layernorm_quant_variant):
-// 0 the per-row kernel, 1 rows + prefetch, 2 rows + prefetch + pinned weights, 3 rows + pinned weights
-int g_lnq_variant = 2;
-
-// resident blocks of a kernel per SM and the SM count, once per (kernel, device)
-template <typename K>
-int resident_warps(K kernel) {
-  static int cache[64] = {0};
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return 132 * 16;
-  if (cache[dev] == 0) {
-    int sms = 0, blocks = 0;
-    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kWarpsPerBlock * 32, 0);
-    cache[dev] = max(1, sms) * max(1, blocks) * kWarpsPerBlock;
-  }
-  return cache[dev];
-}
-
 template <typename T>
 cudaError_t launch(const void* x, const void* w, const void* b, int8_t* q, float* s, int64_t M, int K,
                    int64_t stride_x, float eps, cudaStream_t stream) {
@@ -307,21 +158,6 @@ cudaError_t launch(const void* x, const void* w, const void* b, int8_t* q, float
   const T* wp = reinterpret_cast<const T*>(w);
   const T* bp = reinterpret_cast<const T*>(b);
   const dim3 block(kWarpsPerBlock * 32);
-  if (per_lane <= 4 && M > 0 && g_lnq_variant > 0) {
-    // one wave: each resident warp takes ceil(M / resident warps) consecutive rows
-    auto go = [&](auto kern) {
-      const int64_t warps = resident_warps(kern);
-      const int64_t per_warp = (M + warps - 1) / warps;
-      const int rpw = (int)(per_warp < 64 ? per_warp : 64);
-      const int64_t nwarps = (M + rpw - 1) / rpw;
-      kern<<<dim3((unsigned)((nwarps + kWarpsPerBlock - 1) / kWarpsPerBlock)), block, 0, stream>>>(
-          xp, wp, bp, q, s, M, K, stride_x, eps, w != nullptr, rpw);
-      return cudaGetLastError();
-    };
-    if (g_lnq_variant == 1) return go(layernorm_quant_rows_kernel<T, 4, true, false>);
-    if (g_lnq_variant == 2) return go(layernorm_quant_rows_kernel<T, 4, true, true>);
-    return go(layernorm_quant_rows_kernel<T, 4, false, true>);
-  }
 #define QVIT_LNQ(WPR)                                                                                  \
   layernorm_quant_kernel<T, 4, WPR><<<dim3((unsigned)((M + kWarpsPerBlock / WPR - 1) / (kWarpsPerBlock / WPR))), \
                                       block, 0, stream>>>(xp, wp, bp, q, s, M, K, stride_x, eps, w != nullptr)
@@ -333,12 +169,6 @@ cudaError_t launch(const void* x, const void* w, const void* b, int8_t* q, float
 }
 
 }  // namespace
-
-int layernorm_quant_variant(int v) {
-  const int prev = g_lnq_variant;
-  if (v >= 0 && v <= 3) g_lnq_variant = v;
-  return prev;
-}
 
 // No exceptions are thrown from this file (nvcc-compiled host code): ops.cpp validates the inputs
 // and turns the returned cudaError_t into a Python error naming the op.

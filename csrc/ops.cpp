@@ -13,30 +13,12 @@
 #include <cstdint>
 #include <cstdio>
 
+#include "w8a8_gemm.h"
+
 namespace qvit {
 cudaError_t layernorm_quant_launch(int dtype, const void* x, const void* w, const void* b, int8_t* q, float* s,
                                    int64_t M, int K, int64_t stride_x, float eps, cudaStream_t stream);
-int layernorm_quant_variant(int v);
 }
-
-namespace qvit {
-struct W8A8Args {
-  const int8_t* x;
-  const float* xs;
-  const int8_t* w;
-  const float* ws;
-  const float* bias;
-  const void* res;
-  void* y;
-  int* part;
-  unsigned* counters;
-  int M, N, K;
-  long long sx, sw, sr, sy;
-  int splits, kt_per_split, gelu;
-};
-cudaError_t w8a8_gemm_launch(int dtype, int cfg, const W8A8Args& a, cudaStream_t stream);
-int w8a8_gemm_tile(int cfg, int* bm, int* bn);
-}  // namespace qvit
 
 static thread_local char g_err[512] = {0};
 
@@ -106,6 +88,8 @@ int qvit_w8a8_gemm(int dtype, int cfg, int splits, const void* xq, const void* x
   if ((kt + per - 1) / per != splits)
     return fail(1, "%s: splits=%d leaves an empty K slice for K=%lld (use %lld)", op, splits, (long long)K, (long long)((kt + per - 1) / per));
   if (splits > 1 && (!part || !counters)) return fail(1, "%s: splits > 1 needs the partials and counters buffers", op);
+  if (splits > 1 && M * N >= ((int64_t)1 << 31))
+    return fail(1, "%s: split-K needs M * N < 2^31 (32-bit partial offsets), got M=%lld N=%lld", op, (long long)M, (long long)N);
   const int64_t tiles_m = (M + bm - 1) / bm, tiles_n = (N + bn - 1) / bn;
   if (tiles_m > 65535) return fail(1, "%s: M=%lld needs more than 65535 row tiles", op, (long long)M);
   if (M == 0) return 0;
@@ -118,10 +102,6 @@ int qvit_w8a8_gemm(int dtype, int cfg, int splits, const void* xq, const void* x
   if (e != cudaSuccess) return fail((int)e, "%s: launch failed: %s", op, cudaGetErrorString(e));
   return 0;
 }
-
-// Selects the LayerNorm+quantize kernel of the rows path (0: per-row kernel, 1-3: rows kernels, see
-// csrc/layernorm_quant.cu); -1 only reads it. Returns the previous choice. For benchmarks and tests.
-int qvit_layernorm_quant_variant(int v) { return qvit::layernorm_quant_variant(v); }
 
 int qvit_w8a8_gemm_tile(int cfg, int* bm, int* bn) { return qvit::w8a8_gemm_tile(cfg, bm, bn); }
 

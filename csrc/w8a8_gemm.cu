@@ -16,28 +16,22 @@
 // cp.async pipeline in shared memory with rows padded to 80 bytes (20 words: the fragment reads of a warp hit 32
 // distinct banks). Fragments are read as 32-bit words straight from shared memory in the m16n8k32 layout
 // (PTX ISA: a0..a3 row g, k 4t..4t+3; a4..a7 row g+8; a8..a15 the same at k + 16; b the same with n = g).
+//
+// Measured on the H200 (results/h200-gpu-6): correct and sanitizer-clean, but 2.5-3.9x slower than the Triton
+// W8A8 kernel at every shape (M = 197 proj: 17.3 us in ncu, one warp per scheduler issuing every 5.8 cycles,
+// no eligible warp 83% of the time; split 8: 45.8 us). What it needs next: ldmatrix fragments and precomputed
+// cp.async addresses (fewer instructions per MMA), 8 warps and 128-byte K stages, and a split-K reduction that
+// does not serialize the last CTA on scalar loads (or stream-K). Since then (not measured yet): the epilogue's
+// scales/bias are loaded before the K loop and the split-K reduction's loads are branch-free, batched per slice.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
 
-namespace qvit {
+#include "w8a8_gemm.h"
 
-struct W8A8Args {
-  const int8_t* x;
-  const float* xs;
-  const int8_t* w;
-  const float* ws;
-  const float* bias;  // may be null
-  const void* res;    // may be null; output dtype
-  void* y;
-  int* part;           // (splits, M, N) int32 partials; null when splits == 1
-  unsigned* counters;  // one per output tile, zero between launches; null when splits == 1
-  int M, N, K;
-  long long sx, sw, sr, sy;  // row strides in elements
-  int splits, kt_per_split, gelu;
-};
+namespace qvit {
 
 namespace {
 
@@ -102,6 +96,23 @@ __global__ void __launch_bounds__(WM* WN * 32) w8a8_gemm_kernel(const W8A8Args p
       cp_async16(b + r * kLd + kc, ok ? p.w + (long long)(n0 + r) * p.sw + k0 + kc : p.w, ok);
     }
   };
+
+  // the epilogue's per-row and per-column operands, loaded now so that their latency hides under the K loop
+  // (clamped indices, no branches: loaded in the epilogue behind `if`s they were ~20 dependent global round
+  // trips per thread, about 7 us of proj's 17 us at M = 197 by ncu's issue rate)
+  float xs_r[MT][2], ws_c[NT][2], b_c[NT][2];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) xs_r[mt][h] = p.xs[min(m0 + wm * TM + mt * 16 + g + 8 * h, p.M - 1)];
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int col = min(n0 + wn * TN + nt * 8 + 2 * t4 + j, p.N - 1);
+      ws_c[nt][j] = p.ws[col];
+      b_c[nt][j] = p.bias ? p.bias[col] : 0.f;
+    }
 
   int acc[MT][NT][4];
 #pragma unroll
@@ -176,21 +187,25 @@ __global__ void __launch_bounds__(WM* WN * 32) w8a8_gemm_kernel(const W8A8Args p
     __syncthreads();
     if (!s_last) return;
     __threadfence();
+    // a slice's loads issued in batches before their adds (clamped indices, no branches): the slices' partials come
+    // back together instead of one L2 round trip after another (split 8 measured 45.8 us against 17.3 unsplit
+    // with per-element `if`s here); elements outside M x N add clamped neighbours and are never stored
+#pragma unroll 1
     for (int s = 0; s < p.splits; ++s) {
       if (s == split) continue;
       const int* other = p.part + (long long)s * p.M * p.N;
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
+        for (int h = 0; h < 2; ++h) {
+          // 32-bit offsets (ops.cpp requires M * N < 2^31 for split-K): the compiler keeps them across the slices
+          const int roff = min(m0 + wm * TM + mt * 16 + g + 8 * h, p.M - 1) * p.N;
 #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int row = m0 + wm * TM + mt * 16 + g + 8 * h;
-            const int col = n0 + wn * TN + nt * 8 + 2 * t4;
-            if (row >= p.M) continue;
-            if (col < p.N) acc[mt][nt][2 * h] += __ldcg(other + (long long)row * p.N + col);
-            if (col + 1 < p.N) acc[mt][nt][2 * h + 1] += __ldcg(other + (long long)row * p.N + col + 1);
-          }
+          for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int j = 0; j < 2; ++j)
+              acc[mt][nt][2 * h + j] += __ldcg(other + (roff + min(n0 + wn * TN + nt * 8 + 2 * t4 + j, p.N - 1)));
+        }
     }
   }
 
@@ -202,15 +217,14 @@ __global__ void __launch_bounds__(WM* WN * 32) w8a8_gemm_kernel(const W8A8Args p
     for (int h = 0; h < 2; ++h) {
       const int row = m0 + wm * TM + mt * 16 + g + 8 * h;
       if (row >= p.M) continue;
-      const float sx = p.xs[row];
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
           const int col = n0 + wn * TN + nt * 8 + 2 * t4 + j;
           if (col >= p.N) continue;
-          float v = static_cast<float>(acc[mt][nt][2 * h + j]) * sx * p.ws[col];  // the Triton epilogue's order
-          if (p.bias) v += p.bias[col];
+          float v = static_cast<float>(acc[mt][nt][2 * h + j]) * xs_r[mt][h] * ws_c[nt][j];  // Triton's order
+          if (p.bias) v += b_c[nt][j];
           if (p.gelu) v = 0.5f * v * (1.0f + erff(v * 0.7071067811865476f));
           if (res) v += load_f(res + (long long)row * p.sr + col);
           store_f(y + (long long)row * p.sy + col, v);

@@ -381,3 +381,21 @@ def nf4_from_bnb(weight) -> dict:
         absmax = absmax + qs.offset.float()
     return dict(packed=weight.data.reshape(-1).contiguous(), absmax=absmax.float().contiguous(),
                 shape=tuple(qs.shape), blocksize=int(qs.blocksize))
+
+
+def check_gemm_operands(op: str, xq, x_scale, wq, w_scale, qdtype) -> tuple[int, int, int]:
+    """The checks every W8A8 launcher makes first (Triton and CUDA alike): xq (M, K) and wq (N, K) 2-D tensors of
+    `qdtype` with the same K, float32 scales; returns (M, K, N). Raises naming `op` and the argument."""
+    for name, t, dt in (("xq", xq, qdtype), ("wq", wq, qdtype),
+                        ("x_scale", x_scale, torch.float32), ("w_scale", w_scale, torch.float32)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a tensor")
+        if t.dtype != dt:
+            raise TypeError(f"{op}: {name} must be {dt}, got {t.dtype}")
+    if xq.ndim != 2 or wq.ndim != 2:
+        raise ValueError(f"{op}: xq and wq must be 2-D, got {tuple(xq.shape)} and {tuple(wq.shape)}")
+    m, k = xq.shape
+    n, k2 = wq.shape
+    if k != k2:
+        raise ValueError(f"{op}: xq has K={k} but wq has K={k2}")
+    return m, k, n

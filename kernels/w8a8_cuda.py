@@ -13,6 +13,18 @@ launch needs an int32 scratch (splits, M, N) from the caching allocator and one 
 zeroed buffer kept per (device, stream), which the kernel leaves zeroed.
 
 Reference: `qvit.kernels.quant.int8_matmul_ref` (exact integer dot in float64).
+
+Status (H200, results/h200-gpu-6): correct (GPU tests at every ViT-L shape, every tile and split; compute-sanitizer
+memcheck and racecheck clean) but slow: at M = 197 it takes 14.8-25.5 us against 5.2-8.6 us for the Triton W8A8
+kernel and 4.6-9.1 us for cuBLAS bf16, and 2.5-3.2x the Triton time at M = 12,608. Nsight Compute at M = 197
+(proj, 64 x 64 tiles, no split: 17.3 us) shows one warp per scheduler issuing every 5.8 cycles with no eligible
+warp 83% of the time: the K loop is bound by its own instruction count and latency (per-thread cp.async address
+arithmetic, 32-bit fragment loads, 4 warps per CTA), not by memory or the tensor cores; split-K 8 is slower still
+(45.8 us: the partials' scalar stores and the serial fixup). The `auto` backend never picks it; `cuda` runs it.
+Changed after that measurement, not yet run on a GPU (the GPU tests and tools/sanitize_cuda.py cover it): the
+epilogue's scales and bias are loaded before the K loop, and the split-K reduction's and the residual's loads are
+branch-free (clamped indices), so they are no longer ~20-30 dependent global round trips per thread; predicted
+proj at M = 197 ~11 us unsplit (from 17.3) and split-K no longer a loss, still short of Triton's 5.2.
 """
 from __future__ import annotations
 
@@ -21,6 +33,7 @@ import ctypes
 import torch
 
 from qvit.kernels._op import fast_custom_op
+from qvit.kernels.quant import check_gemm_operands
 
 # (BLOCK_M, BLOCK_N) of the kernel's tile configs, by index (csrc/w8a8_gemm.cu `dispatch`)
 CONFIGS = ((64, 64), (64, 128), (32, 128), (32, 64))
@@ -52,7 +65,7 @@ def candidates(m: int, n: int, k: int) -> list[tuple[int, int]]:
         tiles = _tiles(m, n, cfg)
         for s in SPLITS:
             s2 = _normalize_splits(k, s)
-            if s2 != s or (s > 1 and (tiles > _MAX_COUNTERS or tiles * s > 8 * 132 * 4)):
+            if s2 != s or (s > 1 and (tiles > _MAX_COUNTERS or tiles * s > 8 * 132 * 4 or m * n >= 2 ** 31)):
                 continue
             out.append((cfg, s))
     return out
@@ -63,25 +76,15 @@ def heuristic(m: int, n: int, k: int) -> tuple[int, int]:
     cfg = 0 if m > 32 else 3
     tiles = _tiles(m, n, cfg)
     s = 1
-    while tiles * s < 264 and s < 16 and _normalize_splits(k, s * 2) == s * 2 and tiles <= _MAX_COUNTERS:
+    while (tiles * s < 264 and s < 16 and _normalize_splits(k, s * 2) == s * 2 and tiles <= _MAX_COUNTERS
+           and m * n < 2 ** 31):  # split-K's partial offsets are 32-bit
         s *= 2
     return cfg, s
 
 
 def _validate(xq, x_scale, wq, w_scale, bias, residual, out_dtype):
     op = "w8a8_linear_cuda"
-    for name, t, dt in (("xq", xq, torch.int8), ("wq", wq, torch.int8),
-                        ("x_scale", x_scale, torch.float32), ("w_scale", w_scale, torch.float32)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{op}: {name} must be a tensor")
-        if t.dtype != dt:
-            raise TypeError(f"{op}: {name} must be {dt}, got {t.dtype}")
-    if xq.ndim != 2 or wq.ndim != 2:
-        raise ValueError(f"{op}: xq and wq must be 2-D, got {tuple(xq.shape)} and {tuple(wq.shape)}")
-    m, k = xq.shape
-    n, k2 = wq.shape
-    if k != k2:
-        raise ValueError(f"{op}: xq has K={k} but wq has K={k2}")
+    m, k, n = check_gemm_operands(op, xq, x_scale, wq, w_scale, torch.int8)
     if k % 16:
         raise ValueError(f"{op}: K={k} must be a multiple of 16 (the kernel loads 16-byte chunks)")
     if x_scale.shape != (m,):

@@ -271,20 +271,7 @@ def bench_lnq(res):
                  "torch (layer_norm + quantize, eager)": lambda: layernorm_quant_ref(x, w, b)}
         if _ext.load_error() is None:
             from qvit.kernels.layernorm_quant import layernorm_quant_cuda
-            lib = _ext.lib()
-            default = lib.qvit_layernorm_quant_variant(-1)
             provs["qvit cuda"] = lambda: layernorm_quant_cuda(x, w, b)
-
-            def variant(v):  # the CUDA kernel variants of the rows path (csrc/layernorm_quant.cu)
-                def run():
-                    prev = lib.qvit_layernorm_quant_variant(v)
-                    try:
-                        return layernorm_quant_cuda(x, w, b)
-                    finally:
-                        lib.qvit_layernorm_quant_variant(prev)
-                return run
-            for v, what in ((0, "per-row"), (1, "rows+prefetch"), (2, "rows+prefetch+pinned w"), (3, "rows+pinned w")):
-                provs[f"qvit cuda v{v} {what}" + (" (default)" if v == default else "")] = variant(v)
         for pname, fn in provs.items():
             try:
                 q, s = fn()

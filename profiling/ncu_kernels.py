@@ -59,8 +59,15 @@ def main() -> int:
         calls["layernorm_quant_cuda_M12608"] = lambda: layernorm_quant_cuda(x, lw, lb)
     except Exception as e:  # noqa: BLE001 - reported, the other kernels still run
         print(f"ncu_kernels: no CUDA layernorm_quant ({e})", file=sys.stderr)
-    for fn in calls.values():  # warm-up + autotuning, outside the profiled range
-        for _ in range(3):
+    profile_launches(calls)
+    return 0
+
+
+def profile_launches(calls: dict, warmup: int = 3) -> None:
+    """Each callable `warmup` times (autotuning, first launches), then once inside NVTX ranges profile/<name>:
+    what `ncu --nvtx --nvtx-include "profile/"` profiles."""
+    for fn in calls.values():
+        for _ in range(warmup):
             fn()
     torch.cuda.synchronize()
     for name, fn in calls.items():
@@ -70,8 +77,7 @@ def main() -> int:
         torch.cuda.nvtx.range_pop()
         torch.cuda.nvtx.range_pop()
         torch.cuda.synchronize()
-        print(f"ncu_kernels: launched {name}", file=sys.stderr)
-    return 0
+        print(f"ncu: launched {name}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -34,8 +34,6 @@ def _load():
         lib.qvit_layernorm_quant.restype = ctypes.c_int
         lib.qvit_layernorm_quant.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [
             ctypes.c_float, ctypes.c_void_p]
-        lib.qvit_layernorm_quant_variant.restype = ctypes.c_int
-        lib.qvit_layernorm_quant_variant.argtypes = [ctypes.c_int]
         lib.qvit_w8a8_gemm.restype = ctypes.c_int
         lib.qvit_w8a8_gemm.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 9 + [ctypes.c_int64] * 7 + [
             ctypes.c_int, ctypes.c_void_p]

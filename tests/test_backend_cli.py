@@ -103,6 +103,7 @@ def test_cuda_w8a8_split_plan_and_cpu_refusal():
             assert 0 <= cfg < len(CONFIGS) and 1 <= s <= kt and _normalize_splits(k, s) == s
             per = -(-kt // s)
             assert (s - 1) * per < kt  # the last slice has work
+            assert s == 1 or m * n < 2 ** 31  # split-K's 32-bit partial offsets
     xq, xs = Q.quantize_int8_per_token(torch.randn(3, 32))
     wq, ws = Q.quantize_int8_per_channel(torch.randn(8, 32))
     with pytest.raises(ValueError, match="must be a CUDA tensor"):

@@ -171,32 +171,6 @@ def test_layernorm_quant_gpu(poison, m, k, impl):
     assert int(d.max()) <= 1 and float(d.float().mean()) < 1e-3  # summation order only: rare one-step flips
 
 
-@pytest.mark.parametrize("variant", [0, 1, 2, 3])
-@pytest.mark.parametrize("m,k,dtype", [(197, 1024, torch.bfloat16), (197 * 64 + 3, 1024, torch.float16),
-                                       (5, 72, torch.float16), (1000, 512, torch.float32), (3, 8, torch.bfloat16)])
-def test_layernorm_quant_cuda_kernel_variants(poison, variant, m, k, dtype):
-    """Every CUDA kernel of the rows path (per-row; rows with prefetch and/or pinned weights; several rows per warp
-    at large M, one at small M) against the reference: the scales to float32 rounding, the codes to one step."""
-    _cuda_ext_or_fail()
-    from qvit import _ext
-    from qvit.kernels.layernorm_quant import layernorm_quant_cuda, layernorm_quant_ref
-    x = (torch.randn(m, k, device=DEV) * 2 + 0.5).to(dtype)
-    w, b = torch.randn(k, device=DEV).to(dtype), torch.randn(k, device=DEV).to(dtype)
-    lib = _ext.lib()
-    prev = lib.qvit_layernorm_quant_variant(variant)
-    try:
-        for args in ((w, b), (w, None), ()):
-            q, s = layernorm_quant_cuda(x, *args)
-            qr, sr = layernorm_quant_ref(x.float(), *[a.float() for a in args])
-            torch.testing.assert_close(s, sr, rtol=1e-5, atol=0)
-            d = (q.int() - qr.int()).abs()
-            assert int(d.max()) <= 1 and float(d.float().mean()) < 1e-3, (args == (), variant)
-            if not args:
-                assert torch.equal(q, qr)  # pure quantization: bit-exact (the division near ties)
-    finally:
-        lib.qvit_layernorm_quant_variant(prev)
-
-
 def test_cuda_layernorm_quant_errors():
     from qvit.kernels.layernorm_quant import layernorm_quant_cuda
     with pytest.raises(ValueError, match="multiple of 8"):

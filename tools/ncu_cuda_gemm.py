@@ -12,26 +12,17 @@ import torch
 def main() -> int:
     from qvit.kernels import quant as Q
     from qvit.kernels.w8a8_cuda import w8a8_linear_cuda
+    from qvit.profiling.ncu_kernels import profile_launches
     torch.manual_seed(0)
-    runs = []
+    calls = {}
     for name, k, n in (("proj", 1024, 1024), ("qkv", 1024, 3072)):
         xq, xs = Q.quantize_int8_per_token(torch.randn(197, k, device="cuda"))
         wq, ws = Q.quantize_int8_per_channel(torch.randn(n, k, device="cuda"))
         b = torch.randn(n, device="cuda")
         for cfg, s in ((0, 1), (0, 8), (3, 1), (1, 1)):
-            runs.append((f"{name}_cfg{cfg}_s{s}", lambda xq=xq, xs=xs, wq=wq, ws=ws, b=b, cfg=cfg, s=s:
-                         w8a8_linear_cuda(xq, xs, wq, ws, b, None, False, torch.bfloat16, cfg, s)))
-    for _, fn in runs:
-        fn()
-    torch.cuda.synchronize()
-    for name, fn in runs:
-        torch.cuda.nvtx.range_push("profile")
-        torch.cuda.nvtx.range_push(name)
-        fn()
-        torch.cuda.nvtx.range_pop()
-        torch.cuda.nvtx.range_pop()
-        torch.cuda.synchronize()
-    print(f"ncu_cuda_gemm: {len(runs)} launches", file=sys.stderr)
+            calls[f"{name}_cfg{cfg}_s{s}"] = (lambda xq=xq, xs=xs, wq=wq, ws=ws, b=b, cfg=cfg, s=s:
+                                              w8a8_linear_cuda(xq, xs, wq, ws, b, None, False, torch.bfloat16, cfg, s))
+    profile_launches(calls, warmup=1)
     return 0
 
 

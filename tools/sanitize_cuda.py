@@ -1,6 +1,6 @@
 """Runs one launch of each hand-written CUDA kernel on small odd shapes, for `compute-sanitizer` (memcheck,
-racecheck): every W8A8 GEMM tile config with and without split-K (partial tiles in M, N and K), every LayerNorm+
-quantize kernel variant in every dtype, with and without the LayerNorm, on a row-strided view too.
+racecheck): every W8A8 GEMM tile config with and without split-K (partial tiles in M, N and K), the LayerNorm+
+quantize kernel in every dtype, with and without the LayerNorm, on a row-strided view too.
 
     compute-sanitizer --tool memcheck --error-exitcode 9 python tools/sanitize_cuda.py
 """
@@ -17,7 +17,6 @@ def main() -> int:
     if _ext.load_error():
         print(f"sanitize_cuda: {_ext.load_error()}", file=sys.stderr)
         return 2
-    lib = _ext.lib()
     torch.manual_seed(0)
     n_launch = 0
     for m, k, n in ((37, 1040, 200), (1, 64, 24), (70, 256, 130)):
@@ -29,18 +28,14 @@ def main() -> int:
             for s in sorted({1, _normalize_splits(k, 2), _normalize_splits(k, 16)}):
                 w8a8_linear_cuda(xq, xs, wq, ws, b, r, True, torch.bfloat16, cfg, s)
                 n_launch += 1
-    prev = lib.qvit_layernorm_quant_variant(-1)
-    for v in range(4):
-        lib.qvit_layernorm_quant_variant(v)
-        for d in (torch.float16, torch.bfloat16, torch.float32):
-            for m, k in ((197, 1024 if d != torch.float32 else 512), (77, 4096 if d != torch.float32 else 2048),
-                         (5, 72), (3, 8)):
-                x = torch.randn(m, 2 * k, device="cuda", dtype=d)
-                w, b = torch.randn(k, device="cuda", dtype=d), torch.randn(k, device="cuda", dtype=d)
-                layernorm_quant_cuda(x[:, :k], w, b)  # rows of k inside rows of 2k
-                layernorm_quant_cuda(x[:, :k].contiguous())
-                n_launch += 2
-    lib.qvit_layernorm_quant_variant(prev)
+    for d in (torch.float16, torch.bfloat16, torch.float32):
+        for m, k in ((197, 1024 if d != torch.float32 else 512), (77, 4096 if d != torch.float32 else 2048),
+                     (5, 72), (3, 8)):
+            x = torch.randn(m, 2 * k, device="cuda", dtype=d)
+            w, b = torch.randn(k, device="cuda", dtype=d), torch.randn(k, device="cuda", dtype=d)
+            layernorm_quant_cuda(x[:, :k], w, b)  # rows of k inside rows of 2k
+            layernorm_quant_cuda(x[:, :k].contiguous())
+            n_launch += 2
     torch.cuda.synchronize()
     print(f"sanitize_cuda: {n_launch} launches ran")
     return 0
