@@ -183,15 +183,16 @@ def w8a8_linear_cuda(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, 
     if m == 0:
         return y
     args = (xq, x_scale, wq, w_scale, bias, residual, gelu, y)
+    key = (m, n, k, out_dtype, bool(gelu), residual is not None, bias is not None, xq.device.index)
     with torch.cuda.device(xq.device):
-        cfg, s = _plan(args, m, n, k, config, splits)
+        cfg, s = _plan(args, key, config, splits)
         _run(*args, cfg, s)
     return y
 
 
-def _plan(args, m, n, k, config, splits):
-    """(tile config, splits): pinned by the caller, else remembered or timed for this shape."""
-    xq, out_dtype, gelu, bias, residual = args[0], args[7].dtype, args[6], args[4], args[5]
+def _plan(args, key, config, splits):
+    """(tile config, splits): pinned by the caller, else remembered or timed for this shape (key[:3] = M, N, K)."""
+    m, n, k = key[:3]
     if config >= 0 or splits > 0:
         cfg = config if config >= 0 else heuristic(m, n, k)[0]
         if not 0 <= cfg < len(CONFIGS):
@@ -201,7 +202,6 @@ def _plan(args, m, n, k, config, splits):
             raise ValueError(f"w8a8_linear_cuda: splits={s} leaves an empty K slice at K={k} "
                              f"(use {_normalize_splits(k, s)})")
     else:
-        key = (m, n, k, out_dtype, bool(gelu), residual is not None, bias is not None, xq.device.index)
         choice = _choice.get(key)
         if choice is None:
             choice = heuristic(m, n, k) if torch.cuda.is_current_stream_capturing() else _tune(key, args, m, n, k)
