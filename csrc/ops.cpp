@@ -64,8 +64,8 @@ int qvit_layernorm_quant(int dtype, const void* x, const void* w, const void* b,
 // W8A8 GEMM for small M (csrc/w8a8_gemm.cu). dtype: output (and residual) 0 float16, 1 bfloat16, 2 float32.
 // xq (M, K) int8 row stride sx; wq (N, K) int8 row stride sw; x_scale (M,), w_scale (N,), bias (N,) float32
 // (bias, residual may be null); y (M, N) row stride sy; residual row stride sr. cfg: tile shape (0-3); splits:
-// K slices (>= 1); with splits > 1, part (splits, M, N) int32 scratch and counters (one uint32 per output
-// tile, all zero; the kernel leaves them zero). Returns 0, 1 (bad argument) or the CUDA error of the launch.
+// K slices (>= 1) of whole 64-byte units; with splits > 1, part (M, N) int32 workspace and counters (one
+// uint32 per output tile), all zero; the kernel leaves them zero. Returns 0, 1 (bad argument) or the CUDA error of the launch.
 int qvit_w8a8_gemm(int dtype, int cfg, int splits, const void* xq, const void* xs, const void* wq, const void* ws,
                    const void* bias, const void* res, void* y, void* part, void* counters, int64_t M, int64_t N,
                    int64_t K, int64_t sx, int64_t sw, int64_t sr, int64_t sy, int gelu, void* stream) {
@@ -87,17 +87,20 @@ int qvit_w8a8_gemm(int dtype, int cfg, int splits, const void* xq, const void* x
   const int64_t per = (kt + splits - 1) / splits;
   if ((kt + per - 1) / per != splits)
     return fail(1, "%s: splits=%d leaves an empty K slice for K=%lld (use %lld)", op, splits, (long long)K, (long long)((kt + per - 1) / per));
-  if (splits > 1 && (!part || !counters)) return fail(1, "%s: splits > 1 needs the partials and counters buffers", op);
+  if (splits > 1 && (!part || !counters)) return fail(1, "%s: splits > 1 needs the workspace and counters buffers", op);
   if (splits > 1 && M * N >= ((int64_t)1 << 31))
     return fail(1, "%s: split-K needs M * N < 2^31 (32-bit partial offsets), got M=%lld N=%lld", op, (long long)M, (long long)N);
   const int64_t tiles_m = (M + bm - 1) / bm, tiles_n = (N + bn - 1) / bn;
   if (tiles_m > 65535) return fail(1, "%s: M=%lld needs more than 65535 row tiles", op, (long long)M);
   if (M == 0) return 0;
   (void)tiles_n;
+  const int esize = dtype == 2 ? 4 : 2;
+  const bool pair = N % 2 == 0 && sy % 2 == 0 && reinterpret_cast<uintptr_t>(y) % (2 * esize) == 0 &&
+                    (!res || (sr % 2 == 0 && reinterpret_cast<uintptr_t>(res) % (2 * esize) == 0));
   qvit::W8A8Args a{static_cast<const int8_t*>(xq), static_cast<const float*>(xs), static_cast<const int8_t*>(wq),
                    static_cast<const float*>(ws), static_cast<const float*>(bias), res, y, static_cast<int*>(part),
                    static_cast<unsigned*>(counters), (int)M, (int)N, (int)K, (long long)sx, (long long)sw,
-                   (long long)sr, (long long)sy, splits, (int)per, gelu ? 1 : 0};
+                   (long long)sr, (long long)sy, splits, (int)per, gelu ? 1 : 0, pair ? 1 : 0};
   const cudaError_t e = qvit::w8a8_gemm_launch(dtype, cfg, a, static_cast<cudaStream_t>(stream));
   if (e != cudaSuccess) return fail((int)e, "%s: launch failed: %s", op, cudaGetErrorString(e));
   return 0;

@@ -5,24 +5,25 @@
 //   y[m, n] = float(sum_k xq[m, k] * wq[n, k]) * x_scale[m] * w_scale[n]  (+ bias[n])  (-> gelu)  (+ residual[m, n])
 //
 // Why: at M = 197 the four ViT-L/16 linears are 4-10 us for every kernel measured (cuBLAS bf16, Triton W8A8),
-// against ~1-2 us of tensor-core work: qkv has 4 x 48 output tiles of 64 x 64, fc2 (K = 4096) only 4 x 16, so
-// most of the 132 SMs idle or one SM walks a long K loop. Split-K cuts the K loop into `splits` slices run by
-// separate CTAs; the last CTA of a tile to finish (an atomic counter per tile) sums the slices' int32 partials
-// (exact, so the result does not depend on the split) and runs the epilogue: one launch, no memset, no second
-// kernel. The counter is re-armed by that last CTA, so the same buffers serve every launch and graph replay.
+// against ~1-2 us of tensor-core work: proj has 4 x 16 output tiles of 64 x 64, fc2 (K = 4096) the same, so most
+// of the 132 SMs idle or one SM walks a long K loop. Split-K cuts the K loop into `splits` slices run by separate
+// CTAs. Each slice adds its int32 partial tile into one (M, N) int32 workspace with fire-and-forget atomic adds
+// (integer addition: exact and order-independent, so every tile shape and split gives the same bits); the last
+// CTA of a tile to arrive (an atomic counter per tile) reads the sums, zeroes the workspace and the counter for
+// the next launch, and runs the epilogue: one launch, no memset, no second kernel, graph-replay safe.
 //
 // Layout: xq (M, K) and wq (N, K) row-major int8 (nn.Linear's layout is the K-major B operand the MMA wants),
-// K a multiple of 16 (16-byte cp.async chunks), rows 16-byte aligned. Tiles: BM x BN x 64 through a STAGES-deep
-// cp.async pipeline in shared memory with rows padded to 80 bytes (20 words: the fragment reads of a warp hit 32
-// distinct banks). Fragments are read as 32-bit words straight from shared memory in the m16n8k32 layout
-// (PTX ISA: a0..a3 row g, k 4t..4t+3; a4..a7 row g+8; a8..a15 the same at k + 16; b the same with n = g).
+// K a multiple of 16 (16-byte cp.async chunks), rows 16-byte aligned. Tiles: BM x BN x BK through a STAGES-deep
+// cp.async pipeline in shared memory, rows padded by 16 bytes (a stride of BK + 16 bytes puts the 8 rows of
+// every ldmatrix phase on distinct banks for BK = 64, 128, 256). Fragments come from `ldmatrix.x4`: for int8
+// m16n8k32 the A fragment's four registers are exactly four 8 x 16-byte matrices (rows 0-7 / 8-15 x k 0-15 /
+// 16-31) and one x4 load gives the B fragments of two n8 tiles. Each thread's cp.async sources and shared
+// destinations are computed once; a stage costs its copies, a bounds compare per copy and one barrier.
 //
-// Measured on the H200 (results/h200-gpu-6): correct and sanitizer-clean, but 2.5-3.9x slower than the Triton
-// W8A8 kernel at every shape (M = 197 proj: 17.3 us in ncu, one warp per scheduler issuing every 5.8 cycles,
-// no eligible warp 83% of the time; split 8: 45.8 us). What it needs next: ldmatrix fragments and precomputed
-// cp.async addresses (fewer instructions per MMA), 8 warps and 128-byte K stages, and a split-K reduction that
-// does not serialize the last CTA on scalar loads (or stream-K). Since then (not measured yet): the epilogue's
-// scales/bias are loaded before the K loop and the split-K reduction's loads are branch-free, batched per slice.
+// History (results/h200-gpu-6, NOTES.md): the first version (64-byte K stages, fragments as 32-bit shared loads,
+// per-copy address arithmetic, partial slices summed by the last CTA) measured 14.8-25.5 us at M = 197 against
+// 5.2-8.6 us for the Triton W8A8 kernel: ncu showed one warp per scheduler issuing every 5.8 cycles, ~290
+// instructions per 16 MMAs, and split 8 slower still (45.8 us, the serial sum of 8 slices).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -35,17 +36,21 @@ namespace qvit {
 
 namespace {
 
-constexpr int kBK = 64;         // K bytes per pipeline stage
-constexpr int kLd = kBK + 16;   // shared-memory row stride in bytes
+constexpr int kSplitUnit = 64;  // K bytes: split-K slices are whole multiples of this (ops.cpp, w8a8_cuda.py)
 
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool pred) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, bool pred) {
   const int n = pred ? 16 : 0;  // 0: nothing is read, the 16 bytes are zero-filled
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+__device__ __forceinline__ void ldsm_x4(unsigned* r, unsigned addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
 
 __device__ __forceinline__ void mma_s8(int* c, const unsigned* a, const unsigned* b) {
   asm volatile(
@@ -57,49 +62,83 @@ __device__ __forceinline__ void mma_s8(int* c, const unsigned* a, const unsigned
 __device__ __forceinline__ float load_f(const float* p) { return *p; }
 __device__ __forceinline__ float load_f(const __half* p) { return __half2float(*p); }
 __device__ __forceinline__ float load_f(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+__device__ __forceinline__ float2 load_f2(const float* p) { return *reinterpret_cast<const float2*>(p); }
+__device__ __forceinline__ float2 load_f2(const __half* p) { return __half22float2(*reinterpret_cast<const __half2*>(p)); }
+__device__ __forceinline__ float2 load_f2(const __nv_bfloat16* p) {
+  return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
+}
 __device__ __forceinline__ void store_f(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store_f(__half* p, float v) { *p = __float2half_rn(v); }
 __device__ __forceinline__ void store_f(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+__device__ __forceinline__ void store_f2(float* p, float a, float b) { *reinterpret_cast<float2*>(p) = make_float2(a, b); }
+__device__ __forceinline__ void store_f2(__half* p, float a, float b) {
+  *reinterpret_cast<__half2*>(p) = __halves2half2(__float2half_rn(a), __float2half_rn(b));
+}
+__device__ __forceinline__ void store_f2(__nv_bfloat16* p, float a, float b) {
+  *reinterpret_cast<__nv_bfloat162*>(p) = __halves2bfloat162(__float2bfloat16_rn(a), __float2bfloat16_rn(b));
+}
 
-template <typename T, int BM, int BN, int WM, int WN, int STAGES>
+template <int BM, int BN, int BK, int STAGES>
+constexpr int smem_bytes() {
+  return STAGES * (BM + BN) * (BK + 16);
+}
+
+template <typename T, int BM, int BN, int BK, int WM, int WN, int STAGES>
 __global__ void __launch_bounds__(WM* WN * 32) w8a8_gemm_kernel(const W8A8Args p) {
   constexpr int kThreads = WM * WN * 32;
-  constexpr int TM = BM / WM, TN = BN / WN;  // warp tile
-  constexpr int MT = TM / 16, NT = TN / 8;   // m16n8 MMA tiles per warp
-  static_assert(TM % 16 == 0 && TN % 8 == 0, "warp tile must be whole m16n8 tiles");
-  extern __shared__ __align__(16) int8_t smem[];
-  int8_t* sA = smem;                      // STAGES x BM rows of kLd bytes
-  int8_t* sB = smem + STAGES * BM * kLd;  // STAGES x BN rows
+  constexpr int kLd = BK + 16;                 // shared row stride in bytes
+  constexpr int kCh = BK / 16;                 // 16-byte chunks per row and stage
+  constexpr int kRowStep = kThreads / kCh;     // rows between one thread's successive copies
+  constexpr int kAIt = BM / kRowStep, kBIt = BN / kRowStep;
+  constexpr int TM = BM / WM, TN = BN / WN;    // warp tile
+  constexpr int MT = TM / 16, NT = TN / 8;     // m16n8 MMA tiles per warp
+  static_assert(BK % 32 == 0 && kThreads % kCh == 0, "stage width");
+  static_assert(BM % kRowStep == 0 && BN % kRowStep == 0, "the copies must cover the tile exactly");
+  static_assert(TM % 16 == 0 && TN % 16 == 0, "warp tile must be whole m16 x n16 pairs (ldmatrix.x4 for B)");
+  extern __shared__ __align__(128) int8_t smem[];
+  const unsigned s_base = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  constexpr unsigned kStageA = BM * kLd, kStageB = BN * kLd;
+  const unsigned s_b = s_base + STAGES * kStageA;
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wm = warp / WN, wn = warp % WN;
   const int g = lane >> 2, t4 = lane & 3;
   const int n0 = blockIdx.x * BN, m0 = blockIdx.y * BM, split = blockIdx.z;
-  const int KT = (p.K + kBK - 1) / kBK;
-  const int kt0 = split * p.kt_per_split;
-  const int nkt = max(min(KT, kt0 + p.kt_per_split) - kt0, 0);
+  const int k_begin = split * p.kt_per_split * kSplitUnit;
+  const int k_end = min(p.K, k_begin + p.kt_per_split * kSplitUnit);
+  const int nkt = k_end > k_begin ? (k_end - k_begin + BK - 1) / BK : 0;
 
+  // this thread's copies: rows lr + i * kRowStep, the 16 bytes at lk of each stage (rows past M or N are clamped
+  // for the address and zero-filled)
+  const int lr = tid / kCh, lk = (tid % kCh) * 16;
+  const int8_t* ga[kAIt];
+  const int8_t* gb[kBIt];
+  unsigned a_ok = 0, b_ok = 0;
+#pragma unroll
+  for (int i = 0; i < kAIt; ++i) {
+    const int r = m0 + lr + i * kRowStep;
+    ga[i] = p.x + (long long)min(r, p.M - 1) * p.sx + k_begin + lk;
+    a_ok |= (r < p.M ? 1u : 0u) << i;
+  }
+#pragma unroll
+  for (int i = 0; i < kBIt; ++i) {
+    const int r = n0 + lr + i * kRowStep;
+    gb[i] = p.w + (long long)min(r, p.N - 1) * p.sw + k_begin + lk;
+    b_ok |= (r < p.N ? 1u : 0u) << i;
+  }
+  const unsigned s_cp = lr * kLd + lk;  // shared offset of copy 0 within a stage
   auto load_stage = [&](int slot, int kt) {
-    const int k0 = kt * kBK;
-    int8_t* a = sA + slot * BM * kLd;
-    int8_t* b = sB + slot * BN * kLd;
+    // a chunk past the slice's end (the last stage of a K tail) is zero-filled, its address the row's start
+    const bool k_ok = k_begin + kt * BK + lk < k_end;
+    const int kofs = k_ok ? kt * BK : -(k_begin + lk);
+    const unsigned da = s_base + slot * kStageA + s_cp, db = s_b + slot * kStageB + s_cp;
 #pragma unroll
-    for (int c = tid; c < BM * (kBK / 16); c += kThreads) {
-      const int r = c / (kBK / 16), kc = (c % (kBK / 16)) * 16;
-      const bool ok = m0 + r < p.M && k0 + kc < p.K;
-      cp_async16(a + r * kLd + kc, ok ? p.x + (long long)(m0 + r) * p.sx + k0 + kc : p.x, ok);
-    }
+    for (int i = 0; i < kAIt; ++i) cp_async16(da + i * kRowStep * kLd, ga[i] + kofs, k_ok && ((a_ok >> i) & 1u));
 #pragma unroll
-    for (int c = tid; c < BN * (kBK / 16); c += kThreads) {
-      const int r = c / (kBK / 16), kc = (c % (kBK / 16)) * 16;
-      const bool ok = n0 + r < p.N && k0 + kc < p.K;
-      cp_async16(b + r * kLd + kc, ok ? p.w + (long long)(n0 + r) * p.sw + k0 + kc : p.w, ok);
-    }
+    for (int i = 0; i < kBIt; ++i) cp_async16(db + i * kRowStep * kLd, gb[i] + kofs, k_ok && ((b_ok >> i) & 1u));
   };
 
   // the epilogue's per-row and per-column operands, loaded now so that their latency hides under the K loop
-  // (clamped indices, no branches: loaded in the epilogue behind `if`s they were ~20 dependent global round
-  // trips per thread, about 7 us of proj's 17 us at M = 197 by ncu's issue rate)
   float xs_r[MT][2], ws_c[NT][2], b_c[NT][2];
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt)
@@ -122,60 +161,66 @@ __global__ void __launch_bounds__(WM* WN * 32) w8a8_gemm_kernel(const W8A8Args p
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[i][j][e] = 0;
 
+  // ldmatrix lane addresses within a stage. A (x4 per m16 x k32): lanes 0-15 rows 0-15 at k 0, lanes 16-31 rows
+  // 0-15 at k 16 -> registers a0..a3 of the m16n8k32 fragment. B (x4 per n16 x k32): lanes 0-7 rows 0-7 k 0,
+  // 8-15 rows 0-7 k 16, 16-23 rows 8-15 k 0, 24-31 rows 8-15 k 16 -> b0, b1 of n-tile 0 and b0, b1 of n-tile 1.
+  const unsigned a_ld = (wm * TM + (lane & 15)) * kLd + (lane >> 4) * 16;
+  const unsigned b_ld = (wn * TN + (lane & 7) + ((lane >> 4) << 3)) * kLd + ((lane >> 3) & 1) * 16;
+
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
-    if (s < nkt) load_stage(s, kt0 + s);
+    if (s < nkt) load_stage(s, s);
     cp_async_commit();
   }
+  int slot = 0;
+#pragma unroll 1
   for (int i = 0; i < nkt; ++i) {
     cp_async_wait<STAGES - 2>();  // stage i has landed (for this thread's copies) ...
     __syncthreads();              // ... and for everyone's; the slot refilled below was last read in step i - 1
     const int nxt = i + STAGES - 1;
-    if (nxt < nkt) load_stage(nxt % STAGES, kt0 + nxt);
+    if (nxt < nkt) load_stage(nxt % STAGES, nxt);
     cp_async_commit();
-    const int8_t* a = sA + (i % STAGES) * BM * kLd;
-    const int8_t* b = sB + (i % STAGES) * BN * kLd;
+    const unsigned sa = s_base + slot * kStageA + a_ld, sb = s_b + slot * kStageB + b_ld;
 #pragma unroll
-    for (int kk = 0; kk < kBK; kk += 32) {
+    for (int kk = 0; kk < BK; kk += 32) {
       unsigned af[MT][4], bf[NT][2];
 #pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-        const int8_t* pa = a + (wm * TM + mt * 16 + g) * kLd + kk + t4 * 4;
-        af[mt][0] = *reinterpret_cast<const unsigned*>(pa);
-        af[mt][1] = *reinterpret_cast<const unsigned*>(pa + 8 * kLd);
-        af[mt][2] = *reinterpret_cast<const unsigned*>(pa + 16);
-        af[mt][3] = *reinterpret_cast<const unsigned*>(pa + 8 * kLd + 16);
-      }
+      for (int mt = 0; mt < MT; ++mt) ldsm_x4(af[mt], sa + mt * 16 * kLd + kk);
 #pragma unroll
-      for (int nt = 0; nt < NT; ++nt) {
-        const int8_t* pb = b + (wn * TN + nt * 8 + g) * kLd + kk + t4 * 4;
-        bf[nt][0] = *reinterpret_cast<const unsigned*>(pb);
-        bf[nt][1] = *reinterpret_cast<const unsigned*>(pb + 16);
+      for (int np = 0; np < NT / 2; ++np) {
+        unsigned r[4];
+        ldsm_x4(r, sb + np * 16 * kLd + kk);
+        bf[2 * np][0] = r[0];
+        bf[2 * np][1] = r[1];
+        bf[2 * np + 1][0] = r[2];
+        bf[2 * np + 1][1] = r[3];
       }
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) mma_s8(acc[mt][nt], af[mt], bf[nt]);
     }
+    slot = slot == STAGES - 1 ? 0 : slot + 1;
   }
   cp_async_wait<0>();
 
   // this thread's outputs: (mt, nt, h, j) -> row m0 + wm*TM + mt*16 + g + 8h, column n0 + wn*TN + nt*8 + 2*t4 + j
   if (p.splits > 1) {
-    int* mine = p.part + (long long)split * p.M * p.N;
+    int* ws = p.part;  // (M, N) int32, zero between launches
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
+      for (int h = 0; h < 2; ++h) {
+        const int row = m0 + wm * TM + mt * 16 + g + 8 * h;
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int row = m0 + wm * TM + mt * 16 + g + 8 * h;
-          const int col = n0 + wn * TN + nt * 8 + 2 * t4;
-          if (row >= p.M) continue;
-          if (col < p.N) mine[(long long)row * p.N + col] = acc[mt][nt][2 * h];
-          if (col + 1 < p.N) mine[(long long)row * p.N + col + 1] = acc[mt][nt][2 * h + 1];
-        }
-    __threadfence();  // the partials are visible device-wide before this CTA is counted
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int col = n0 + wn * TN + nt * 8 + 2 * t4 + j;
+            if (row < p.M && col < p.N) atomicAdd(ws + row * p.N + col, acc[mt][nt][2 * h + j]);  // RED, no return
+          }
+      }
+    __threadfence();  // the adds are visible device-wide before this CTA is counted
     __syncthreads();
     __shared__ unsigned s_last;
     if (tid == 0) {
@@ -187,26 +232,32 @@ __global__ void __launch_bounds__(WM* WN * 32) w8a8_gemm_kernel(const W8A8Args p
     __syncthreads();
     if (!s_last) return;
     __threadfence();
-    // a slice's loads issued in batches before their adds (clamped indices, no branches): the slices' partials come
-    // back together instead of one L2 round trip after another (split 8 measured 45.8 us against 17.3 unsplit
-    // with per-element `if`s here); elements outside M x N add clamped neighbours and are never stored
-#pragma unroll 1
-    for (int s = 0; s < p.splits; ++s) {
-      if (s == split) continue;
-      const int* other = p.part + (long long)s * p.M * p.N;
+    // the sums: all loads issued before any use (clamped indices; elements outside M x N are never stored), then
+    // the workspace zeroed for the next launch (32-bit offsets: ops.cpp requires M * N < 2^31 for split-K)
 #pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          // 32-bit offsets (ops.cpp requires M * N < 2^31 for split-K): the compiler keeps them across the slices
-          const int roff = min(m0 + wm * TM + mt * 16 + g + 8 * h, p.M - 1) * p.N;
+      for (int h = 0; h < 2; ++h) {
+        const int roff = min(m0 + wm * TM + mt * 16 + g + 8 * h, p.M - 1) * p.N;
 #pragma unroll
-          for (int nt = 0; nt < NT; ++nt)
+        for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-            for (int j = 0; j < 2; ++j)
-              acc[mt][nt][2 * h + j] += __ldcg(other + (roff + min(n0 + wn * TN + nt * 8 + 2 * t4 + j, p.N - 1)));
-        }
-    }
+          for (int j = 0; j < 2; ++j)
+            acc[mt][nt][2 * h + j] = __ldcg(ws + roff + min(n0 + wn * TN + nt * 8 + 2 * t4 + j, p.N - 1));
+      }
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int row = m0 + wm * TM + mt * 16 + g + 8 * h;
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int col = n0 + wn * TN + nt * 8 + 2 * t4 + j;
+            if (row < p.M && col < p.N) __stcg(ws + row * p.N + col, 0);
+          }
+      }
   }
 
   const T* res = static_cast<const T*>(p.res);
@@ -218,50 +269,86 @@ __global__ void __launch_bounds__(WM* WN * 32) w8a8_gemm_kernel(const W8A8Args p
       const int row = m0 + wm * TM + mt * 16 + g + 8 * h;
       if (row >= p.M) continue;
 #pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
+      for (int nt = 0; nt < NT; ++nt) {
+        const int col = n0 + wn * TN + nt * 8 + 2 * t4;  // even
+        float v[2];
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
-          const int col = n0 + wn * TN + nt * 8 + 2 * t4 + j;
-          if (col >= p.N) continue;
-          float v = static_cast<float>(acc[mt][nt][2 * h + j]) * xs_r[mt][h] * ws_c[nt][j];  // Triton's order
-          if (p.bias) v += b_c[nt][j];
-          if (p.gelu) v = 0.5f * v * (1.0f + erff(v * 0.7071067811865476f));
-          if (res) v += load_f(res + (long long)row * p.sr + col);
-          store_f(y + (long long)row * p.sy + col, v);
+          v[j] = static_cast<float>(acc[mt][nt][2 * h + j]) * xs_r[mt][h] * ws_c[nt][j];  // Triton's order
+          if (p.bias) v[j] += b_c[nt][j];
+          if (p.gelu) v[j] = 0.5f * v[j] * (1.0f + erff(v[j] * 0.7071067811865476f));
         }
+        if (p.pair) {  // N, the strides and the pointers are even: (col, col + 1) is one aligned pair
+          if (col >= p.N) continue;
+          if (res) {
+            const float2 r = load_f2(res + (long long)row * p.sr + col);
+            v[0] += r.x;
+            v[1] += r.y;
+          }
+          store_f2(y + (long long)row * p.sy + col, v[0], v[1]);
+        } else {
+#pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            if (col + j >= p.N) continue;
+            if (res) v[j] += load_f(res + (long long)row * p.sr + col + j);
+            store_f(y + (long long)row * p.sy + col + j, v[j]);
+          }
+        }
+      }
     }
 }
 
-// the tile shapes offered to the autotuner (kernels/w8a8_cuda.py CONFIGS mirrors this list)
-template <typename T, int BM, int BN, int WM, int WN, int STAGES>
+template <typename T, int BM, int BN, int BK, int WM, int WN, int STAGES>
 cudaError_t launch(const W8A8Args& a, cudaStream_t stream) {
+  constexpr int smem = smem_bytes<BM, BN, BK, STAGES>();
+  static_assert(smem <= 227 * 1024, "shared memory over the sm_90 limit");
+  auto kern = w8a8_gemm_kernel<T, BM, BN, BK, WM, WN, STAGES>;
+  if (smem > 48 * 1024) {  // the opt-in above 48 KiB, once per device (a benign race: the call is idempotent)
+    static unsigned long long done = 0;
+    int dev = 0;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e != cudaSuccess) return e;
+    if (dev >= 64 || !((done >> dev) & 1ull)) {
+      e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+      if (e != cudaSuccess) return e;
+      if (dev < 64) done |= 1ull << dev;
+    }
+  }
   const dim3 grid((a.N + BN - 1) / BN, (a.M + BM - 1) / BM, a.splits);
-  const size_t smem = (size_t)STAGES * (BM + BN) * kLd;  // <= 48 KiB: no opt-in attribute needed
-  static_assert((size_t)STAGES * (BM + BN) * kLd <= 48 * 1024, "shared memory over the default limit");
-  w8a8_gemm_kernel<T, BM, BN, WM, WN, STAGES><<<grid, WM * WN * 32, smem, stream>>>(a);
+  kern<<<grid, WM * WN * 32, smem, stream>>>(a);
   return cudaGetLastError();
 }
+
+// the tile configs offered to the tuner: {BM, BN, BK, WM, WN, STAGES} (kernels/w8a8_cuda.py CONFIGS mirrors BM, BN)
+#define QVIT_W8A8_CONFIGS(X)   \
+  X(0, 64, 64, 128, 2, 2, 4)   \
+  X(1, 64, 128, 128, 2, 4, 3)  \
+  X(2, 32, 128, 128, 1, 4, 4)  \
+  X(3, 32, 64, 128, 1, 4, 4)   \
+  X(4, 64, 64, 256, 2, 2, 3)   \
+  X(5, 128, 128, 64, 2, 4, 4)
 
 template <typename T>
 cudaError_t dispatch(int cfg, const W8A8Args& a, cudaStream_t stream) {
   switch (cfg) {
-    case 0: return launch<T, 64, 64, 2, 2, 4>(a, stream);
-    case 1: return launch<T, 64, 128, 2, 2, 3>(a, stream);
-    case 2: return launch<T, 32, 128, 1, 4, 3>(a, stream);
-    case 3: return launch<T, 32, 64, 1, 4, 4>(a, stream);
+#define QVIT_CASE(i, bm, bn, bk, wm, wn, st) \
+  case i: return launch<T, bm, bn, bk, wm, wn, st>(a, stream);
+    QVIT_W8A8_CONFIGS(QVIT_CASE)
+#undef QVIT_CASE
     default: return cudaErrorInvalidValue;
   }
 }
 
 }  // namespace
 
-int w8a8_gemm_num_configs() { return 4; }
 int w8a8_gemm_tile(int cfg, int* bm, int* bn) {
-  static const int t[4][2] = {{64, 64}, {64, 128}, {32, 128}, {32, 64}};
-  if (cfg < 0 || cfg >= 4) return 1;
-  *bm = t[cfg][0];
-  *bn = t[cfg][1];
-  return 0;
+  switch (cfg) {
+#define QVIT_TILE(i, tbm, tbn, bk, wm, wn, st) \
+  case i: *bm = tbm; *bn = tbn; return 0;
+    QVIT_W8A8_CONFIGS(QVIT_TILE)
+#undef QVIT_TILE
+    default: return 1;
+  }
 }
 
 cudaError_t w8a8_gemm_launch(int dtype, int cfg, const W8A8Args& a, cudaStream_t stream) {

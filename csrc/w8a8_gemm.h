@@ -14,11 +14,12 @@ struct W8A8Args {
   const float* bias;  // may be null
   const void* res;    // may be null; output dtype
   void* y;
-  int* part;           // (splits, M, N) int32 partials; null when splits == 1
+  int* part;           // (M, N) int32 workspace, zero between launches (the kernel leaves it zero); null when splits == 1
   unsigned* counters;  // one per output tile, zero between launches; null when splits == 1
   int M, N, K;
   long long sx, sw, sr, sy;  // row strides in elements
-  int splits, kt_per_split, gelu;
+  int splits, kt_per_split;  // K slices and their length in 64-byte units
+  int gelu, pair;            // pair: N, sy, sr even and y, res aligned to two elements (paired epilogue stores)
 };
 
 cudaError_t w8a8_gemm_launch(int dtype, int cfg, const W8A8Args& a, cudaStream_t stream);

@@ -8,23 +8,18 @@ wq int8 (N, K); w_scale float32 (N,); bias float32 (N,) or None; residual (M, N)
 The int32 dot is exact and split-K sums int32 partials, so every tile shape and split gives the same bits.
 
 The tile shape and the number of K slices are picked per shape by timing the candidates once (CUDA events, at
-the first call outside a CUDA-graph capture; a capture with no timing yet takes a heuristic choice). The split-K
-launch needs an int32 scratch (splits, M, N) from the caching allocator and one counter per output tile from a
-zeroed buffer kept per (device, stream), which the kernel leaves zeroed.
+the first call outside a CUDA-graph capture; a capture with no timing yet takes a heuristic choice). A split-K
+launch adds its int32 partials into one (M, N) workspace and counts finished slices in one counter per output
+tile; both are zero between launches (the last slice of each tile re-zeroes them) and kept per (device, stream).
 
 Reference: `qvit.kernels.quant.int8_matmul_ref` (exact integer dot in float64).
 
-Status (H200, results/h200-gpu-6): correct (GPU tests at every ViT-L shape, every tile and split; compute-sanitizer
-memcheck and racecheck clean) but slow: at M = 197 it takes 14.8-25.5 us against 5.2-8.6 us for the Triton W8A8
-kernel and 4.6-9.1 us for cuBLAS bf16, and 2.5-3.2x the Triton time at M = 12,608. Nsight Compute at M = 197
-(proj, 64 x 64 tiles, no split: 17.3 us) shows one warp per scheduler issuing every 5.8 cycles with no eligible
-warp 83% of the time: the K loop is bound by its own instruction count and latency (per-thread cp.async address
-arithmetic, 32-bit fragment loads, 4 warps per CTA), not by memory or the tensor cores; split-K 8 is slower still
-(45.8 us: the partials' scalar stores and the serial fixup). The `auto` backend never picks it; `cuda` runs it.
-Changed after that measurement, not yet run on a GPU (the GPU tests and tools/sanitize_cuda.py cover it): the
-epilogue's scales and bias are loaded before the K loop, and the split-K reduction's and the residual's loads are
-branch-free (clamped indices), so they are no longer ~20-30 dependent global round trips per thread; predicted
-proj at M = 197 ~11 us unsplit (from 17.3) and split-K no longer a loss, still short of Triton's 5.2.
+Status: the first version (h200-gpu-6) was correct but 2.5-3.9x slower than the Triton W8A8 kernel at M = 197
+(14.8-25.5 us vs 5.2-8.6; ncu: ~290 instructions per 16 MMAs, one warp per scheduler issuing every 5.8 cycles;
+split-K slower still from the serial sum of the partial slices). Rewritten in session 7 (csrc/w8a8_gemm.cu
+header): ldmatrix fragments, 128/256-byte K stages, copy addresses computed once (109 SASS instructions per 32
+MMAs in the 64 x 64 config's K loop, from ~290 per 16), 8-warp configs, and split-K through atomic int32 adds
+into one workspace. Measured numbers: results/ (the newest h200-gpu-* README) and NOTES.md.
 """
 from __future__ import annotations
 
@@ -35,11 +30,13 @@ import torch
 from qvit.kernels._op import fast_custom_op
 from qvit.kernels.quant import check_gemm_operands
 
-# (BLOCK_M, BLOCK_N) of the kernel's tile configs, by index (csrc/w8a8_gemm.cu `dispatch`)
-CONFIGS = ((64, 64), (64, 128), (32, 128), (32, 64))
+# (BLOCK_M, BLOCK_N) of the kernel's tile configs, by index (csrc/w8a8_gemm.cu QVIT_W8A8_CONFIGS, which also
+# gives each its K stage width, warps and pipeline depth)
+CONFIGS = ((64, 64), (64, 128), (32, 128), (32, 64), (64, 64), (128, 128))
 SPLITS = (1, 2, 3, 4, 6, 8, 12, 16)
-_BK = 64
+_BK = 64  # K bytes: split-K slices are whole multiples of this unit, whatever the config's stage width
 _MAX_COUNTERS = 1 << 15  # output tiles a split-K launch may have (split-K only pays when tiles are few)
+_MAX_SPLIT_MN = 1 << 23  # M * N a split-K launch may have: its int32 workspace stays <= 32 MiB per stream
 _OUT_CODE = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}
 _counters: dict = {}
 _choice: dict = {}
@@ -65,7 +62,7 @@ def candidates(m: int, n: int, k: int) -> list[tuple[int, int]]:
         tiles = _tiles(m, n, cfg)
         for s in SPLITS:
             s2 = _normalize_splits(k, s)
-            if s2 != s or (s > 1 and (tiles > _MAX_COUNTERS or tiles * s > 8 * 132 * 4 or m * n >= 2 ** 31)):
+            if s2 != s or (s > 1 and (tiles > _MAX_COUNTERS or tiles * s > 8 * 132 * 4 or m * n > _MAX_SPLIT_MN)):
                 continue
             out.append((cfg, s))
     return out
@@ -77,7 +74,7 @@ def heuristic(m: int, n: int, k: int) -> tuple[int, int]:
     tiles = _tiles(m, n, cfg)
     s = 1
     while (tiles * s < 264 and s < 16 and _normalize_splits(k, s * 2) == s * 2 and tiles <= _MAX_COUNTERS
-           and m * n < 2 ** 31):  # split-K's partial offsets are 32-bit
+           and m * n <= _MAX_SPLIT_MN):
         s *= 2
     return cfg, s
 
@@ -114,13 +111,18 @@ def _validate(xq, x_scale, wq, w_scale, bias, residual, out_dtype):
             raise ValueError(f"{op}: {name} must be contiguous")
 
 
-def _counter_buf(device: torch.device) -> torch.Tensor:
+def _split_buffers(device: torch.device, mn: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(workspace, counters) for split-K on the current stream: an int32 (>= M * N) workspace and one counter per
+    output tile, zero between launches (the kernel's last CTA per tile re-zeroes what it used). Kept per (device,
+    stream) so that launches on one stream, which run in order, share them; grown when a larger M * N comes."""
     stream = torch.cuda.current_stream(device).cuda_stream
     key = (device.index, stream)
-    buf = _counters.get(key)
-    if buf is None:
-        buf = _counters[key] = torch.zeros(_MAX_COUNTERS, dtype=torch.int32, device=device)
-    return buf
+    got = _counters.get(key)
+    if got is None or got[0].numel() < mn:
+        ws = torch.zeros(max(mn, got[0].numel() if got else 0), dtype=torch.int32, device=device)
+        cnt = got[1] if got else torch.zeros(_MAX_COUNTERS, dtype=torch.int32, device=device)
+        got = _counters[key] = (ws, cnt)
+    return got
 
 
 def _run(xq, x_scale, wq, w_scale, bias, residual, gelu, y, cfg, splits):
@@ -130,11 +132,10 @@ def _run(xq, x_scale, wq, w_scale, bias, residual, gelu, y, cfg, splits):
     n = wq.shape[0]
     part = cnt = None
     if splits > 1:
-        if _tiles(m, n, cfg) > _MAX_COUNTERS:
-            raise ValueError(f"w8a8_linear_cuda: split-K over {_tiles(m, n, cfg)} output tiles exceeds "
-                             f"{_MAX_COUNTERS}; use splits=1 for this shape")
-        part = torch.empty((splits, m, n), dtype=torch.int32, device=xq.device)
-        cnt = _counter_buf(xq.device)
+        if _tiles(m, n, cfg) > _MAX_COUNTERS or m * n > _MAX_SPLIT_MN:
+            raise ValueError(f"w8a8_linear_cuda: split-K needs at most {_MAX_COUNTERS} output tiles and M * N <= "
+                             f"{_MAX_SPLIT_MN}, got {_tiles(m, n, cfg)} tiles and M * N = {m * n}; use splits=1")
+        part, cnt = _split_buffers(xq.device, m * n)
     stream = torch.cuda.current_stream(xq.device).cuda_stream
     rc = lib.qvit_w8a8_gemm(
         _OUT_CODE[y.dtype], cfg, splits, xq.data_ptr(), x_scale.data_ptr(), wq.data_ptr(), w_scale.data_ptr(),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import platform
 import sys
 import time
@@ -220,14 +221,18 @@ def linear_providers(x, lin, k, n):
     return P, refs
 
 
-def bench_linears(res, quick):
+def bench_linears(res, quick, providers=None):
+    """providers: a regular expression; only matching providers run (the cuBLAS bf16 baseline always does)."""
     ms_list = [197, 12608] if quick else [197, 12608, 50432]
+    keep = re.compile(providers) if providers else None
     out = res["linears"] = []
     for name, (k, n) in VIT_L_LINEARS.items():
         lin = torch.nn.Linear(k, n).to("cuda", torch.bfloat16)
         for m in ms_list:
             x = rnd(m, k, dtype=torch.bfloat16)
             P, refs = linear_providers(x, lin, k, n)
+            if keep:
+                P = {p: f for p, f in P.items() if p == "torch bf16 (cuBLAS)" or keep.search(p)}
             row = {"layer": name, "M": m, "K": k, "N": n, "flops": 2 * m * k * n, "providers": {}}
             for pname, fn in P.items():
                 try:
@@ -479,6 +484,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="results")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", default="ceilings,linear,lnq,attention,attention_bwd")
+    ap.add_argument("--providers", default=None,
+                    help="linear section: a regular expression of the providers to run (cuBLAS bf16 always runs)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_kernels: no CUDA device; nothing to measure", file=sys.stderr)
@@ -489,7 +496,7 @@ def main(argv=None) -> int:
     res = {"env": env_info()}
     print(json.dumps(res["env"]), flush=True)
     torch.manual_seed(0)
-    sections = {"ceilings": lambda: ceilings(res), "linear": lambda: bench_linears(res, args.quick),
+    sections = {"ceilings": lambda: ceilings(res), "linear": lambda: bench_linears(res, args.quick, args.providers),
                 "lnq": lambda: bench_lnq(res), "attention": lambda: bench_attention(res, args.quick),
                 "attention_bwd": lambda: bench_attention_bwd(res, args.quick)}
     for name in args.only.split(","):

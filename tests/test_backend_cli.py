@@ -94,7 +94,8 @@ def test_cuda_w8a8_split_plan_and_cpu_refusal():
     import torch
 
     from qvit.kernels import quant as Q
-    from qvit.kernels.w8a8_cuda import _BK, CONFIGS, _normalize_splits, candidates, heuristic, w8a8_linear_cuda
+    from qvit.kernels.w8a8_cuda import (_BK, _MAX_SPLIT_MN, CONFIGS, _normalize_splits, candidates, heuristic,
+                                        w8a8_linear_cuda)
     for m, n, k in [(197, 3072, 1024), (197, 1024, 4096), (1, 1000, 1024), (50432, 4096, 1024), (5, 16, 16)]:
         kt = -(-k // _BK)
         plans = candidates(m, n, k) + [heuristic(m, n, k)]
@@ -103,7 +104,7 @@ def test_cuda_w8a8_split_plan_and_cpu_refusal():
             assert 0 <= cfg < len(CONFIGS) and 1 <= s <= kt and _normalize_splits(k, s) == s
             per = -(-kt // s)
             assert (s - 1) * per < kt  # the last slice has work
-            assert s == 1 or m * n < 2 ** 31  # split-K's 32-bit partial offsets
+            assert s == 1 or m * n <= _MAX_SPLIT_MN < 2 ** 31  # split-K's workspace bound (32-bit offsets)
     xq, xs = Q.quantize_int8_per_token(torch.randn(3, 32))
     wq, ws = Q.quantize_int8_per_channel(torch.randn(8, 32))
     with pytest.raises(ValueError, match="must be a CUDA tensor"):

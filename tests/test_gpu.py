@@ -269,6 +269,28 @@ def test_w8a8_cuda_every_tile_and_split(poison, m, k, n):
     assert rel_err(y16, Q.int8_matmul_ref(xq, xs, wq, ws, b, torch.float32)) < 2 ** -10
 
 
+@pytest.mark.parametrize("m,k,n", [(37, 1040, 201), (5, 48, 33), (70, 256, 130)])
+def test_w8a8_cuda_odd_shapes(poison, m, k, n):
+    """Partial tiles in M, N and K (K = 1040 leaves a 16-byte tail after 128- and 256-byte stages), odd N and an
+    odd residual row stride (the epilogue's unpaired stores): the same bits for every config and split, and the
+    reference to one bf16 rounding."""
+    _cuda_ext_or_fail()
+    from qvit.kernels.w8a8_cuda import CONFIGS, _normalize_splits, w8a8_linear_cuda
+    xq, xs = Q.quantize_int8_per_token(torch.randn(m, k, device=DEV))
+    wq, ws = Q.quantize_int8_per_channel(torch.randn(n, k, device=DEV))
+    b = torch.randn(n, device=DEV)
+    r = torch.randn(m, n + 1, device=DEV, dtype=torch.bfloat16)[:, :n]  # row stride n + 1
+    ref32 = Q.int8_matmul_ref(xq, xs, wq, ws)
+    ref = Q.int8_matmul_ref(xq, xs, wq, ws, b, torch.float32, gelu=True, residual=r)
+    for cfg in range(len(CONFIGS)):
+        for s in sorted({1, _normalize_splits(k, 3)}):
+            y32 = w8a8_linear_cuda(xq, xs, wq, ws, None, None, False, torch.float32, cfg, s)
+            torch.testing.assert_close(y32, ref32, rtol=1e-5, atol=1e-5)
+            assert torch.equal(y32, w8a8_linear_cuda(xq, xs, wq, ws, None, None, False, torch.float32, 0, 1))
+            y = w8a8_linear_cuda(xq, xs, wq, ws, b, r, True, torch.bfloat16, cfg, s)
+            assert rel_err(y, ref) < 2 ** -8, (cfg, s)
+
+
 def test_w8a8_cuda_errors_graphs_and_compile():
     """Bad input is refused by name; split-K re-arms its tile counters, so CUDA-graph replays and repeated calls
     stay right; the op is one node under torch.compile(fullgraph=True)."""

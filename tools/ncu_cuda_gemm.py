@@ -1,4 +1,4 @@
-"""One launch of the CUDA W8A8 GEMM (csrc/w8a8_gemm.cu) per pinned (tile config, splits) at ViT-L proj and qkv,
+"""One launch of the CUDA W8A8 GEMM (csrc/w8a8_gemm.cu) per pinned (tile config, splits) at ViT-L proj, qkv and fc2,
 M = 197, inside NVTX ranges `profile/<name>`, for Nsight Compute:
 
     ncu --clock-control none --nvtx --nvtx-include "profile/" --section SpeedOfLight --section WarpStateStats \\
@@ -15,11 +15,11 @@ def main() -> int:
     from qvit.profiling.ncu_kernels import profile_launches
     torch.manual_seed(0)
     calls = {}
-    for name, k, n in (("proj", 1024, 1024), ("qkv", 1024, 3072)):
+    for name, k, n in (("proj", 1024, 1024), ("qkv", 1024, 3072), ("fc2", 4096, 1024)):
         xq, xs = Q.quantize_int8_per_token(torch.randn(197, k, device="cuda"))
         wq, ws = Q.quantize_int8_per_channel(torch.randn(n, k, device="cuda"))
         b = torch.randn(n, device="cuda")
-        for cfg, s in ((0, 1), (0, 8), (3, 1), (1, 1)):
+        for cfg, s in ((0, 1), (0, 2), (0, 4), (3, 1), (3, 2), (1, 1), (4, 1), (2, 1)):
             calls[f"{name}_cfg{cfg}_s{s}"] = (lambda xq=xq, xs=xs, wq=wq, ws=ws, b=b, cfg=cfg, s=s:
                                               w8a8_linear_cuda(xq, xs, wq, ws, b, None, False, torch.bfloat16, cfg, s))
     profile_launches(calls, warmup=1)
