@@ -78,6 +78,128 @@ __device__ __forceinline__ void store_f2(__nv_bfloat16* p, float a, float b) {
   *reinterpret_cast<__nv_bfloat162*>(p) = __halves2bfloat162(__float2bfloat16_rn(a), __float2bfloat16_rn(b));
 }
 
+// the epilogue's per-row and per-column operands of one thread's fragment, loaded before the K loop so that
+// their latency hides under it (clamped indices, no branches). Fragment layout (mma.sync m16n8 and wgmma m64nN
+// alike): (mt, nt, h, j) -> row r0 + mt * 16 + 8h, column c0 + nt * 8 + j, with r0 = the thread's first row
+// (tile row + warp row + lane / 4) and c0 its first column (tile column + warp column + 2 * (lane % 4)).
+template <int MT, int NT>
+struct EpiOperands {
+  float xs[MT][2], ws[NT][2], b[NT][2];
+};
+
+template <int MT, int NT>
+__device__ __forceinline__ void load_epi(const W8A8Args& p, int r0, int c0, EpiOperands<MT, NT>& e) {
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) e.xs[mt][h] = p.xs[min(r0 + mt * 16 + 8 * h, p.M - 1)];
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int col = min(c0 + nt * 8 + j, p.N - 1);
+      e.ws[nt][j] = p.ws[col];
+      e.b[nt][j] = p.bias ? p.bias[col] : 0.f;
+    }
+}
+
+// split-K: add this slice's partials into the workspace; the last CTA of the tile takes the sums (and re-zeroes
+// what it read), the others return. Then the epilogue: scales, bias, GELU, residual, store.
+template <typename T, int MT, int NT>
+__device__ __forceinline__ void finish(const W8A8Args& p, int (&acc)[MT][NT][4], int r0, int c0,
+                                       const EpiOperands<MT, NT>& e) {
+  if (p.splits > 1) {
+    int* ws = p.part;  // (M, N) int32, zero between launches
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int row = r0 + mt * 16 + 8 * h;
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int col = c0 + nt * 8 + j;
+            if (row < p.M && col < p.N) atomicAdd(ws + row * p.N + col, acc[mt][nt][2 * h + j]);  // RED, no return
+          }
+      }
+    __threadfence();  // the adds are visible device-wide before this CTA is counted
+    __syncthreads();
+    __shared__ unsigned s_last;
+    if (threadIdx.x == 0) {
+      unsigned* cnt = p.counters + blockIdx.y * gridDim.x + blockIdx.x;
+      const unsigned prev = atomicAdd(cnt, 1u);
+      s_last = prev == (unsigned)(p.splits - 1);
+      if (s_last) *cnt = 0u;  // every slice has arrived: re-arm for the next launch
+    }
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    // the sums: all loads issued before any use (clamped indices; elements outside M x N are never stored), then
+    // the workspace zeroed for the next launch (32-bit offsets: ops.cpp requires M * N < 2^31 for split-K)
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int roff = min(r0 + mt * 16 + 8 * h, p.M - 1) * p.N;
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+          for (int j = 0; j < 2; ++j) acc[mt][nt][2 * h + j] = __ldcg(ws + roff + min(c0 + nt * 8 + j, p.N - 1));
+      }
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int row = r0 + mt * 16 + 8 * h;
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int col = c0 + nt * 8 + j;
+            if (row < p.M && col < p.N) __stcg(ws + row * p.N + col, 0);
+          }
+      }
+  }
+
+  const T* res = static_cast<const T*>(p.res);
+  T* y = static_cast<T*>(p.y);
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = r0 + mt * 16 + 8 * h;
+      if (row >= p.M) continue;
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        const int col = c0 + nt * 8;  // even
+        float v[2];
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          v[j] = static_cast<float>(acc[mt][nt][2 * h + j]) * e.xs[mt][h] * e.ws[nt][j];  // Triton's order
+          if (p.bias) v[j] += e.b[nt][j];
+          if (p.gelu) v[j] = 0.5f * v[j] * (1.0f + erff(v[j] * 0.7071067811865476f));
+        }
+        if (p.pair) {  // N, the strides and the pointers are even: (col, col + 1) is one aligned pair
+          if (col >= p.N) continue;
+          if (res) {
+            const float2 r = load_f2(res + (long long)row * p.sr + col);
+            v[0] += r.x;
+            v[1] += r.y;
+          }
+          store_f2(y + (long long)row * p.sy + col, v[0], v[1]);
+        } else {
+#pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            if (col + j >= p.N) continue;
+            if (res) v[j] += load_f(res + (long long)row * p.sr + col + j);
+            store_f(y + (long long)row * p.sy + col + j, v[j]);
+          }
+        }
+      }
+    }
+}
+
 template <int BM, int BN, int BK, int STAGES>
 constexpr int smem_bytes() {
   return STAGES * (BM + BN) * (BK + 16);
@@ -138,20 +260,8 @@ __global__ void __launch_bounds__(WM* WN * 32) w8a8_gemm_kernel(const W8A8Args p
     for (int i = 0; i < kBIt; ++i) cp_async16(db + i * kRowStep * kLd, gb[i] + kofs, k_ok && ((b_ok >> i) & 1u));
   };
 
-  // the epilogue's per-row and per-column operands, loaded now so that their latency hides under the K loop
-  float xs_r[MT][2], ws_c[NT][2], b_c[NT][2];
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-    for (int h = 0; h < 2; ++h) xs_r[mt][h] = p.xs[min(m0 + wm * TM + mt * 16 + g + 8 * h, p.M - 1)];
-#pragma unroll
-  for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int col = min(n0 + wn * TN + nt * 8 + 2 * t4 + j, p.N - 1);
-      ws_c[nt][j] = p.ws[col];
-      b_c[nt][j] = p.bias ? p.bias[col] : 0.f;
-    }
+  EpiOperands<MT, NT> epi;
+  load_epi(p, m0 + wm * TM + g, n0 + wn * TN + 2 * t4, epi);
 
   int acc[MT][NT][4];
 #pragma unroll
@@ -204,98 +314,161 @@ __global__ void __launch_bounds__(WM* WN * 32) w8a8_gemm_kernel(const W8A8Args p
   }
   cp_async_wait<0>();
 
-  // this thread's outputs: (mt, nt, h, j) -> row m0 + wm*TM + mt*16 + g + 8h, column n0 + wn*TN + nt*8 + 2*t4 + j
-  if (p.splits > 1) {
-    int* ws = p.part;  // (M, N) int32, zero between launches
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int row = m0 + wm * TM + mt * 16 + g + 8 * h;
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int col = n0 + wn * TN + nt * 8 + 2 * t4 + j;
-            if (row < p.M && col < p.N) atomicAdd(ws + row * p.N + col, acc[mt][nt][2 * h + j]);  // RED, no return
-          }
-      }
-    __threadfence();  // the adds are visible device-wide before this CTA is counted
-    __syncthreads();
-    __shared__ unsigned s_last;
-    if (tid == 0) {
-      unsigned* cnt = p.counters + blockIdx.y * gridDim.x + blockIdx.x;
-      const unsigned prev = atomicAdd(cnt, 1u);
-      s_last = prev == (unsigned)(p.splits - 1);
-      if (s_last) *cnt = 0u;  // every slice has arrived: re-arm for the next launch
-    }
-    __syncthreads();
-    if (!s_last) return;
-    __threadfence();
-    // the sums: all loads issued before any use (clamped indices; elements outside M x N are never stored), then
-    // the workspace zeroed for the next launch (32-bit offsets: ops.cpp requires M * N < 2^31 for split-K)
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int roff = min(m0 + wm * TM + mt * 16 + g + 8 * h, p.M - 1) * p.N;
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-          for (int j = 0; j < 2; ++j)
-            acc[mt][nt][2 * h + j] = __ldcg(ws + roff + min(n0 + wn * TN + nt * 8 + 2 * t4 + j, p.N - 1));
-      }
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int row = m0 + wm * TM + mt * 16 + g + 8 * h;
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int col = n0 + wn * TN + nt * 8 + 2 * t4 + j;
-            if (row < p.M && col < p.N) __stcg(ws + row * p.N + col, 0);
-          }
-      }
-  }
+  finish<T, MT, NT>(p, acc, m0 + wm * TM + g, n0 + wn * TN + 2 * t4, epi);
+}
 
-  const T* res = static_cast<const T*>(p.res);
-  T* y = static_cast<T*>(p.y);
+// ---------------------------------------------------------------------------------------------------------------
+// sm_90a: the same GEMM on the warpgroup MMA (`wgmma.mma_async` m64nNk32 s8, read by the tensor cores straight
+// from shared memory: no ldmatrix, four MMA instructions per 128-byte K stage). One warpgroup (4 warps) per CTA and
+// a 64 x BN tile; BN is any multiple of 8 that a wrapper exists for (32, 64, 96, 128: csrc/wgmma_s8.inc), so the
+// grid can be sized to the 132 SMs (proj/fc2 N = 1024 at BN = 32 and qkv N = 3072 at BN = 96 are 128 CTAs at
+// M = 197). Operands in the canonical K-major 128-byte-swizzled layout: rows of 128 bytes (one K stage), 16-byte
+// chunk c of row r stored at chunk c ^ (r % 8), 8-row groups 1024 bytes apart, every tile 1024-byte aligned; the
+// descriptor of the k-th 32-byte step is the tile's with its start address advanced by 32 k bytes.
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define QVIT_HAS_WGMMA 1
+#include "wgmma_s8.inc"
+
+__device__ __forceinline__ unsigned long long sw128_desc(unsigned saddr) {
+  return (unsigned long long)((saddr & 0x3FFFF) >> 4)  // start address
+         | (1ull << 16)                                 // leading byte offset (unused for swizzled K-major)
+         | ((unsigned long long)(1024 >> 4) << 32)      // stride byte offset: 8 rows x 128 bytes
+         | (1ull << 62);                                // 128-byte swizzle
+}
+
+template <int N>
+__device__ __forceinline__ void fence_regs(int (&acc)[1][N][4]) {
 #pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
+  for (int i = 0; i < N; ++i)
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int row = m0 + wm * TM + mt * 16 + g + 8 * h;
-      if (row >= p.M) continue;
+    for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(acc[0][i][e])::"memory");
+}
+#endif  // sm_90a
+
+template <typename T, int BN, int STAGES>
+__global__ void __launch_bounds__(128, 1) w8a8_wgmma_kernel(const W8A8Args p) {
+#ifdef QVIT_HAS_WGMMA
+  constexpr int BM = 64, BK = 128, NT = BN / 8;
+  constexpr unsigned kStageA = BM * BK, kStageB = BN * BK;
+  constexpr int kAIt = BM / 16, kBIt = BN / 16;  // 16-byte copies per thread and stage
+  static_assert(BN % 16 == 0, "two rows of copies per 8 threads");
+  extern __shared__ __align__(128) int8_t smem[];
+  const unsigned s_base = (static_cast<unsigned>(__cvta_generic_to_shared(smem)) + 1023u) & ~1023u;
+  const unsigned s_b = s_base + STAGES * kStageA;
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, t4 = lane & 3;
+  const int n0 = blockIdx.x * BN, m0 = blockIdx.y * BM, split = blockIdx.z;
+  const int k_begin = split * p.kt_per_split * kSplitUnit;
+  const int k_end = min(p.K, k_begin + p.kt_per_split * kSplitUnit);
+  const int nkt = k_end > k_begin ? (k_end - k_begin + BK - 1) / BK : 0;
+
+  // copies: thread -> chunk tid % 8 of rows tid / 8 + 16 i, stored swizzled (row % 8 is tid / 8 % 8 for every i)
+  const int lr = tid >> 3, lc = tid & 7, lk = lc * 16;
+  const int8_t* ga[kAIt];
+  const int8_t* gb[kBIt];
+  unsigned a_ok = 0, b_ok = 0;
 #pragma unroll
-      for (int nt = 0; nt < NT; ++nt) {
-        const int col = n0 + wn * TN + nt * 8 + 2 * t4;  // even
-        float v[2];
+  for (int i = 0; i < kAIt; ++i) {
+    const int r = m0 + lr + 16 * i;
+    ga[i] = p.x + (long long)min(r, p.M - 1) * p.sx + k_begin + lk;
+    a_ok |= (r < p.M ? 1u : 0u) << i;
+  }
 #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          v[j] = static_cast<float>(acc[mt][nt][2 * h + j]) * xs_r[mt][h] * ws_c[nt][j];  // Triton's order
-          if (p.bias) v[j] += b_c[nt][j];
-          if (p.gelu) v[j] = 0.5f * v[j] * (1.0f + erff(v[j] * 0.7071067811865476f));
-        }
-        if (p.pair) {  // N, the strides and the pointers are even: (col, col + 1) is one aligned pair
-          if (col >= p.N) continue;
-          if (res) {
-            const float2 r = load_f2(res + (long long)row * p.sr + col);
-            v[0] += r.x;
-            v[1] += r.y;
-          }
-          store_f2(y + (long long)row * p.sy + col, v[0], v[1]);
-        } else {
+  for (int i = 0; i < kBIt; ++i) {
+    const int r = n0 + lr + 16 * i;
+    gb[i] = p.w + (long long)min(r, p.N - 1) * p.sw + k_begin + lk;
+    b_ok |= (r < p.N ? 1u : 0u) << i;
+  }
+  const unsigned s_cp = lr * BK + ((lc ^ (lr & 7)) << 4);
+  auto load_stage = [&](int slot, int kt) {
+    const bool k_ok = k_begin + kt * BK + lk < k_end;
+    const int kofs = k_ok ? kt * BK : -(k_begin + lk);
+    const unsigned da = s_base + slot * kStageA + s_cp, db = s_b + slot * kStageB + s_cp;
 #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            if (col + j >= p.N) continue;
-            if (res) v[j] += load_f(res + (long long)row * p.sr + col + j);
-            store_f(y + (long long)row * p.sy + col + j, v[j]);
-          }
-        }
-      }
+    for (int i = 0; i < kAIt; ++i) cp_async16(da + i * 16 * BK, ga[i] + kofs, k_ok && ((a_ok >> i) & 1u));
+#pragma unroll
+    for (int i = 0; i < kBIt; ++i) cp_async16(db + i * 16 * BK, gb[i] + kofs, k_ok && ((b_ok >> i) & 1u));
+  };
+
+  // the epilogue's scales and bias for the tile, fetched now into shared memory (in registers they would cost
+  // 2 x BN / 4 + 2 per thread through the K loop: spills at BN >= 96)
+  __shared__ float s_xs[BM], s_ws[BN], s_bias[BN];
+  if (tid < BM) s_xs[tid] = p.xs[min(m0 + tid, p.M - 1)];
+#pragma unroll
+  for (int c = tid; c < BN; c += 128) {
+    const int col = min(n0 + c, p.N - 1);
+    s_ws[c] = p.ws[col];
+    s_bias[c] = p.bias ? p.bias[col] : 0.f;
+  }
+  int acc[1][NT][4];
+#pragma unroll
+  for (int j = 0; j < NT; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[0][j][e] = 0;
+
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < nkt) load_stage(s, s);
+    cp_async_commit();
+  }
+  int slot = 0;
+#pragma unroll 1
+  for (int i = 0; i < nkt; ++i) {
+    cp_async_wait<STAGES - 2>();
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // cp.async's writes, seen by the tensor cores
+    __syncthreads();  // everyone's stage i is in; everyone's MMAs of step i - 1 are done (waited below)
+    const int nxt = i + STAGES - 1;
+    if (nxt < nkt) load_stage(nxt % STAGES, nxt);
+    cp_async_commit();
+    const unsigned sa = s_base + slot * kStageA, sb = s_b + slot * kStageB;
+    fence_regs(acc);
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+    for (int kk = 0; kk < BK / 32; ++kk) wgmma_s8<BN>(&acc[0][0][0], sw128_desc(sa + kk * 32), sw128_desc(sb + kk * 32));
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+    fence_regs(acc);
+    slot = slot == STAGES - 1 ? 0 : slot + 1;
+  }
+  cp_async_wait<0>();
+  __syncthreads();  // s_xs, s_ws, s_bias (also when the K loop ran no step)
+  EpiOperands<1, NT> epi;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) epi.xs[0][h] = s_xs[warp * 16 + g + 8 * h];
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      epi.ws[nt][j] = s_ws[nt * 8 + 2 * t4 + j];
+      epi.b[nt][j] = s_bias[nt * 8 + 2 * t4 + j];
     }
+  finish<T, 1, NT>(p, acc, m0 + warp * 16 + g, n0 + 2 * t4, epi);
+#else
+  __trap();  // built without sm_90a code: the host side refuses these configs before launching (launch_wgmma)
+#endif
+}
+
+template <typename T, int BN, int STAGES>
+cudaError_t launch_wgmma(const W8A8Args& a, cudaStream_t stream) {
+  constexpr int smem = STAGES * (64 + BN) * 128 + 1024;  // + the 1024-byte alignment of the swizzled tiles
+  static_assert(smem <= 227 * 1024, "shared memory over the sm_90 limit");
+  auto kern = w8a8_wgmma_kernel<T, BN, STAGES>;
+  int dev = 0, major = 0, minor = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+  if (e != cudaSuccess) return e;
+  if (major != 9 || minor != 0) return cudaErrorNotSupported;  // wgmma: sm_90a code only
+  static unsigned long long done = 0;
+  if (dev >= 64 || !((done >> dev) & 1ull)) {
+    e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (e != cudaSuccess) return e;
+    if (dev < 64) done |= 1ull << dev;
+  }
+  const dim3 grid((a.N + BN - 1) / BN, (a.M + 63) / 64, a.splits);
+  kern<<<grid, 128, smem, stream>>>(a);
+  return cudaGetLastError();
 }
 
 template <typename T, int BM, int BN, int BK, int WM, int WN, int STAGES>
@@ -327,6 +500,12 @@ cudaError_t launch(const W8A8Args& a, cudaStream_t stream) {
   X(3, 32, 64, 128, 1, 4, 4)   \
   X(4, 64, 64, 256, 2, 2, 3)   \
   X(5, 128, 128, 64, 2, 4, 4)
+// the wgmma configs (sm_90 only): {index, BN, STAGES}, BM = 64, BK = 128
+#define QVIT_W8A8_WGMMA_CONFIGS(X) \
+  X(6, 32, 4)                      \
+  X(7, 64, 4)                      \
+  X(8, 96, 4)                      \
+  X(9, 128, 4)
 
 template <typename T>
 cudaError_t dispatch(int cfg, const W8A8Args& a, cudaStream_t stream) {
@@ -335,6 +514,10 @@ cudaError_t dispatch(int cfg, const W8A8Args& a, cudaStream_t stream) {
   case i: return launch<T, bm, bn, bk, wm, wn, st>(a, stream);
     QVIT_W8A8_CONFIGS(QVIT_CASE)
 #undef QVIT_CASE
+#define QVIT_WCASE(i, bn, st) \
+  case i: return launch_wgmma<T, bn, st>(a, stream);
+    QVIT_W8A8_WGMMA_CONFIGS(QVIT_WCASE)
+#undef QVIT_WCASE
     default: return cudaErrorInvalidValue;
   }
 }
@@ -347,6 +530,10 @@ int w8a8_gemm_tile(int cfg, int* bm, int* bn) {
   case i: *bm = tbm; *bn = tbn; return 0;
     QVIT_W8A8_CONFIGS(QVIT_TILE)
 #undef QVIT_TILE
+#define QVIT_WTILE(i, tbn, st) \
+  case i: *bm = 64; *bn = tbn; return 0;
+    QVIT_W8A8_WGMMA_CONFIGS(QVIT_WTILE)
+#undef QVIT_WTILE
     default: return 1;
   }
 }

@@ -32,7 +32,9 @@ from qvit.kernels.quant import check_gemm_operands
 
 # (BLOCK_M, BLOCK_N) of the kernel's tile configs, by index (csrc/w8a8_gemm.cu QVIT_W8A8_CONFIGS, which also
 # gives each its K stage width, warps and pipeline depth)
-CONFIGS = ((64, 64), (64, 128), (32, 128), (32, 64), (64, 64), (128, 128))
+CONFIGS = ((64, 64), (64, 128), (32, 128), (32, 64), (64, 64), (128, 128),  # mma.sync (sm_80+)
+           (64, 32), (64, 64), (64, 96), (64, 128))  # wgmma (sm_90a only: QVIT_W8A8_WGMMA_CONFIGS)
+WGMMA_CONFIGS = range(6, 10)
 SPLITS = (1, 2, 3, 4, 6, 8, 12, 16)
 _BK = 64  # K bytes: split-K slices are whole multiples of this unit, whatever the config's stage width
 _MAX_COUNTERS = 1 << 15  # output tiles a split-K launch may have (split-K only pays when tiles are few)
@@ -55,10 +57,16 @@ def _tiles(m: int, n: int, cfg: int) -> int:
     return -(-m // bm) * -(-n // bn)
 
 
-def candidates(m: int, n: int, k: int) -> list[tuple[int, int]]:
-    """(config, splits) pairs worth timing for this shape."""
+def configs_for(device=None) -> list[int]:
+    """The tile configs the kernel can run on this device: the wgmma ones need compute capability 9.0 (sm_90a)."""
+    cap = torch.cuda.get_device_capability(device)
+    return [c for c in range(len(CONFIGS)) if c not in WGMMA_CONFIGS or cap == (9, 0)]
+
+
+def candidates(m: int, n: int, k: int, configs=None) -> list[tuple[int, int]]:
+    """(config, splits) pairs worth timing for this shape (configs: the device's, default the mma.sync ones)."""
     out = []
-    for cfg in range(len(CONFIGS)):
+    for cfg in (configs if configs is not None else [c for c in range(len(CONFIGS)) if c not in WGMMA_CONFIGS]):
         tiles = _tiles(m, n, cfg)
         for s in SPLITS:
             s2 = _normalize_splits(k, s)
@@ -150,7 +158,7 @@ def _tune(key, args, m, n, k):
     """Time every candidate (config, splits) on these very tensors; remember and return the fastest."""
     best, best_t = None, float("inf")
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    for cfg, s in candidates(m, n, k):
+    for cfg, s in candidates(m, n, k, configs_for(args[0].device)):
         _run(*args, cfg, s)  # warm-up (and first-launch costs)
         start.record()
         for _ in range(10):

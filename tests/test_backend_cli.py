@@ -98,7 +98,7 @@ def test_cuda_w8a8_split_plan_and_cpu_refusal():
                                         w8a8_linear_cuda)
     for m, n, k in [(197, 3072, 1024), (197, 1024, 4096), (1, 1000, 1024), (50432, 4096, 1024), (5, 16, 16)]:
         kt = -(-k // _BK)
-        plans = candidates(m, n, k) + [heuristic(m, n, k)]
+        plans = candidates(m, n, k, range(len(CONFIGS))) + [heuristic(m, n, k)]
         assert (0, 1) in plans
         for cfg, s in plans:
             assert 0 <= cfg < len(CONFIGS) and 1 <= s <= kt and _normalize_splits(k, s) == s

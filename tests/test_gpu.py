@@ -247,14 +247,14 @@ def test_w8a8_cuda_every_tile_and_split(poison, m, k, n):
     bits for every (config, splits) with a float32 output (the int32 partials are exact), and the bf16 epilogue
     (bias, GELU, residual) against the exact reference to one bf16 rounding."""
     _cuda_ext_or_fail()
-    from qvit.kernels.w8a8_cuda import CONFIGS, _normalize_splits, w8a8_linear_cuda
+    from qvit.kernels.w8a8_cuda import _normalize_splits, configs_for, w8a8_linear_cuda
     xq, xs = Q.quantize_int8_per_token(torch.randn(m, k, device=DEV) * torch.rand(1, k, device=DEV) * 3)
     wq, ws = Q.quantize_int8_per_channel(torch.randn(n, k, device=DEV) * 0.02)
     b = torch.randn(n, device=DEV)
     r = torch.randn(m, n, device=DEV, dtype=torch.bfloat16)
     ref32 = Q.int8_matmul_ref(xq, xs, wq, ws)
     first = None
-    for cfg in range(len(CONFIGS)):
+    for cfg in configs_for():
         for s in sorted({1, 2, _normalize_splits(k, 3), _normalize_splits(k, 8)}):
             y32 = w8a8_linear_cuda(xq, xs, wq, ws, None, None, False, torch.float32, cfg, s)
             if first is None:
@@ -275,14 +275,14 @@ def test_w8a8_cuda_odd_shapes(poison, m, k, n):
     odd residual row stride (the epilogue's unpaired stores): the same bits for every config and split, and the
     reference to one bf16 rounding."""
     _cuda_ext_or_fail()
-    from qvit.kernels.w8a8_cuda import CONFIGS, _normalize_splits, w8a8_linear_cuda
+    from qvit.kernels.w8a8_cuda import _normalize_splits, configs_for, w8a8_linear_cuda
     xq, xs = Q.quantize_int8_per_token(torch.randn(m, k, device=DEV))
     wq, ws = Q.quantize_int8_per_channel(torch.randn(n, k, device=DEV))
     b = torch.randn(n, device=DEV)
     r = torch.randn(m, n + 1, device=DEV, dtype=torch.bfloat16)[:, :n]  # row stride n + 1
     ref32 = Q.int8_matmul_ref(xq, xs, wq, ws)
     ref = Q.int8_matmul_ref(xq, xs, wq, ws, b, torch.float32, gelu=True, residual=r)
-    for cfg in range(len(CONFIGS)):
+    for cfg in configs_for():
         for s in sorted({1, _normalize_splits(k, 3)}):
             y32 = w8a8_linear_cuda(xq, xs, wq, ws, None, None, False, torch.float32, cfg, s)
             torch.testing.assert_close(y32, ref32, rtol=1e-5, atol=1e-5)

@@ -12,6 +12,7 @@ import torch
 def main() -> int:
     from qvit.kernels import quant as Q
     from qvit.kernels.w8a8_cuda import w8a8_linear_cuda
+    from qvit.kernels.w8a8_linear import w8a8_linear
     from qvit.profiling.ncu_kernels import profile_launches
     torch.manual_seed(0)
     calls = {}
@@ -19,9 +20,12 @@ def main() -> int:
         xq, xs = Q.quantize_int8_per_token(torch.randn(197, k, device="cuda"))
         wq, ws = Q.quantize_int8_per_channel(torch.randn(n, k, device="cuda"))
         b = torch.randn(n, device="cuda")
-        for cfg, s in ((0, 1), (0, 2), (0, 4), (3, 1), (3, 2), (1, 1), (4, 1), (2, 1)):
+        for cfg, s in ((0, 1), (3, 1), (6, 1), (6, 2), (7, 1), (8, 1), (9, 1)):
             calls[f"{name}_cfg{cfg}_s{s}"] = (lambda xq=xq, xs=xs, wq=wq, ws=ws, b=b, cfg=cfg, s=s:
                                               w8a8_linear_cuda(xq, xs, wq, ws, b, None, False, torch.bfloat16, cfg, s))
+        # the Triton kernel on the same operands (its autotuned config), for comparison
+        calls[f"{name}_triton"] = (lambda xq=xq, xs=xs, wq=wq, ws=ws, b=b:
+                                   w8a8_linear(xq, xs, wq, ws, b, None, False, torch.bfloat16))
     profile_launches(calls, warmup=1)
     return 0
 

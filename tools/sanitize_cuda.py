@@ -13,7 +13,7 @@ def main() -> int:
     from qvit import _ext
     from qvit.kernels import quant as Q
     from qvit.kernels.layernorm_quant import layernorm_quant_cuda
-    from qvit.kernels.w8a8_cuda import CONFIGS, _normalize_splits, w8a8_linear_cuda
+    from qvit.kernels.w8a8_cuda import _normalize_splits, configs_for, w8a8_linear_cuda
     if _ext.load_error():
         print(f"sanitize_cuda: {_ext.load_error()}", file=sys.stderr)
         return 2
@@ -24,7 +24,7 @@ def main() -> int:
         wq, ws = Q.quantize_int8_per_channel(torch.randn(n, k, device="cuda"))
         b = torch.randn(n, device="cuda")
         r = torch.randn(m, n, device="cuda", dtype=torch.bfloat16)
-        for cfg in range(len(CONFIGS)):
+        for cfg in configs_for():
             for s in sorted({1, _normalize_splits(k, 2), _normalize_splits(k, 16)}):
                 w8a8_linear_cuda(xq, xs, wq, ws, b, r, True, torch.bfloat16, cfg, s)
                 n_launch += 1
