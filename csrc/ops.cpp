@@ -87,8 +87,11 @@ int qvit_w8a8_gemm(int dtype, int cfg, int splits, const void* xq, const void* x
   const int64_t per = (kt + splits - 1) / splits;
   if ((kt + per - 1) / per != splits)
     return fail(1, "%s: splits=%d leaves an empty K slice for K=%lld (use %lld)", op, splits, (long long)K, (long long)((kt + per - 1) / per));
-  if (splits > 1 && (!part || !counters)) return fail(1, "%s: splits > 1 needs the workspace and counters buffers", op);
-  if (splits > 1 && M * N >= ((int64_t)1 << 31))
+  const bool cluster = qvit::w8a8_gemm_cluster_splits(cfg);
+  if (cluster && splits > 8) return fail(1, "%s: splits=%d exceeds 8 for tile config %d (split-K in a cluster)", op, splits, cfg);
+  if (splits > 1 && !cluster && (!part || !counters))
+    return fail(1, "%s: splits > 1 needs the workspace and counters buffers", op);
+  if (splits > 1 && !cluster && M * N >= ((int64_t)1 << 31))
     return fail(1, "%s: split-K needs M * N < 2^31 (32-bit partial offsets), got M=%lld N=%lld", op, (long long)M, (long long)N);
   const int64_t tiles_m = (M + bm - 1) / bm, tiles_n = (N + bn - 1) / bn;
   if (tiles_m > 65535) return fail(1, "%s: M=%lld needs more than 65535 row tiles", op, (long long)M);
@@ -100,7 +103,7 @@ int qvit_w8a8_gemm(int dtype, int cfg, int splits, const void* xq, const void* x
   qvit::W8A8Args a{static_cast<const int8_t*>(xq), static_cast<const float*>(xs), static_cast<const int8_t*>(wq),
                    static_cast<const float*>(ws), static_cast<const float*>(bias), res, y, static_cast<int*>(part),
                    static_cast<unsigned*>(counters), (int)M, (int)N, (int)K, (long long)sx, (long long)sw,
-                   (long long)sr, (long long)sy, splits, (int)per, gelu ? 1 : 0, pair ? 1 : 0};
+                   (long long)sr, (long long)sy, splits, (int)per, gelu ? 1 : 0, pair ? 1 : 0, 0};
   const cudaError_t e = qvit::w8a8_gemm_launch(dtype, cfg, a, static_cast<cudaStream_t>(stream));
   if (e != cudaSuccess) return fail((int)e, "%s: launch failed: %s", op, cudaGetErrorString(e));
   return 0;

@@ -26,6 +26,7 @@
 // instructions per 16 MMAs, and split 8 slower still (45.8 us, the serial sum of 8 slices).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -249,15 +250,25 @@ __global__ void __launch_bounds__(WM* WN * 32) w8a8_gemm_kernel(const W8A8Args p
     b_ok |= (r < p.N ? 1u : 0u) << i;
   }
   const unsigned s_cp = lr * kLd + lk;  // shared offset of copy 0 within a stage
-  auto load_stage = [&](int slot, int kt) {
-    // a chunk past the slice's end (the last stage of a K tail) is zero-filled, its address the row's start
-    const bool k_ok = k_begin + kt * BK + lk < k_end;
-    const int kofs = k_ok ? kt * BK : -(k_begin + lk);
+  auto load_stage = [&](int slot, int kt) {  // kt = 0, 1, 2, ... in order: the source pointers advance per call
     const unsigned da = s_base + slot * kStageA + s_cp, db = s_b + slot * kStageB + s_cp;
+    if (k_begin + (kt + 1) * BK <= k_end) {  // a whole stage: only the row bounds
 #pragma unroll
-    for (int i = 0; i < kAIt; ++i) cp_async16(da + i * kRowStep * kLd, ga[i] + kofs, k_ok && ((a_ok >> i) & 1u));
+      for (int i = 0; i < kAIt; ++i) cp_async16(da + i * kRowStep * kLd, ga[i], (a_ok >> i) & 1u);
 #pragma unroll
-    for (int i = 0; i < kBIt; ++i) cp_async16(db + i * kRowStep * kLd, gb[i] + kofs, k_ok && ((b_ok >> i) & 1u));
+      for (int i = 0; i < kBIt; ++i) cp_async16(db + i * kRowStep * kLd, gb[i], (b_ok >> i) & 1u);
+    } else {  // the slice's last, partial stage: chunks past k_end are zero-filled, their address the row's start
+      const bool k_ok = k_begin + kt * BK + lk < k_end;
+      const int back = k_ok ? 0 : k_begin + kt * BK + lk;
+#pragma unroll
+      for (int i = 0; i < kAIt; ++i) cp_async16(da + i * kRowStep * kLd, ga[i] - back, k_ok && ((a_ok >> i) & 1u));
+#pragma unroll
+      for (int i = 0; i < kBIt; ++i) cp_async16(db + i * kRowStep * kLd, gb[i] - back, k_ok && ((b_ok >> i) & 1u));
+    }
+#pragma unroll
+    for (int i = 0; i < kAIt; ++i) ga[i] += BK;
+#pragma unroll
+    for (int i = 0; i < kBIt; ++i) gb[i] += BK;
   };
 
   EpiOperands<MT, NT> epi;
@@ -326,7 +337,18 @@ __device__ __forceinline__ void finish_tile(const W8A8Args& p, const int* tile, 
                                             const float* bias, int m0, int n0) {
   constexpr int kGroups = BM * BN / 4;
   const int tid = threadIdx.x;
-  if (p.splits > 1) {
+  int first = tid, step = blockDim.x, n_tiles = 1;
+  if (p.splits > 1 && p.cluster) {
+    // split-K inside a thread-block cluster (sm_90): the `splits` CTAs of one output tile are one cluster; each
+    // sums every CTA's int32 tile through distributed shared memory for an interleaved share of the 4-column
+    // groups and runs their epilogue. No workspace, no atomics, no counters.
+    namespace cg = cooperative_groups;
+    cg::cluster_group cluster = cg::this_cluster();
+    cluster.sync();  // every slice's tile is in its CTA's shared memory
+    n_tiles = p.splits;
+    first = tid + (int)cluster.block_rank() * blockDim.x;
+    step = blockDim.x * p.splits;
+  } else if (p.splits > 1) {
     int* wsp = p.part;  // (M, N) int32, zero between launches
 #pragma unroll 2
     for (int idx = tid; idx < kGroups; idx += blockDim.x) {
@@ -352,11 +374,19 @@ __device__ __forceinline__ void finish_tile(const W8A8Args& p, const int* tile, 
   const T* res = static_cast<const T*>(p.res);
   T* y = static_cast<T*>(p.y);
 #pragma unroll 2
-  for (int idx = tid; idx < kGroups; idx += blockDim.x) {
+  for (int idx = first; idx < kGroups; idx += step) {
     const int r = idx / (BN / 4), c = idx % (BN / 4) * 4, row = m0 + r, col = n0 + c;
     if (row >= p.M || col >= p.N) continue;
     int a[4];
-    if (p.splits > 1) {  // the sums of every slice, then the workspace re-zeroed for the next launch
+    if (n_tiles > 1) {  // cluster split-K: the slices' tiles, summed in rank order (exact integers either way)
+      int* own = const_cast<int*>(tile) + r * LDT + c;
+      int4 t = *reinterpret_cast<const int4*>(cooperative_groups::this_cluster().map_shared_rank(own, 0));
+      for (int q = 1; q < n_tiles; ++q) {
+        const int4 u = *reinterpret_cast<const int4*>(cooperative_groups::this_cluster().map_shared_rank(own, q));
+        t.x += u.x, t.y += u.y, t.z += u.z, t.w += u.w;
+      }
+      a[0] = t.x, a[1] = t.y, a[2] = t.z, a[3] = t.w;
+    } else if (p.splits > 1) {  // the sums of every slice, then the workspace re-zeroed for the next launch
 #pragma unroll
       for (int e = 0; e < 4; ++e) a[e] = col + e < p.N ? __ldcg(p.part + row * p.N + col + e) : 0;
 #pragma unroll
@@ -389,6 +419,7 @@ __device__ __forceinline__ void finish_tile(const W8A8Args& p, const int* tile, 
       }
     }
   }
+  if (n_tiles > 1) cooperative_groups::this_cluster().sync();  // no CTA leaves while others read its tile
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -455,14 +486,27 @@ __global__ void __launch_bounds__(128, 1) w8a8_wgmma_kernel(const W8A8Args p) {
     b_ok |= (r < p.N ? 1u : 0u) << i;
   }
   const unsigned s_cp = lr * BK + ((lc ^ (lr & 7)) << 4);
+  // called for kt = 0, 1, 2, ... in order: the source pointers advance by one stage per call (kept in registers:
+  // rebuilt from the row index per copy they cost ~120 of the ~190 instructions of a K step, h200-gpu-7 call 3)
   auto load_stage = [&](int slot, int kt) {
-    const bool k_ok = k_begin + kt * BK + lk < k_end;
-    const int kofs = k_ok ? kt * BK : -(k_begin + lk);
     const unsigned da = s_base + slot * kStageA + s_cp, db = s_b + slot * kStageB + s_cp;
+    if (k_begin + (kt + 1) * BK <= k_end) {  // a whole stage: only the row bounds
 #pragma unroll
-    for (int i = 0; i < kAIt; ++i) cp_async16(da + i * 16 * BK, ga[i] + kofs, k_ok && ((a_ok >> i) & 1u));
+      for (int i = 0; i < kAIt; ++i) cp_async16(da + i * 16 * BK, ga[i], (a_ok >> i) & 1u);
 #pragma unroll
-    for (int i = 0; i < kBIt; ++i) cp_async16(db + i * 16 * BK, gb[i] + kofs, k_ok && ((b_ok >> i) & 1u));
+      for (int i = 0; i < kBIt; ++i) cp_async16(db + i * 16 * BK, gb[i], (b_ok >> i) & 1u);
+    } else {  // the slice's last, partial stage: chunks past k_end are zero-filled, their address the row's start
+      const bool k_ok = k_begin + kt * BK + lk < k_end;
+      const int back = k_ok ? 0 : k_begin + kt * BK + lk;
+#pragma unroll
+      for (int i = 0; i < kAIt; ++i) cp_async16(da + i * 16 * BK, ga[i] - back, k_ok && ((a_ok >> i) & 1u));
+#pragma unroll
+      for (int i = 0; i < kBIt; ++i) cp_async16(db + i * 16 * BK, gb[i] - back, k_ok && ((b_ok >> i) & 1u));
+    }
+#pragma unroll
+    for (int i = 0; i < kAIt; ++i) ga[i] += BK;
+#pragma unroll
+    for (int i = 0; i < kBIt; ++i) gb[i] += BK;
   };
 
   // the epilogue's scales and bias for the tile, fetched now into shared memory (in registers they would cost
@@ -543,8 +587,22 @@ cudaError_t launch_wgmma(const W8A8Args& a, cudaStream_t stream) {
     if (e != cudaSuccess) return e;
     if (dev < 64) done |= 1ull << dev;
   }
-  const dim3 grid((a.N + BN - 1) / BN, (a.M + 63) / 64, a.splits);
-  kern<<<grid, 128, smem, stream>>>(a);
+  W8A8Args args = a;
+  args.cluster = a.splits > 1;  // split-K through a (1, 1, splits) cluster: no workspace
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3((a.N + BN - 1) / BN, (a.M + 63) / 64, a.splits);
+  cfg.blockDim = dim3(128);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = 1;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = a.splits;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  e = cudaLaunchKernelEx(&cfg, kern, args);
+  if (e != cudaSuccess) return e;
   return cudaGetLastError();
 }
 
@@ -582,7 +640,9 @@ cudaError_t launch(const W8A8Args& a, cudaStream_t stream) {
   X(6, 32, 4)                      \
   X(7, 64, 4)                      \
   X(8, 96, 4)                      \
-  X(9, 128, 4)
+  X(9, 128, 4)                     \
+  X(10, 32, 8)                     \
+  X(11, 64, 6)
 
 template <typename T>
 cudaError_t dispatch(int cfg, const W8A8Args& a, cudaStream_t stream) {
@@ -600,6 +660,17 @@ cudaError_t dispatch(int cfg, const W8A8Args& a, cudaStream_t stream) {
 }
 
 }  // namespace
+
+bool w8a8_gemm_cluster_splits(int cfg) {  // the configs whose split-K runs in a cluster (at most 8 slices)
+  switch (cfg) {
+#define QVIT_WCL(i, bn, st) \
+  case i:                   \
+    return true;
+    QVIT_W8A8_WGMMA_CONFIGS(QVIT_WCL)
+#undef QVIT_WCL
+    default: return false;
+  }
+}
 
 int w8a8_gemm_tile(int cfg, int* bm, int* bn) {
   switch (cfg) {

@@ -20,9 +20,11 @@ struct W8A8Args {
   long long sx, sw, sr, sy;  // row strides in elements
   int splits, kt_per_split;  // K slices and their length in 64-byte units
   int gelu, pair;            // pair: N, sy, sr even and y, res aligned to two elements (paired epilogue stores)
+  int cluster;               // set by the launcher: split-K slices reduce through a thread-block cluster
 };
 
 cudaError_t w8a8_gemm_launch(int dtype, int cfg, const W8A8Args& a, cudaStream_t stream);
 int w8a8_gemm_tile(int cfg, int* bm, int* bn);
+bool w8a8_gemm_cluster_splits(int cfg);
 
 }  // namespace qvit

@@ -14,6 +14,9 @@ tile; both are zero between launches (the last slice of each tile re-zeroes them
 
 Reference: `qvit.kernels.quant.int8_matmul_ref` (exact integer dot in float64).
 
+sm_90a configs (WGMMA_CONFIGS) run the warpgroup MMA, and their K slices meet in a (1, 1, splits) thread-block
+cluster: each CTA sums the slices' int32 tiles through distributed shared memory for a share of the output.
+
 Status: the first version (h200-gpu-6) was correct but 2.5-3.9x slower than the Triton W8A8 kernel at M = 197
 (14.8-25.5 us vs 5.2-8.6; ncu: ~290 instructions per 16 MMAs, one warp per scheduler issuing every 5.8 cycles;
 split-K slower still from the serial sum of the partial slices). Rewritten in session 7 (csrc/w8a8_gemm.cu
@@ -33,8 +36,9 @@ from qvit.kernels.quant import check_gemm_operands
 # (BLOCK_M, BLOCK_N) of the kernel's tile configs, by index (csrc/w8a8_gemm.cu QVIT_W8A8_CONFIGS, which also
 # gives each its K stage width, warps and pipeline depth)
 CONFIGS = ((64, 64), (64, 128), (32, 128), (32, 64), (64, 64), (128, 128),  # mma.sync (sm_80+)
-           (64, 32), (64, 64), (64, 96), (64, 128))  # wgmma (sm_90a only: QVIT_W8A8_WGMMA_CONFIGS)
-WGMMA_CONFIGS = range(6, 10)
+           (64, 32), (64, 64), (64, 96), (64, 128), (64, 32), (64, 64))  # wgmma (sm_90a: QVIT_W8A8_WGMMA_CONFIGS)
+WGMMA_CONFIGS = range(6, 12)  # their split-K runs in a thread-block cluster: at most 8 slices, no workspace
+_MAX_CLUSTER = 8
 SPLITS = (1, 2, 3, 4, 6, 8, 12, 16)
 _BK = 64  # K bytes: split-K slices are whole multiples of this unit, whatever the config's stage width
 _MAX_COUNTERS = 1 << 15  # output tiles a split-K launch may have (split-K only pays when tiles are few)
@@ -70,7 +74,9 @@ def candidates(m: int, n: int, k: int, configs=None) -> list[tuple[int, int]]:
         tiles = _tiles(m, n, cfg)
         for s in SPLITS:
             s2 = _normalize_splits(k, s)
-            if s2 != s or (s > 1 and (tiles > _MAX_COUNTERS or tiles * s > 8 * 132 * 4 or m * n > _MAX_SPLIT_MN)):
+            if s2 != s or (s > 1 and tiles * s > 8 * 132 * 4):
+                continue
+            if s > 1 and (s > _MAX_CLUSTER if cfg in WGMMA_CONFIGS else (tiles > _MAX_COUNTERS or m * n > _MAX_SPLIT_MN)):
                 continue
             out.append((cfg, s))
     return out
@@ -139,7 +145,7 @@ def _run(xq, x_scale, wq, w_scale, bias, residual, gelu, y, cfg, splits):
     m, k = xq.shape
     n = wq.shape[0]
     part = cnt = None
-    if splits > 1:
+    if splits > 1 and cfg not in WGMMA_CONFIGS:  # the wgmma configs reduce their K slices inside a cluster
         if _tiles(m, n, cfg) > _MAX_COUNTERS or m * n > _MAX_SPLIT_MN:
             raise ValueError(f"w8a8_linear_cuda: split-K needs at most {_MAX_COUNTERS} output tiles and M * N <= "
                              f"{_MAX_SPLIT_MN}, got {_tiles(m, n, cfg)} tiles and M * N = {m * n}; use splits=1")

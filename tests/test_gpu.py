@@ -295,7 +295,7 @@ def test_w8a8_cuda_errors_graphs_and_compile():
     """Bad input is refused by name; split-K re-arms its tile counters, so CUDA-graph replays and repeated calls
     stay right; the op is one node under torch.compile(fullgraph=True)."""
     _cuda_ext_or_fail()
-    from qvit.kernels.w8a8_cuda import w8a8_linear_cuda
+    from qvit.kernels.w8a8_cuda import configs_for, w8a8_linear_cuda
     m, k, n = 197, 4096, 1024
     xq, xs = Q.quantize_int8_per_token(torch.randn(m, k, device=DEV))
     wq, ws = Q.quantize_int8_per_channel(torch.randn(n, k, device=DEV))
@@ -317,10 +317,14 @@ def test_w8a8_cuda_errors_graphs_and_compile():
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         yg = w8a8_linear_cuda(x2, xs, wq, ws, None, None, False, torch.float32, 3, 4)
+        yc = (w8a8_linear_cuda(x2, xs, wq, ws, None, None, False, torch.float32, 6, 4)  # wgmma, cluster split-K
+              if 6 in configs_for() else None)
     for flip in (True, False):
         x2.copy_(-xq if flip else xq)
         g.replay()
         torch.testing.assert_close(yg, -ref if flip else ref, rtol=1e-5, atol=1e-5)
+        if yc is not None:
+            assert torch.equal(yc, yg)
     f = torch.compile(lambda a: w8a8_linear_cuda(a, xs, wq, ws, None, None, False, torch.float32), fullgraph=True)
     torch.testing.assert_close(f(xq), ref, rtol=1e-5, atol=1e-5)
 
