@@ -450,7 +450,7 @@ __device__ __forceinline__ void fence_regs(int (&acc)[1][N][4]) {
 }
 #endif  // sm_90a
 
-template <typename T, int BN, int STAGES>
+template <typename T, int BN, int STAGES, bool OVERLAP>
 __global__ void __launch_bounds__(128, 1) w8a8_wgmma_kernel(const W8A8Args p) {
 #ifdef QVIT_HAS_WGMMA
   constexpr int BM = 64, BK = 128, NT = BN / 8;
@@ -525,30 +525,45 @@ __global__ void __launch_bounds__(128, 1) w8a8_wgmma_kernel(const W8A8Args p) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) acc[0][j][e] = 0;
 
+  // OVERLAP: step i's MMAs stay in flight through step i + 1's wait and barrier (wgmma.wait_group 1), so a slot is
+  // free again only two steps later and the loads run STAGES - 2 stages ahead; otherwise every step waits for its
+  // MMAs and the loads run STAGES - 1 ahead
+  constexpr int PF = OVERLAP ? STAGES - 2 : STAGES - 1;
+  static_assert(PF >= 1, "pipeline too shallow");
 #pragma unroll
-  for (int s = 0; s < STAGES - 1; ++s) {
+  for (int s = 0; s < PF; ++s) {
     if (s < nkt) load_stage(s, s);
     cp_async_commit();
   }
-  int slot = 0;
+  int slot = 0, fill = PF % STAGES;  // the slots of stage i and of stage i + PF
 #pragma unroll 1
   for (int i = 0; i < nkt; ++i) {
-    cp_async_wait<STAGES - 2>();
+    cp_async_wait<PF - 1>();  // stage i has landed (this thread's copies)
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // cp.async's writes, seen by the tensor cores
-    __syncthreads();  // everyone's stage i is in; everyone's MMAs of step i - 1 are done (waited below)
-    const int nxt = i + STAGES - 1;
-    if (nxt < nkt) load_stage(nxt % STAGES, nxt);
-    cp_async_commit();
+    __syncthreads();  // everyone's stage i is in; everyone's MMAs that read slot `fill` are done (waited earlier)
+    if (!OVERLAP) {
+      if (i + PF < nkt) load_stage(fill, i + PF);
+      cp_async_commit();
+    }
     const unsigned sa = s_base + slot * kStageA, sb = s_b + slot * kStageB;
     fence_regs(acc);
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
     for (int kk = 0; kk < BK / 32; ++kk) wgmma_s8<BN>(&acc[0][0][0], sw128_desc(sa + kk * 32), sw128_desc(sb + kk * 32));
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-    fence_regs(acc);
+    if (OVERLAP) {
+      asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");  // step i - 1's MMAs are done (this warp)
+      if (i + PF < nkt) load_stage(fill, i + PF);  // slot of step i - 2: every warp finished it before the barrier
+      cp_async_commit();
+    } else {
+      asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+      fence_regs(acc);
+    }
     slot = slot == STAGES - 1 ? 0 : slot + 1;
+    fill = fill == STAGES - 1 ? 0 : fill + 1;
   }
+  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+  fence_regs(acc);
   cp_async_wait<0>();
   __syncthreads();  // every warp's MMAs are done with the pipeline's shared memory: it becomes the output tile
   // the int32 tile through shared memory (row stride BN + 8 words: a half-warp's 8-byte writes hit distinct
@@ -570,11 +585,11 @@ __global__ void __launch_bounds__(128, 1) w8a8_wgmma_kernel(const W8A8Args p) {
 #endif
 }
 
-template <typename T, int BN, int STAGES>
+template <typename T, int BN, int STAGES, bool OVERLAP>
 cudaError_t launch_wgmma(const W8A8Args& a, cudaStream_t stream) {
   constexpr int smem = STAGES * (64 + BN) * 128 + 1024;  // + the 1024-byte alignment of the swizzled tiles
   static_assert(smem <= 227 * 1024, "shared memory over the sm_90 limit");
-  auto kern = w8a8_wgmma_kernel<T, BN, STAGES>;
+  auto kern = w8a8_wgmma_kernel<T, BN, STAGES, OVERLAP>;
   int dev = 0, major = 0, minor = 0;
   cudaError_t e = cudaGetDevice(&dev);
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
@@ -635,14 +650,18 @@ cudaError_t launch(const W8A8Args& a, cudaStream_t stream) {
   X(3, 32, 64, 128, 1, 4, 4)   \
   X(4, 64, 64, 256, 2, 2, 3)   \
   X(5, 128, 128, 64, 2, 4, 4)
-// the wgmma configs (sm_90 only): {index, BN, STAGES}, BM = 64, BK = 128
+// the wgmma configs (sm_90 only): {index, BN, STAGES, OVERLAP}, BM = 64, BK = 128
 #define QVIT_W8A8_WGMMA_CONFIGS(X) \
-  X(6, 32, 4)                      \
-  X(7, 64, 4)                      \
-  X(8, 96, 4)                      \
-  X(9, 128, 4)                     \
-  X(10, 32, 8)                     \
-  X(11, 64, 6)
+  X(6, 32, 4, false)               \
+  X(7, 64, 4, false)               \
+  X(8, 96, 4, false)               \
+  X(9, 128, 4, false)              \
+  X(10, 32, 8, false)              \
+  X(11, 64, 6, false)              \
+  X(12, 32, 6, true)               \
+  X(13, 64, 5, true)               \
+  X(14, 96, 5, true)               \
+  X(15, 32, 8, true)
 
 template <typename T>
 cudaError_t dispatch(int cfg, const W8A8Args& a, cudaStream_t stream) {
@@ -651,8 +670,8 @@ cudaError_t dispatch(int cfg, const W8A8Args& a, cudaStream_t stream) {
   case i: return launch<T, bm, bn, bk, wm, wn, st>(a, stream);
     QVIT_W8A8_CONFIGS(QVIT_CASE)
 #undef QVIT_CASE
-#define QVIT_WCASE(i, bn, st) \
-  case i: return launch_wgmma<T, bn, st>(a, stream);
+#define QVIT_WCASE(i, bn, st, ov) \
+  case i: return launch_wgmma<T, bn, st, ov>(a, stream);
     QVIT_W8A8_WGMMA_CONFIGS(QVIT_WCASE)
 #undef QVIT_WCASE
     default: return cudaErrorInvalidValue;
@@ -663,7 +682,7 @@ cudaError_t dispatch(int cfg, const W8A8Args& a, cudaStream_t stream) {
 
 bool w8a8_gemm_cluster_splits(int cfg) {  // the configs whose split-K runs in a cluster (at most 8 slices)
   switch (cfg) {
-#define QVIT_WCL(i, bn, st) \
+#define QVIT_WCL(i, bn, st, ov) \
   case i:                   \
     return true;
     QVIT_W8A8_WGMMA_CONFIGS(QVIT_WCL)
@@ -678,7 +697,7 @@ int w8a8_gemm_tile(int cfg, int* bm, int* bn) {
   case i: *bm = tbm; *bn = tbn; return 0;
     QVIT_W8A8_CONFIGS(QVIT_TILE)
 #undef QVIT_TILE
-#define QVIT_WTILE(i, tbn, st) \
+#define QVIT_WTILE(i, tbn, st, ov) \
   case i: *bm = 64; *bn = tbn; return 0;
     QVIT_W8A8_WGMMA_CONFIGS(QVIT_WTILE)
 #undef QVIT_WTILE

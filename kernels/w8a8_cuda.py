@@ -36,8 +36,9 @@ from qvit.kernels.quant import check_gemm_operands
 # (BLOCK_M, BLOCK_N) of the kernel's tile configs, by index (csrc/w8a8_gemm.cu QVIT_W8A8_CONFIGS, which also
 # gives each its K stage width, warps and pipeline depth)
 CONFIGS = ((64, 64), (64, 128), (32, 128), (32, 64), (64, 64), (128, 128),  # mma.sync (sm_80+)
-           (64, 32), (64, 64), (64, 96), (64, 128), (64, 32), (64, 64))  # wgmma (sm_90a: QVIT_W8A8_WGMMA_CONFIGS)
-WGMMA_CONFIGS = range(6, 12)  # their split-K runs in a thread-block cluster: at most 8 slices, no workspace
+           (64, 32), (64, 64), (64, 96), (64, 128), (64, 32), (64, 64),  # wgmma (sm_90a: QVIT_W8A8_WGMMA_CONFIGS)
+           (64, 32), (64, 64), (64, 96), (64, 32))  # wgmma, MMAs overlapped with the next step's wait
+WGMMA_CONFIGS = range(6, 16)  # their split-K runs in a thread-block cluster: at most 8 slices, no workspace
 _MAX_CLUSTER = 8
 SPLITS = (1, 2, 3, 4, 6, 8, 12, 16)
 _BK = 64  # K bytes: split-K slices are whole multiples of this unit, whatever the config's stage width

@@ -1,6 +1,7 @@
 """Runs one launch of each hand-written CUDA kernel on small odd shapes, for `compute-sanitizer` (memcheck,
-racecheck): every W8A8 GEMM tile config with and without split-K (partial tiles in M, N and K), the LayerNorm+
-quantize kernel in every dtype, with and without the LayerNorm, on a row-strided view too.
+racecheck): every W8A8 GEMM tile config with and without split-K (partial tiles in M, N and K; the sm_90a configs'
+split-K in clusters of up to 8), the LayerNorm+quantize kernel in every dtype, with and without the LayerNorm, on a
+row-strided view too.
 
     compute-sanitizer --tool memcheck --error-exitcode 9 python tools/sanitize_cuda.py
 """
@@ -13,7 +14,7 @@ def main() -> int:
     from qvit import _ext
     from qvit.kernels import quant as Q
     from qvit.kernels.layernorm_quant import layernorm_quant_cuda
-    from qvit.kernels.w8a8_cuda import _normalize_splits, configs_for, w8a8_linear_cuda
+    from qvit.kernels.w8a8_cuda import WGMMA_CONFIGS, _normalize_splits, configs_for, w8a8_linear_cuda
     if _ext.load_error():
         print(f"sanitize_cuda: {_ext.load_error()}", file=sys.stderr)
         return 2
@@ -25,7 +26,8 @@ def main() -> int:
         b = torch.randn(n, device="cuda")
         r = torch.randn(m, n, device="cuda", dtype=torch.bfloat16)
         for cfg in configs_for():
-            for s in sorted({1, _normalize_splits(k, 2), _normalize_splits(k, 16)}):
+            top = 8 if cfg in WGMMA_CONFIGS else 16  # split-K in a cluster: at most 8 slices
+            for s in sorted({1, _normalize_splits(k, 2), _normalize_splits(k, top)}):
                 w8a8_linear_cuda(xq, xs, wq, ws, b, r, True, torch.bfloat16, cfg, s)
                 n_launch += 1
     for d in (torch.float16, torch.bfloat16, torch.float32):
