@@ -509,16 +509,6 @@ __global__ void __launch_bounds__(128, 1) w8a8_wgmma_kernel(const W8A8Args p) {
     for (int i = 0; i < kBIt; ++i) gb[i] += BK;
   };
 
-  // the epilogue's scales and bias for the tile, fetched now into shared memory (in registers they would cost
-  // 2 x BN / 4 + 2 per thread through the K loop: spills at BN >= 96)
-  __shared__ float s_xs[BM], s_ws[BN], s_bias[BN];
-  if (tid < BM) s_xs[tid] = p.xs[min(m0 + tid, p.M - 1)];
-#pragma unroll
-  for (int c = tid; c < BN; c += 128) {
-    const int col = min(n0 + c, p.N - 1);
-    s_ws[c] = p.ws[col];
-    s_bias[c] = p.bias ? p.bias[col] : 0.f;
-  }
   int acc[1][NT][4];
 #pragma unroll
   for (int j = 0; j < NT; ++j)
@@ -534,6 +524,17 @@ __global__ void __launch_bounds__(128, 1) w8a8_wgmma_kernel(const W8A8Args p) {
   for (int s = 0; s < PF; ++s) {
     if (s < nkt) load_stage(s, s);
     cp_async_commit();
+  }
+  // the epilogue's scales and bias for the tile, fetched into shared memory (in registers they would cost
+  // 2 x BN / 4 + 2 per thread through the K loop: spills at BN >= 96), after the first stages' copies are issued
+  // so that this global round trip overlaps the pipeline's fill instead of delaying it
+  __shared__ float s_xs[BM], s_ws[BN], s_bias[BN];
+  if (tid < BM) s_xs[tid] = p.xs[min(m0 + tid, p.M - 1)];
+#pragma unroll
+  for (int c = tid; c < BN; c += 128) {
+    const int col = min(n0 + c, p.N - 1);
+    s_ws[c] = p.ws[col];
+    s_bias[c] = p.bias ? p.bias[col] : 0.f;
   }
   int slot = 0, fill = PF % STAGES;  // the slots of stage i and of stage i + PF
 #pragma unroll 1

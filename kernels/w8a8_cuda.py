@@ -202,6 +202,64 @@ def _tune(key, args, m, n, k):
     return best
 
 
+_prefer: dict = {}
+
+
+def prefer_cuda(xq, x_scale, wq, w_scale, bias, residual, gelu, out_dtype) -> bool:
+    """The `auto` linear backend's per-shape choice between the Triton W8A8 kernel and this one: both timed once
+    per shape (and epilogue) as CUDA graphs of _TUNE_REPS launches on these tensors, the faster remembered.
+    False (Triton) where the CUDA kernel cannot run (no extension, per-group scales, not sm_90), inside a CUDA
+    graph capture or torch.compile trace before a timing exists, and for M > 4096 (the large-M path is Triton's:
+    h200-gpu-7 measured this kernel 1.2-1.7x slower there)."""
+    if (xq.ndim != 2 or x_scale.ndim != 1 or not xq.is_cuda or xq.shape[1] % 16 or xq.shape[0] > 4096
+            or xq.shape[0] == 0):
+        return False
+    m, k = xq.shape
+    n = wq.shape[0]
+    key = (m, n, k, out_dtype, bool(gelu), residual is not None, bias is not None, xq.device.index)
+    got = _prefer.get(key)
+    if got is not None:
+        return got
+    if torch.compiler.is_compiling() or torch.cuda.is_current_stream_capturing():
+        return False
+    from qvit import _ext
+    if _ext.load_error() or torch.cuda.get_device_capability(xq.device) != (9, 0):
+        _prefer[key] = False
+        return False
+    from qvit.kernels.w8a8_linear import w8a8_linear
+    args = (xq, x_scale, wq, w_scale, bias, residual, gelu, out_dtype)
+    fns = {"triton": lambda: w8a8_linear(*args), "cuda": lambda: w8a8_linear_cuda(*args)}
+    dev = xq.device
+    cur = torch.cuda.current_stream(dev)
+    side = _tune_streams.get(dev.index)
+    if side is None:
+        side = _tune_streams[dev.index] = torch.cuda.Stream(dev)
+    side.wait_stream(cur)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = {}
+    with torch.cuda.stream(side):
+        for name, fn in fns.items():
+            fn()  # autotuning / the CUDA tuner, first launches: outside the capture
+            g = torch.cuda.CUDAGraph()
+            g.capture_begin()
+            for _ in range(_TUNE_REPS):
+                fn()
+            g.capture_end()
+            g.replay()
+            t = float("inf")
+            for _ in range(2):
+                start.record(side)
+                g.replay()
+                end.record(side)
+                end.synchronize()
+                t = min(t, start.elapsed_time(end))
+            times[name] = t
+            del g
+    cur.wait_stream(side)
+    _prefer[key] = times["cuda"] < times["triton"]
+    return _prefer[key]
+
+
 def _fake(xq, x_scale, wq, w_scale, bias=None, residual=None, gelu=False, out_dtype=torch.float16, config=-1,
           splits=0):
     return xq.new_empty((xq.shape[0], wq.shape[0]), dtype=out_dtype)

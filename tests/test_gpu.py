@@ -463,6 +463,38 @@ def test_model_cuda_backend_matches_torch_backend(preset):
     torch.testing.assert_close(yg.float(), y, rtol=0, atol=0)  # same kernels, same choices: the same bits
 
 
+@pytest.mark.parametrize("preset", ["w8a8", "w4a8p"])
+def test_model_auto_backend_picks_per_shape(preset):
+    """`auto` times the Triton and the CUDA W8A8 GEMM once per shape and runs the faster: the choices are cached
+    bools, a CUDA-graph replay gives the eager bits, and the output matches the Triton-only model's to bf16-level
+    rounding (the two kernels' epilogues round alike; int32 dots are exact)."""
+    import copy
+
+    _cuda_ext_or_fail()
+    from qvit.kernels import w8a8_cuda
+    from qvit.vit import QuantConfig, ViT, quantize
+    torch.manual_seed(0)
+    m = quantize(ViT.from_name("vit_base_patch16_224", depth=3).eval(), QuantConfig.preset(preset)).to(DEV).half()
+    x = torch.randn(1, 3, 224, 224, device=DEV, dtype=torch.float16)
+    with torch.no_grad():
+        ref = copy.deepcopy(m).set_backend(linear="triton", attn="sdpa")(x).float()
+        w8a8_cuda._prefer.clear()
+        m.set_backend(linear="auto", attn="sdpa")
+        y = m(x).float()
+        picks = dict(w8a8_cuda._prefer)
+        xs = x.clone()
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            yg = m(xs)
+        xs.copy_(x)
+        g.replay()
+    assert picks and all(isinstance(v, bool) for v in picks.values())
+    assert {k[:3] for k in picks} >= {(197, 2304, 768), (197, 768, 3072)}  # qkv, fc2 of ViT-B at batch 1
+    torch.testing.assert_close(yg.float(), y, rtol=0, atol=0)
+    cos = torch.nn.functional.cosine_similarity(y.flatten(), ref.flatten(), 0)
+    assert cos > 0.9999, float(cos)
+
+
 def test_bnb_nf4_gpu_conversion_bit_exact():
     bnb = pytest.importorskip("bitsandbytes")
     lin = torch.nn.Linear(1024, 512, dtype=torch.float16)

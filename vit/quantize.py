@@ -13,6 +13,7 @@ embedding, which is a convolution and never swapped, the head, and the first and
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import asdict, dataclass
 
@@ -161,6 +162,11 @@ class _QuantLinear(nn.Module):
     def _backend(self, x) -> Backend:
         return resolve_backend(self.backend, x.device.type)
 
+    def _auto_backend(self) -> bool:
+        """True when the backend is `auto` (not pinned by the layer or $QVIT_BACKEND)."""
+        value = self.backend if self.backend is not None else os.environ.get("QVIT_BACKEND", "auto")
+        return str(getattr(value, "value", value)).lower() == "auto"
+
     # the model passes gelu= / residual= to linears that have this (qvit.vit.model._linear): fused into the
     # GEMM's epilogue where the kernel has it, applied in PyTorch otherwise
     fuses_epilogue = True
@@ -280,6 +286,11 @@ class Int8Linear(_QuantLinear):
     def _forward2d(self, x, gelu=False, residual=None):
         out_dtype = x.dtype
         backend, xq, xs, wq = self._gemm_inputs(x)
+        if backend is Backend.TRITON and self.act_format == "int8" and self._auto_backend():
+            # `auto`: the hand-written CUDA GEMM where it measured faster for this shape (kernels/w8a8_cuda.py)
+            from qvit.kernels.w8a8_cuda import prefer_cuda
+            if prefer_cuda(xq, xs, wq, self.w_scale, self.bias, residual, gelu, out_dtype):
+                backend = Backend.CUDA
         if backend is Backend.TRITON:
             from qvit.kernels.w8a8_linear import w8a8_linear
             return w8a8_linear(xq, xs, wq, self.w_scale, self.bias, residual, gelu, out_dtype)
