@@ -20,10 +20,19 @@
 // 16-31) and one x4 load gives the B fragments of two n8 tiles. Each thread's cp.async sources and shared
 // destinations are computed once; a stage costs its copies, a bounds compare per copy and one barrier.
 //
-// History (results/h200-gpu-6, NOTES.md): the first version (64-byte K stages, fragments as 32-bit shared loads,
-// per-copy address arithmetic, partial slices summed by the last CTA) measured 14.8-25.5 us at M = 197 against
-// 5.2-8.6 us for the Triton W8A8 kernel: ncu showed one warp per scheduler issuing every 5.8 cycles, ~290
-// instructions per 16 MMAs, and split 8 slower still (45.8 us, the serial sum of 8 slices).
+// On sm_90 the warpgroup-MMA kernel below (w8a8_wgmma_kernel) replaces this one; this one stays for sm_80/sm_89.
+//
+// History (NOTES.md sessions 6-7, results/h200-gpu-6, h200-gpu-7; NVIDIA H200, M = 197, graphed medians):
+// - v1 (64-byte K stages, fragments as 32-bit shared loads, per-copy address arithmetic, partial slices summed by
+//   the last CTA): 14.8 / 20.0 / 20.1 / 25.5 us for qkv / proj / fc1 / fc2 (Triton 5.4 / 5.2 / 5.2 / 8.6); ncu:
+//   one warp per scheduler issuing every 5.8 cycles, ~290 instructions per 16 MMAs; split 8: 45.8 us.
+// - v2 (this kernel: ldmatrix, 128/256-byte stages, atomic split-K): 10.1 / 8.7 / 11.2 / 11.3 us.
+// - wgmma (sm_90a, one warpgroup): 6.8 / 16.6 (a mis-tuned pick: eager event timing) / 10.5 / 11.3 us; + the
+//   epilogue staged through shared memory (the unrolled one cost 1.5 "no instruction" stall cycles per issue,
+//   instruction-cache misses) and graph-timed tuning: 6.3 / 4.6 / 7.2 / 9.2; + pointers advanced per stage and
+//   split-K in clusters: 6.4 / 4.8 / 7.1 / 7.7 (fc2 now faster than Triton 8.7 and cuBLAS 10.1); + MMAs
+//   overlapped with the next step: 6.4 / 4.8 / 7.0 / 7.5. Against the same 64 x 64 tile, Triton's kernel still
+//   takes ~25% less time per CTA at qkv (ncu, cold L2: 6.5 vs 8.6-8.8 us).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cooperative_groups.h>

@@ -1,5 +1,4 @@
-"""W8A8 linear on the hand-written CUDA kernel (csrc/w8a8_gemm.cu): `mma.sync` int8 tensor cores with split-K for
-small M (ViT-L/16 at batch 1 has M = 197), the same math and epilogue as the Triton kernel:
+"""W8A8 linear on the hand-written CUDA kernel (csrc/w8a8_gemm.cu), the same math and epilogue as the Triton kernel:
 
     y[m, n] = (sum_k xq[m, k] * wq[n, k]) * x_scale[m] * w_scale[n]  (+ bias[n])  (-> gelu)  (+ residual[m, n])
 
@@ -7,22 +6,24 @@ xq int8 (M, K), K a multiple of 16; x_scale float32 (M,) (per token; group-wise 
 wq int8 (N, K); w_scale float32 (N,); bias float32 (N,) or None; residual (M, N) in the output dtype or None.
 The int32 dot is exact and split-K sums int32 partials, so every tile shape and split gives the same bits.
 
-The tile shape and the number of K slices are picked per shape by timing the candidates once (CUDA events, at
-the first call outside a CUDA-graph capture; a capture with no timing yet takes a heuristic choice). A split-K
-launch adds its int32 partials into one (M, N) workspace and counts finished slices in one counter per output
-tile; both are zero between launches (the last slice of each tile re-zeroes them) and kept per (device, stream).
+Two kernels behind one op: on sm_90 (H100/H200) the warpgroup-MMA kernel (WGMMA_CONFIGS: `wgmma.mma_async` int8
+from 128-byte-swizzled shared memory, one warpgroup per 64 x BN tile, BN down to 32 so that M = 197 fills the
+132 SMs, split-K inside a (1, 1, splits) thread-block cluster reduced through distributed shared memory); on
+sm_80+ the `mma.sync` kernel (split-K through atomic int32 adds into an (M, N) workspace with one counter per
+tile, both zero between launches and kept per (device, stream)).
+
+The tile config and the number of K slices are picked per shape by timing every candidate once as a CUDA graph
+of 20 launches (at the first call outside a graph capture; a capture with no timing yet takes a heuristic).
+`prefer_cuda` is the `auto` linear backend's per-shape choice between this kernel and the Triton one.
 
 Reference: `qvit.kernels.quant.int8_matmul_ref` (exact integer dot in float64).
 
-sm_90a configs (WGMMA_CONFIGS) run the warpgroup MMA, and their K slices meet in a (1, 1, splits) thread-block
-cluster: each CTA sums the slices' int32 tiles through distributed shared memory for a share of the output.
-
-Status: the first version (h200-gpu-6) was correct but 2.5-3.9x slower than the Triton W8A8 kernel at M = 197
-(14.8-25.5 us vs 5.2-8.6; ncu: ~290 instructions per 16 MMAs, one warp per scheduler issuing every 5.8 cycles;
-split-K slower still from the serial sum of the partial slices). Rewritten in session 7 (csrc/w8a8_gemm.cu
-header): ldmatrix fragments, 128/256-byte K stages, copy addresses computed once (109 SASS instructions per 32
-MMAs in the 64 x 64 config's K loop, from ~290 per 16), 8-warp configs, and split-K through atomic int32 adds
-into one workspace. Measured numbers: results/ (the newest h200-gpu-* README) and NOTES.md.
+Measured (NVIDIA H200, graphed medians, same run as the baselines: results/h200-gpu-7, NOTES.md session 7):
+at M = 197 qkv / proj / fc1 / fc2 6.3 / 4.9 / 7.2 / 8.1 us against Triton W8A8 5.1 / 3.9 / 5.2 / 8.6 and cuBLAS
+bf16 5.3 / 4.5 / 6.1 / 9.1: faster than both on fc2 only (K = 4096, split-K 2 in a cluster); 1.3-1.7x the
+Triton time at M = 12,608. The `auto` backend's mix ran ViT-L/16 batch 1 graphed in 1.191 ms against 1.254 on
+Triton alone and 1.372 for timm bf16 (8-bit + qvit attention). The first version (mma.sync, 64-byte stages,
+h200-gpu-6) took 14.8-25.5 us at M = 197.
 """
 from __future__ import annotations
 

@@ -355,8 +355,9 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", nargs="*", default=None, help="subset of the qvit variant names")
     ap.add_argument("--device", default=None)
     ap.add_argument("--linear", default="triton",
-                    help="linear backend(s) of the qvit variants, comma-separated (triton, cuda): one row per variant "
-                         "and backend; rows not on Triton are named '... [cuda linears]'")
+                    help="linear backend(s) of the qvit variants, comma-separated (triton, cuda, auto): one row per "
+                         "variant and backend; rows not on Triton are named '... [cuda linears]' / '[auto linears]' "
+                         "(auto rows record the per-shape GEMM choices)")
     ap.add_argument("--peers-on-cpu", action="store_true", help=argparse.SUPPRESS)  # tests: the isolation path
     ap.add_argument("--peer", default=None, help=argparse.SUPPRESS)  # internal: one peer, in its own process
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
@@ -416,10 +417,18 @@ def main(argv=None) -> int:
             if isinstance(model, str):  # "isolated": a peer, in a process of its own
                 row = _isolated_row(name, args)
             else:
+                linear = None
                 if isinstance(model, tuple):
                     *spec, linear = model
                     model, disk = build_qvit(base, *spec, device, dtype, linear)
+                if linear == "auto":
+                    from qvit.kernels import w8a8_cuda
+                    w8a8_cuda._prefer.clear()
                 row = measure(name, model, cfg, device, dtype, args.batches, args.iters, disk)
+                if linear == "auto":  # which GEMM the per-shape timing picked: (M, N, K) -> "cuda" / "triton"
+                    row["auto_linear_choices"] = {f"{k[0]}x{k[1]}x{k[2]}{' +gelu' if k[4] else ''}"
+                                                  f"{' +residual' if k[5] else ''}": "cuda" if v else "triton"
+                                                  for k, v in w8a8_cuda._prefer.items()}
         except Exception as e:  # noqa: BLE001  (one failing variant must not lose the others)
             traceback.print_exc()
             row = {"variant": name, "error": f"{type(e).__name__}: {str(e)[:300]}"}

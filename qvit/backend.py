@@ -13,7 +13,9 @@ backend, `sdpa-noflash` is SDPA with FLASH excluded (cuDNN / efficient / math), 
 PyTorch choose.
 
 An explicit choice that cannot run raises `BackendUnavailable` with the reason. `auto` picks
-the fastest available and, when it has to fall back, logs one line (once per reason).
+the fastest available and, when it has to fall back, logs one line (once per reason). For linears
+on a GPU that is Triton, and on sm_90 the W8A8 layers then time the Triton and the CUDA GEMM once
+per shape and run the faster (`qvit.kernels.w8a8_cuda.prefer_cuda`).
 """
 from __future__ import annotations
 
