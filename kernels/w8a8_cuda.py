@@ -166,26 +166,25 @@ _TUNE_REPS = 20
 _tune_streams: dict = {}
 
 
-def _tune(key, args, m, n, k):
-    """Time every candidate (config, splits) on these very tensors; remember and return the fastest. Each candidate
-    runs as a CUDA graph of _TUNE_REPS launches (eager launches through Python take longer than the kernels at
-    M = 197, so event times of eager loops ranked the host, not the kernels: session 7 picked a 16.6-us config
-    over a 7-us one that way), on a side stream whose split-K buffers the warm-up call allocates outside the capture."""
-    dev = args[0].device
+def _graph_times(dev, fns: dict) -> dict:
+    """{name: ms} for each callable run as a CUDA graph of _TUNE_REPS calls (the faster of two replays), on one
+    side stream per device (so split-K buffers made by the warm-up call, outside the capture, are reused).
+    Eager launches through Python take longer than the kernels at M = 197: event times of eager loops rank the
+    host, not the kernels (session 7's tuner picked a 16.6-us config over a 7-us one that way)."""
     cur = torch.cuda.current_stream(dev)
     side = _tune_streams.get(dev.index)
-    if side is None:  # one per device: its split-K buffers are allocated once, not per tuned shape
+    if side is None:
         side = _tune_streams[dev.index] = torch.cuda.Stream(dev)
     side.wait_stream(cur)
-    best, best_t = None, float("inf")
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = {}
     with torch.cuda.stream(side):
-        for cfg, s in candidates(m, n, k, configs_for(dev)):
-            _run(*args, cfg, s)  # warm-up (first-launch costs; this stream's split-K buffers)
+        for name, fn in fns.items():
+            fn()  # warm-up: autotuning, first-launch costs, this stream's split-K buffers
             g = torch.cuda.CUDAGraph()
             g.capture_begin()
             for _ in range(_TUNE_REPS):
-                _run(*args, cfg, s)
+                fn()
             g.capture_end()
             g.replay()
             t = float("inf")
@@ -195,10 +194,19 @@ def _tune(key, args, m, n, k):
                 end.record(side)
                 end.synchronize()
                 t = min(t, start.elapsed_time(end))
+            times[name] = t
             del g
-            if t < best_t:
-                best, best_t = (cfg, s), t
     cur.wait_stream(side)
+    return times
+
+
+def _tune(key, args, m, n, k):
+    """Time every candidate (config, splits) on these very tensors (_graph_times); remember and return the
+    fastest."""
+    dev = args[0].device
+    fns = {(cfg, s): (lambda cfg=cfg, s=s: _run(*args, cfg, s)) for cfg, s in candidates(m, n, k, configs_for(dev))}
+    times = _graph_times(dev, fns)
+    best = min(times, key=times.get)
     _choice[key] = best
     return best
 
@@ -208,10 +216,10 @@ _prefer: dict = {}
 
 def prefer_cuda(xq, x_scale, wq, w_scale, bias, residual, gelu, out_dtype) -> bool:
     """The `auto` linear backend's per-shape choice between the Triton W8A8 kernel and this one: both timed once
-    per shape (and epilogue) as CUDA graphs of _TUNE_REPS launches on these tensors, the faster remembered.
+    per shape (and epilogue) as CUDA graphs on these tensors (_graph_times), the faster remembered.
     False (Triton) where the CUDA kernel cannot run (no extension, per-group scales, not sm_90), inside a CUDA
     graph capture or torch.compile trace before a timing exists, and for M > 4096 (the large-M path is Triton's:
-    h200-gpu-7 measured this kernel 1.2-1.7x slower there)."""
+    h200-gpu-7 measured this kernel 1.3-1.7x slower there)."""
     if (xq.ndim != 2 or x_scale.ndim != 1 or not xq.is_cuda or xq.shape[1] % 16 or xq.shape[0] > 4096
             or xq.shape[0] == 0):
         return False
@@ -229,34 +237,7 @@ def prefer_cuda(xq, x_scale, wq, w_scale, bias, residual, gelu, out_dtype) -> bo
         return False
     from qvit.kernels.w8a8_linear import w8a8_linear
     args = (xq, x_scale, wq, w_scale, bias, residual, gelu, out_dtype)
-    fns = {"triton": lambda: w8a8_linear(*args), "cuda": lambda: w8a8_linear_cuda(*args)}
-    dev = xq.device
-    cur = torch.cuda.current_stream(dev)
-    side = _tune_streams.get(dev.index)
-    if side is None:
-        side = _tune_streams[dev.index] = torch.cuda.Stream(dev)
-    side.wait_stream(cur)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = {}
-    with torch.cuda.stream(side):
-        for name, fn in fns.items():
-            fn()  # autotuning / the CUDA tuner, first launches: outside the capture
-            g = torch.cuda.CUDAGraph()
-            g.capture_begin()
-            for _ in range(_TUNE_REPS):
-                fn()
-            g.capture_end()
-            g.replay()
-            t = float("inf")
-            for _ in range(2):
-                start.record(side)
-                g.replay()
-                end.record(side)
-                end.synchronize()
-                t = min(t, start.elapsed_time(end))
-            times[name] = t
-            del g
-    cur.wait_stream(side)
+    times = _graph_times(xq.device, {"triton": lambda: w8a8_linear(*args), "cuda": lambda: w8a8_linear_cuda(*args)})
     _prefer[key] = times["cuda"] < times["triton"]
     return _prefer[key]
 
