@@ -280,6 +280,12 @@ def _plan(args, key, config, splits):
         if _normalize_splits(k, s) != s:
             raise ValueError(f"w8a8_linear_cuda: splits={s} leaves an empty K slice at K={k} "
                              f"(use {_normalize_splits(k, s)})")
+        if cfg in WGMMA_CONFIGS and s > _MAX_CLUSTER:
+            raise ValueError(f"w8a8_linear_cuda: splits={s} exceeds {_MAX_CLUSTER} for the wgmma config {cfg} "
+                             f"(its K slices meet in one thread-block cluster)")
+        if args is not None and cfg not in configs_for(args[0].device):
+            raise ValueError(f"w8a8_linear_cuda: config={cfg} is a wgmma config: it needs an sm_90 GPU, got "
+                             f"compute capability {torch.cuda.get_device_capability(args[0].device)}")
     else:
         choice = _choice.get(key)
         if choice is None:

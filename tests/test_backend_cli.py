@@ -105,6 +105,10 @@ def test_cuda_w8a8_split_plan_and_cpu_refusal():
             per = -(-kt // s)
             assert (s - 1) * per < kt  # the last slice has work
             assert s == 1 or m * n <= _MAX_SPLIT_MN < 2 ** 31  # split-K's workspace bound (32-bit offsets)
+    from qvit.kernels.w8a8_cuda import WGMMA_CONFIGS, _plan
+    with pytest.raises(ValueError, match="exceeds 8 for the wgmma config"):
+        _plan(None, (197, 1024, 4096), WGMMA_CONFIGS[0], 16)
+    assert _plan(None, (197, 1024, 4096), WGMMA_CONFIGS[0], 8) == (WGMMA_CONFIGS[0], 8)
     xq, xs = Q.quantize_int8_per_token(torch.randn(3, 32))
     wq, ws = Q.quantize_int8_per_channel(torch.randn(8, 32))
     with pytest.raises(ValueError, match="must be a CUDA tensor"):

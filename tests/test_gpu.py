@@ -309,6 +309,8 @@ def test_w8a8_cuda_errors_graphs_and_compile():
         w8a8_linear_cuda(xq, xs, wq, ws, torch.ones(n, device=DEV, dtype=torch.bfloat16))
     with pytest.raises(ValueError, match="empty K slice"):
         w8a8_linear_cuda(xq, xs, wq, ws, None, None, False, torch.float32, 0, 63)
+    with pytest.raises(ValueError, match="exceeds 8 for the wgmma config"):
+        w8a8_linear_cuda(xq, xs, wq, ws, None, None, False, torch.float32, 6, 16)
     ref = Q.int8_matmul_ref(xq, xs, wq, ws)
     for _ in range(3):  # the counters are re-armed by every launch
         torch.testing.assert_close(w8a8_linear_cuda(xq, xs, wq, ws, None, None, False, torch.float32, 0, 8), ref,
