@@ -113,6 +113,24 @@ __device__ __forceinline__ void load_epi(const W8A8Args& p, int r0, int c0, EpiO
     }
 }
 
+// split-K through the workspace: after this CTA's atomic adds, count it on its tile's counter; true for the
+// last slice to arrive (which re-arms the counter for the next launch and then reads the sums)
+__device__ __forceinline__ bool last_slice_of_tile(const W8A8Args& p) {
+  __threadfence();  // the adds are visible device-wide before this CTA is counted
+  __syncthreads();
+  __shared__ unsigned s_last;
+  if (threadIdx.x == 0) {
+    unsigned* cnt = p.counters + blockIdx.y * gridDim.x + blockIdx.x;
+    const unsigned prev = atomicAdd(cnt, 1u);
+    s_last = prev == (unsigned)(p.splits - 1);
+    if (s_last) *cnt = 0u;  // every slice has arrived: re-arm for the next launch
+  }
+  __syncthreads();
+  const bool last = s_last;
+  if (last) __threadfence();
+  return last;
+}
+
 // split-K: add this slice's partials into the workspace; the last CTA of the tile takes the sums (and re-zeroes
 // what it read), the others return. Then the epilogue: scales, bias, GELU, residual, store.
 template <typename T, int MT, int NT>
@@ -133,18 +151,7 @@ __device__ __forceinline__ void finish(const W8A8Args& p, int (&acc)[MT][NT][4],
             if (row < p.M && col < p.N) atomicAdd(ws + row * p.N + col, acc[mt][nt][2 * h + j]);  // RED, no return
           }
       }
-    __threadfence();  // the adds are visible device-wide before this CTA is counted
-    __syncthreads();
-    __shared__ unsigned s_last;
-    if (threadIdx.x == 0) {
-      unsigned* cnt = p.counters + blockIdx.y * gridDim.x + blockIdx.x;
-      const unsigned prev = atomicAdd(cnt, 1u);
-      s_last = prev == (unsigned)(p.splits - 1);
-      if (s_last) *cnt = 0u;  // every slice has arrived: re-arm for the next launch
-    }
-    __syncthreads();
-    if (!s_last) return;
-    __threadfence();
+    if (!last_slice_of_tile(p)) return;
     // the sums: all loads issued before any use (clamped indices; elements outside M x N are never stored), then
     // the workspace zeroed for the next launch (32-bit offsets: ops.cpp requires M * N < 2^31 for split-K)
 #pragma unroll
@@ -367,18 +374,7 @@ __device__ __forceinline__ void finish_tile(const W8A8Args& p, const int* tile, 
       for (int e = 0; e < 4; ++e)
         if (col + e < p.N) atomicAdd(wsp + row * p.N + col + e, tile[r * LDT + c + e]);  // RED, no return
     }
-    __threadfence();  // the adds are visible device-wide before this CTA is counted
-    __syncthreads();
-    __shared__ unsigned s_last;
-    if (tid == 0) {
-      unsigned* cnt = p.counters + blockIdx.y * gridDim.x + blockIdx.x;
-      const unsigned prev = atomicAdd(cnt, 1u);
-      s_last = prev == (unsigned)(p.splits - 1);
-      if (s_last) *cnt = 0u;  // every slice has arrived: re-arm for the next launch
-    }
-    __syncthreads();
-    if (!s_last) return;
-    __threadfence();
+    if (!last_slice_of_tile(p)) return;
   }
   const T* res = static_cast<const T*>(p.res);
   T* y = static_cast<T*>(p.y);
