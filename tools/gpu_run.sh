@@ -10,7 +10,11 @@
 #   QVIT_QAT_ARGS: QAT/QLoRA finetunes of the trained model + their studies)
 #   | e2e (QVIT_E2E_ARGS: profiling/bench_e2e.py, ViT-L/16 end to end against the peers)
 #   | demo (`qvit demo --check`: the demo's latencies vs the benchmark's, issue 9)
-#   | attr (QVIT_ATTR_ARGS: profiling/attribution.py) | ncu (Nsight Compute SOL of the main kernels). QVIT_BUILD_CUDA=0 skips the CUDA build (faster install).
+#   | attr (QVIT_ATTR_ARGS: profiling/attribution.py) | ncu (Nsight Compute SOL of the main kernels)
+#   | ncu-gemm (Nsight Compute of the CUDA GEMM's configs beside Triton's) | sanitize (compute-sanitizer memcheck +
+#   racecheck of every CUDA kernel config). QVIT_BUILD_CUDA=0 skips the CUDA build (faster install).
+#   The kernel benchmark of session 7's GEMM work: QVIT_BENCH_ARGS="--only ceilings,linear --quick --providers
+#   'qvit w8a8 \(int8 in\)$|qvit-cuda|_int_mm'" (~60 s instead of ~330 s for every provider).
 #   QVIT_GPUS="0 1 2": several GPUs: the GPU tests sharded over them (bench on the first, alongside).
 #   QVIT_DEADLINE (a `date +%s`): the long steps are stopped at that time so that the rest still runs.
 # Two GPUs: install once, then run one lane per GPU into its own folder (each a separate invocation with
@@ -139,24 +143,48 @@ for step in $steps; do
       else
         echo "ncu: not installed on this machine; no Nsight Compute numbers"; rc[ncu]=0
       fi ;;
+    sanitize)
+      # compute-sanitizer memcheck and racecheck over one launch of every CUDA kernel config (tools/sanitize_cuda.py)
+      if command -v compute-sanitizer >/dev/null; then
+        rc[sanitize]=0
+        for tool in memcheck racecheck; do
+          $(lim) compute-sanitizer --tool $tool --error-exitcode 9 $py tools/sanitize_cuda.py > "$out/$tool.log" 2>&1 \
+            || rc[sanitize]=$?
+          echo "$tool: $(grep -E 'launches ran|SUMMARY' "$out/$tool.log" | tr '\n' ' ')"
+        done
+      else
+        echo "sanitize: compute-sanitizer is not installed on this machine"; rc[sanitize]=0
+      fi ;;
+    ncu-gemm)
+      # Nsight Compute of the CUDA W8A8 GEMM's tile configs beside the Triton kernel at M = 197, with the warp
+      # stall reasons (tools/ncu_cuda_gemm.py; `python tools/ncu_table.py` turns the CSV into a table)
+      if command -v ncu >/dev/null; then
+        $(lim) ncu --clock-control none --nvtx --nvtx-include "profile/" --section SpeedOfLight --section WarpStateStats \
+          --section LaunchStats --section Occupancy --section SchedulerStats \
+          --metrics 'regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio' --csv \
+          $py tools/ncu_cuda_gemm.py > "$out/ncu_gemm.csv" 2> "$out/ncu_gemm.log"
+        rc[ncu]=$?; echo "ncu-gemm: rc=${rc[ncu]}"; tail -2 "$out/ncu_gemm.log"
+      else
+        echo "ncu-gemm: ncu is not installed on this machine"; rc[ncu]=0
+      fi ;;
     bench)
       CUDA_VISIBLE_DEVICES=${gpus[0]:-${CUDA_VISIBLE_DEVICES:-}} $(lim) $py -m qvit.profiling.bench_kernels --out "$out" \
         ${QVIT_BENCH_ARGS:-} 2>&1 | tee "$out/bench.log" | tail -60
       rc[bench]=${PIPESTATUS[0]}
       wait_shards ;;
-    *) echo "unknown step $step (install tests bench train study qat e2e demo attr ncu)"; exit 2 ;;
+    *) echo "unknown step $step (install tests bench train study qat e2e demo attr ncu ncu-gemm sanitize)"; exit 2 ;;
   esac
 done
 wait_shards
 (cd "$tcache" && find . -name '*.autotune.json' | tar czf - -T - ) > "$out/triton-autotune.tgz" 2>/dev/null
 # what is left: the fp32 model of the train step (kept above for the study/qat steps) as bf16 too
 to_bf16 "$out"/*/model.safetensors
-$py - "$out" "$t_install" "${rc[install]:-}" "${rc[tests]:-}" "${rc[bench]:-}" "${rc[train]:-}" "${rc[study]:-}" "${rc[qat]:-}" "${rc[e2e]:-}" "${rc[attr]:-}" "${rc[ncu]:-}" "${rc[demo]:-}" <<'PY'
+$py - "$out" "$t_install" "${rc[install]:-}" "${rc[tests]:-}" "${rc[bench]:-}" "${rc[train]:-}" "${rc[study]:-}" "${rc[qat]:-}" "${rc[e2e]:-}" "${rc[attr]:-}" "${rc[ncu]:-}" "${rc[demo]:-}" "${rc[sanitize]:-}" <<'PY'
 import json, os, sys, xml.etree.ElementTree as ET
-out, t_install, rc_i, rc_t, rc_b, rc_tr, rc_st, rc_q, rc_e, rc_a, rc_n, rc_d = sys.argv[1:]
+out, t_install, rc_i, rc_t, rc_b, rc_tr, rc_st, rc_q, rc_e, rc_a, rc_n, rc_d, rc_s = sys.argv[1:]
 s = {"install_rc": rc_i or None, "install_seconds": int(t_install), "tests_rc": rc_t or None, "bench_rc": rc_b or None,
      "train_rc": rc_tr or None, "study_rc": rc_st or None, "qat_rc": rc_q or None, "e2e_rc": rc_e or None, "attr_rc": rc_a or None, "ncu_rc": rc_n or None,
-     "demo_rc": rc_d or None}
+     "demo_rc": rc_d or None, "sanitize_rc": rc_s or None}
 try:
     import torch
     s.update(card=torch.cuda.get_device_name(0), torch=torch.__version__, cuda=torch.version.cuda)
@@ -184,7 +212,7 @@ if xs:
         s["failed_tests"] += [f"{c.get('classname')}::{c.get('name')}" for c in ts.iter("testcase")
                               if c.find("failure") is not None or c.find("error") is not None]
     s["tests"]["passed"] = s["tests"]["tests"] - s["tests"]["failures"] - s["tests"]["errors"] - s["tests"]["skipped"]
-s["passed"] = all(v in (None, "", "0") for v in (rc_i, rc_t, rc_b, rc_tr, rc_st, rc_q, rc_e, rc_a, rc_n, rc_d))
+s["passed"] = all(v in (None, "", "0") for v in (rc_i, rc_t, rc_b, rc_tr, rc_st, rc_q, rc_e, rc_a, rc_n, rc_d, rc_s))
 json.dump(s, open(os.path.join(out, "gpu_summary.json"), "w"), indent=1)
 print(json.dumps(s))
 PY
