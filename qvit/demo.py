@@ -45,6 +45,7 @@ def default_model() -> str:
 # submission of a ViT-L graph, so the timed region holds the replay alone (Demo._run)
 _LAUNCH_COVER_CYCLES = 100_000
 
+
 class Demo:
     def __init__(self, model_path: str, device: str | None = None, stream_images: int = 200):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
