@@ -77,23 +77,44 @@ if triton is not None:
 
     def _configs():
         if interpreting():
-            return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
-        return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-                for bm, bn, w, s in [(64, 64, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3), (64, 128, 4, 3),
-                                     (128, 128, 8, 3), (64, 256, 4, 2), (64, 256, 8, 2), (128, 256, 8, 2),
-                                     (32, 256, 4, 2), (16, 256, 4, 2),
-                                     # one key tile covers S <= 256: nothing to pipeline across iterations,
-                                     # so single-stage variants free shared memory for more CTAs per SM
-                                     (64, 256, 4, 1), (64, 256, 8, 1), (128, 256, 8, 1), (32, 256, 4, 1),
-                                     (64, 128, 4, 2), (128, 128, 8, 2),
-                                     # narrower key tiles: 197 keys pad to 224 instead of 256 (the H200
-                                     # record had BLOCK_N = 64 pipelined tiles win at batch >= 4), deeper pipes
-                                     (128, 32, 4, 3), (128, 32, 8, 4), (64, 32, 4, 4), (128, 64, 8, 4)]]
+            return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "TAIL_M": 0, "TAIL_N": 0}, num_warps=4, num_stages=1)]
+        plain = [(64, 64, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3), (64, 128, 4, 3),
+                 (128, 128, 8, 3), (64, 256, 4, 2), (64, 256, 8, 2), (128, 256, 8, 2),
+                 (32, 256, 4, 2), (16, 256, 4, 2),
+                 # one key tile covers S <= 256: nothing to pipeline across iterations,
+                 # so single-stage variants free shared memory for more CTAs per SM
+                 (64, 256, 4, 1), (64, 256, 8, 1), (128, 256, 8, 1), (32, 256, 4, 1),
+                 (64, 128, 4, 2), (128, 128, 8, 2),
+                 # narrower key tiles: 197 keys pad to 224 instead of 256 (the H200
+                 # record had BLOCK_N = 64 pipelined tiles win at batch >= 4), deeper pipes
+                 (128, 32, 4, 3), (128, 32, 8, 4), (64, 32, 4, 4), (128, 64, 8, 4)]
+        # tails: full query blocks and key tiles run unmasked and the remainder (197 = 3 x 64 + 5) runs as
+        # 16- or 32-wide blocks, so S = 197 computes 208 x 208 scores instead of 256 x 256 (0.66x the
+        # tensor-core work and exponentials); S = 257: 272 x 272 instead of 320 x 320
+        tails = [(64, 64, 4, 3, 16, 16), (64, 64, 4, 2, 16, 16), (128, 64, 8, 3, 16, 16),
+                 (128, 64, 4, 2, 16, 16), (64, 32, 4, 4, 16, 16), (64, 128, 4, 2, 16, 32)]
+        return ([triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "TAIL_M": 0, "TAIL_N": 0}, num_warps=w, num_stages=st)
+                 for bm, bn, w, st in plain]
+                + [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "TAIL_M": tm, "TAIL_N": tn}, num_warps=w,
+                                 num_stages=st) for bm, bn, w, st, tm, tn in tails])
 
     def _prune(configs, named_args, **kwargs):
         s = named_args["S"]
-        out = [c for c in configs if c.kwargs["BLOCK_N"] <= max(64, triton.next_power_of_2(s))]
+        out = []
+        for c in configs:
+            bm, bn, tm, tn = (c.kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "TAIL_M", "TAIL_N"))
+            if bn > max(64, triton.next_power_of_2(s)):
+                continue
+            # a tail config needs a full block to be different, and is the plain one where both divide S
+            if (tm or tn) and (bm > s or bn > s or (s % bm == 0 and s % bn == 0)):
+                continue
+            out.append(c)
         return out or configs
+
+    def _grid_m(s: int, meta) -> int:
+        """Programs along the queries: S // BLOCK_M full blocks plus the remainder in TAIL_M-row blocks."""
+        bm, tm = meta["BLOCK_M"], meta["TAIL_M"]
+        return s // bm + triton.cdiv(s % bm, tm) if tm else triton.cdiv(s, bm)
 
     @triton.jit
     def _quant_tile(x, AXIS: tl.constexpr):
@@ -115,27 +136,56 @@ if triton is not None:
         iv = inv[:, None] if AXIS == 1 else inv[None, :]
         return tl.clamp(_round_half_even(x * iv), -127.0, 127.0).to(tl.int8), scale
 
-    # BATCH_TUNE (the batch rounded to a power of two, at most 64; unused by the kernel) is in every
-    # attention key: the grid is batch x heads x query blocks, so the best tile at batch 1 is not the best at
-    # batch 64. Without it the first call's batch chose the tile for all (the H200 autotuning record showed
-    # the S = 197 decision taken at batch 1-2 and then reused by the batch-64 benchmark)
-    @triton.autotune(configs=_configs(), key=["S", "H", "D", "INT8", "QUANT_QK", "SMOOTH_K", "QOUT", "BATCH_TUNE"],
-                     prune_configs_by={"early_config_prune": _prune})
     @triton.jit
-    def _attn_fwd(q_ptr, k_ptr, v_ptr, qs_ptr, ks_ptr, o_ptr, lse_ptr, os_ptr,
-                  sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sob, sos, soh,
-                  H, S, qk_scale, BATCH_TUNE,
-                  D: tl.constexpr, INT8: tl.constexpr, QUANT_QK: tl.constexpr, SMOOTH_K: tl.constexpr,
-                  QOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-        """INT8: q, k are int8 with per-token scales (qs, ks). QUANT_QK: q, k are fp16/bf16 and quantized
-        here, on chip, as `quantize_qk_ref` does (Q per token; K per token, minus its mean over all tokens
-        when SMOOTH_K: an extra pass over the head's K in every program), so that no int8 copy of Q/K goes
-        through memory; QK^T then runs on the int8 tensor cores."""
-        pid_m = tl.program_id(0)
-        bh = tl.program_id(1)
-        b = (bh // H).to(tl.int64)
-        h = (bh % H).to(tl.int64)
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    def _attn_tile(q, qsc, k_base, v_base, ks_ptr, kmean, n0, S, b, h, H, sks, svs, qk_scale, m_i, l_i, acc,
+                   D: tl.constexpr, BN: tl.constexpr, INT8: tl.constexpr, QUANT_QK: tl.constexpr,
+                   SMOOTH_K: tl.constexpr, MASKED: tl.constexpr):
+        """Keys n0 .. n0 + BN through the online softmax: returns the updated (m_i, l_i, acc). MASKED: keys
+        past S are masked (a last tile); a full tile loads and scores without masks."""
+        cols = n0 + tl.arange(0, BN)
+        offs_d = tl.arange(0, D)
+        mask_n = cols < S
+        k_ptrs = k_base + cols[None, :].to(tl.int64) * sks + offs_d[:, None]
+        v_ptrs = v_base + cols[:, None].to(tl.int64) * svs + offs_d[None, :]
+        if MASKED:
+            kt = tl.load(k_ptrs, mask=mask_n[None, :], other=0)
+        else:
+            kt = tl.load(k_ptrs)
+        if INT8:
+            if MASKED:
+                ksc = tl.load(ks_ptr + (b * S + cols) * H + h, mask=mask_n, other=0.0)
+            else:
+                ksc = tl.load(ks_ptr + (b * S + cols) * H + h)
+            s = tl.dot(q, kt, out_dtype=tl.int32).to(tl.float32) * qsc[:, None] * ksc[None, :]
+        elif QUANT_QK:
+            if SMOOTH_K:
+                k8, ksc = _quant_tile_fast(kt.to(tl.float32) - kmean[:, None], 0)  # per token = column of K^T
+            else:
+                k8, ksc = _quant_tile_fast(kt.to(tl.float32), 0)
+            s = tl.dot(q, k8, out_dtype=tl.int32).to(tl.float32) * qsc[:, None] * ksc[None, :]
+        else:
+            s = tl.dot(q, kt) * qk_scale
+        if MASKED:
+            s = tl.where(mask_n[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        p = tl.math.exp2(s - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None]
+        if MASKED:
+            v = tl.load(v_ptrs, mask=mask_n[:, None], other=0.0)
+        else:
+            v = tl.load(v_ptrs)
+        acc = tl.dot(p.to(v_base.dtype.element_ty), v, acc)
+        return m_new, l_i, acc
+
+    @triton.jit
+    def _attn_rows(row0, b, h, bh, q_ptr, k_ptr, v_ptr, qs_ptr, ks_ptr, o_ptr, lse_ptr, os_ptr,
+                   sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sob, sos, soh, H, S, qk_scale,
+                   D: tl.constexpr, INT8: tl.constexpr, QUANT_QK: tl.constexpr, SMOOTH_K: tl.constexpr,
+                   QOUT: tl.constexpr, BM: tl.constexpr, BLOCK_N: tl.constexpr, TAIL_N: tl.constexpr):
+        """Queries row0 .. row0 + BM of one (batch, head) against all S keys: the whole forward for one program."""
+        offs_m = row0 + tl.arange(0, BM)
         offs_n = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, D)
         mask_m = offs_m < S
@@ -143,6 +193,7 @@ if triton is not None:
                     mask=mask_m[:, None], other=0)
         k_base = k_ptr + b * skb + h * skh
         v_base = v_ptr + b * svb + h * svh
+        qsc = tl.zeros((BM,), tl.float32)
         if INT8:
             # per-token scales folded with sm_scale * log2(e) into one row factor
             qsc = tl.load(qs_ptr + (b * S + offs_m) * H + h, mask=mask_m, other=0.0) * qk_scale
@@ -150,6 +201,7 @@ if triton is not None:
             q8, qsc = _quant_tile_fast(q.to(tl.float32), 1)
             q = q8
             qsc = qsc * qk_scale
+        kmean = tl.zeros((D,), tl.float32)
         if QUANT_QK and SMOOTH_K:
             # K's mean over the head's tokens (one tile when S <= BLOCK_N; the tile is read again below,
             # from L1/L2), as a (D, 1) column to subtract from the transposed K tiles
@@ -160,33 +212,22 @@ if triton is not None:
                              other=0.0)
                 ksum += tl.sum(kt.to(tl.float32), axis=1)
             kmean = ksum / S
-        m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
-        l_i = tl.zeros((BLOCK_M,), tl.float32)
-        acc = tl.zeros((BLOCK_M, D), tl.float32)
-        for n0 in range(0, S, BLOCK_N):
-            cols = n0 + offs_n
-            mask_n = cols < S
-            kt = tl.load(k_base + cols[None, :].to(tl.int64) * sks + offs_d[:, None], mask=mask_n[None, :], other=0)
-            if INT8:
-                ksc = tl.load(ks_ptr + (b * S + cols) * H + h, mask=mask_n, other=0.0)
-                s = tl.dot(q, kt, out_dtype=tl.int32).to(tl.float32) * qsc[:, None] * ksc[None, :]
-            elif QUANT_QK:
-                if SMOOTH_K:
-                    k8, ksc = _quant_tile_fast(kt.to(tl.float32) - kmean[:, None], 0)  # per token = column of K^T
-                else:
-                    k8, ksc = _quant_tile_fast(kt.to(tl.float32), 0)
-                s = tl.dot(q, k8, out_dtype=tl.int32).to(tl.float32) * qsc[:, None] * ksc[None, :]
-            else:
-                s = tl.dot(q, kt) * qk_scale
-            s = tl.where(mask_n[None, :], s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, axis=1))
-            p = tl.math.exp2(s - m_new[:, None])
-            alpha = tl.math.exp2(m_i - m_new)
-            l_i = l_i * alpha + tl.sum(p, axis=1)
-            acc = acc * alpha[:, None]
-            v = tl.load(v_base + cols[:, None].to(tl.int64) * svs + offs_d[None, :], mask=mask_n[:, None], other=0.0)
-            acc = tl.dot(p.to(v_ptr.dtype.element_ty), v, acc)
-            m_i = m_new
+        m_i = tl.full((BM,), float("-inf"), tl.float32)
+        l_i = tl.zeros((BM,), tl.float32)
+        acc = tl.zeros((BM, D), tl.float32)
+        if TAIL_N > 0:
+            # full key tiles unmasked, then the remainder in TAIL_N-wide masked tiles
+            s_full = S // BLOCK_N * BLOCK_N
+            for n0 in range(0, s_full, BLOCK_N):
+                m_i, l_i, acc = _attn_tile(q, qsc, k_base, v_base, ks_ptr, kmean, n0, S, b, h, H, sks, svs, qk_scale,
+                                           m_i, l_i, acc, D, BLOCK_N, INT8, QUANT_QK, SMOOTH_K, False)
+            for n0 in range(s_full, S, TAIL_N):
+                m_i, l_i, acc = _attn_tile(q, qsc, k_base, v_base, ks_ptr, kmean, n0, S, b, h, H, sks, svs, qk_scale,
+                                           m_i, l_i, acc, D, TAIL_N, INT8, QUANT_QK, SMOOTH_K, True)
+        else:
+            for n0 in range(0, S, BLOCK_N):
+                m_i, l_i, acc = _attn_tile(q, qsc, k_base, v_base, ks_ptr, kmean, n0, S, b, h, H, sks, svs, qk_scale,
+                                           m_i, l_i, acc, D, BLOCK_N, INT8, QUANT_QK, SMOOTH_K, True)
         acc = acc / l_i[:, None]
         if QOUT:
             # the proj GEMM's input: int8 per (token, head) -- a group of D of proj's K channels -- with the
@@ -200,6 +241,45 @@ if triton is not None:
                      acc.to(o_ptr.dtype.element_ty), mask=mask_m[:, None])
         # log-sum-exp (natural log) per row, kept for a backward pass
         tl.store(lse_ptr + bh.to(tl.int64) * S + offs_m, (m_i + tl.math.log2(l_i)) * 0.6931471805599453, mask=mask_m)
+
+    # BATCH_TUNE (the batch rounded to a power of two, at most 64; unused by the kernel) is in every
+    # attention key: the grid is batch x heads x query blocks, so the best tile at batch 1 is not the best at
+    # batch 64. Without it the first call's batch chose the tile for all (the H200 autotuning record showed
+    # the S = 197 decision taken at batch 1-2 and then reused by the batch-64 benchmark)
+    @triton.autotune(configs=_configs(), key=["S", "H", "D", "INT8", "QUANT_QK", "SMOOTH_K", "QOUT", "BATCH_TUNE"],
+                     prune_configs_by={"early_config_prune": _prune})
+    @triton.jit
+    def _attn_fwd(q_ptr, k_ptr, v_ptr, qs_ptr, ks_ptr, o_ptr, lse_ptr, os_ptr,
+                  sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sob, sos, soh,
+                  H, S, qk_scale, BATCH_TUNE,
+                  D: tl.constexpr, INT8: tl.constexpr, QUANT_QK: tl.constexpr, SMOOTH_K: tl.constexpr,
+                  QOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TAIL_M: tl.constexpr,
+                  TAIL_N: tl.constexpr):
+        """INT8: q, k are int8 with per-token scales (qs, ks). QUANT_QK: q, k are fp16/bf16 and quantized
+        here, on chip, as `quantize_qk_ref` does (Q per token; K per token, minus its mean over all tokens
+        when SMOOTH_K: an extra pass over the head's K in every program), so that no int8 copy of Q/K goes
+        through memory; QK^T then runs on the int8 tensor cores. TAIL_M > 0: programs past the S // BLOCK_M
+        full query blocks take TAIL_M rows each (`_grid_m`); TAIL_N > 0: the keys past the last full BLOCK_N
+        tile run as TAIL_N-wide tiles."""
+        pid_m = tl.program_id(0)
+        bh = tl.program_id(1)
+        b = (bh // H).to(tl.int64)
+        h = (bh % H).to(tl.int64)
+        row0 = pid_m * BLOCK_M
+        if TAIL_M > 0:
+            n_full = S // BLOCK_M
+            if pid_m >= n_full:
+                _attn_rows(n_full * BLOCK_M + (pid_m - n_full) * TAIL_M, b, h, bh, q_ptr, k_ptr, v_ptr, qs_ptr, ks_ptr, o_ptr, lse_ptr, os_ptr,
+                           sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sob, sos, soh, H, S, qk_scale,
+                           D, INT8, QUANT_QK, SMOOTH_K, QOUT, TAIL_M, BLOCK_N, TAIL_N)
+            else:
+                _attn_rows(row0, b, h, bh, q_ptr, k_ptr, v_ptr, qs_ptr, ks_ptr, o_ptr, lse_ptr, os_ptr,
+                           sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sob, sos, soh, H, S, qk_scale,
+                           D, INT8, QUANT_QK, SMOOTH_K, QOUT, BLOCK_M, BLOCK_N, TAIL_N)
+        else:
+            _attn_rows(row0, b, h, bh, q_ptr, k_ptr, v_ptr, qs_ptr, ks_ptr, o_ptr, lse_ptr, os_ptr,
+                       sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sob, sos, soh, H, S, qk_scale,
+                       D, INT8, QUANT_QK, SMOOTH_K, QOUT, BLOCK_M, BLOCK_N, TAIL_N)
 
 
 if triton is not None:
@@ -396,7 +476,7 @@ def _launch(q, k, v, qs, ks, sm_scale, int8, quant_qk=False, smooth_k=True, quan
     if b * s * h == 0:
         return (o, osc, lse) if quant_out else (o, lse)
     qk_scale = sm_scale * 1.4426950408889634
-    grid = lambda meta: (triton.cdiv(s, meta["BLOCK_M"]), b * h)  # noqa: E731
+    grid = lambda meta: (_grid_m(s, meta), b * h)  # noqa: E731
     dummy = lse
     _attn_fwd[grid](q, k, v, qs if qs is not None else dummy, ks if ks is not None else dummy, o, lse,
                     osc if osc is not None else dummy,

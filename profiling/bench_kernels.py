@@ -299,11 +299,18 @@ def bench_lnq(res):
 
 
 # ----------------------------------------------------------------------------- attention
+def _config_str(c) -> str | None:
+    """A Triton autotuner config as one short string: its block sizes, warps and stages."""
+    if c is None:
+        return None
+    return " ".join(f"{k}={v}" for k, v in c.kwargs.items()) + f" w={c.num_warps} st={c.num_stages}"
+
+
 def bench_attention(res, quick):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from qvit.kernels.attention import (attention_fwd, attention_int8, attention_qk_int8, attention_quant_out,
-                                        attention_ref, quantize_qk, quantize_qk_ref)
+    from qvit.kernels.attention import (_attn_fwd, attention_fwd, attention_int8, attention_qk_int8,
+                                        attention_quant_out, attention_ref, quantize_qk, quantize_qk_ref)
     shapes = [(1, 197), (64, 197), (64, 577)] if quick else [(1, 197), (64, 197), (256, 197), (64, 257), (64, 577), (1, 577)]
     h, d = 16, 64
     out = res["attention"] = []
@@ -348,6 +355,8 @@ def bench_attention(res, quick):
                 torch.cuda.synchronize()
                 e = {**timed(fn, graph=not pname.startswith("Sage")), "rel_err": rel_err(y, ref)}
                 e["TFLOPs"] = flops / e["ms"] / 1e9
+                if pname.startswith("qvit"):  # the tile the autotuner chose for this shape (the last call's)
+                    e["config"] = _config_str(getattr(_attn_fwd, "best_config", None))
                 row["providers"][pname] = e
             except Exception as ex:
                 row["providers"][pname] = {"error": f"{type(ex).__name__}: {str(ex)[:200]}"}
@@ -468,6 +477,12 @@ def markdown(res) -> str:
                 cells.append(f"{en['ms'] * 1e3:.1f}{star} ({en['rel_err']:.1e})" if "ms" in en else ("err" if "error" in en else "-"))
             L.append(f"| {r['B']} | {r['S']} | " + " | ".join(cells) + " |")
         L.append("")
+        tiles = [f"- B={r['B']} S={r['S']}: " + "; ".join(f"{p}: {en['config']}" for p, en in r["providers"].items()
+                                                          if en.get("config"))
+                 for r in res[sec] if any(en.get("config") for en in r["providers"].values())]
+        if tiles:
+            L += ["Tiles the autotuner chose (TAIL_M/TAIL_N > 0: full blocks unmasked, the remainder in narrower "
+                  "blocks):", ""] + tiles + [""]
     errs = []
     for sec in ("linears", "layernorm_quant", "attention", "attention_bwd"):
         for r in res.get(sec, []):

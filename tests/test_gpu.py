@@ -342,6 +342,28 @@ def test_attention_gpu(poison, b, s, dtype):
     assert rel_err(o, ref) <= 2 * torch_err + 1e-4
 
 
+@pytest.mark.parametrize("idx", range(6))
+@pytest.mark.parametrize("s", [197, 257, 577])
+def test_attention_tail_configs_gpu(poison, monkeypatch, idx, s):
+    """Every tail config the autotuner may pick (full blocks unmasked, the remainder as 16/32-wide blocks)
+    compiles on this GPU and matches the references on the fp16, on-chip int8 Q/K and int8-output paths."""
+    from qvit.kernels import attention as A
+    cfgs = [c for c in A._attn_fwd.configs if c.kwargs["TAIL_M"] or c.kwargs["TAIL_N"]]
+    if idx >= len(cfgs):
+        pytest.skip("fewer tail configs")
+    pin_config(monkeypatch, A._attn_fwd, cfgs[idx])
+    q, k, v = torch.randn(3, s, 3, 16, 64, device=DEV, dtype=torch.float16).unbind(2)
+    ref = A.attention_ref(q, k, v, upcast=True)
+    o = A.attention(q, k, v)
+    assert rel_err(o, ref) <= 2 * rel_err(A.attention_ref(q, k, v, upcast=False), ref) + 1e-4
+    o2 = A.attention_qk_int8(q, k, v, 64 ** -0.5, True)
+    assert rel_err(o2, A.attention_int8_ref(*A.quantize_qk_ref(q, k, True), v)) < 2 ** -9
+    o8, osc = A.attention_quant_out(q, k, v, 64 ** -0.5)
+    qr, sr = Q.quantize_int8_per_group(o.float().reshape(3, s, 1024), 64)
+    torch.testing.assert_close(osc.reshape(3, s, 16), sr, rtol=2 ** -9, atol=0)
+    assert int((o8.reshape(3, s, 1024).int() - qr.int()).abs().max()) <= 1
+
+
 @pytest.mark.parametrize("b,s", [(2, 197), (8, 577)])
 def test_attention_int8_gpu(poison, b, s):
     from qvit.kernels.attention import attention_int8, attention_ref, quantize_qk, quantize_qk_ref

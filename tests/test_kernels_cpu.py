@@ -189,6 +189,35 @@ def test_attention_fp16_vs_fp32_reference(poison, b, s, h, d):
     assert rel_err(o, ref) <= 2 * torch_err + 1e-4
 
 
+@pytest.mark.parametrize("tail_m,tail_n", [(16, 16), (16, 0), (0, 16)])
+@pytest.mark.parametrize("s", [20, 37, 97])
+def test_attention_tail_blocks(poison, monkeypatch, tail_m, tail_n, s):
+    """The tail configs (full 32-row query blocks and 32-key tiles unmasked, the remainder as 16-wide
+    blocks; S = 20 has no full block, 37 one full block and a 5-row tail, 97 three and a 1-row tail) give
+    the same results as the references on every path: fp16 output and log-sum-exp, int8 Q/K pre-quantized
+    and quantized on chip, and the int8 output for proj (poisoned outputs catch rows no program wrote)."""
+    from qvit.kernels import attention as A
+    pin_config(monkeypatch, A._attn_fwd, BLOCK_M=32, BLOCK_N=32, TAIL_M=tail_m, TAIL_N=tail_n)
+    g = torch.Generator().manual_seed(s + tail_m)
+    q, k, v = torch.randn(2, s, 3, 2, 32, generator=g).half().unbind(2)
+    k = k + 2.0  # a common offset in K: smoothing removes it before quantization
+    sm = 32 ** -0.5
+    ref = A.attention_ref(q, k, v, sm)
+    o, lse = A.attention_fwd(q, k, v, sm)
+    assert rel_err(o, ref) <= 2 * rel_err(A.attention_ref(q, k, v, sm, upcast=False), ref) + 1e-4
+    scores = torch.einsum("bihd,bjhd->bhij", q.float(), k.float()) * sm
+    torch.testing.assert_close(lse, torch.logsumexp(scores, -1).reshape(2 * 2, s), rtol=1e-5, atol=1e-5)
+    q8, qs, k8, ks = A.quantize_qk_ref(q, k)
+    assert rel_err(A.attention_int8(q8, qs, k8, ks, v, sm), A.attention_int8_ref(q8, qs, k8, ks, v, sm)) < 2e-3
+    on_chip = A.attention_qk_int8(q, k, v, sm, True)
+    assert rel_err(on_chip, A.attention_int8_ref(q8, qs, k8, ks, v, sm)) < 2e-3
+    o8, osc = A.attention_quant_out(q, k, v, sm)
+    qr, sr = Q.quantize_int8_per_group(o.float().reshape(2, s, 64), 32)
+    torch.testing.assert_close(osc.reshape(2, s, 2), sr, rtol=2 ** -10, atol=0)
+    d = (o8.reshape(2, s, 64).int() - qr.int()).abs()
+    assert int(d.max()) <= 1 and float(d.float().mean()) < 0.1
+
+
 def test_attention_backward_matches_autograd_reference():
     from qvit.kernels.attention import attention, attention_ref
     q, k, v = (torch.randn(2, 19, 2, 16).half().requires_grad_() for _ in range(3))
