@@ -92,7 +92,10 @@ if triton is not None:
         # 16- or 32-wide blocks, so S = 197 computes 208 x 208 scores instead of 256 x 256 (0.66x the
         # tensor-core work and exponentials); S = 257: 272 x 272 instead of 320 x 320
         tails = [(64, 64, 4, 3, 16, 16), (64, 64, 4, 2, 16, 16), (128, 64, 8, 3, 16, 16),
-                 (128, 64, 4, 2, 16, 16), (64, 32, 4, 4, 16, 16), (64, 128, 4, 2, 16, 32)]
+                 (128, 64, 4, 2, 16, 16), (64, 32, 4, 4, 16, 16), (64, 128, 4, 2, 16, 32),
+                 # one program per (batch, head) at S <= 256: K and V cross from L2 once instead of once per
+                 # query block (4x at S = 197 with 64-row blocks), at the price of 256 padded query rows
+                 (256, 64, 8, 2, 0, 16), (256, 64, 16, 2, 0, 16), (256, 32, 8, 3, 0, 16)]
         return ([triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "TAIL_M": 0, "TAIL_N": 0}, num_warps=w, num_stages=st)
                  for bm, bn, w, st in plain]
                 + [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "TAIL_M": tm, "TAIL_N": tn}, num_warps=w,
@@ -105,8 +108,9 @@ if triton is not None:
             bm, bn, tm, tn = (c.kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "TAIL_M", "TAIL_N"))
             if bn > max(64, triton.next_power_of_2(s)):
                 continue
-            # a tail config needs a full block to be different, and is the plain one where both divide S
-            if (tm or tn) and (bm > s or bn > s or (s % bm == 0 and s % bn == 0)):
+            # a tail needs a full block before it (else every block is a narrow tail), and a tail config is
+            # the plain one where the blocks divide S
+            if (tm and bm > s) or (tn and bn > s) or ((tm or tn) and s % bm == 0 and s % bn == 0):
                 continue
             out.append(c)
         return out or configs
@@ -137,7 +141,17 @@ if triton is not None:
         return tl.clamp(_round_half_even(x * iv), -127.0, 127.0).to(tl.int8), scale
 
     @triton.jit
-    def _attn_tile(q, qsc, k_base, v_base, ks_ptr, kmean, n0, S, b, h, H, sks, svs, qk_scale, m_i, l_i, acc,
+    def _dequant_dot(acc, ksc):
+        """An int32 Q.K^T tile (|x| <= D * 127 * 127 < 2^22 for D <= 128) times K's per-token scales, without
+        the int32 -> float32 conversion instruction (I2F: 16 per clock per SM, a quarter of the FP32 rate, on
+        the scores' critical path beside the exponentials): x added to the bits of 1.5 * 2^23 is the float
+        1.5 * 2^23 + x exactly, and x * ksc = f * ksc - 1.5 * 2^23 * ksc, one FFMA with a per-column constant
+        (its rounding: under one integer step of the dot product, far below the int8 quantization error)."""
+        f = (acc + 0x4B400000).to(tl.float32, bitcast=True)
+        return f * ksc[None, :] + (ksc * -12582912.0)[None, :]
+
+    @triton.jit
+    def _attn_tile(q, qsc, k_base, v_base, ks_ptr, kmean, n0, S, b, h, H, sks, svs, m_i, l_i, acc,
                    D: tl.constexpr, BN: tl.constexpr, INT8: tl.constexpr, QUANT_QK: tl.constexpr,
                    SMOOTH_K: tl.constexpr, MASKED: tl.constexpr):
         """Keys n0 .. n0 + BN through the online softmax: returns the updated (m_i, l_i, acc). MASKED: keys
@@ -151,24 +165,26 @@ if triton is not None:
             kt = tl.load(k_ptrs, mask=mask_n[None, :], other=0)
         else:
             kt = tl.load(k_ptrs)
+        # s holds the scores up to a positive per-row factor qsc (sm_scale * log2(e), times Q's scale on the
+        # int8 paths), applied inside exp2's argument as one FFMA per element: max(s * c) = c * max(s) for c > 0
         if INT8:
             if MASKED:
                 ksc = tl.load(ks_ptr + (b * S + cols) * H + h, mask=mask_n, other=0.0)
             else:
                 ksc = tl.load(ks_ptr + (b * S + cols) * H + h)
-            s = tl.dot(q, kt, out_dtype=tl.int32).to(tl.float32) * qsc[:, None] * ksc[None, :]
+            s = _dequant_dot(tl.dot(q, kt, out_dtype=tl.int32), ksc)
         elif QUANT_QK:
             if SMOOTH_K:
                 k8, ksc = _quant_tile_fast(kt.to(tl.float32) - kmean[:, None], 0)  # per token = column of K^T
             else:
                 k8, ksc = _quant_tile_fast(kt.to(tl.float32), 0)
-            s = tl.dot(q, k8, out_dtype=tl.int32).to(tl.float32) * qsc[:, None] * ksc[None, :]
+            s = _dequant_dot(tl.dot(q, k8, out_dtype=tl.int32), ksc)
         else:
-            s = tl.dot(q, kt) * qk_scale
+            s = tl.dot(q, kt)
         if MASKED:
             s = tl.where(mask_n[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        p = tl.math.exp2(s - m_new[:, None])
+        m_new = tl.maximum(m_i, tl.max(s, axis=1) * qsc)
+        p = tl.math.exp2(s * qsc[:, None] - m_new[:, None])
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, axis=1)
         acc = acc * alpha[:, None]
@@ -193,10 +209,11 @@ if triton is not None:
                     mask=mask_m[:, None], other=0)
         k_base = k_ptr + b * skb + h * skh
         v_base = v_ptr + b * svb + h * svh
-        qsc = tl.zeros((BM,), tl.float32)
+        # the row factor of the scores: sm_scale * log2(e), times Q's per-token scale on the int8 paths (padded
+        # rows read 1, so that no 0 * -inf appears in them)
+        qsc = tl.full((BM,), 1.0, tl.float32) * qk_scale
         if INT8:
-            # per-token scales folded with sm_scale * log2(e) into one row factor
-            qsc = tl.load(qs_ptr + (b * S + offs_m) * H + h, mask=mask_m, other=0.0) * qk_scale
+            qsc = tl.load(qs_ptr + (b * S + offs_m) * H + h, mask=mask_m, other=1.0) * qk_scale
         if QUANT_QK:
             q8, qsc = _quant_tile_fast(q.to(tl.float32), 1)
             q = q8
@@ -219,14 +236,14 @@ if triton is not None:
             # full key tiles unmasked, then the remainder in TAIL_N-wide masked tiles
             s_full = S // BLOCK_N * BLOCK_N
             for n0 in range(0, s_full, BLOCK_N):
-                m_i, l_i, acc = _attn_tile(q, qsc, k_base, v_base, ks_ptr, kmean, n0, S, b, h, H, sks, svs, qk_scale,
+                m_i, l_i, acc = _attn_tile(q, qsc, k_base, v_base, ks_ptr, kmean, n0, S, b, h, H, sks, svs,
                                            m_i, l_i, acc, D, BLOCK_N, INT8, QUANT_QK, SMOOTH_K, False)
             for n0 in range(s_full, S, TAIL_N):
-                m_i, l_i, acc = _attn_tile(q, qsc, k_base, v_base, ks_ptr, kmean, n0, S, b, h, H, sks, svs, qk_scale,
+                m_i, l_i, acc = _attn_tile(q, qsc, k_base, v_base, ks_ptr, kmean, n0, S, b, h, H, sks, svs,
                                            m_i, l_i, acc, D, TAIL_N, INT8, QUANT_QK, SMOOTH_K, True)
         else:
             for n0 in range(0, S, BLOCK_N):
-                m_i, l_i, acc = _attn_tile(q, qsc, k_base, v_base, ks_ptr, kmean, n0, S, b, h, H, sks, svs, qk_scale,
+                m_i, l_i, acc = _attn_tile(q, qsc, k_base, v_base, ks_ptr, kmean, n0, S, b, h, H, sks, svs,
                                            m_i, l_i, acc, D, BLOCK_N, INT8, QUANT_QK, SMOOTH_K, True)
         acc = acc / l_i[:, None]
         if QOUT:

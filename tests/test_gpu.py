@@ -342,7 +342,7 @@ def test_attention_gpu(poison, b, s, dtype):
     assert rel_err(o, ref) <= 2 * torch_err + 1e-4
 
 
-@pytest.mark.parametrize("idx", range(6))
+@pytest.mark.parametrize("idx", range(9))
 @pytest.mark.parametrize("s", [197, 257, 577])
 def test_attention_tail_configs_gpu(poison, monkeypatch, idx, s):
     """Every tail config the autotuner may pick (full blocks unmasked, the remainder as 16/32-wide blocks)
