@@ -416,6 +416,29 @@ def bench_attention_bwd(res, quick):
 
 
 # ----------------------------------------------------------------------------- report
+# a provider's kind: (kind, regular expression of qvit's providers, of the peers' providers). The raw
+# `_int_mm` / `_scaled_mm` rows leave out the scaling and bias a full linear needs: a lower bound on that peer.
+KINDS = (("int8 W8A8", r"^qvit(-cuda)? w8a8 \((int8 in|\+act quant)\)$", r"_int_mm|LLM\.int8|torchao int8"),
+         ("fp8 W8A8", r"^qvit w8a8 fp8", r"_scaled_mm"),
+         ("4-bit weight-only", r"^qvit w4a16", r"bnb NF4|torchao int4"))
+
+
+def peer_summary(res) -> list[dict]:
+    """Per linear shape and kind: qvit's fastest provider of that kind against the fastest peer of that kind,
+    both measured in this run (speed-up > 1: qvit faster). The issue's bar is every row >= 1."""
+    rows = []
+    for r in res.get("linears", []):
+        timed = {p: e["ms"] for p, e in r["providers"].items() if "ms" in e}
+        for kind, ours, theirs in KINDS:
+            q = {p: t for p, t in timed.items() if re.search(ours, p)}
+            o = {p: t for p, t in timed.items() if re.search(theirs, p) and not p.startswith("qvit")}
+            if q and o:
+                qp, pp = min(q, key=q.get), min(o, key=o.get)
+                rows.append({"layer": r["layer"], "M": r["M"], "kind": kind, "qvit": qp, "qvit_ms": q[qp],
+                             "peer": pp, "peer_ms": o[pp], "speedup": o[pp] / q[qp]})
+    return rows
+
+
 def markdown(res) -> str:
     e = res["env"]
     L = [f"# Kernel benchmarks: {e['card']}", "",
@@ -445,6 +468,15 @@ def markdown(res) -> str:
                 else:
                     cells.append("err" if "error" in en else "-")
             L.append(f"| {r['layer']} {r['K']}->{r['N']} | {r['M']} | " + " | ".join(cells) + " |")
+        summary = peer_summary(res)
+        if summary:
+            L += ["", "qvit against the fastest peer of the same kind (speed-up > 1: qvit faster; **bold** where a "
+                  "peer is faster; `_int_mm` / `_scaled_mm` are raw products without scales or bias):", "",
+                  "| layer | M | kind | fastest qvit | us | fastest peer | us | speed-up |", "|---|---|---|---|---|---|---|---|"]
+            for e in summary:
+                sp = f"{e['speedup']:.2f}x"
+                L.append(f"| {e['layer']} | {e['M']} | {e['kind']} | {e['qvit']} | {e['qvit_ms'] * 1e3:.1f} | "
+                         f"{e['peer']} | {e['peer_ms'] * 1e3:.1f} | {sp if e['speedup'] >= 1 else f'**{sp}**'} |")
         L += ["", "Relative error of each qvit kernel against its plain-PyTorch reference (same quantized operands):", ""]
         for r in res["linears"]:
             errs = ", ".join(f"{p}: {en['rel_err']:.1e}" for p, en in r["providers"].items() if "rel_err" in en)
