@@ -218,6 +218,9 @@ if triton is not None:
             q8, qsc = _quant_tile_fast(q.to(tl.float32), 1)
             q = q8
             qsc = qsc * qk_scale
+        # kept a normal float: an all-zero Q row's scale (FLT_MIN) times sm_scale is subnormal, which the GPU
+        # flushes to 0, and 0 * -inf (a masked key) would be NaN where the reference gives a uniform softmax
+        qsc = tl.maximum(qsc, 1.1754943508222875e-38)
         kmean = tl.zeros((D,), tl.float32)
         if QUANT_QK and SMOOTH_K:
             # K's mean over the head's tokens (one tile when S <= BLOCK_N; the tile is read again below,

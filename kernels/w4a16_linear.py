@@ -1,6 +1,6 @@
 """W4A16 linear: 4-bit weights dequantized in registers, fp16/bf16 tensor-core math.
 
-    y = x @ dequant(W)^T (+ bias),  accumulated in float32, rounded once to x.dtype.
+    y = x @ dequant(W)^T (+ bias) (-> GELU) (+ residual),  accumulated in float32, rounded once to x.dtype.
 
 Formats (see qvit.kernels.quant for the packing):
     mode "int4-sym":  W[n, k] = (u - 8) * scales[n, k // g]
@@ -32,6 +32,9 @@ except ImportError:
     triton = None
 
 MODES = {"int4-sym": 0, "int4-asym": 1, "nf4": 2}
+
+if triton is not None:
+    from qvit.kernels.w8a8_linear import _epilogue  # bias -> GELU -> + residual, one rounding, either layout
 
 
 if triton is not None:
@@ -99,13 +102,15 @@ if triton is not None:
     @triton.autotune(configs=_configs(), key=["M", "N", "K", "GROUP", "MODE"],
                      prune_configs_by={"early_config_prune": _prune})
     @triton.jit
-    def _w4a16_kernel(x_ptr, p_ptr, s_ptr, z_ptr, code_ptr, b_ptr, y_ptr, M, N, K,
-                      stride_xm, stride_pn, stride_sn, stride_ym,
-                      GROUP: tl.constexpr, MODE: tl.constexpr, HAS_BIAS: tl.constexpr,
+    def _w4a16_kernel(x_ptr, p_ptr, s_ptr, z_ptr, code_ptr, b_ptr, r_ptr, y_ptr, M, N, K,
+                      stride_xm, stride_pn, stride_sn, stride_rm, stride_ym,
+                      GROUP: tl.constexpr, MODE: tl.constexpr, HAS_BIAS: tl.constexpr, GELU: tl.constexpr,
+                      HAS_RES: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
                       SWAP_AB: tl.constexpr):
         """SWAP_AB=False: acc (BM, BN) = x @ dequant(w)^T; SWAP_AB=True: acc (BN, BM) = dequant(w) @ x^T (the
-        dequantized tile feeds the MMA from registers), stored transposed. Same products, float32 sums."""
+        dequantized tile feeds the MMA from registers), stored transposed. Same products, float32 sums; the
+        W8A8 GEMM's epilogue (bias -> GELU -> + residual in float32, one rounding)."""
         tl.static_assert(GROUP % BLOCK_K == 0)
         pid_m = tl.program_id(0)
         pid_n = tl.program_id(1)
@@ -143,16 +148,8 @@ if triton is not None:
                 acc = tl.dot(a, tl.trans(w), acc)
             x_ptrs += BLOCK_K
             p_ptrs += BLOCK_K // 2
-        if SWAP_AB:
-            if HAS_BIAS:
-                acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[:, None]
-            tl.store(y_ptr + offs_m[None, :].to(tl.int64) * stride_ym + offs_n[:, None],
-                     acc.to(y_ptr.dtype.element_ty), mask=mask_n[:, None] & mask_m[None, :])
-        else:
-            if HAS_BIAS:
-                acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-            tl.store(y_ptr + offs_m[:, None].to(tl.int64) * stride_ym + offs_n[None, :],
-                     acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+        _epilogue(acc, offs_m, offs_n, mask_m, mask_n, b_ptr, r_ptr, y_ptr, stride_rm, stride_ym,
+                  HAS_BIAS, GELU, HAS_RES, SWAP_AB)
 
 
 if triton is not None:
@@ -231,23 +228,33 @@ def _validate(x, packed, scales, zeros, bias, group_size, mode):
         raise ValueError("w4a16_linear: x must be K-contiguous; packed and scales contiguous")
 
 
-def _fake(x, packed, scales, zeros, bias, group_size, mode):
+def _fake(x, packed, scales, zeros, bias, group_size, mode, residual=None, gelu=False):
     return x.new_empty((x.shape[0], packed.shape[0]))
 
 
 @fast_custom_op("qvit::w4a16_linear", _fake)
 def w4a16_linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
-                 bias: torch.Tensor | None, group_size: int, mode: str) -> torch.Tensor:
-    """y = x @ dequant(packed)^T (+ bias); see the module docstring."""
+                 bias: torch.Tensor | None, group_size: int, mode: str, residual: torch.Tensor | None = None,
+                 gelu: bool = False) -> torch.Tensor:
+    """y = x @ dequant(packed)^T (+ bias) (-> GELU) (+ residual (M, N), any float dtype), in x.dtype; see the
+    module docstring."""
     _validate(x, packed, scales, zeros, bias, group_size, mode)
     m, k = x.shape
     n = packed.shape[0]
+    if residual is not None:
+        if residual.shape != (m, n) or not residual.is_floating_point() or residual.device != x.device:
+            raise ValueError(f"w4a16_linear: residual must be a float ({m}, {n}) tensor on {x.device}, got "
+                             f"{residual.dtype} {tuple(residual.shape)} on {residual.device}")
+        if residual.stride(1) != 1:
+            residual = residual.contiguous()
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]))  # noqa: E731
     _w4a16_kernel[grid](x, packed, scales, zeros if zeros is not None else packed, _nf4_code(x.device),
-                        bias if bias is not None else scales, y, m, n, k,
-                        x.stride(0), packed.stride(0), scales.stride(0), y.stride(0),
-                        GROUP=group_size, MODE=MODES[mode], HAS_BIAS=bias is not None)
+                        bias if bias is not None else scales, residual if residual is not None else y, y, m, n, k,
+                        x.stride(0), packed.stride(0), scales.stride(0),
+                        residual.stride(0) if residual is not None else 0, y.stride(0),
+                        GROUP=group_size, MODE=MODES[mode], HAS_BIAS=bias is not None, GELU=gelu,
+                        HAS_RES=residual is not None)
     return y
 
 

@@ -353,6 +353,7 @@ def test_attention_tail_configs_gpu(poison, monkeypatch, idx, s):
         pytest.skip("fewer tail configs")
     pin_config(monkeypatch, A._attn_fwd, cfgs[idx])
     q, k, v = torch.randn(3, s, 3, 16, 64, device=DEV, dtype=torch.float16).unbind(2)
+    q[:, s - 1] = 0  # an all-zero query in the tail block: its int8 scale times sm_scale is subnormal (flushed)
     ref = A.attention_ref(q, k, v, upcast=True)
     o = A.attention(q, k, v)
     assert rel_err(o, ref) <= 2 * rel_err(A.attention_ref(q, k, v, upcast=False), ref) + 1e-4

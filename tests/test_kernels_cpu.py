@@ -118,6 +118,35 @@ def test_w4a16(poison, monkeypatch, mode, group, m, n, swap):
     assert rel_err(y, ref) <= 2 * torch_err + 2 ** -11
 
 
+@pytest.mark.parametrize("mode", ["int4-sym", "nf4"])
+@pytest.mark.parametrize("swap", [False, True])
+def test_w4a16_fused_epilogue(poison, monkeypatch, mode, swap):
+    """bias -> GELU -> + residual inside the W4A16 kernel (one rounding): the float32 reference of the same
+    chain, within the fp16 operands' error; a residual of the wrong shape is refused by name."""
+    from qvit.kernels.w4a16_linear import _w4a16_kernel, w4a16_linear
+    pin_config(monkeypatch, _w4a16_kernel, SWAP_AB=swap)
+    m, n, k, group = 19, 40, 128, 64
+    x = torch.randn(m, k).half()
+    w = torch.randn(n, k) * 0.05
+    b = torch.randn(n).half()
+    r = torch.randn(m, n).half()
+    if mode == "nf4":
+        p, s = Q.quantize_nf4(w, group)
+        p, s, z = p.view(n, k // 2), s.view(n, k // group), None
+        lin = Q.nf4_linear_ref(x.float(), p.reshape(-1), s.reshape(-1), (n, k), group, b)
+        wd = Q.dequantize_nf4(p.reshape(-1), s.reshape(-1), (n, k), group)
+    else:
+        p, s, z = Q.quantize_int4(w, group, True)
+        lin = Q.w4a16_linear_ref(x.float(), p, s, z, group, b)
+        wd = Q.dequantize_int4(p, s, z, group)
+    ref = torch.nn.functional.gelu(lin) + r.float()
+    y = w4a16_linear(x, p, s, z, b, group, mode, r, True)
+    plain = torch.nn.functional.gelu(x.float() @ wd.half().float().t() + b.float()) + r.float()
+    assert y.dtype == torch.float16 and rel_err(y, ref) <= 2 * rel_err(plain.half(), ref) + 2 ** -11
+    with pytest.raises(ValueError, match="residual must be"):
+        w4a16_linear(x, p, s, z, b, group, mode, r[:, :8], True)
+
+
 @pytest.mark.parametrize("mode,group", [("int4-sym", 32), ("int4-asym", 64), ("nf4", 64)])
 def test_dequantize_w4_is_bit_exact(mode, group):
     from qvit.kernels.w4a16_linear import dequantize_w4, w4a16_linear_dequant
@@ -200,6 +229,7 @@ def test_attention_tail_blocks(poison, monkeypatch, tail_m, tail_n, s):
     pin_config(monkeypatch, A._attn_fwd, BLOCK_M=32, BLOCK_N=32, TAIL_M=tail_m, TAIL_N=tail_n)
     g = torch.Generator().manual_seed(s + tail_m)
     q, k, v = torch.randn(2, s, 3, 2, 32, generator=g).half().unbind(2)
+    q[:, s - 1] = 0  # an all-zero query row: a uniform softmax over the keys, masked ones excluded
     k = k + 2.0  # a common offset in K: smoothing removes it before quantization
     sm = 32 ** -0.5
     ref = A.attention_ref(q, k, v, sm)

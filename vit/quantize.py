@@ -410,9 +410,9 @@ class Int4Linear(_QuantLinear):
         if backend is Backend.TRITON and x.dtype in (torch.float16, torch.bfloat16):
             from qvit.kernels.w4a16_linear import w4a16_linear
             mode = "int4-sym" if self.symmetric else "int4-asym"
-            y = w4a16_linear(x.contiguous(), self.packed, self.scales, self.zeros, self.bias, self.group_size, mode)
-        else:
-            y = Q.w4a16_linear_ref(x, self.packed, self.scales, self.zeros, self.group_size, self.bias)
+            return w4a16_linear(x.contiguous(), self.packed, self.scales, self.zeros, self.bias, self.group_size, mode,
+                                residual, gelu)
+        y = Q.w4a16_linear_ref(x, self.packed, self.scales, self.zeros, self.group_size, self.bias)
         return _finish(y, gelu, residual)
 
 
@@ -458,10 +458,10 @@ class NF4Linear(_QuantLinear):
             raise BackendUnavailable("backend 'cuda' has no NF4 GEMM yet; use 'triton' or 'torch'")
         if backend is Backend.TRITON and x.dtype in (torch.float16, torch.bfloat16) and self.blocksize % 32 == 0:
             from qvit.kernels.w4a16_linear import w4a16_linear
-            y = w4a16_linear(x.contiguous(), self.packed, self.absmax, None, self.bias, self.blocksize, "nf4")
-        else:
-            y = Q.nf4_linear_ref(x, self.packed, self.absmax, (self.out_features, self.in_features),
-                                 self.blocksize, self.bias)
+            return w4a16_linear(x.contiguous(), self.packed, self.absmax, None, self.bias, self.blocksize, "nf4",
+                                residual, gelu)
+        y = Q.nf4_linear_ref(x, self.packed, self.absmax, (self.out_features, self.in_features),
+                             self.blocksize, self.bias)
         return _finish(y, gelu, residual)
 
 
