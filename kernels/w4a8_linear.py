@@ -49,6 +49,13 @@ if triton is not None:
                  for bm, bn, bk, w, s in [(128, 128, 128, 4, 4), (256, 128, 128, 8, 3), (128, 256, 128, 8, 3),
                                           (64, 128, 128, 4, 4), (32, 128, 128, 4, 4), (128, 64, 128, 4, 4),
                                           (256, 64, 128, 4, 3)]]
+        # the same large tiles with twice the warps: the int32 group accumulator and the float32 total are
+        # both live through the K loop (2 x 128 registers per thread at 128 x 128 / 4 warps), so the 4- and
+        # 8-warp large tiles above spill 160-656 bytes per thread (python -m qvit.profiling.sass --kernel w4a8,
+        # Triton 3.6, sm_90); these hold them in registers (16 warps do not: Triton caps them at 128 registers)
+        cfgs += [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "SWAP_AB": sw},
+                               num_warps=w, num_stages=s)
+                 for bm, bn, bk, w, s, sw in [(128, 128, 128, 8, 4, True), (256, 64, 128, 8, 3, True)]]
         return cfgs
 
     _prune = group_prune(triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8, "SWAP_AB": False},

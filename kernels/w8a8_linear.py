@@ -89,10 +89,48 @@ if triton is not None:
         return tl.math.fma(tl.math.fma(-q, scale, y), inv, q)
 
     @triton.jit
+    def _halves_1d(v):
+        """(first half, second half) of a 1-D tile."""
+        return tl.split(tl.permute(tl.reshape(v, (2, v.shape[0] // 2)), (1, 0)))
+
+    @triton.jit
+    def _halves_cols(v):
+        """A 2-D tile's first and second half of its columns."""
+        return tl.split(tl.permute(tl.reshape(v, (v.shape[0], 2, v.shape[1] // 2)), (0, 2, 1)))
+
+    @triton.jit
     def _epilogue(y, offs_m, offs_n, mask_m, mask_n, b_ptr, r_ptr, y_ptr, stride_rm, stride_ym,
                   HAS_BIAS: tl.constexpr, GELU: tl.constexpr, HAS_RES: tl.constexpr, TRANSPOSED: tl.constexpr):
         """The GEMMs' shared epilogue on a float32 tile holding output rows m and columns n ((BM, BN), or
-        (BN, BM) when TRANSPOSED): + bias[n] -> GELU -> + residual[m, n], rounded once to y_ptr's dtype."""
+        (BN, BM) when TRANSPOSED): + bias[n] -> GELU -> + residual[m, n], rounded once to y_ptr's dtype.
+        With GELU on a large tile it runs on one half of the tile after the other (cut along its columns):
+        erf's temporaries for the whole tile on top of a 128-register accumulator made ptxas spill (328-392
+        bytes per thread at 128 x 256 / 8 warps; 464-832 in the swapped W4A16 tiles; Triton 3.6, sm_90:
+        python -m qvit.profiling.sass --kernel w8a8 --mode gelu_res). Same values, same rounding."""
+        if GELU and y.shape[0] * y.shape[1] >= 128 * 128:
+            # cut along the tile's columns (n, or m when TRANSPOSED): cutting along rows still spilled
+            y0, y1 = _halves_cols(y)
+            if TRANSPOSED:
+                m0, m1 = _halves_1d(offs_m)
+                k0, k1 = _halves_1d(mask_m)
+                _epilogue_tile(y0, m0, offs_n, k0, mask_n, b_ptr, r_ptr, y_ptr, stride_rm, stride_ym,
+                               HAS_BIAS, GELU, HAS_RES, TRANSPOSED)
+                _epilogue_tile(y1, m1, offs_n, k1, mask_n, b_ptr, r_ptr, y_ptr, stride_rm, stride_ym,
+                               HAS_BIAS, GELU, HAS_RES, TRANSPOSED)
+            else:
+                n0, n1 = _halves_1d(offs_n)
+                k0, k1 = _halves_1d(mask_n)
+                _epilogue_tile(y0, offs_m, n0, mask_m, k0, b_ptr, r_ptr, y_ptr, stride_rm, stride_ym,
+                               HAS_BIAS, GELU, HAS_RES, TRANSPOSED)
+                _epilogue_tile(y1, offs_m, n1, mask_m, k1, b_ptr, r_ptr, y_ptr, stride_rm, stride_ym,
+                               HAS_BIAS, GELU, HAS_RES, TRANSPOSED)
+        else:
+            _epilogue_tile(y, offs_m, offs_n, mask_m, mask_n, b_ptr, r_ptr, y_ptr, stride_rm, stride_ym,
+                           HAS_BIAS, GELU, HAS_RES, TRANSPOSED)
+
+    @triton.jit
+    def _epilogue_tile(y, offs_m, offs_n, mask_m, mask_n, b_ptr, r_ptr, y_ptr, stride_rm, stride_ym,
+                       HAS_BIAS: tl.constexpr, GELU: tl.constexpr, HAS_RES: tl.constexpr, TRANSPOSED: tl.constexpr):
         if TRANSPOSED:
             m2, n2 = offs_m[None, :].to(tl.int64), offs_n[:, None]
             mm2, mn2 = mask_m[None, :], mask_n[:, None]

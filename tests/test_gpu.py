@@ -112,7 +112,7 @@ def _swapped(kernel):
     return [c for c in kernel.configs if c.kwargs.get("SWAP_AB")]
 
 
-@pytest.mark.parametrize("idx", range(7))
+@pytest.mark.parametrize("idx", range(9))
 def test_w4a8_swapped_configs_gpu(poison, monkeypatch, idx):
     """Every swapped-operand config the autotuner may pick compiles on this GPU and is exact (M = 300:
     a partial tile on both sides)."""
