@@ -57,6 +57,10 @@ if triton is not None:
                                  (256, 128, 64, 8, 3), (128, 128, 64, 4, 4), (32, 64, 128, 4, 4), (256, 32, 128, 4, 3)]:
             cfgs.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": 1, "SWAP_AB": True},
                                       num_warps=w, num_stages=s))
+        # the large swapped tiles with GELU's epilogue in two halves (EPI_SPLIT, see w8a8_linear._epilogue)
+        for bm, bn, bk, w, s in [(256, 64, 64, 4, 3), (256, 128, 64, 8, 3), (128, 128, 64, 4, 4)]:
+            cfgs.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": 1, "SWAP_AB": True,
+                                       "EPI_SPLIT": True}, num_warps=w, num_stages=s))
         return cfgs
 
     def group_prune(fallback):
@@ -64,7 +68,9 @@ if triton is not None:
         refuse others by static_assert), tiles far taller than M only add padding; `fallback` if none is left."""
         def prune(configs, named_args, **kwargs):
             m, g = named_args["M"], kwargs.get("GROUP", named_args.get("GROUP"))
-            out = [c for c in configs if g % c.kwargs["BLOCK_K"] == 0 and c.kwargs["BLOCK_M"] <= 2 * max(m, 16)]
+            gelu = kwargs.get("GELU", named_args.get("GELU", False))
+            out = [c for c in configs if g % c.kwargs["BLOCK_K"] == 0 and c.kwargs["BLOCK_M"] <= 2 * max(m, 16)
+                   and (gelu or not c.kwargs.get("EPI_SPLIT"))]  # without GELU a split config is its twin
             return out or [fallback]
         return prune
 
@@ -107,7 +113,7 @@ if triton is not None:
                       GROUP: tl.constexpr, MODE: tl.constexpr, HAS_BIAS: tl.constexpr, GELU: tl.constexpr,
                       HAS_RES: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
-                      SWAP_AB: tl.constexpr):
+                      SWAP_AB: tl.constexpr, EPI_SPLIT: tl.constexpr = False):
         """SWAP_AB=False: acc (BM, BN) = x @ dequant(w)^T; SWAP_AB=True: acc (BN, BM) = dequant(w) @ x^T (the
         dequantized tile feeds the MMA from registers), stored transposed. Same products, float32 sums; the
         W8A8 GEMM's epilogue (bias -> GELU -> + residual in float32, one rounding)."""
@@ -149,7 +155,7 @@ if triton is not None:
             x_ptrs += BLOCK_K
             p_ptrs += BLOCK_K // 2
         _epilogue(acc, offs_m, offs_n, mask_m, mask_n, b_ptr, r_ptr, y_ptr, stride_rm, stride_ym,
-                  HAS_BIAS, GELU, HAS_RES, SWAP_AB)
+                  HAS_BIAS, GELU, HAS_RES, SWAP_AB, EPI_SPLIT)
 
 
 if triton is not None:

@@ -56,6 +56,10 @@ if triton is not None:
         cfgs += [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "SWAP_AB": sw},
                                num_warps=w, num_stages=s)
                  for bm, bn, bk, w, s, sw in [(128, 128, 128, 8, 4, True), (256, 64, 128, 8, 3, True)]]
+        # GELU's epilogue in two halves on the large tiles (EPI_SPLIT, see w8a8_linear._epilogue)
+        cfgs += [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "SWAP_AB": sw,
+                                "EPI_SPLIT": True}, num_warps=w, num_stages=s)
+                 for bm, bn, bk, w, s, sw in [(128, 128, 128, 8, 4, True), (256, 64, 128, 8, 3, True)]]
         return cfgs
 
     _prune = group_prune(triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8, "SWAP_AB": False},
@@ -68,7 +72,7 @@ if triton is not None:
                      stride_xm, stride_pn, stride_sn, stride_rm, stride_ym,
                      GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, GELU: tl.constexpr, HAS_RES: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-                     SWAP_AB: tl.constexpr):
+                     SWAP_AB: tl.constexpr, EPI_SPLIT: tl.constexpr = False):
         """SWAP_AB=False: acc (BM, BN) = x (BM, BK) @ w^T. SWAP_AB=True: acc (BN, BM) = w (BN, BK) @ x^T, so
         the weight expanded in registers feeds the MMA directly instead of being staged through shared
         memory; the epilogue stores the transposed tile. Same integer sums, same float32 epilogue."""
@@ -121,7 +125,7 @@ if triton is not None:
         else:
             y = acc * xs[:, None]
         _epilogue(y, offs_m, offs_n, mask_m, mask_n, b_ptr, r_ptr, y_ptr, stride_rm, stride_ym,
-                  HAS_BIAS, GELU, HAS_RES, SWAP_AB)
+                  HAS_BIAS, GELU, HAS_RES, SWAP_AB, EPI_SPLIT)
 
 
 def _fake(xq, x_scale, packed, scales, bias, group_size, out_dtype=torch.float16, residual=None, gelu=False):

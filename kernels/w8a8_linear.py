@@ -50,15 +50,25 @@ if triton is not None:
         ] + [c + (4, 4) for c in _GROUP_ONLY]:
             cfgs.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8},
                                       num_warps=w, num_stages=s))
+        # the large tiles again with GELU's epilogue run on one half of the columns after the other (EPI_SPLIT):
+        # Triton 3.6 then keeps it in registers (336-392 spilled bytes -> 0 on sm_90), Triton 3.8 spills more
+        # (344 -> 672 at 128 x 256): which is faster is measured by the autotuner, not assumed
+        for bm, bn, bk, w, s in [(128, 256, 128, 8, 3), (256, 128, 128, 8, 3), (128, 128, 128, 4, 4),
+                                 (128, 256, 64, 8, 4)]:
+            cfgs.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "EPI_SPLIT": True},
+                                      num_warps=w, num_stages=s))
         return cfgs
 
     def _prune(configs, named_args, **kwargs):
         m, n, k = named_args["M"], named_args["N"], named_args["K"]
         xg = named_args.get("XG", kwargs.get("XG", 0))
         qout = named_args.get("QOUT", kwargs.get("QOUT", 0))
+        gelu = named_args.get("GELU", kwargs.get("GELU", False))
         out = []
         for c in configs:
             bm, bn, bk = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]
+            if c.kwargs.get("EPI_SPLIT") and (not gelu or qout):  # the same kernel as its unsplit twin there
+                continue
             # drop tiles far larger than the problem (they only add padding work)
             if bm > 2 * max(m, 16) or bn > 2 * max(n, 16) or bk > 2 * max(k, 32):
                 continue
@@ -71,7 +81,7 @@ if triton is not None:
         if not out and (xg or qout):
             raise ValueError(f"w8a8_linear: no tile fits input group {xg} / output group {qout}")
         return out or [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"])
-                       not in _GROUP_ONLY][-1:]
+                       not in _GROUP_ONLY and not c.kwargs.get("EPI_SPLIT")][-1:]
 
     @triton.jit
     def _gelu_erf(x):
@@ -100,14 +110,15 @@ if triton is not None:
 
     @triton.jit
     def _epilogue(y, offs_m, offs_n, mask_m, mask_n, b_ptr, r_ptr, y_ptr, stride_rm, stride_ym,
-                  HAS_BIAS: tl.constexpr, GELU: tl.constexpr, HAS_RES: tl.constexpr, TRANSPOSED: tl.constexpr):
+                  HAS_BIAS: tl.constexpr, GELU: tl.constexpr, HAS_RES: tl.constexpr, TRANSPOSED: tl.constexpr,
+                  SPLIT: tl.constexpr):
         """The GEMMs' shared epilogue on a float32 tile holding output rows m and columns n ((BM, BN), or
         (BN, BM) when TRANSPOSED): + bias[n] -> GELU -> + residual[m, n], rounded once to y_ptr's dtype.
-        With GELU on a large tile it runs on one half of the tile after the other (cut along its columns):
-        erf's temporaries for the whole tile on top of a 128-register accumulator made ptxas spill (328-392
-        bytes per thread at 128 x 256 / 8 warps; 464-832 in the swapped W4A16 tiles; Triton 3.6, sm_90:
-        python -m qvit.profiling.sass --kernel w8a8 --mode gelu_res). Same values, same rounding."""
-        if GELU and y.shape[0] * y.shape[1] >= 128 * 128:
+        SPLIT (with GELU): one half of the tile's columns after the other. erf's temporaries for a whole large
+        tile on top of a 128-register accumulator make ptxas spill (Triton 3.6, sm_90: 328-392 bytes per
+        thread at 128 x 256 / 8 warps, 464-832 in the swapped W4A16 tiles; 0 with SPLIT; python -m
+        qvit.profiling.sass --kernel w8a8 --mode gelu_res); the autotuner offers both. Same values."""
+        if GELU and SPLIT:
             # cut along the tile's columns (n, or m when TRANSPOSED): cutting along rows still spilled
             y0, y1 = _halves_cols(y)
             if TRANSPOSED:
@@ -178,6 +189,7 @@ if triton is not None:
         HAS_BIAS: tl.constexpr, GELU: tl.constexpr, HAS_RES: tl.constexpr, FP8: tl.constexpr,
         XG: tl.constexpr, QOUT: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+        EPI_SPLIT: tl.constexpr = False,
     ):
         """XG > 0: x's scales are per token and per group of XG channels, xs (M, K // XG): each K tile's
         int32 product is scaled by its group's scale into a float32 accumulator. QOUT > 0: the output is
@@ -236,7 +248,7 @@ if triton is not None:
                             HAS_BIAS, GELU, QOUT, BLOCK_M, BLOCK_N)
         else:
             _epilogue(y, offs_m, offs_n, mask_m, mask_n, b_ptr, r_ptr, y_ptr, stride_rm, stride_ym,
-                      HAS_BIAS, GELU, HAS_RES, False)
+                      HAS_BIAS, GELU, HAS_RES, False, EPI_SPLIT)
 
 
 def _validate(xq, x_scale, wq, w_scale, bias, residual, out_dtype):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import inspect
 import os
 import re
 import subprocess
@@ -98,6 +99,9 @@ def compile_config(kernel: str, mode: str, cfg, arch: int = 90):
             sig[p.name] = "fp32" if p.name in floats or p.name == "eps" else "i32"
             if p.name.startswith("stride") or p.name in ("K", "N", "H") or re.fullmatch(r"s[a-z]{2}", p.name):
                 attrs[(i,)] = [["tt.divisibility", 16]]
+    for p in fn.params:  # constexprs a config leaves out take the kernel's default
+        if p.is_constexpr and p.name not in consts and p.default is not inspect.Parameter.empty:
+            consts[p.name] = p.default
     missing = [p.name for p in fn.params if p.is_constexpr and p.name not in consts]
     if missing:
         raise ValueError(f"{kernel}/{mode}: no value for constexpr {missing}")

@@ -130,6 +130,52 @@ def test_w4a8_swapped_configs_gpu(poison, monkeypatch, idx):
     torch.testing.assert_close(y, Q.w4a8_linear_ref(x, p, s, 128, b), rtol=1e-4, atol=1e-4)
 
 
+def _split_configs():
+    from qvit.kernels.w4a8_linear import _w4a8_kernel
+    from qvit.kernels.w4a16_linear import _w4a16_kernel
+    from qvit.kernels.w8a8_linear import _w8a8_kernel
+    return [(name, k, c) for name, k in (("w8a8", _w8a8_kernel), ("w4a8", _w4a8_kernel), ("w4a16", _w4a16_kernel))
+            for c in k.configs if c.kwargs.get("EPI_SPLIT")]
+
+
+@pytest.mark.parametrize("idx", range(9))
+def test_gelu_epilogue_split_configs_gpu(poison, monkeypatch, idx):
+    """Every EPI_SPLIT config (GELU's epilogue in two halves of the tile) compiles on this GPU and gives the
+    reference's bias -> GELU -> + residual at a ViT-L fc1-like shape with partial tiles (M = 300)."""
+    cfgs = _split_configs()
+    if idx >= len(cfgs):
+        pytest.skip("fewer split configs")
+    name, kernel, cfg = cfgs[idx]
+    pin_config(monkeypatch, kernel, cfg)
+    m, k, n = 300, 1024, 3072 - 64
+    x, w = torch.randn(m, k, device=DEV), torch.randn(n, k, device=DEV) * 0.02
+    b = torch.randn(n, device=DEV)
+    r = torch.randn(m, n, device=DEV, dtype=torch.bfloat16)
+    xq, xs = Q.quantize_int8_per_token(x)
+    if name == "w8a8":
+        from qvit.kernels.w8a8_linear import w8a8_linear
+        wq, ws = Q.quantize_int8_per_channel(w)
+        y = w8a8_linear(xq, xs, wq, ws, b, r, True, torch.float32)
+        ref = Q.int8_matmul_ref(xq, xs, wq, ws, b, torch.float32, gelu=True, residual=r)
+        torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    elif name == "w4a8":
+        from qvit.kernels.w4a8_linear import w4a8_linear
+        p, s, _ = Q.quantize_int4(w, 128, True)
+        y = w4a8_linear(xq, xs, p, s, b, 128, torch.float32, r, True)
+        ref = torch.nn.functional.gelu(Q.w4a8_linear_ref(x, p, s, 128, b)) + r.float()
+        torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
+    else:
+        from qvit.kernels.w4a16_linear import w4a16_linear
+        xb = x.bfloat16()
+        p, s, z = Q.quantize_int4(w, 64, True)
+        y = w4a16_linear(xb, p, s, z, b.bfloat16(), 64, "int4-sym", r, True)
+        lin = Q.w4a16_linear_ref(xb.float(), p, s, z, 64, b.bfloat16())
+        ref = torch.nn.functional.gelu(lin) + r.float()
+        plain = (torch.nn.functional.gelu(torch.nn.functional.linear(
+            xb, Q.dequantize_int4(p, s, z, 64).bfloat16(), b.bfloat16()).float()) + r.float())
+        assert rel_err(y, ref) <= 2 * rel_err(plain.bfloat16(), ref) + 1e-4
+
+
 @pytest.mark.parametrize("idx", range(8))
 def test_w4a16_swapped_configs_gpu(poison, monkeypatch, idx):
     from qvit.kernels.w4a16_linear import _w4a16_kernel, w4a16_linear

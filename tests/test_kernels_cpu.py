@@ -120,9 +120,9 @@ def test_w4a16(poison, monkeypatch, mode, group, m, n, swap):
 
 @pytest.mark.parametrize("kernel", ["w8a8", "w4a8", "w4a16"])
 def test_gelu_epilogue_in_halves_on_large_tiles(poison, monkeypatch, kernel):
-    """Tiles of 128 x 128 elements or more run GELU's epilogue on one half of their columns after the other
-    (n; m in the swapped layouts): pinned to such tiles, with partial tiles on both sides, every output
-    element is written once with the same value as the reference chain bias -> GELU -> + residual."""
+    """EPI_SPLIT configs run GELU's epilogue on one half of the tile's columns after the other (n; m in the
+    swapped layouts): pinned to such tiles, with partial tiles on both sides, every output element is written
+    with the same value as the reference chain bias -> GELU -> + residual."""
     from qvit.kernels import w4a8_linear as W4A8, w4a16_linear as W4, w8a8_linear as W8
     m, n, k = 37, 150, 64
     x, w = torch.randn(m, k), torch.randn(n, k) * 0.1
@@ -130,7 +130,7 @@ def test_gelu_epilogue_in_halves_on_large_tiles(poison, monkeypatch, kernel):
     r = torch.randn(m, n).half()
     xq, xs = Q.quantize_int8_per_token(x)
     if kernel == "w8a8":
-        pin_config(monkeypatch, W8._w8a8_kernel, BLOCK_M=128, BLOCK_N=128, BLOCK_K=32)
+        pin_config(monkeypatch, W8._w8a8_kernel, BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, EPI_SPLIT=True)
         wq, ws = Q.quantize_int8_per_channel(w)
         y = W8.w8a8_linear(xq, xs, wq, ws, b, r, True, torch.float32)
         ref = Q.int8_matmul_ref(xq, xs, wq, ws, b, torch.float32, gelu=True, residual=r)
@@ -138,12 +138,13 @@ def test_gelu_epilogue_in_halves_on_large_tiles(poison, monkeypatch, kernel):
         return
     p, s, z = Q.quantize_int4(w, 32, True)
     if kernel == "w4a8":
-        pin_config(monkeypatch, W4A8._w4a8_kernel, BLOCK_M=256, BLOCK_N=64, BLOCK_K=32, SWAP_AB=True)
+        pin_config(monkeypatch, W4A8._w4a8_kernel, BLOCK_M=256, BLOCK_N=64, BLOCK_K=32, SWAP_AB=True, EPI_SPLIT=True)
         y = W4A8.w4a8_linear(xq, xs, p, s, b, 32, torch.float32, r, True)
         ref = torch.nn.functional.gelu(Q.w4a8_linear_ref(x, p, s, 32, b)) + r.float()
         assert rel_err(y, ref) < 2 ** -18
         return
-    pin_config(monkeypatch, W4._w4a16_kernel, BLOCK_M=256, BLOCK_N=64, BLOCK_K=32, SWAP_AB=True)
+    pin_config(monkeypatch, W4._w4a16_kernel, BLOCK_M=256, BLOCK_N=64, BLOCK_K=32, SWAP_AB=True,
+                   EPI_SPLIT=True)
     xh = x.half()
     y = W4.w4a16_linear(xh, p, s, z, b.half(), 32, "int4-sym", r, True)
     ref = torch.nn.functional.gelu(Q.w4a16_linear_ref(xh.float(), p, s, z, 32, b.half())) + r.float()
