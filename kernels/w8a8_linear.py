@@ -121,20 +121,18 @@ if triton is not None:
         if GELU and SPLIT:
             # cut along the tile's columns (n, or m when TRANSPOSED): cutting along rows still spilled
             y0, y1 = _halves_cols(y)
-            if TRANSPOSED:
+            if TRANSPOSED:  # the columns are m
                 m0, m1 = _halves_1d(offs_m)
-                k0, k1 = _halves_1d(mask_m)
-                _epilogue_tile(y0, m0, offs_n, k0, mask_n, b_ptr, r_ptr, y_ptr, stride_rm, stride_ym,
-                               HAS_BIAS, GELU, HAS_RES, TRANSPOSED)
-                _epilogue_tile(y1, m1, offs_n, k1, mask_n, b_ptr, r_ptr, y_ptr, stride_rm, stride_ym,
-                               HAS_BIAS, GELU, HAS_RES, TRANSPOSED)
+                km0, km1 = _halves_1d(mask_m)
+                n0, n1, kn0, kn1 = offs_n, offs_n, mask_n, mask_n
             else:
                 n0, n1 = _halves_1d(offs_n)
-                k0, k1 = _halves_1d(mask_n)
-                _epilogue_tile(y0, offs_m, n0, mask_m, k0, b_ptr, r_ptr, y_ptr, stride_rm, stride_ym,
-                               HAS_BIAS, GELU, HAS_RES, TRANSPOSED)
-                _epilogue_tile(y1, offs_m, n1, mask_m, k1, b_ptr, r_ptr, y_ptr, stride_rm, stride_ym,
-                               HAS_BIAS, GELU, HAS_RES, TRANSPOSED)
+                kn0, kn1 = _halves_1d(mask_n)
+                m0, m1, km0, km1 = offs_m, offs_m, mask_m, mask_m
+            _epilogue_tile(y0, m0, n0, km0, kn0, b_ptr, r_ptr, y_ptr, stride_rm, stride_ym,
+                           HAS_BIAS, GELU, HAS_RES, TRANSPOSED)
+            _epilogue_tile(y1, m1, n1, km1, kn1, b_ptr, r_ptr, y_ptr, stride_rm, stride_ym,
+                           HAS_BIAS, GELU, HAS_RES, TRANSPOSED)
         else:
             _epilogue_tile(y, offs_m, offs_n, mask_m, mask_n, b_ptr, r_ptr, y_ptr, stride_rm, stride_ym,
                            HAS_BIAS, GELU, HAS_RES, TRANSPOSED)
