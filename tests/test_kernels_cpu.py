@@ -252,10 +252,10 @@ def test_attention_fp16_vs_fp32_reference(poison, b, s, h, d):
 
 
 @pytest.mark.parametrize("tail_m,tail_n", [(16, 16), (16, 0), (0, 16)])
-@pytest.mark.parametrize("s", [20, 37, 97])
+@pytest.mark.parametrize("s", [20, 37, 64, 97])
 def test_attention_tail_blocks(poison, monkeypatch, tail_m, tail_n, s):
     """The tail configs (full 32-row query blocks and 32-key tiles unmasked, the remainder as 16-wide
-    blocks; S = 20 has no full block, 37 one full block and a 5-row tail, 97 three and a 1-row tail) give
+    blocks; S = 20 has no full block, 37 one full block and a 5-row tail, 64 no tail, 97 three and a 1-row tail) give
     the same results as the references on every path: fp16 output and log-sum-exp, int8 Q/K pre-quantized
     and quantized on chip, and the int8 output for proj (poisoned outputs catch rows no program wrote)."""
     from qvit.kernels import attention as A
