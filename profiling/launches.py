@@ -26,7 +26,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 # aten ops that launch no kernel: allocations and metadata (views are recognised by `OpOverload.is_view`)
 _FREE = {"empty", "empty_strided", "empty_like", "new_empty", "new_empty_strided", "detach", "alias", "lift_fresh",
-         "_to_copy_meta", "set_", "resize_", "is_same_size", "_has_compatible_shallow_copy_type"}
+         "set_", "resize_"}
 # aten ops that synchronize with the host
 _SYNC = {"_local_scalar_dense", "item", "equal", "is_nonzero", "nonzero"}
 
@@ -44,12 +44,17 @@ class _Recorder(TorchDispatchMode):
         if name in _SYNC:
             self.log.append((self.where(), "sync", name))
         elif not (func.is_view or name in _FREE):
-            if name == "_to_copy" and args and args[0].device.type == "cuda" and \
-                    (kwargs or {}).get("device", args[0].device).type == "cpu":
-                self.log.append((self.where(), "sync", "copy to host"))
+            if _to_host(args, out):
+                self.log.append((self.where(), "sync", f"{name} to host"))
             else:
                 self.log.append((self.where(), "torch", name))
         return out
+
+
+def _to_host(args, out) -> bool:
+    """A CUDA tensor in, a CPU tensor out: a copy the host waits for (`.cpu()`, `.tolist()`, ...)."""
+    return (isinstance(out, torch.Tensor) and out.device.type == "cpu"
+            and any(isinstance(a, torch.Tensor) and a.device.type == "cuda" for a in args))
 
 
 def _fold(path: list[str]) -> str:

@@ -128,6 +128,16 @@ def cuobjdump() -> str:
     raise FileNotFoundError("cuobjdump: not found beside the installed triton")
 
 
+def _klass(op: str) -> str:
+    return next((c for p, c in CLASSES if op.startswith(p)), "other")
+
+
+def instructions(sass: str) -> list[tuple[int, str, str]]:
+    """(address, opcode with its suffixes, operands) of each instruction in a cuobjdump -sass listing."""
+    return [(int(a, 16), op, rest) for a, op, rest in
+            re.findall(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);", sass)]
+
+
 def analyse(kernel, tool: str) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(kernel.asm["cubin"])
@@ -135,25 +145,20 @@ def analyse(kernel, tool: str) -> dict:
         res = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
         sass = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True).stdout
     m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+)", res)
-    ops = re.findall(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]+)", sass)
-    mix = collections.Counter()
-    for op in ops:
-        mix[next((c for p, c in CLASSES if op.startswith(p)), "other")] += 1
+    ins = instructions(sass)
+    mix = collections.Counter(_klass(op) for _, op, _ in ins)
     return {"regs": int(m.group(1)) if m else None, "stack": int(m.group(2)) if m else None,
-            "smem": kernel.metadata.shared, "instructions": len(ops), **mix, "loops": loops(sass), "sass": sass}
+            "smem": kernel.metadata.shared, "instructions": len(ins), **mix, "loops": loops(ins), "sass": sass}
 
 
-def loops(sass: str) -> list[str]:
+def loops(ins: list[tuple[int, str, str]]) -> list[str]:
     """Each loop's body (a backward branch back to its target): 'instructions (tensor/mufu/fp32)'."""
-    lines = re.findall(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);", sass)
-    addr = [int(a, 16) for a, _, _ in lines]
     out = []
-    for i, (a, op, rest) in enumerate(lines):
+    for addr, op, rest in ins:
         t = re.match(r"\s*(0x[0-9a-f]+)", rest)
-        if op.startswith("BRA") and t and int(t.group(1), 16) < addr[i]:
-            body = [o for (x, o, _), ad in zip(lines, addr) if int(t.group(1), 16) <= ad <= addr[i]]
-            c = collections.Counter(next((k for p, k in CLASSES if o.startswith(p)), "other") for o in body)
-            out.append(f"{len(body)} ({c['tensor']}/{c['mufu']}/{c['fp32']})")
+        if op.startswith("BRA") and t and int(t.group(1), 16) < addr:
+            c = collections.Counter(_klass(o) for a, o, _ in ins if int(t.group(1), 16) <= a <= addr)
+            out.append(f"{sum(c.values())} ({c['tensor']}/{c['mufu']}/{c['fp32']})")
     return out
 
 

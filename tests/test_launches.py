@@ -66,3 +66,24 @@ def test_launches_4bit_main_variant_expands_each_weight():
     r = _blocks("2 4bit+qvit-attn", group_size=32)
     assert r["by_range"]["block/qkv"] == ["triton:_expand_prog_kernel", "triton:_w8a8_kernel"]
     assert r["per_block"] == 13 and r["syncs"] == []
+
+
+def test_launch_counter_sees_syncs_and_torch_ops():
+    """The counter itself: a forward that calls .item() inside a block is reported as a host sync, and a
+    PyTorch op the fused path should not have (an extra clone) appears in its range's list."""
+    import qvit.vit.model as model_mod
+    from qvit.profiling.launches import build, count, per_block
+    m, x = build("3 8bit+qvit-attn", "vit_micro_patch4_32")
+    real = model_mod.Mlp.forward
+
+    def forward(self, h, residual=None):
+        float(h.q.float().abs().max())  # .item() on fc1's int8 input: a host sync
+        return real(self, h, residual=None if residual is None else residual.clone())
+
+    model_mod.Mlp.forward = forward
+    try:
+        r = per_block(count(m, x), m.cfg.depth)
+    finally:
+        model_mod.Mlp.forward = real
+    assert r["syncs"] == [("block/mlp", "_local_scalar_dense")] * m.cfg.depth
+    assert "torch:clone" in r["by_range"]["block/mlp"] and r["per_block"] > 9
