@@ -160,6 +160,12 @@ def linear_providers(x, lin, k, n):
     except Exception:
         pass
     P["qvit w8a8 (int8 in)"] = lambda: w8a8_linear(xq, xs, wq, ws, bias, None, False, torch.bfloat16)
+    # the epilogue-fused forms the model runs: fc1 with GELU, proj/fc2 with the residual added
+    if n == 4 * k:
+        P["qvit w8a8 (+gelu)"] = lambda: w8a8_linear(xq, xs, wq, ws, bias, None, True, torch.bfloat16)
+    if n == 1024:
+        res_in = rnd(x.shape[0], n, dtype=torch.bfloat16)
+        P["qvit w8a8 (+residual)"] = lambda: w8a8_linear(xq, xs, wq, ws, bias, res_in, False, torch.bfloat16)
     P["qvit w8a8 (+act quant)"] = lambda: w8a8_linear(*layernorm_quant(x), wq, ws, bias, None, False, torch.bfloat16)
     from qvit import _ext
     if _ext.load_error() is None:  # the hand-written CUDA GEMM (csrc/w8a8_gemm.cu), tuned per shape at its first call
@@ -195,6 +201,11 @@ def linear_providers(x, lin, k, n):
         "qvit w4a16 int4 g128": (lambda: Q.w4a16_linear_ref(x.float(), p4, s4, None, 128, bias)),
         "qvit w4a16 nf4": (lambda: Q.nf4_linear_ref(x.float(), pn.reshape(-1), an.reshape(-1), (n, k), 64, bias)),
     }
+    if n == 4 * k:
+        refs["qvit w8a8 (+gelu)"] = lambda: Q.int8_matmul_ref(xq, xs, wq, ws, bias, torch.float32, gelu=True)
+    if n == 1024:
+        refs["qvit w8a8 (+residual)"] = lambda: Q.int8_matmul_ref(xq, xs, wq, ws, bias, torch.float32,
+                                                                  residual=res_in)
     refs["qvit w4a16 int4 (dequant + cuBLAS)"] = refs["qvit w4a16 int4 g128"]
     refs["qvit w4a8p g128 (expand + w8a8, int8 in)"] = lambda: Q.int8_matmul_ref(
         xq, xs, Q.expand_int4_progressive(pp, g2, 128), s1, bias, torch.float32)
@@ -306,7 +317,8 @@ def _config_str(c) -> str | None:
     return " ".join(f"{k}={v}" for k, v in c.kwargs.items()) + f" w={c.num_warps} st={c.num_stages}"
 
 
-def bench_attention(res, quick):
+def bench_attention(res, quick, providers=None):
+    """providers: a regular expression; only matching providers run (SDPA FLASH and cuDNN always do)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from qvit.kernels.attention import (_attn_fwd, attention_fwd, attention_int8, attention_qk_int8,
@@ -345,6 +357,9 @@ def bench_attention(res, quick):
         # runs with QuantConfig.act_group instead of attention -> separate quantize kernel
         provs["qvit fp16 (+int8 out for proj)"] = lambda: attention_quant_out(q, k, v, d ** -0.5)
         provs["qvit int8 QK (on chip, +int8 out)"] = lambda: attention_quant_out(q, k, v, d ** -0.5, True)
+        if providers:
+            keep = re.compile(providers)
+            provs = {p: f for p, f in provs.items() if p in ("SDPA FLASH (FA2)", "SDPA cuDNN") or keep.search(p)}
         for pname, fn in provs.items():
             if pname == "SDPA math" and b * s * s > 64 * 577 * 577:
                 continue
@@ -532,7 +547,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", default="ceilings,linear,lnq,attention,attention_bwd")
     ap.add_argument("--providers", default=None,
-                    help="linear section: a regular expression of the providers to run (cuBLAS bf16 always runs)")
+                    help="linear and attention sections: a regular expression of the providers to run (the baselines "
+                         "cuBLAS bf16, SDPA FLASH and SDPA cuDNN always run)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_kernels: no CUDA device; nothing to measure", file=sys.stderr)
@@ -544,7 +560,7 @@ def main(argv=None) -> int:
     print(json.dumps(res["env"]), flush=True)
     torch.manual_seed(0)
     sections = {"ceilings": lambda: ceilings(res), "linear": lambda: bench_linears(res, args.quick, args.providers),
-                "lnq": lambda: bench_lnq(res), "attention": lambda: bench_attention(res, args.quick),
+                "lnq": lambda: bench_lnq(res), "attention": lambda: bench_attention(res, args.quick, args.providers),
                 "attention_bwd": lambda: bench_attention_bwd(res, args.quick)}
     for name in args.only.split(","):
         t0 = time.time()
