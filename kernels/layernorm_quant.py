@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from qvit.backend import interpreting
+from qvit.backend import interpreting, tune_shard
 from qvit.kernels._op import fast_custom_op
 from qvit.kernels.quant import quantize_int8_per_token
 
@@ -72,7 +72,7 @@ if triton is not None:
         out = [c for c in configs if c.kwargs["ROWS"] * bk <= 16384 and c.num_warps * 32 * 4 <= c.kwargs["ROWS"] * bk]
         return out or configs[:1]
 
-    @triton.autotune(configs=_lnq_configs(), key=["M", "K", "NORM", "FP8"],
+    @triton.autotune(configs=tune_shard(_lnq_configs()), key=["M", "K", "NORM", "FP8"],
                      prune_configs_by={"early_config_prune": _lnq_prune})
     @triton.jit
     def _ln_quant_kernel(x_ptr, w_ptr, b_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm, eps,

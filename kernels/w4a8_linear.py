@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from qvit.backend import interpreting
+from qvit.backend import interpreting, tune_shard
 from qvit.kernels import quant as Q
 from qvit.kernels._op import fast_custom_op
 
@@ -65,7 +65,7 @@ if triton is not None:
     _prune = group_prune(triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8, "SWAP_AB": False},
                                        num_warps=4))
 
-    @triton.autotune(configs=_configs(), key=["M", "N", "K", "GROUP", "GELU", "HAS_RES"],
+    @triton.autotune(configs=tune_shard(_configs()), key=["M", "N", "K", "GROUP", "GELU", "HAS_RES"],
                      prune_configs_by={"early_config_prune": _prune})
     @triton.jit
     def _w4a8_kernel(x_ptr, xs_ptr, p_ptr, s_ptr, b_ptr, r_ptr, y_ptr, M, N, K,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from qvit.backend import interpreting
+from qvit.backend import interpreting, tune_shard
 from qvit.kernels._op import fast_custom_op
 from qvit.kernels.quant import check_gemm_operands
 
@@ -177,7 +177,7 @@ if triton is not None:
         tl.store(s_ptr + m2 * (N // G) + offs_g[None, :], scale,
                  mask=mask_m[:, None] & (offs_g < N // G)[None, :])
 
-    @triton.autotune(configs=_configs(), key=["M", "N", "K", "HAS_RES", "GELU", "FP8", "XG", "QOUT"],
+    @triton.autotune(configs=tune_shard(_configs()), key=["M", "N", "K", "HAS_RES", "GELU", "FP8", "XG", "QOUT"],
                      prune_configs_by={"early_config_prune": _prune})
     @triton.jit
     def _w8a8_kernel(

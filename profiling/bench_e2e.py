@@ -92,10 +92,15 @@ def _graphed(model, x):
     return (got[0].replay if got else None), why
 
 
-def measure(name, model, cfg: ViTConfig, device, dtype, batches, iters, disk_bytes):
+def measure(name, model, cfg: ViTConfig, device, dtype, batches, iters, disk_bytes, warm_only=False):
+    """warm_only: one forward per batch size (the autotuners compile and tune), nothing timed."""
     row = {"variant": name, "weight_bytes": weight_bytes(model), "disk_bytes": disk_bytes}
     torch.manual_seed(0)
     with torch.no_grad():
+        if warm_only:
+            for b in batches:
+                model(torch.randn(b, 3, cfg.img_size, cfg.img_size).to(device=device, dtype=dtype))
+            return row
         for b in batches:
             x = torch.randn(b, 3, cfg.img_size, cfg.img_size).to(device=device, dtype=dtype)
             for _ in range(3):  # warm-up: autotuning, cuBLAS heuristics, compile
@@ -362,9 +367,16 @@ def main(argv=None) -> int:
     ap.add_argument("--peer", default=None, help=argparse.SUPPRESS)  # internal: one peer, in its own process
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                     help="merge bench_e2e.json files of one commit and card (one run per GPU) into OUT; no timing")
+    ap.add_argument("--warm", type=int, default=0, metavar="N",
+                    help="first compile the qvit variants' Triton autotuner configs in N parallel processes "
+                         "(qvit.profiling.warm), one forward per variant and batch each, nothing timed")
+    ap.add_argument("--warm-shard", default=None, help=argparse.SUPPRESS)  # internal: one of the N processes
     ap.add_argument("--sizes-only", action="store_true",
                     help="weight and safetensors sizes of the qvit variants (bf16 base), no timing; any machine")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = ap.parse_args(argv)
+    if args.warm_shard:  # a warm copy: the qvit variants on Triton linears only (auto runs the same kernels)
+        args.only, args.linear = "qvit", "triton"
     if args.sizes_only:
         return sizes(args)
     if args.merge:
@@ -377,6 +389,10 @@ def main(argv=None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     only = set(args.only.split(","))
+    warmed = None
+    if args.warm > 1 and not args.warm_shard and "qvit" in only and device.type == "cuda":
+        from qvit.profiling.warm import strip_warm_args, warm
+        warmed = warm("qvit.profiling.bench_e2e", strip_warm_args(argv) + ["--out", tempfile.mkdtemp()], args.warm)
     cfg = ViTConfig.from_name(args.model)
     torch.manual_seed(0)
     base = ViT(cfg).eval()
@@ -387,6 +403,8 @@ def main(argv=None) -> int:
         env = {"card": "cpu", "torch": torch.__version__}
     res = {"model": args.model, "device": device.type, "dtype": str(dtype), "batches": args.batches, "env": env,
            "rows": [], "missing": {}}
+    if warmed:
+        res["warm"] = warmed
     if args.peer is not None:  # child of _isolated_row: one row into OUT/peer.json
         model, disk = build_peer(args.peer, args.model, device, dtype)
         row = measure(args.peer, model, cfg, device, dtype, args.batches, args.iters, disk)
@@ -424,7 +442,10 @@ def main(argv=None) -> int:
                 if linear == "auto":
                     from qvit.kernels import w8a8_cuda
                     w8a8_cuda._prefer.clear()
-                row = measure(name, model, cfg, device, dtype, args.batches, args.iters, disk)
+                row = measure(name, model, cfg, device, dtype, args.batches, args.iters, disk,
+                              warm_only=bool(args.warm_shard))
+                if args.warm_shard:
+                    continue
                 if linear == "auto":  # which GEMM the per-shape timing picked: (M, N, K) -> "cuda" / "triton"
                     row["auto_linear_choices"] = {f"{k[0]}x{k[1]}x{k[2]}{' +gelu' if k[4] else ''}"
                                                   f"{' +residual' if k[5] else ''}": "cuda" if v else "triton"

@@ -46,8 +46,21 @@ def rnd(*shape, dtype=torch.float32):
     return torch.randn(*shape).to(device="cuda", dtype=dtype)
 
 
+# --warm-shard (qvit.profiling.warm): one of n processes that only compile their share of the autotuner configs:
+# each qvit kernel runs once per shape (its autotuner compiles and tunes the share), peers and timing skipped
+_WARM = False
+
+
+def _runs(pname: str) -> bool:
+    """Whether this process runs a provider: all of them, except in a warm copy only the Triton kernels."""
+    return not _WARM or (pname.startswith("qvit") and not pname.startswith("qvit-cuda")
+                         and "cuBLAS" not in pname)
+
+
 def timed(fn, graph=True):
     """{'ms': graphed time if capturable else eager, 'ms_eager': eager, 'graphed': bool}"""
+    if _WARM:
+        return {"ms": float("nan"), "ms_eager": float("nan"), "graphed": False}
     eager = bench(fn)
     g = bench_graph(fn) if graph else None
     return {"ms": g if g is not None else eager, "ms_eager": eager, "graphed": g is not None}
@@ -244,6 +257,7 @@ def bench_linears(res, quick, providers=None):
             P, refs = linear_providers(x, lin, k, n)
             if keep:
                 P = {p: f for p, f in P.items() if p == "torch bf16 (cuBLAS)" or keep.search(p)}
+            P = {p: f for p, f in P.items() if _runs(p)}
             row = {"layer": name, "M": m, "K": k, "N": n, "flops": 2 * m * k * n, "providers": {}}
             for pname, fn in P.items():
                 try:
@@ -288,6 +302,7 @@ def bench_lnq(res):
         if _ext.load_error() is None:
             from qvit.kernels.layernorm_quant import layernorm_quant_cuda
             provs["qvit cuda"] = lambda: layernorm_quant_cuda(x, w, b)
+        provs = {p: f for p, f in provs.items() if _runs(p)}
         for pname, fn in provs.items():
             try:
                 q, s = fn()
@@ -360,6 +375,7 @@ def bench_attention(res, quick, providers=None):
         if providers:
             keep = re.compile(providers)
             provs = {p: f for p, f in provs.items() if p in ("SDPA FLASH (FA2)", "SDPA cuDNN") or keep.search(p)}
+        provs = {p: f for p, f in provs.items() if _runs(p)}
         for pname, fn in provs.items():
             if pname == "SDPA math" and b * s * s > 64 * 577 * 577:
                 continue
@@ -416,6 +432,8 @@ def bench_attention_bwd(res, quick):
                 return torch.stack([t.transpose(1, 2) for t in g], 2)
             provs[nm] = f
         for pname, fn in provs.items():
+            if not _runs(pname):
+                continue
             try:
                 y = fn()
                 torch.cuda.synchronize()
@@ -549,20 +567,37 @@ def main(argv=None) -> int:
     ap.add_argument("--providers", default=None,
                     help="linear and attention sections: a regular expression of the providers to run (the baselines "
                          "cuBLAS bf16, SDPA FLASH and SDPA cuDNN always run)")
+    ap.add_argument("--warm", type=int, default=0, metavar="N",
+                    help="first compile every Triton autotuner config this run will tune, in N parallel processes "
+                         "(qvit.profiling.warm; their timings are thrown away): a cold machine's tuning is "
+                         "compile-bound")
+    ap.add_argument("--warm-shard", default=None, help=argparse.SUPPRESS)  # internal: one of the N processes
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_kernels: no CUDA device; nothing to measure", file=sys.stderr)
         return 2
-    os.makedirs(args.out, exist_ok=True)
-    global _OUT
-    _OUT = os.path.join(args.out, "bench_kernels.json")
+    global _OUT, _WARM
+    if args.warm_shard:
+        _WARM = True
+        names = [s for s in args.only.split(",") if s != "ceilings"]
+    else:
+        names = args.only.split(",")
+        os.makedirs(args.out, exist_ok=True)
+        _OUT = os.path.join(args.out, "bench_kernels.json")
+    warmed = None
+    if args.warm > 1 and not args.warm_shard:
+        from qvit.profiling.warm import strip_warm_args, warm
+        warmed = warm("qvit.profiling.bench_kernels", strip_warm_args(argv), args.warm)
     res = {"env": env_info()}
+    if warmed:
+        res["warm"] = warmed
     print(json.dumps(res["env"]), flush=True)
     torch.manual_seed(0)
     sections = {"ceilings": lambda: ceilings(res), "linear": lambda: bench_linears(res, args.quick, args.providers),
                 "lnq": lambda: bench_lnq(res), "attention": lambda: bench_attention(res, args.quick, args.providers),
                 "attention_bwd": lambda: bench_attention_bwd(res, args.quick)}
-    for name in args.only.split(","):
+    for name in names:
         t0 = time.time()
         try:
             sections[name]()
@@ -571,6 +606,8 @@ def main(argv=None) -> int:
             traceback.print_exc()
         print(f"[{name}: {time.time() - t0:.0f} s]", flush=True)
         _checkpoint(res)  # also after a section that failed or has no rows
+    if _WARM:
+        return 0
     with open(os.path.join(args.out, "bench_kernels.md"), "w") as f:
         f.write(markdown(res))
     return 0

@@ -1,4 +1,5 @@
 """Backend resolution (explicit > env > auto) and the command line."""
+import os
 import subprocess
 import sys
 
@@ -115,3 +116,59 @@ def test_cuda_w8a8_split_plan_and_cpu_refusal():
         w8a8_linear_cuda(xq, xs, wq, ws)
     with pytest.raises(ValueError, match="K=24 must be a multiple of 16"):
         w8a8_linear_cuda(xq[:, :24].contiguous(), xs, wq[:, :24].contiguous(), ws)
+
+
+def test_tune_shard_splits_every_config_exactly_once(monkeypatch):
+    """n warm processes (QVIT_TUNE_SHARD=i/n) between them compile each autotuner config exactly once, and
+    every process keeps at least one config; a malformed value is refused by name."""
+    from qvit.backend import tune_shard
+    configs = list(range(29))
+    monkeypatch.delenv("QVIT_TUNE_SHARD", raising=False)
+    assert tune_shard(configs) == configs
+    for n in (1, 5, 14, 40):
+        seen = []
+        for i in range(n):
+            monkeypatch.setenv("QVIT_TUNE_SHARD", f"{i}/{n}")
+            part = tune_shard(configs)
+            assert part, (i, n)
+            seen += part
+        assert sorted(set(seen)) == configs
+        if n <= len(configs):
+            assert len(seen) == len(configs)  # nothing compiled twice
+    for bad in ("3/3", "x/2", "1", "-1/2"):
+        monkeypatch.setenv("QVIT_TUNE_SHARD", bad)
+        with pytest.raises(ValueError, match="QVIT_TUNE_SHARD"):
+            tune_shard(configs)
+
+
+def test_warm_copies_drop_the_runs_own_out_and_warm_flags():
+    from qvit.profiling.warm import strip_warm_args
+    argv = ["--out", "r/x", "--only", "attention", "--warm", "14", "--quick", "--warm=3", "--out=y",
+            "--providers", "qvit fp16$"]
+    assert strip_warm_args(argv) == ["--only", "attention", "--quick", "--providers", "qvit fp16$"]
+
+
+def test_warm_runs_one_copy_per_shard_and_reports_failures(tmp_path):
+    """warm() starts n copies of a module with --warm-shard i/n and QVIT_TUNE_SHARD=i/n set (the copies here
+    write what they saw) and names the copies that failed."""
+    from qvit.profiling.warm import warm
+    mod = tmp_path / "warmprobe.py"
+    mod.write_text("import os, sys\n"
+                   "i = sys.argv[-1]\n"
+                   "open(os.path.join(sys.argv[1], i.replace('/', '_')), 'w').write(\n"
+                   "    os.environ['QVIT_TUNE_SHARD'] + ' ' + os.environ['TRITON_CACHE_AUTOTUNING'])\n"
+                   "sys.exit(1 if i == '2/3' else 0)\n")
+    sys.path.insert(0, str(tmp_path))
+    env_pp = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(tmp_path) + (os.pathsep + env_pp if env_pp else "")
+    try:
+        r = warm("warmprobe", [str(tmp_path)], 3, log_dir=str(tmp_path / "logs"))
+    finally:
+        sys.path.remove(str(tmp_path))
+        if env_pp is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = env_pp
+    assert r["processes"] == 3 and r["failed"] == [2]
+    for i in range(3):
+        assert (tmp_path / f"{i}_3").read_text() == f"{i}/3 0"

@@ -16,6 +16,7 @@
 #   The kernel benchmark of session 7's GEMM work: QVIT_BENCH_ARGS="--only ceilings,linear --quick --providers
 #   'qvit w8a8 \(int8 in\)$|qvit-cuda|_int_mm'" (~60 s instead of ~330 s for every provider).
 #   QVIT_GPUS="0 1 2": several GPUs: the GPU tests sharded over them (bench on the first, alongside).
+#   QVIT_WARM=N: the bench and e2e steps compile the autotuner configs in N processes first (default: cores - 2).
 #   QVIT_DEADLINE (a `date +%s`): the long steps are stopped at that time so that the rest still runs.
 # Two GPUs: install once, then run one lane per GPU into its own folder (each a separate invocation with
 # CUDA_VISIBLE_DEVICES set), e.g. training + study on GPU 0 while the tests and benchmarks run on GPU 1.
@@ -37,6 +38,9 @@ tcache=${TRITON_CACHE_DIR:-$HOME/.triton/cache}
 mkdir -p "$tcache"
 [ -f tools/triton-autotune.tgz ] && tar xzf tools/triton-autotune.tgz -C "$tcache" 2>/dev/null
 py=${PYTHON:-python3}
+# the bench and e2e steps first compile every Triton autotuner config in this many processes (qvit.profiling.warm):
+# on a cold machine compiling, ~2 s per config and kernel variant, dominated the first tuning (session 9)
+warm=${QVIT_WARM:-$(( $(nproc) > 4 ? $(nproc) - 2 : 0 ))}
 # the commit every JSON names: the device's copy of .git can be a snapshot older than the tree it runs
 # (seen in session 5: HEAD at the session's start, tree at the call), so .gpu/commit, written by the submitter
 # right before the call, wins over git there
@@ -122,7 +126,7 @@ for step in $steps; do
       rc[study]=${PIPESTATUS[0]} ;;
     e2e)
       # end-to-end ViT-L/16: the five variants + timm / torch.compile / bitsandbytes / torchao, one run
-      $(lim) $py -m qvit.profiling.bench_e2e --out "$out" ${QVIT_E2E_ARGS:-} 2>&1 | tee "$out/e2e.log" | grep -E "bench_e2e:|Error" | tail -20
+      $(lim) $py -m qvit.profiling.bench_e2e --out "$out" --warm $warm ${QVIT_E2E_ARGS:-} 2>&1 | tee "$out/e2e.log" | grep -E "bench_e2e:|Error" | tail -20
       rc[e2e]=${PIPESTATUS[0]} ;;
     demo)
       # issue 9: the demo's batch-1 latencies (its own request path) against the benchmark harness's timing
@@ -169,7 +173,7 @@ for step in $steps; do
       fi ;;
     bench)
       CUDA_VISIBLE_DEVICES=${gpus[0]:-${CUDA_VISIBLE_DEVICES:-}} $(lim) $py -m qvit.profiling.bench_kernels --out "$out" \
-        ${QVIT_BENCH_ARGS:-} 2>&1 | tee "$out/bench.log" | tail -60
+        --warm $warm ${QVIT_BENCH_ARGS:-} 2>&1 | tee "$out/bench.log" | tail -60
       rc[bench]=${PIPESTATUS[0]}
       wait_shards ;;
     *) echo "unknown step $step (install tests bench train study qat e2e demo attr ncu ncu-gemm sanitize)"; exit 2 ;;
