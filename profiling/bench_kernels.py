@@ -245,12 +245,15 @@ def linear_providers(x, lin, k, n):
     return P, refs
 
 
-def bench_linears(res, quick, providers=None):
-    """providers: a regular expression; only matching providers run (the cuBLAS bf16 baseline always does)."""
+def bench_linears(res, quick, providers=None, layers=None):
+    """providers: a regular expression; only matching providers run (the cuBLAS bf16 baseline always does).
+    layers: a subset of VIT_L_LINEARS' names."""
     ms_list = [197, 12608] if quick else [197, 12608, 50432]
     keep = re.compile(providers) if providers else None
     out = res["linears"] = []
     for name, (k, n) in VIT_L_LINEARS.items():
+        if layers and name not in layers:
+            continue
         lin = torch.nn.Linear(k, n).to("cuda", torch.bfloat16)
         for m in ms_list:
             x = rnd(m, k, dtype=torch.bfloat16)
@@ -567,6 +570,7 @@ def main(argv=None) -> int:
     ap.add_argument("--providers", default=None,
                     help="linear and attention sections: a regular expression of the providers to run (the baselines "
                          "cuBLAS bf16, SDPA FLASH and SDPA cuDNN always run)")
+    ap.add_argument("--layers", default=None, help="linear section: comma-separated subset of qkv,proj,fc1,fc2")
     ap.add_argument("--warm", type=int, default=0, metavar="N",
                     help="first compile every Triton autotuner config this run will tune, in N parallel processes "
                          "(qvit.profiling.warm; their timings are thrown away): a cold machine's tuning is "
@@ -594,7 +598,8 @@ def main(argv=None) -> int:
         res["warm"] = warmed
     print(json.dumps(res["env"]), flush=True)
     torch.manual_seed(0)
-    sections = {"ceilings": lambda: ceilings(res), "linear": lambda: bench_linears(res, args.quick, args.providers),
+    sections = {"ceilings": lambda: ceilings(res), "linear": lambda: bench_linears(res, args.quick, args.providers,
+                                                     args.layers.split(",") if args.layers else None),
                 "lnq": lambda: bench_lnq(res), "attention": lambda: bench_attention(res, args.quick, args.providers),
                 "attention_bwd": lambda: bench_attention_bwd(res, args.quick)}
     for name in names:
