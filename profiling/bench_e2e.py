@@ -138,13 +138,16 @@ def _disk(write) -> int:
         return os.path.getsize(p)
 
 
-def build_qvit(base: ViT, preset, attn, int8_qk, keep_format, device, dtype, linear="triton"):
+def build_qvit(base: ViT, preset, attn, int8_qk, keep_format, device, dtype, linear="triton", disk=True):
+    """The variant on `device` and its safetensors size (None with disk=False: a warm-up copy skips the write)."""
     m = copy.deepcopy(base)
     if preset is not None:
         quantize(m, QuantConfig.preset(preset, keep=KEEP, keep_format=keep_format, int8_attention=int8_qk))
     m = m.to(device=device, dtype=dtype).eval()
     linear = linear if device.type == "cuda" else "torch"
     m.set_backend(linear=linear, attn=attn if device.type == "cuda" else "torch")
+    if not disk:
+        return m, None
     if preset is None:
         from qvit.vit.checkpoint import save_model
         disk = _disk(lambda p: save_model(m, p))
@@ -438,7 +441,7 @@ def main(argv=None) -> int:
                 linear = None
                 if isinstance(model, tuple):
                     *spec, linear = model
-                    model, disk = build_qvit(base, *spec, device, dtype, linear)
+                    model, disk = build_qvit(base, *spec, device, dtype, linear, disk=not args.warm_shard)
                 if linear == "auto":
                     from qvit.kernels import w8a8_cuda
                     w8a8_cuda._prefer.clear()
@@ -464,6 +467,8 @@ def main(argv=None) -> int:
         if device.type == "cuda":
             torch.cuda.empty_cache()
         write_json(os.path.join(args.out, "bench_e2e.json"), res)  # after every row: a deadline keeps them
+    if args.warm_shard:  # a warm-up copy: nothing measured, nothing to write
+        return 0
     with open(os.path.join(args.out, "bench_e2e.md"), "w") as f:
         f.write(to_markdown(res))
     return 0

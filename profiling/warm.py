@@ -26,8 +26,12 @@ def warm(module: str, argv: list[str], n: int, log_dir: str | None = None) -> di
     log_dir = log_dir or tempfile.mkdtemp(prefix="qvit-warm-")
     os.makedirs(log_dir, exist_ok=True)
     procs = []
+    threads = str(max(1, (os.cpu_count() or 1) // n))
     for i in range(n):
-        env = dict(os.environ, QVIT_TUNE_SHARD=f"{i}/{n}", TRITON_CACHE_AUTOTUNING="0")
+        # the cores shared out: n copies of PyTorch's default (a thread per core each) oversubscribe the CPU in
+        # the copies' CPU-side work (building and quantizing a ViT-L in bench_e2e)
+        env = dict(os.environ, QVIT_TUNE_SHARD=f"{i}/{n}", TRITON_CACHE_AUTOTUNING="0", OMP_NUM_THREADS=threads,
+                   MKL_NUM_THREADS=threads)
         log = open(os.path.join(log_dir, f"warm.{i}.log"), "w")
         procs.append((subprocess.Popen([sys.executable, "-m", module, *argv, "--warm-shard", f"{i}/{n}"],
                                        env=env, stdout=log, stderr=subprocess.STDOUT), log))

@@ -149,14 +149,15 @@ def test_warm_copies_drop_the_runs_own_out_and_warm_flags():
 
 
 def test_warm_runs_one_copy_per_shard_and_reports_failures(tmp_path):
-    """warm() starts n copies of a module with --warm-shard i/n and QVIT_TUNE_SHARD=i/n set (the copies here
-    write what they saw) and names the copies that failed."""
+    """warm() starts n copies of a module with --warm-shard i/n, QVIT_TUNE_SHARD=i/n and the CPU threads
+    shared out (the copies here write what they saw) and names the copies that failed."""
     from qvit.profiling.warm import warm
     mod = tmp_path / "warmprobe.py"
     mod.write_text("import os, sys\n"
                    "i = sys.argv[-1]\n"
                    "open(os.path.join(sys.argv[1], i.replace('/', '_')), 'w').write(\n"
-                   "    os.environ['QVIT_TUNE_SHARD'] + ' ' + os.environ['TRITON_CACHE_AUTOTUNING'])\n"
+                   "    os.environ['QVIT_TUNE_SHARD'] + ' ' + os.environ['TRITON_CACHE_AUTOTUNING'] + ' '\n"
+                   "    + os.environ['OMP_NUM_THREADS'])\n"
                    "sys.exit(1 if i == '2/3' else 0)\n")
     sys.path.insert(0, str(tmp_path))
     env_pp = os.environ.get("PYTHONPATH")
@@ -171,4 +172,4 @@ def test_warm_runs_one_copy_per_shard_and_reports_failures(tmp_path):
             os.environ["PYTHONPATH"] = env_pp
     assert r["processes"] == 3 and r["failed"] == [2]
     for i in range(3):
-        assert (tmp_path / f"{i}_3").read_text() == f"{i}/3 0"
+        assert (tmp_path / f"{i}_3").read_text() == f"{i}/3 0 {max(1, (os.cpu_count() or 1) // 3)}"

@@ -25,6 +25,25 @@ def test_e2e_cpu_run(tmp_path):
     assert "| 3 8bit+qvit-attn |" in md
 
 
+def test_e2e_warm_copy_runs_the_variants_once_and_times_nothing(tmp_path, monkeypatch):
+    """A --warm-shard copy (qvit.profiling.warm) runs each qvit variant's forward once per batch size and
+    records no row, no timing and no safetensors write, whatever --only asked for."""
+    calls = []
+    real = bench_e2e.measure
+
+    def spy(*a, **k):
+        calls.append((a[0], k.get("warm_only")))
+        return real(*a, **k)
+    monkeypatch.setattr(bench_e2e, "measure", spy)
+    monkeypatch.setattr(bench_e2e, "_disk", lambda write: (_ for _ in ()).throw(AssertionError("disk write")))
+    rc = bench_e2e.main(["--out", str(tmp_path), "--device", "cpu", "--model", "vit_micro_patch4_32",
+                         "--batches", "1", "3", "--only", "qvit,timm,bnb", "--warm-shard", "1/4",
+                         "--variants", "1 bf16", "3 8bit+qvit-attn"])
+    assert rc == 0
+    assert calls == [("1 bf16", True), ("3 8bit+qvit-attn", True)]
+    assert not any(tmp_path.iterdir())
+
+
 def test_sizes_only(tmp_path):
     assert bench_e2e.main(["--out", str(tmp_path), "--model", "vit_cifar_patch4_32", "--sizes-only"]) == 0
     rows = json.loads((tmp_path / "sizes.json").read_text())["rows"]

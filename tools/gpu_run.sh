@@ -16,7 +16,9 @@
 #   The kernel benchmark of session 7's GEMM work: QVIT_BENCH_ARGS="--only ceilings,linear --quick --providers
 #   'qvit w8a8 \(int8 in\)$|qvit-cuda|_int_mm'" (~60 s instead of ~330 s for every provider).
 #   QVIT_GPUS="0 1 2": several GPUs: the GPU tests sharded over them (bench on the first, alongside).
-#   QVIT_WARM=N: the bench and e2e steps compile the autotuner configs in N processes first (default: cores - 2).
+#   QVIT_WARM=N: the bench step compiles the autotuner configs in N processes first (default: cores - 2);
+#   QVIT_E2E_WARM=N the same for the e2e step (default 0: session 9's 8-copy e2e warm-up, each copy building and
+#   quantizing ViT-L on the CPU with a thread per core, had not finished after 264 s; threads now shared out, unmeasured).
 #   QVIT_DEADLINE (a `date +%s`): the long steps are stopped at that time so that the rest still runs.
 # Two GPUs: install once, then run one lane per GPU into its own folder (each a separate invocation with
 # CUDA_VISIBLE_DEVICES set), e.g. training + study on GPU 0 while the tests and benchmarks run on GPU 1.
@@ -38,7 +40,7 @@ tcache=${TRITON_CACHE_DIR:-$HOME/.triton/cache}
 mkdir -p "$tcache"
 [ -f tools/triton-autotune.tgz ] && tar xzf tools/triton-autotune.tgz -C "$tcache" 2>/dev/null
 py=${PYTHON:-python3}
-# the bench and e2e steps first compile every Triton autotuner config in this many processes (qvit.profiling.warm):
+# the bench step first compiles every Triton autotuner config in this many processes (qvit.profiling.warm):
 # on a cold machine compiling, ~2 s per config and kernel variant, dominated the first tuning (session 9)
 warm=${QVIT_WARM:-$(( $(nproc) > 4 ? $(nproc) - 2 : 0 ))}
 # the commit every JSON names: the device's copy of .git can be a snapshot older than the tree it runs
@@ -126,7 +128,7 @@ for step in $steps; do
       rc[study]=${PIPESTATUS[0]} ;;
     e2e)
       # end-to-end ViT-L/16: the five variants + timm / torch.compile / bitsandbytes / torchao, one run
-      $(lim) $py -m qvit.profiling.bench_e2e --out "$out" --warm $warm ${QVIT_E2E_ARGS:-} 2>&1 | tee "$out/e2e.log" | grep -E "bench_e2e:|Error" | tail -20
+      $(lim) $py -m qvit.profiling.bench_e2e --out "$out" --warm ${QVIT_E2E_WARM:-0} ${QVIT_E2E_ARGS:-} 2>&1 | tee "$out/e2e.log" | grep -E "bench_e2e:|Error" | tail -20
       rc[e2e]=${PIPESTATUS[0]} ;;
     demo)
       # issue 9: the demo's batch-1 latencies (its own request path) against the benchmark harness's timing
