@@ -10,7 +10,8 @@ the epilogue runs in float32 and rounds once to the output dtype. GELU is the er
 
 FP8: xq and wq both float8_e4m3fn (per-token / per-channel scales as above, `quantize_fp8_per_token`):
 the same kernel on the fp8 tensor cores with a float32 accumulator (cuBLAS fp8 measured 1.38x cuBLAS int8
-on the H200, ANCHORS.md), same epilogue.
+on the H200, ANCHORS.md), same epilogue; the kernel's FP8 constexpr is 1 there (promoted into float32 every
+BLOCK_K products) and 2 in `w8a8_linear_fp8_fast_accum` (in place over all of K).
 
 Reference: `qvit.kernels.quant.int8_matmul_ref` (exact integer dot in float64), `fp8_matmul_ref`.
 """
@@ -256,10 +257,16 @@ if triton is not None:
             kmask = (k0 + offs_k) < K
             a = tl.load(x_ptrs, mask=mask_m[:, None] & kmask[None, :], other=0.0 if FP8 else 0)
             b = tl.load(w_ptrs, mask=kmask[:, None] & mask_n[None, :], other=0.0 if FP8 else 0)
-            if FP8:
+            if FP8 == 2:
+                # the tensor cores' own accumulation, in place across the whole K (`w8a8_linear_fp8_fast_accum`)
+                acc = tl.dot(a, b, acc)
+            elif FP8:
                 # Hopper's fp8 MMA keeps only ~14 mantissa bits in its accumulator and Triton's sm_90 default
                 # never promotes it (max_num_imprecise_acc = 2^30; DeepSeek-V3 measured ~2% error at K = 4096
-                # that way). Promote into the fp32 accumulator after every BLOCK_K products (DeepSeek-V3: 128)
+                # that way). Promote into the fp32 accumulator after every BLOCK_K products (DeepSeek-V3: 128).
+                # The price (sm_90 SASS, Triton 3.6): a second accumulator and an FADD per element and K tile,
+                # the loop body 136 -> 332 instructions at 128 x 256, 152 bytes spilled; and each tile's MMAs
+                # must finish before the FADDs
                 acc = tl.dot(a, b, acc, max_num_imprecise_acc=BLOCK_K)
             elif XG > 0:
                 xsg = tl.load(xs_row + k0 // XG, mask=mask_m, other=0.0)
@@ -322,7 +329,7 @@ def _fake(xq, x_scale, wq, w_scale, bias=None, residual=None, gelu=False, out_dt
     return xq.new_empty((xq.shape[0], wq.shape[0]), dtype=out_dtype)
 
 
-def _launch(xq, x_scale, wq, w_scale, bias, residual, gelu, y, ys, qout):
+def _launch(xq, x_scale, wq, w_scale, bias, residual, gelu, y, ys, qout, fp8_fast_accum=False):
     m, k = xq.shape
     n = wq.shape[0]
     if residual is not None and residual.stride(1) != 1:
@@ -334,7 +341,8 @@ def _launch(xq, x_scale, wq, w_scale, bias, residual, gelu, y, ys, qout):
         residual if residual is not None else y, y, ys if ys is not None else w_scale,
         m, n, k, xq.stride(0), wq.stride(0),
         residual.stride(0) if residual is not None else 0, y.stride(0),
-        HAS_BIAS=bias is not None, GELU=gelu, HAS_RES=residual is not None, FP8=xq.dtype == torch.float8_e4m3fn,
+        HAS_BIAS=bias is not None, GELU=gelu, HAS_RES=residual is not None,
+        FP8=(2 if fp8_fast_accum else 1) if xq.dtype == torch.float8_e4m3fn else 0,
         XG=xg, QOUT=qout,
     )
 
@@ -348,6 +356,23 @@ def w8a8_linear(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_sca
     _validate(xq, x_scale, wq, w_scale, bias, residual, out_dtype)
     y = torch.empty((xq.shape[0], wq.shape[0]), dtype=out_dtype, device=xq.device)
     _launch(xq, x_scale, wq, w_scale, bias, residual, gelu, y, None, 0)
+    return y
+
+
+def w8a8_linear_fp8_fast_accum(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor,
+                               w_scale: torch.Tensor, bias: torch.Tensor | None = None,
+                               residual: torch.Tensor | None = None, gelu: bool = False,
+                               out_dtype: torch.dtype = torch.float16) -> torch.Tensor:
+    """`w8a8_linear` on float8_e4m3fn operands with the fp8 tensor cores accumulating in place over all of K
+    (no promotion into a float32 accumulator every BLOCK_K products): one accumulator, no FADDs in the main
+    loop, the MMAs of consecutive K tiles overlapped -- and Hopper's reduced accumulation precision over the
+    whole K (what cuBLAS calls fast accumulation). Measured beside `w8a8_linear` in bench_kernels (time and
+    error against `fp8_matmul_ref`); not used by any model preset."""
+    if xq.dtype != torch.float8_e4m3fn:
+        raise TypeError(f"w8a8_linear_fp8_fast_accum: float8_e4m3fn operands only, got {xq.dtype}")
+    _validate(xq, x_scale, wq, w_scale, bias, residual, out_dtype)
+    y = torch.empty((xq.shape[0], wq.shape[0]), dtype=out_dtype, device=xq.device)
+    _launch(xq, x_scale, wq, w_scale, bias, residual, gelu, y, None, 0, fp8_fast_accum=True)
     return y
 
 

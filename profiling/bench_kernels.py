@@ -155,7 +155,7 @@ def linear_providers(x, lin, k, n):
     from qvit.kernels.layernorm_quant import layernorm_quant, layernorm_quant_fp8
     from qvit.kernels.w4a8_linear import expand_int4_progressive, w4a8_linear
     from qvit.kernels.w4a16_linear import w4a16_linear, w4a16_linear_dequant
-    from qvit.kernels.w8a8_linear import w8a8_linear, w8a8_linear_quant_out
+    from qvit.kernels.w8a8_linear import w8a8_linear, w8a8_linear_fp8_fast_accum, w8a8_linear_quant_out
     w = lin.weight.detach()
     bias = lin.bias.detach().float()
     P = {}
@@ -187,6 +187,8 @@ def linear_providers(x, lin, k, n):
     fq, fs = Q.quantize_fp8_per_channel(w)
     xf, xfs = Q.quantize_fp8_per_token(x)
     P["qvit w8a8 fp8 (fp8 in)"] = lambda: w8a8_linear(xf, xfs, fq, fs, bias, None, False, torch.bfloat16)
+    P["qvit w8a8 fp8 fast accum (fp8 in)"] = lambda: w8a8_linear_fp8_fast_accum(xf, xfs, fq, fs, bias, None, False,
+                                                                             torch.bfloat16)
     P["qvit w8a8 fp8 (+act quant)"] = lambda: w8a8_linear(*layernorm_quant_fp8(x), fq, fs, bias, None, False,
                                                           torch.bfloat16)
     p4, s4, _ = Q.quantize_int4(w, 128, True)
@@ -224,6 +226,7 @@ def linear_providers(x, lin, k, n):
         xq, xs, Q.expand_int4_progressive(pp, g2, 128), s1, bias, torch.float32)
     refs["qvit-cuda w8a8 (int8 in)"] = refs["qvit w8a8 (int8 in)"]
     refs["qvit w8a8 fp8 (fp8 in)"] = lambda: Q.fp8_matmul_ref(xf, xfs, fq, fs, bias, torch.float32)
+    refs["qvit w8a8 fp8 fast accum (fp8 in)"] = refs["qvit w8a8 fp8 (fp8 in)"]
     if k % 128 == 0:
         refs["qvit w8a8 (int8 in, g128 scales)"] = lambda: Q.int8_group_matmul_ref(xgq, xgs, wq, ws, bias,
                                                                                     torch.float32)

@@ -7,7 +7,7 @@ PYTHONPATH).
 
     python -m qvit.profiling.sass [--kernel attention|w8a8|w4a16|w4a8] [--mode ...] [--match REGEX] [--sass DIR]
 
-Modes: attention fp16 | onchip | qout | int8; w8a8 plain | gelu_res | qout; w4a16 int4 | nf4_gelu_res;
+Modes: attention fp16 | onchip | qout | int8; w8a8 plain | gelu_res | qout | fp8 | fp8_fast; w4a16 int4 | nf4_gelu_res;
 w4a8 gelu_res | plain.
 Instruction counts are static (each instruction once, loops not unrolled by count); `loops` gives each loop
 body's size as instructions (tensor-core / MUFU / fp32 ALU). Compare configs and versions of the same kernel
@@ -29,7 +29,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 # opcode -> class, by prefix (SASS opcodes carry suffixes: HGMMA.64x64x16.F32, MUFU.EX2, ...)
-CLASSES = (("HGMMA", "tensor"), ("IGMMA", "tensor"), ("HMMA", "tensor"), ("IMMA", "tensor"),
+CLASSES = (("HGMMA", "tensor"), ("IGMMA", "tensor"), ("QGMMA", "tensor"), ("HMMA", "tensor"), ("IMMA", "tensor"),
            ("MUFU", "mufu"), ("FFMA", "fp32"), ("FMUL", "fp32"), ("FADD", "fp32"), ("FMNMX", "fp32"),
            ("FSETP", "fp32"), ("FSEL", "fp32"), ("F2FP", "convert"), ("F2F", "convert"), ("I2F", "convert"),
            ("F2I", "convert"), ("LDG", "global"), ("STG", "global"), ("LDGSTS", "global"), ("UTMALDG", "global"),
@@ -51,11 +51,13 @@ def _attention():
 
 def _w8a8():
     from qvit.kernels import w8a8_linear as W
-    base = dict(HAS_BIAS=True, GELU=False, HAS_RES=False, FP8=False, XG=0, QOUT=0, GROUP_M=8)
+    base = dict(HAS_BIAS=True, GELU=False, HAS_RES=False, FP8=0, XG=0, QOUT=0, GROUP_M=8)
     ptrs = {"x_ptr": "*i8", "xs_ptr": "*fp32", "w_ptr": "*i8", "ws_ptr": "*fp32", "b_ptr": "*fp32",
             "r_ptr": "*bf16", "y_ptr": "*bf16", "ys_ptr": "*fp32"}
     return W._w8a8_kernel, {"plain": (base, ptrs), "gelu_res": ({**base, "GELU": True, "HAS_RES": True}, ptrs),
-                            "qout": ({**base, "GELU": True, "QOUT": 128}, {**ptrs, "y_ptr": "*i8"})}, set()
+                            "qout": ({**base, "GELU": True, "QOUT": 128}, {**ptrs, "y_ptr": "*i8"}),
+                            "fp8": ({**base, "FP8": 1}, {**ptrs, "x_ptr": "*fp8e4nv", "w_ptr": "*fp8e4nv"}),
+                            "fp8_fast": ({**base, "FP8": 2}, {**ptrs, "x_ptr": "*fp8e4nv", "w_ptr": "*fp8e4nv"})}, set()
 
 
 def _w4a16():

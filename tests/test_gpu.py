@@ -100,6 +100,11 @@ def test_fp8_w8a8_real_shapes(poison, m, k, n):
     # Hopper's fp8 MMA adds products inside one instruction with fewer than fp32's mantissa bits (DeepSeek-V3
     # measured ~14); Triton promotes to fp32 between MMAs. 2^-12 relative bounds that with room
     assert rel_err(y, ref) < 2 ** -12
+    # accumulated in place over all of K (cuBLAS's "fast accumulation"): ~14-bit partial sums over K / 32
+    # MMA steps (32 at K = 1024, 128 at K = 4096); the bar: under a bf16 output's own rounding (2^-9)
+    from qvit.kernels.w8a8_linear import w8a8_linear_fp8_fast_accum
+    yf = w8a8_linear_fp8_fast_accum(xq, xs, wq, ws, b, None, False, torch.float32)
+    assert rel_err(yf, ref) < 2 ** -9
 
 
 def _e4m3_ordinal(q):
