@@ -458,7 +458,7 @@ def bench_attention_bwd(res, quick):
 # a provider's kind: (kind, regular expression of qvit's providers, of the peers' providers). The raw
 # `_int_mm` / `_scaled_mm` rows leave out the scaling and bias a full linear needs: a lower bound on that peer.
 KINDS = (("int8 W8A8", r"^qvit(-cuda)? w8a8 \((int8 in|\+act quant)\)$", r"_int_mm|LLM\.int8|torchao int8"),
-         ("fp8 W8A8", r"^qvit w8a8 fp8", r"_scaled_mm"),
+         ("fp8 W8A8", r"^qvit w8a8 fp8 \(", r"_scaled_mm"),  # fast accum: not the same arithmetic as the peer
          ("4-bit weight-only", r"^qvit w4a16", r"bnb NF4|torchao int4"))
 
 
