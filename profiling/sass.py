@@ -5,10 +5,10 @@ and a compile check of code paths the interpreter accepts but the compiler might
 Triton version: run it with the device's (e.g. `pip install --target DIR triton==3.6.0`, DIR first on
 PYTHONPATH).
 
-    python -m qvit.profiling.sass [--kernel attention|w8a8|w4a16|w4a8] [--mode ...] [--match REGEX] [--sass DIR]
+    python -m qvit.profiling.sass [--kernel attention|w8a8|w4a16|w4a8|lnq] [--mode ...] [--match REGEX] [--sass DIR]
 
 Modes: attention fp16 | onchip | qout | int8; w8a8 plain | gelu_res | qout | fp8 | fp8_fast; w4a16 int4 | nf4_gelu_res;
-w4a8 gelu_res | plain.
+w4a8 gelu_res | plain; lnq int8 | fp8 (LayerNorm + quantize, K = 1024).
 Instruction counts are static (each instruction once, loops not unrolled by count); `loops` gives each loop
 body's size as instructions (tensor-core / MUFU / fp32 ALU). Compare configs and versions of the same kernel
 with them, not against measured times.
@@ -78,7 +78,15 @@ def _w4a8():
                             "plain": (dict(GROUP=128, HAS_BIAS=True, GELU=False, HAS_RES=False), ptrs)}, set()
 
 
-KERNELS = {"attention": _attention, "w8a8": _w8a8, "w4a16": _w4a16, "w4a8": _w4a8}
+def _lnq():
+    from qvit.kernels import layernorm_quant as L
+    ptrs = {"x_ptr": "*bf16", "w_ptr": "*bf16", "b_ptr": "*bf16", "q_ptr": "*i8", "s_ptr": "*fp32"}
+    base = dict(NORM=True, HAS_BIAS=True, BLOCK_K=1024, FP8=False)
+    return L._ln_quant_kernel, {"int8": (base, ptrs),
+                                "fp8": ({**base, "FP8": True}, {**ptrs, "q_ptr": "*fp8e4nv"})}, set()
+
+
+KERNELS = {"attention": _attention, "w8a8": _w8a8, "w4a16": _w4a16, "w4a8": _w4a8, "lnq": _lnq}
 
 
 def compile_config(kernel: str, mode: str, cfg, arch: int = 90):
