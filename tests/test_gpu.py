@@ -135,6 +135,31 @@ def test_w4a8_swapped_configs_gpu(poison, monkeypatch, idx):
     torch.testing.assert_close(y, Q.w4a8_linear_ref(x, p, s, 128, b), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("idx", range(5))
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32])
+def test_w8a8_prefetch_residual_configs_gpu(poison, monkeypatch, idx, out_dtype):
+    """Every PREFETCH_RES config (the residual tile prefetched into L2 before the main loop) compiles on this
+    GPU and gives the reference's bias -> + residual with partial tiles on both sides (M = 300, N = 1000: the
+    last tile's out-of-range lines take the fallback address)."""
+    from qvit.kernels.w8a8_linear import _w8a8_kernel, w8a8_linear
+    cfgs = [c for c in _w8a8_kernel.configs if c.kwargs.get("PREFETCH_RES")]
+    if idx >= len(cfgs):
+        pytest.skip("fewer prefetch configs")
+    pin_config(monkeypatch, _w8a8_kernel, cfgs[idx])
+    m, k, n = 300, 1024, 1000
+    x, w = torch.randn(m, k, device=DEV), torch.randn(n, k, device=DEV) * 0.02
+    b = torch.randn(n, device=DEV)
+    r = torch.randn(m, n, device=DEV, dtype=out_dtype)
+    xq, xs = Q.quantize_int8_per_token(x)
+    wq, ws = Q.quantize_int8_per_channel(w)
+    y = w8a8_linear(xq, xs, wq, ws, b, r, False, out_dtype)
+    ref = Q.int8_matmul_ref(xq, xs, wq, ws, b, torch.float32, residual=r)
+    if out_dtype == torch.float32:
+        torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    else:
+        assert rel_err(y, ref) < 2 ** -8
+
+
 def _split_configs():
     from qvit.kernels.w4a8_linear import _w4a8_kernel
     from qvit.kernels.w4a16_linear import _w4a16_kernel

@@ -118,6 +118,28 @@ def test_w4a16(poison, monkeypatch, mode, group, m, n, swap):
     assert rel_err(y, ref) <= 2 * torch_err + 2 ** -11
 
 
+def test_w8a8_prefetch_residual_config_matches_reference(poison, monkeypatch):
+    """A PREFETCH_RES config (its prefetch is a GPU hint: nothing under the interpreter) still adds the residual
+    exactly as the reference, with partial tiles on both sides; and the pruner offers such configs only when
+    there is a residual."""
+    from qvit.kernels import w8a8_linear as W8
+    import triton
+    cfg = triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4, "PREFETCH_RES": True},
+                        num_warps=4, num_stages=1)
+    kept = W8._prune([cfg], {"M": 37, "N": 50, "K": 64, "HAS_RES": True})
+    assert kept == [cfg]
+    assert all(not c.kwargs.get("PREFETCH_RES") for c in W8._prune([cfg], {"M": 37, "N": 50, "K": 64}))
+    pin_config(monkeypatch, W8._w8a8_kernel, cfg)
+    m, n, k = 37, 50, 64
+    x, w, b = torch.randn(m, k), torch.randn(n, k) * 0.1, torch.randn(n)
+    r = torch.randn(m, n)
+    xq, xs = Q.quantize_int8_per_token(x)
+    wq, ws = Q.quantize_int8_per_channel(w)
+    y = W8.w8a8_linear(xq, xs, wq, ws, b, r, False, torch.float32)
+    ref = Q.int8_matmul_ref(xq, xs, wq, ws, b, torch.float32, residual=r)
+    assert rel_err(y, ref) < 2 ** -20
+
+
 @pytest.mark.parametrize("kernel", ["w8a8", "w4a8", "w4a16"])
 def test_gelu_epilogue_in_halves_on_large_tiles(poison, monkeypatch, kernel):
     """EPI_SPLIT configs run GELU's epilogue on one half of the tile's columns after the other (n; m in the
