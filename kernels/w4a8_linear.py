@@ -65,17 +65,21 @@ if triton is not None:
     _prune = group_prune(triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8, "SWAP_AB": False},
                                        num_warps=4))
 
-    @triton.autotune(configs=tune_shard(_configs()), key=["M", "N", "K", "GROUP", "GELU", "HAS_RES"],
+    @triton.autotune(configs=tune_shard(_configs()), key=["M", "N", "K", "GROUP", "GELU", "HAS_RES", "PROG"],
                      prune_configs_by={"early_config_prune": _prune})
     @triton.jit
     def _w4a8_kernel(x_ptr, xs_ptr, p_ptr, s_ptr, b_ptr, r_ptr, y_ptr, M, N, K,
                      stride_xm, stride_pn, stride_sn, stride_rm, stride_ym,
                      GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, GELU: tl.constexpr, HAS_RES: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-                     SWAP_AB: tl.constexpr, EPI_SPLIT: tl.constexpr = False):
+                     SWAP_AB: tl.constexpr, EPI_SPLIT: tl.constexpr = False, PROG: tl.constexpr = False,
+                     s1_ptr=None):
         """SWAP_AB=False: acc (BM, BN) = x (BM, BK) @ w^T. SWAP_AB=True: acc (BN, BM) = w (BN, BK) @ x^T, so
         the weight expanded in registers feeds the MMA directly instead of being staged through shared
-        memory; the epilogue stores the transposed tile. Same integer sums, same float32 epilogue."""
+        memory; the epilogue stores the transposed tile. Same integer sums, same float32 epilogue.
+        PROG: the progressive format (`w4a8p_linear`): s_ptr holds integer group scales s2 (uint8) that
+        expand each nibble to the int8 q4 * s2 before the MMA, so one int32 accumulator runs over all of K
+        (no per-group float promotion) and the per-channel float scale s1 is applied in the epilogue."""
         tl.static_assert(GROUP % BLOCK_K == 0)
         pid = tl.program_id(0)
         num_pid_m = tl.cdiv(M, BLOCK_M)
@@ -102,14 +106,18 @@ if triton is not None:
             iacc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
         for k0 in range(0, K, BLOCK_K):
             p = tl.load(p_ptrs, mask=mask_n[:, None], other=0)
-            w = (_unpack_tile(p, False) - 8).to(tl.int8)
+            if PROG:  # |q4 * s2| <= 119 by construction (quantize_int4_progressive): exact in int8
+                s2 = tl.load(s_ptr + offs_n.to(tl.int64) * stride_sn + k0 // GROUP, mask=mask_n, other=0)
+                w = ((_unpack_tile(p, False) - 8) * s2.to(tl.int32)[:, None]).to(tl.int8)
+            else:
+                w = (_unpack_tile(p, False) - 8).to(tl.int8)
             if SWAP_AB:
                 a = tl.load(x_ptrs, mask=mask_m[None, :], other=0)
                 iacc = tl.dot(w, a, iacc, out_dtype=tl.int32)
             else:
                 a = tl.load(x_ptrs, mask=mask_m[:, None], other=0)
                 iacc = tl.dot(a, tl.trans(w), iacc, out_dtype=tl.int32)
-            if (k0 + BLOCK_K) % GROUP == 0:
+            if not PROG and (k0 + BLOCK_K) % GROUP == 0:
                 s = tl.load(s_ptr + offs_n.to(tl.int64) * stride_sn + k0 // GROUP, mask=mask_n, other=0.0)
                 if SWAP_AB:
                     acc += iacc.to(tl.float32) * s.to(tl.float32)[:, None]
@@ -120,7 +128,13 @@ if triton is not None:
             x_ptrs += BLOCK_K
             p_ptrs += BLOCK_K // 2
         xs = tl.load(xs_ptr + offs_m, mask=mask_m, other=0.0)
-        if SWAP_AB:  # tile (BN, BM): element [j, i] is y[m_i, n_j]
+        if PROG:
+            s1 = tl.load(s1_ptr + offs_n, mask=mask_n, other=0.0)
+            if SWAP_AB:
+                y = iacc.to(tl.float32) * s1[:, None] * xs[None, :]
+            else:
+                y = iacc.to(tl.float32) * xs[:, None] * s1[None, :]
+        elif SWAP_AB:  # tile (BN, BM): element [j, i] is y[m_i, n_j]
             y = acc * xs[None, :]
         else:
             y = acc * xs[:, None]
@@ -158,6 +172,48 @@ def w4a8_linear(xq: torch.Tensor, x_scale: torch.Tensor, packed: torch.Tensor, s
                        xq.stride(0), packed.stride(0), scales.stride(0),
                        residual.stride(0) if residual is not None else 0, y.stride(0),
                        GROUP=group_size, HAS_BIAS=bias is not None, GELU=gelu, HAS_RES=residual is not None)
+    return y
+
+
+def _fake_prog(xq, x_scale, packed, s2, s1, bias, group_size, out_dtype=torch.float16, residual=None, gelu=False):
+    return xq.new_empty((xq.shape[0], packed.shape[0]), dtype=out_dtype)
+
+
+@fast_custom_op("qvit::w4a8p_linear", _fake_prog)
+def w4a8p_linear(xq: torch.Tensor, x_scale: torch.Tensor, packed: torch.Tensor, s2: torch.Tensor,
+                 s1: torch.Tensor, bias: torch.Tensor | None, group_size: int, out_dtype: torch.dtype = torch.float16,
+                 residual: torch.Tensor | None = None, gelu: bool = False) -> torch.Tensor:
+    """The progressive 4-bit GEMM in one kernel: y = x_scale * s1 * (xq . (q4 * s2)) (+ bias) (-> gelu)
+    (+ residual), the nibbles expanded to the int8 q4 * s2 in registers inside the main loop (what
+    `expand_int4_progressive` + `w8a8_linear` do in two kernels and an int8 weight's round trip through
+    memory). Format: `quantize_int4_progressive` (packed uint8 (N, K // 2), s2 uint8 (N, K // g), s1 float32
+    (N,)). Bit-exact integer sums; the epilogue is the W8A8 kernel's."""
+    if triton is None:
+        raise RuntimeError("w4a8p_linear: triton is not installed")
+    if xq.dtype != torch.int8 or xq.ndim != 2:
+        raise TypeError(f"w4a8p_linear: xq must be 2-D int8, got {xq.dtype} {tuple(xq.shape)}")
+    if x_scale.dtype != torch.float32 or x_scale.shape != xq.shape[:1]:
+        raise TypeError(f"w4a8p_linear: x_scale must be float32 ({xq.shape[0]},)")
+    if s2.dtype != torch.uint8:
+        raise TypeError(f"w4a8p_linear: group scales s2 must be uint8 (integer scales), got {s2.dtype}")
+    n, k = check_packed_int4("w4a8p_linear", xq, packed, s2, bias, group_size)
+    m = xq.shape[0]
+    if s1.dtype != torch.float32 or s1.shape != (n,) or s1.device != xq.device:
+        raise ValueError(f"w4a8p_linear: s1 must be float32 ({n},) on {xq.device}, got {s1.dtype} "
+                         f"{tuple(s1.shape)} on {s1.device}")
+    if xq.stride(1) != 1 or not packed.is_contiguous() or not s2.is_contiguous():
+        raise ValueError("w4a8p_linear: xq must be K-contiguous; packed and s2 contiguous")
+    if residual is not None and (residual.shape != (m, n) or residual.stride(1) != 1 or residual.device != xq.device):
+        raise ValueError(f"w4a8p_linear: residual must be ({m}, {n}) with unit column stride on {xq.device}, got "
+                         f"{tuple(residual.shape)} stride {residual.stride()} on {residual.device}")
+    y = torch.empty((m, n), dtype=out_dtype, device=xq.device)
+    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
+    _w4a8_kernel[grid](xq, x_scale, packed, s2, bias if bias is not None else s1,
+                       residual if residual is not None else y, y, m, n, k,
+                       xq.stride(0), packed.stride(0), s2.stride(0),
+                       residual.stride(0) if residual is not None else 0, y.stride(0),
+                       GROUP=group_size, HAS_BIAS=bias is not None, GELU=gelu, HAS_RES=residual is not None,
+                       PROG=True, s1_ptr=s1)
     return y
 
 

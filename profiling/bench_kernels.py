@@ -153,7 +153,7 @@ def linear_providers(x, lin, k, n):
     """name -> (callable, output-for-check or None, reference or None). x bf16 (M, K)."""
     from qvit.kernels import quant as Q
     from qvit.kernels.layernorm_quant import layernorm_quant, layernorm_quant_fp8
-    from qvit.kernels.w4a8_linear import expand_int4_progressive, w4a8_linear
+    from qvit.kernels.w4a8_linear import expand_int4_progressive, w4a8_linear, w4a8p_linear
     from qvit.kernels.w4a16_linear import w4a16_linear, w4a16_linear_dequant
     from qvit.kernels.w8a8_linear import w8a8_linear, w8a8_linear_fp8_fast_accum, w8a8_linear_quant_out
     w = lin.weight.detach()
@@ -196,6 +196,7 @@ def linear_providers(x, lin, k, n):
     pp, g2, s1 = Q.quantize_int4_progressive(w, 128)
     P["qvit w4a8p g128 (expand + w8a8, int8 in)"] = lambda: w8a8_linear(
         xq, xs, expand_int4_progressive(pp, g2, 128), s1, bias, None, False, torch.bfloat16)
+    P["qvit w4a8p g128 (fused, int8 in)"] = lambda: w4a8p_linear(xq, xs, pp, g2, s1, bias, 128, torch.bfloat16)
     # fc1 -> fc2 without the quantize kernel between them: fc1's epilogue writes int8 + scales per 128
     # channels (GELU first), fc2 reads group-scaled int8 (QuantConfig.act_group)
     if n % 128 == 0:
@@ -224,6 +225,7 @@ def linear_providers(x, lin, k, n):
     refs["qvit w4a16 int4 (dequant + cuBLAS)"] = refs["qvit w4a16 int4 g128"]
     refs["qvit w4a8p g128 (expand + w8a8, int8 in)"] = lambda: Q.int8_matmul_ref(
         xq, xs, Q.expand_int4_progressive(pp, g2, 128), s1, bias, torch.float32)
+    refs["qvit w4a8p g128 (fused, int8 in)"] = refs["qvit w4a8p g128 (expand + w8a8, int8 in)"]
     refs["qvit-cuda w8a8 (int8 in)"] = refs["qvit w8a8 (int8 in)"]
     refs["qvit w8a8 fp8 (fp8 in)"] = lambda: Q.fp8_matmul_ref(xf, xfs, fq, fs, bias, torch.float32)
     refs["qvit w8a8 fp8 fast accum (fp8 in)"] = refs["qvit w8a8 fp8 (fp8 in)"]

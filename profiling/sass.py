@@ -8,7 +8,7 @@ PYTHONPATH).
     python -m qvit.profiling.sass [--kernel attention|w8a8|w4a16|w4a8|lnq] [--mode ...] [--match REGEX] [--sass DIR]
 
 Modes: attention fp16 | onchip | qout | int8; w8a8 plain | gelu_res | qout | fp8 | fp8_fast; w4a16 int4 | nf4_gelu_res;
-w4a8 gelu_res | plain; lnq int8 | fp8 (LayerNorm + quantize, K = 1024).
+w4a8 gelu_res | plain | prog; lnq int8 | fp8 (LayerNorm + quantize, K = 1024).
 Instruction counts are static (each instruction once, loops not unrolled by count); `loops` gives each loop
 body's size as instructions (tensor-core / MUFU / fp32 ALU). Compare configs and versions of the same kernel
 with them, not against measured times.
@@ -75,7 +75,9 @@ def _w4a8():
     ptrs = {"x_ptr": "*i8", "xs_ptr": "*fp32", "p_ptr": "*u8", "s_ptr": "*fp16", "b_ptr": "*fp32",
             "r_ptr": "*bf16", "y_ptr": "*bf16"}
     return W._w4a8_kernel, {"gelu_res": (dict(GROUP=128, HAS_BIAS=True, GELU=True, HAS_RES=True), ptrs),
-                            "plain": (dict(GROUP=128, HAS_BIAS=True, GELU=False, HAS_RES=False), ptrs)}, set()
+                            "plain": (dict(GROUP=128, HAS_BIAS=True, GELU=False, HAS_RES=False), ptrs),
+                            "prog": (dict(GROUP=128, HAS_BIAS=True, GELU=False, HAS_RES=False, PROG=True),
+                                     {**ptrs, "s_ptr": "*u8", "s1_ptr": "*fp32"})}, set()
 
 
 def _lnq():

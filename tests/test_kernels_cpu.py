@@ -236,6 +236,41 @@ def test_w4a8_fused_epilogue(poison, monkeypatch, swap):
     assert rel_err(y, ref) < 2 ** -10
 
 
+@pytest.mark.parametrize("swap", [False, True])
+@pytest.mark.parametrize("group,epi", [(32, False), (64, True)])
+def test_w4a8p_fused_progressive_gemm_is_exact(poison, monkeypatch, swap, group, epi):
+    """The progressive 4-bit GEMM in one kernel (nibbles expanded to q4 * s2 in registers, one int32
+    accumulator over K of several groups, s1 in the epilogue) against the exact integer reference on the
+    expanded weight, in both operand orders, with and without bias -> GELU -> + residual; N and M not
+    multiples of the tile."""
+    from qvit.kernels.w4a8_linear import _w4a8_kernel, w4a8p_linear
+    pin_config(monkeypatch, _w4a8_kernel, SWAP_AB=swap)
+    m, k, n = 19, 128, 40
+    x, w, b = torch.randn(m, k), torch.randn(n, k) * 0.05, torch.randn(n)
+    pp, s2, s1 = Q.quantize_int4_progressive(w, group)
+    xq, xs = Q.quantize_int8_per_token(x)
+    w8 = Q.expand_int4_progressive(pp, s2, group)
+    r = torch.randn(m, n) if epi else None
+    y = w4a8p_linear(xq, xs, pp, s2, s1, b, group, torch.float32, r, epi)
+    ref = Q.int8_matmul_ref(xq, xs, w8, s1, b, torch.float32, gelu=epi, residual=r)
+    assert rel_err(y, ref) < 2 ** -20
+
+
+def test_w4a8p_refuses_bad_input():
+    from qvit.kernels.w4a8_linear import w4a8p_linear
+    w = torch.randn(8, 64)
+    pp, s2, s1 = Q.quantize_int4_progressive(w, 32)
+    xq, xs = Q.quantize_int8_per_token(torch.randn(3, 64))
+    with pytest.raises(TypeError, match="s2 must be uint8"):
+        w4a8p_linear(xq, xs, pp, s2.float(), s1, None, 32)
+    with pytest.raises(ValueError, match="s1 must be float32 \\(8,\\)"):
+        w4a8p_linear(xq, xs, pp, s2, s1[:4], None, 32)
+    with pytest.raises(ValueError, match="scales must have shape"):
+        w4a8p_linear(xq, xs, pp, s2[:, :1], s1, None, 32)
+    with pytest.raises(TypeError, match="xq must be 2-D int8"):
+        w4a8p_linear(xq.float(), xs, pp, s2, s1, None, 32)
+
+
 def test_nf4_decode_matches_the_code_table(poison):
     """Every one of the 16 nibbles, in both positions of a byte, decodes to NF4_CODE exactly: x = I picks
     single weights out of the GEMM (fp32 code * absmax 1 -> fp16, the only rounding)."""
