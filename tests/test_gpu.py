@@ -470,6 +470,21 @@ def test_expand_int4_progressive_gpu(poison, n, k):
     torch.testing.assert_close(y, Q.int8_matmul_ref(xq, xs, w8, s1, None, torch.float32), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("m", [1, 197, 197 * 64])
+@pytest.mark.parametrize("n,k", [(3072, 1024), (1024, 4096), (1000, 1024)])
+def test_w4a8p_fused_real_shapes_gpu(poison, m, n, k):
+    """The fused progressive 4-bit GEMM (expansion in registers) against the exact integer reference on the
+    expanded weight, at ViT-L shapes, M from batch 1 to 64, and the 1000-class head."""
+    from qvit.kernels.w4a8_linear import w4a8p_linear
+    w = torch.randn(n, k, device=DEV) * 0.02
+    packed, s2, s1 = Q.quantize_int4_progressive(w, 128)
+    xq, xs = Q.quantize_int8_per_token(torch.randn(m, k, device=DEV))
+    b = torch.randn(n, device=DEV)
+    y = w4a8p_linear(xq, xs, packed, s2, s1, b, 128, torch.float32)
+    ref = Q.int8_matmul_ref(xq, xs, Q.expand_int4_progressive(packed, s2, 128), s1, b, torch.float32)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("smooth_k", [True, False])
 @pytest.mark.parametrize("b,s", [(1, 197), (64, 197), (4, 577), (3, 97)])
 def test_attention_qk_int8_on_chip_gpu(poison, b, s, smooth_k):
