@@ -142,15 +142,21 @@ if triton is not None:
                   HAS_BIAS, GELU, HAS_RES, SWAP_AB, EPI_SPLIT)
 
 
-def _run(op, xq, x_scale, packed, scales, bias, group_size, out_dtype, residual, gelu, bias_dummy, **extra):
-    """The checks and the launch shared by `w4a8_linear` and `w4a8p_linear` (`extra`: the PROG mode's)."""
+def _run(op, xq, x_scale, packed, scales, bias, group_size, out_dtype, residual, gelu, s1=None):
+    """The checks and the launch shared by `w4a8_linear` and `w4a8p_linear` (s1 given: the progressive
+    format, `scales` then being its uint8 group scales s2)."""
     if triton is None:
         raise RuntimeError(f"{op}: triton is not installed")
     if xq.dtype != torch.int8 or xq.ndim != 2:
         raise TypeError(f"{op}: xq must be 2-D int8, got {xq.dtype} {tuple(xq.shape)}")
     if x_scale.dtype != torch.float32 or x_scale.shape != xq.shape[:1]:
         raise TypeError(f"{op}: x_scale must be float32 ({xq.shape[0]},)")
+    if s1 is not None and scales.dtype != torch.uint8:
+        raise TypeError(f"{op}: group scales s2 must be uint8 (integer scales), got {scales.dtype}")
     n, k = check_packed_int4(op, xq, packed, scales, bias, group_size)
+    if s1 is not None and (s1.dtype != torch.float32 or s1.shape != (n,) or s1.device != xq.device):
+        raise ValueError(f"{op}: s1 must be float32 ({n},) on {xq.device}, got {s1.dtype} {tuple(s1.shape)} "
+                         f"on {s1.device}")
     m = xq.shape[0]
     if xq.stride(1) != 1 or not packed.is_contiguous() or not scales.is_contiguous():
         raise ValueError(f"{op}: xq must be K-contiguous; packed and scales contiguous")
@@ -159,11 +165,12 @@ def _run(op, xq, x_scale, packed, scales, bias, group_size, out_dtype, residual,
                          f"{tuple(residual.shape)} stride {residual.stride()} on {residual.device}")
     y = torch.empty((m, n), dtype=out_dtype, device=xq.device)
     grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
-    _w4a8_kernel[grid](xq, x_scale, packed, scales, bias if bias is not None else bias_dummy,
+    _w4a8_kernel[grid](xq, x_scale, packed, scales, bias if bias is not None else x_scale,
                        residual if residual is not None else y, y, m, n, k,
                        xq.stride(0), packed.stride(0), scales.stride(0),
                        residual.stride(0) if residual is not None else 0, y.stride(0),
-                       GROUP=group_size, HAS_BIAS=bias is not None, GELU=gelu, HAS_RES=residual is not None, **extra)
+                       GROUP=group_size, HAS_BIAS=bias is not None, GELU=gelu, HAS_RES=residual is not None,
+                       PROG=s1 is not None, s1_ptr=s1)
     return y
 
 
@@ -177,8 +184,7 @@ def w4a8_linear(xq: torch.Tensor, x_scale: torch.Tensor, packed: torch.Tensor, s
                 residual: torch.Tensor | None = None, gelu: bool = False) -> torch.Tensor:
     """y = x_scale * sum_g scales_g * (xq . (u - 8))_g (+ bias) (-> gelu) (+ residual); see the module
     docstring. The epilogue runs in float32 and rounds once, as the W8A8 kernel's."""
-    return _run("w4a8_linear", xq, x_scale, packed, scales, bias, group_size, out_dtype, residual, gelu,
-                bias_dummy=scales)
+    return _run("w4a8_linear", xq, x_scale, packed, scales, bias, group_size, out_dtype, residual, gelu)
 
 
 def _fake_prog(xq, x_scale, packed, s2, s1, bias, group_size, out_dtype=torch.float16, residual=None, gelu=False):
@@ -194,16 +200,7 @@ def w4a8p_linear(xq: torch.Tensor, x_scale: torch.Tensor, packed: torch.Tensor, 
     `expand_int4_progressive` + `w8a8_linear` do in two kernels and an int8 weight's round trip through
     memory). Format: `quantize_int4_progressive` (packed uint8 (N, K // 2), s2 uint8 (N, K // g), s1 float32
     (N,)). Bit-exact integer sums; the epilogue is the W8A8 kernel's."""
-    if isinstance(s2, torch.Tensor) and s2.dtype != torch.uint8:
-        raise TypeError(f"w4a8p_linear: group scales s2 must be uint8 (integer scales), got {s2.dtype}")
-    n = packed.shape[0] if isinstance(packed, torch.Tensor) else None
-    dev = getattr(xq, "device", None)
-    if not isinstance(s1, torch.Tensor) or s1.dtype != torch.float32 or s1.shape != (n,) or s1.device != dev:
-        raise ValueError(f"w4a8p_linear: s1 must be float32 ({n},) on {dev}, got "
-                         f"{getattr(s1, 'dtype', type(s1).__name__)} {tuple(getattr(s1, 'shape', ()))} on "
-                         f"{getattr(s1, 'device', None)}")
-    return _run("w4a8p_linear", xq, x_scale, packed, s2, bias, group_size, out_dtype, residual, gelu, bias_dummy=s1,
-                PROG=True, s1_ptr=s1)
+    return _run("w4a8p_linear", xq, x_scale, packed, s2, bias, group_size, out_dtype, residual, gelu, s1=s1)
 
 
 if triton is not None:

@@ -57,6 +57,14 @@ def _runs(pname: str) -> bool:
                          and "cuBLAS" not in pname)
 
 
+def _select(provs: dict, providers: str | None = None, baselines: tuple = ()) -> dict:
+    """The providers this run measures: the baselines and those matching the `providers` regular expression
+    (all when None), less what a warm copy skips (`_runs`)."""
+    keep = re.compile(providers) if providers else None
+    return {p: f for p, f in provs.items()
+            if (keep is None or p in baselines or keep.search(p)) and _runs(p)}
+
+
 def timed(fn, graph=True):
     """{'ms': graphed time if capturable else eager, 'ms_eager': eager, 'graphed': bool}"""
     if _WARM:
@@ -254,7 +262,6 @@ def bench_linears(res, quick, providers=None, layers=None):
     """providers: a regular expression; only matching providers run (the cuBLAS bf16 baseline always does).
     layers: a subset of VIT_L_LINEARS' names."""
     ms_list = [197, 12608] if quick else [197, 12608, 50432]
-    keep = re.compile(providers) if providers else None
     out = res["linears"] = []
     for name, (k, n) in VIT_L_LINEARS.items():
         if layers and name not in layers:
@@ -263,9 +270,7 @@ def bench_linears(res, quick, providers=None, layers=None):
         for m in ms_list:
             x = rnd(m, k, dtype=torch.bfloat16)
             P, refs = linear_providers(x, lin, k, n)
-            if keep:
-                P = {p: f for p, f in P.items() if p == "torch bf16 (cuBLAS)" or keep.search(p)}
-            P = {p: f for p, f in P.items() if _runs(p)}
+            P = _select(P, providers, ("torch bf16 (cuBLAS)",))
             row = {"layer": name, "M": m, "K": k, "N": n, "flops": 2 * m * k * n, "providers": {}}
             for pname, fn in P.items():
                 try:
@@ -310,8 +315,7 @@ def bench_lnq(res):
         if _ext.load_error() is None:
             from qvit.kernels.layernorm_quant import layernorm_quant_cuda
             provs["qvit cuda"] = lambda: layernorm_quant_cuda(x, w, b)
-        provs = {p: f for p, f in provs.items() if _runs(p)}
-        for pname, fn in provs.items():
+        for pname, fn in _select(provs).items():
             try:
                 q, s = fn()
                 mism = int((q.int() - qr.int()).abs().gt(0).sum())
@@ -380,11 +384,7 @@ def bench_attention(res, quick, providers=None):
         # runs with QuantConfig.act_group instead of attention -> separate quantize kernel
         provs["qvit fp16 (+int8 out for proj)"] = lambda: attention_quant_out(q, k, v, d ** -0.5)
         provs["qvit int8 QK (on chip, +int8 out)"] = lambda: attention_quant_out(q, k, v, d ** -0.5, True)
-        if providers:
-            keep = re.compile(providers)
-            provs = {p: f for p, f in provs.items() if p in ("SDPA FLASH (FA2)", "SDPA cuDNN") or keep.search(p)}
-        provs = {p: f for p, f in provs.items() if _runs(p)}
-        for pname, fn in provs.items():
+        for pname, fn in _select(provs, providers, ("SDPA FLASH (FA2)", "SDPA cuDNN")).items():
             if pname == "SDPA math" and b * s * s > 64 * 577 * 577:
                 continue
             try:
@@ -439,9 +439,7 @@ def bench_attention_bwd(res, quick):
                 g = torch.autograd.grad(ot, (qt, kt, vt), do.transpose(1, 2), retain_graph=True)
                 return torch.stack([t.transpose(1, 2) for t in g], 2)
             provs[nm] = f
-        for pname, fn in provs.items():
-            if not _runs(pname):
-                continue
+        for pname, fn in _select(provs).items():
             try:
                 y = fn()
                 torch.cuda.synchronize()

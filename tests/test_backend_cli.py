@@ -173,3 +173,17 @@ def test_warm_runs_one_copy_per_shard_and_reports_failures(tmp_path):
     assert r["processes"] == 3 and r["failed"] == [2]
     for i in range(3):
         assert (tmp_path / f"{i}_3").read_text() == f"{i}/3 0 {max(1, (os.cpu_count() or 1) // 3)}"
+
+
+def test_bench_provider_selection(monkeypatch):
+    """bench_kernels runs the baselines and the providers the expression names; a warm copy runs only qvit's
+    Triton kernels (not the CUDA extension, not cuBLAS-backed providers, not peers)."""
+    from qvit.profiling import bench_kernels as B
+    P = dict.fromkeys(["torch bf16 (cuBLAS)", "qvit w8a8 (int8 in)", "qvit-cuda w8a8 (int8 in)",
+                       "qvit w4a16 nf4 (dequant + cuBLAS)", "bnb NF4 Linear4bit"])
+    monkeypatch.setattr(B, "_WARM", False)
+    assert list(B._select(P)) == list(P)
+    assert list(B._select(P, r"^qvit w8a8", ("torch bf16 (cuBLAS)",))) == ["torch bf16 (cuBLAS)", "qvit w8a8 (int8 in)"]
+    monkeypatch.setattr(B, "_WARM", True)
+    assert list(B._select(P)) == ["qvit w8a8 (int8 in)"]
+    assert list(B._select(P, "bnb", ("torch bf16 (cuBLAS)",))) == []
