@@ -6,17 +6,24 @@ range `profile` after warm-up (Triton autotuning happens outside it), so that
 
 profiles exactly one launch of each: W8A8 fc1 (M = 12608; plain, + GELU, + GELU + group-quantized output), fc2
 on per-token and on group-wise (128) input scales, W4A8 fc1, W4A16 fc1 (M = 197), fused attention
-(B = 64, S = 197), LayerNorm + quantize. `--clock-control none` leaves the card's clocks alone.
+(B = 64, S = 197, bf16 and fp16) beside SDPA's cuDNN and FLASH kernels on the same fp16 inputs, LayerNorm +
+quantize. `--only REGEX` keeps the kernels whose name matches. `--clock-control none` leaves the card's clocks
+alone.
 tools/gpu_run.sh (step `ncu`) runs it and keeps the CSV.
 """
 from __future__ import annotations
 
+import argparse
+import re
 import sys
 
 import torch
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default=None, metavar="REGEX", help="profile only the kernels whose name matches")
+    args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("ncu_kernels: needs a CUDA GPU", file=sys.stderr)
         return 2
@@ -37,6 +44,7 @@ def main() -> int:
     xq, xs = Q.quantize_int8_per_token(x)
     x1 = x[:197].contiguous()
     q, kk, v = torch.randn(64, 197, 3, 16, 64, device=dev, dtype=torch.bfloat16).unbind(2)
+    qh, kh, vh = (t.half() for t in (q, kk, v))
     lw, lb = torch.ones(k, device=dev, dtype=torch.bfloat16), torch.zeros(k, device=dev, dtype=torch.bfloat16)
     # fc2 (4096 -> 1024) on fc1's group-quantized output, against the per-token-scaled GEMM
     h = torch.nn.functional.gelu(torch.randn(m, n, device=dev, dtype=torch.bfloat16))
@@ -52,6 +60,9 @@ def main() -> int:
         "w4a8_fc1_M12608": lambda: w4a8_linear(xq, xs, p4, s4, b, 128, torch.bfloat16),
         "w4a16_fc1_M197": lambda: w4a16_linear(x1, p4, s4, None, b, 128, "int4-sym"),
         "attention_B64_S197": lambda: attention(q, kk, v),
+        "attention_fp16_B64_S197": lambda: attention(qh, kh, vh),
+        "sdpa_cudnn_fp16_B64_S197": lambda: _sdpa(qh, kh, vh, "CUDNN_ATTENTION"),
+        "sdpa_flash_fp16_B64_S197": lambda: _sdpa(qh, kh, vh, "FLASH_ATTENTION"),
         "layernorm_quant_M12608": lambda: layernorm_quant(x, lw, lb),
     }
     try:  # the hand-written CUDA kernel, where the extension is built
@@ -59,8 +70,20 @@ def main() -> int:
         calls["layernorm_quant_cuda_M12608"] = lambda: layernorm_quant_cuda(x, lw, lb)
     except Exception as e:  # noqa: BLE001 - reported, the other kernels still run
         print(f"ncu_kernels: no CUDA layernorm_quant ({e})", file=sys.stderr)
+    if args.only:
+        calls = {name: fn for name, fn in calls.items() if re.search(args.only, name)}
+        if not calls:
+            print(f"ncu_kernels: no kernel matches --only {args.only!r}", file=sys.stderr)
+            return 2
     profile_launches(calls)
     return 0
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str) -> torch.Tensor:
+    """PyTorch SDPA pinned to one backend, on qvit's (B, S, H, D) layout (SDPA wants (B, H, S, D))."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    with sdpa_kernel(getattr(SDPBackend, backend)):
+        return torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
 
 
 def profile_launches(calls: dict, warmup: int = 3) -> None:
