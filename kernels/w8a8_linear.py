@@ -48,6 +48,9 @@ if triton is not None:
             (128, 256, 128, 8, 3), (256, 128, 128, 8, 3), (128, 128, 128, 4, 4), (128, 128, 128, 8, 4),
             (128, 64, 128, 4, 4), (64, 128, 128, 4, 4), (64, 64, 128, 4, 4), (128, 256, 64, 8, 4),
             (64, 256, 128, 8, 3), (32, 64, 256, 4, 3),
+            # 4 stages of the 128 x 256 tile (192 KB of operands): the fp8 fast-accumulation GEMM's winners were
+            # 128 x 256 at 3 stages (K tile 128) and 4 stages (K tile 64) at M = 12,608 (session 10)
+            (128, 256, 128, 8, 4),
         ] + [c + (4, 4) for c in _GROUP_ONLY]:
             cfgs.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8},
                                       num_warps=w, num_stages=s))
@@ -387,6 +390,7 @@ def w8a8_linear(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_sca
     return y
 
 
+@fast_custom_op("qvit::w8a8_linear_fp8_fast_accum", _fake)
 def w8a8_linear_fp8_fast_accum(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor,
                                w_scale: torch.Tensor, bias: torch.Tensor | None = None,
                                residual: torch.Tensor | None = None, gelu: bool = False,
@@ -394,8 +398,10 @@ def w8a8_linear_fp8_fast_accum(xq: torch.Tensor, x_scale: torch.Tensor, wq: torc
     """`w8a8_linear` on float8_e4m3fn operands with the fp8 tensor cores accumulating in place over all of K
     (no promotion into a float32 accumulator every BLOCK_K products): one accumulator, no FADDs in the main
     loop, the MMAs of consecutive K tiles overlapped -- and Hopper's reduced accumulation precision over the
-    whole K (what cuBLAS calls fast accumulation). Measured beside `w8a8_linear` in bench_kernels (time and
-    error against `fp8_matmul_ref`); not used by any model preset."""
+    whole K (what cuBLAS calls fast accumulation). The fp8 preset's GEMM (`Fp8Linear.fp8_fast_accum`).
+    Measured on the H200 (session 10, M = 12,608): 1.37-1.77x cuBLAS bf16 against 0.99-1.09x promoted; its
+    error against `fp8_matmul_ref` added 5e-4 (K = 1024) and 1.3e-3 (K = 4096) in quadrature to the bf16
+    output rounding's 1.66e-3 (relative Frobenius), i.e. less than that rounding."""
     if xq.dtype != torch.float8_e4m3fn:
         raise TypeError(f"w8a8_linear_fp8_fast_accum: float8_e4m3fn operands only, got {xq.dtype}")
     _validate(xq, x_scale, wq, w_scale, bias, residual, out_dtype)

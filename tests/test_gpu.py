@@ -538,7 +538,7 @@ def test_attention_backward_kernels_gpu(b, s, dtype):
         assert rel_err(ours[:, :, i], ref[:, :, i]) <= 2 * rel_err(low[:, :, i], ref[:, :, i]) + 1e-3, "qkv"[i]
 
 
-@pytest.mark.parametrize("preset", ["w8a8", "w4a8", "w4a8p", "w4a16", "nf4", "w8a8g", "w4a8pg"])
+@pytest.mark.parametrize("preset", ["w8a8", "w4a8", "w4a8p", "w4a16", "nf4", "w8a8g", "w4a8pg", "fp8"])
 def test_model_triton_backend_matches_torch_backend(preset):
     import copy
 

@@ -532,6 +532,31 @@ def test_fp8_w8a8_matches_reference(poison, m, k, n, gelu, res):
         assert rel_err(y, ref) < 2 ** -10, fn.__name__
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_fp8_linear_runs_the_chosen_accumulation(monkeypatch, fast):
+    """Fp8Linear on the Triton backend runs the in-place ("fast") accumulation GEMM by default and the
+    promoted one when `fp8_fast_accum` is off; both agree with the layer's reference (torch) backend."""
+    import importlib
+
+    from qvit.vit.quantize import Fp8Linear
+    mod = importlib.import_module("qvit.kernels.w8a8_linear")
+    calls = []
+    for name in ("w8a8_linear", "w8a8_linear_fp8_fast_accum"):
+        real = getattr(mod, name)
+        monkeypatch.setattr(mod, name, lambda *a, _r=real, _n=name: calls.append(_n) or _r(*a))
+    monkeypatch.setattr(Fp8Linear, "fp8_fast_accum", fast)
+    torch.manual_seed(0)
+    lin = Fp8Linear.from_float(torch.nn.Linear(72, 40))
+    x = torch.randn(5, 72).half()
+    with torch.no_grad():
+        lin.backend = "torch"
+        ref = lin(x).float()
+        lin.backend = "triton"
+        y = lin(x).float()
+    assert calls == ["w8a8_linear_fp8_fast_accum" if fast else "w8a8_linear"]
+    assert rel_err(y, ref) < 2 ** -9
+
+
 def test_fp8_fast_accum_refuses_int8_operands():
     from qvit.kernels.w8a8_linear import w8a8_linear_fp8_fast_accum
     xq, xs = Q.quantize_int8_per_token(torch.randn(4, 32))
