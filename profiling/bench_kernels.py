@@ -178,6 +178,8 @@ def linear_providers(x, lin, k, n):
         one = torch.ones((), device="cuda")
         if x.shape[0] % 16 == 0:
             P["torch._scaled_mm fp8 (raw)"] = lambda: torch._scaled_mm(x8, w8.t(), one, one, out_dtype=torch.bfloat16)
+            P["torch._scaled_mm fp8 (raw, fast accum)"] = lambda: torch._scaled_mm(
+                x8, w8.t(), one, one, out_dtype=torch.bfloat16, use_fast_accum=True)
     except Exception:
         pass
     P["qvit w8a8 (int8 in)"] = lambda: w8a8_linear(xq, xs, wq, ws, bias, None, False, torch.bfloat16)
@@ -197,6 +199,12 @@ def linear_providers(x, lin, k, n):
     P["qvit w8a8 fp8 (fp8 in)"] = lambda: w8a8_linear(xf, xfs, fq, fs, bias, None, False, torch.bfloat16)
     P["qvit w8a8 fp8 fast accum (fp8 in)"] = lambda: w8a8_linear_fp8_fast_accum(xf, xfs, fq, fs, bias, None, False,
                                                                              torch.bfloat16)
+    if n == 4 * k:
+        P["qvit w8a8 fp8 fast accum (+gelu)"] = lambda: w8a8_linear_fp8_fast_accum(xf, xfs, fq, fs, bias, None, True,
+                                                                                 torch.bfloat16)
+    if n == 1024:
+        P["qvit w8a8 fp8 fast accum (+residual)"] = lambda: w8a8_linear_fp8_fast_accum(
+            xf, xfs, fq, fs, bias, res_in, False, torch.bfloat16)
     P["qvit w8a8 fp8 (+act quant)"] = lambda: w8a8_linear(*layernorm_quant_fp8(x), fq, fs, bias, None, False,
                                                           torch.bfloat16)
     p4, s4, _ = Q.quantize_int4(w, 128, True)
@@ -237,6 +245,12 @@ def linear_providers(x, lin, k, n):
     refs["qvit-cuda w8a8 (int8 in)"] = refs["qvit w8a8 (int8 in)"]
     refs["qvit w8a8 fp8 (fp8 in)"] = lambda: Q.fp8_matmul_ref(xf, xfs, fq, fs, bias, torch.float32)
     refs["qvit w8a8 fp8 fast accum (fp8 in)"] = refs["qvit w8a8 fp8 (fp8 in)"]
+    if n == 4 * k:
+        refs["qvit w8a8 fp8 fast accum (+gelu)"] = lambda: Q.fp8_matmul_ref(xf, xfs, fq, fs, bias, torch.float32,
+                                                                           gelu=True)
+    if n == 1024:
+        refs["qvit w8a8 fp8 fast accum (+residual)"] = lambda: Q.fp8_matmul_ref(xf, xfs, fq, fs, bias, torch.float32,
+                                                                               residual=res_in)
     if k % 128 == 0:
         refs["qvit w8a8 (int8 in, g128 scales)"] = lambda: Q.int8_group_matmul_ref(xgq, xgs, wq, ws, bias,
                                                                                     torch.float32)
@@ -458,7 +472,9 @@ def bench_attention_bwd(res, quick):
 # a provider's kind: (kind, regular expression of qvit's providers, of the peers' providers). The raw
 # `_int_mm` / `_scaled_mm` rows leave out the scaling and bias a full linear needs: a lower bound on that peer.
 KINDS = (("int8 W8A8", r"^qvit(-cuda)? w8a8 \((int8 in|\+act quant)\)$", r"_int_mm|LLM\.int8|torchao int8"),
-         ("fp8 W8A8", r"^qvit w8a8 fp8 \(", r"_scaled_mm"),  # fast accum: not the same arithmetic as the peer
+         ("fp8 W8A8", r"^qvit w8a8 fp8 \(", r"_scaled_mm fp8 \(raw\)"),
+         # accumulated in place over K (Hopper's reduced-precision accumulator) against cuBLAS doing the same
+         ("fp8 W8A8, fast accumulation", r"^qvit w8a8 fp8 fast accum \((fp8 in)\)$", r"_scaled_mm fp8 \(raw, fast accum\)"),
          ("4-bit weight-only", r"^qvit w4a16", r"bnb NF4|torchao int4"))
 
 
