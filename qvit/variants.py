@@ -22,6 +22,7 @@ VARIANTS = {
     "x 8bit+qvit-attn-fp16qk": ("w8a8", "qvit", False, "int8"),
     "x fp8+sdpa-noflash": ("fp8", "sdpa-noflash", False, "int8"),
     "x fp8+qvit-attn": ("fp8", "qvit", True, "int8"),
+    "x fp8+qvit-attn-fp16qk": ("fp8", "qvit", False, "int8"),
     # 4-bit with float group scales on the direct W4A8 kernel (int4 expanded to int8 inside the GEMM)
     "x w4a8+qvit-attn": ("w4a8", "qvit", True, "int8"),
     "x w4a8+sdpa-noflash": ("w4a8", "sdpa-noflash", False, "int8"),
