@@ -37,7 +37,8 @@ from qvit.variants import KEEP, MAIN, VARIANTS  # noqa: E402
 QVIT_VARIANTS = {k: VARIANTS[k] for k in MAIN + ("x w4a16-int4+sdpa", "x fp8+sdpa-noflash", "x bf16+qvit-attn",
                                                  "x 8bit+qvit-attn-fp16qk", "x w4a8+sdpa-noflash",
                                                  "x 8bit-g128+sdpa-noflash", "x 4bit-g128+sdpa-noflash",
-                                                 "x 8bit-g128+qvit-attn-fp16qk", "x 8bit-g128+qvit-attn")}
+                                                 "x 8bit-g128+qvit-attn-fp16qk", "x 8bit-g128+qvit-attn",
+                                                 "x fp8+qvit-attn", "x fp8+qvit-attn-fp16qk")}
 
 
 def _stats(ms: list[float]) -> dict:
@@ -380,6 +381,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.warm_shard:  # a warm copy: the qvit variants on Triton linears only (auto runs the same kernels)
         args.only, args.linear = "qvit", "triton"
+    unknown = [v for v in args.variants or () if v not in QVIT_VARIANTS]
+    if unknown:  # a typo must not silently measure nothing
+        ap.error(f"unknown variant(s) {unknown}; bench_e2e knows: {', '.join(QVIT_VARIANTS)}")
     if args.sizes_only:
         return sizes(args)
     if args.merge:
