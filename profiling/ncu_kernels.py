@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     from qvit.kernels.layernorm_quant import layernorm_quant, layernorm_quant_cuda
     from qvit.kernels.w4a8_linear import w4a8_linear
     from qvit.kernels.w4a16_linear import w4a16_linear
-    from qvit.kernels.w8a8_linear import w8a8_linear, w8a8_linear_quant_out
+    from qvit.kernels.w8a8_linear import w8a8_linear, w8a8_linear_fp8_fast_accum, w8a8_linear_quant_out
     dev = "cuda"
     torch.manual_seed(0)
     m, k, n = 197 * 64, 1024, 4096
@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     p4, s4, _ = Q.quantize_int4(w, 128, True)
     b = torch.randn(n, device=dev)
     xq, xs = Q.quantize_int8_per_token(x)
+    fq, fs = Q.quantize_fp8_per_token(x)
+    f8w, f8s = Q.quantize_fp8_per_channel(w)
+    one = torch.ones((), device=dev)
     x1 = x[:197].contiguous()
     q, kk, v = torch.randn(64, 197, 3, 16, 64, device=dev, dtype=torch.bfloat16).unbind(2)
     qh, kh, vh = (t.half() for t in (q, kk, v))
@@ -55,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
         "w8a8_fc1_M12608": lambda: w8a8_linear(xq, xs, wq, ws, b, None, False, torch.bfloat16),
         "w8a8_fc1_gelu_M12608": lambda: w8a8_linear(xq, xs, wq, ws, b, None, True, torch.bfloat16),
         "w8a8_fc1_gelu_qout128_M12608": lambda: w8a8_linear_quant_out(xq, xs, wq, ws, b, True, 128),
+        "w8a8_fp8fast_fc1_M12608": lambda: w8a8_linear_fp8_fast_accum(fq, fs, f8w, f8s, b, None, False, torch.bfloat16),
+        "w8a8_fp8fast_fc1_gelu_M12608": lambda: w8a8_linear_fp8_fast_accum(fq, fs, f8w, f8s, b, None, True,
+                                                                            torch.bfloat16),
+        "scaled_mm_fp8fast_fc1_M12608": lambda: torch._scaled_mm(fq, f8w.t(), one, one, out_dtype=torch.bfloat16,
+                                                                 use_fast_accum=True),
         "w8a8_fc2_M12608": lambda: w8a8_linear(hq, hs, w2q, w2s, None, None, False, torch.bfloat16),
         "w8a8_fc2_g128_M12608": lambda: w8a8_linear(hqg, hsg, w2q, w2s, None, None, False, torch.bfloat16),
         "w4a8_fc1_M12608": lambda: w4a8_linear(xq, xs, p4, s4, b, 128, torch.bfloat16),
