@@ -164,6 +164,7 @@ def linear_providers(x, lin, k, n):
     from qvit.kernels.w4a8_linear import expand_int4_progressive, w4a8_linear, w4a8p_linear
     from qvit.kernels.w4a16_linear import w4a16_linear, w4a16_linear_dequant
     from qvit.kernels.w8a8_linear import w8a8_linear, w8a8_linear_fp8_fast_accum, w8a8_linear_quant_out
+    from qvit.kernels.w8a8_persistent import w8a8_linear_persistent
     w = lin.weight.detach()
     bias = lin.bias.detach().float()
     P = {}
@@ -205,6 +206,21 @@ def linear_providers(x, lin, k, n):
     if n == 1024:
         P["qvit w8a8 fp8 fast accum (+residual)"] = lambda: w8a8_linear_fp8_fast_accum(
             xf, xfs, fq, fs, bias, res_in, False, torch.bfloat16)
+    # the persistent TMA kernel (one program per SM, tile and K loops flattened), int8 and fp8 fast accumulation
+    P["qvit w8a8 persistent (int8 in)"] = lambda: w8a8_linear_persistent(xq, xs, wq, ws, bias, None, False,
+                                                                        torch.bfloat16)
+    P["qvit w8a8 fp8 fast accum persistent (fp8 in)"] = lambda: w8a8_linear_persistent(xf, xfs, fq, fs, bias, None,
+                                                                                      False, torch.bfloat16)
+    if n == 4 * k:
+        P["qvit w8a8 persistent (+gelu)"] = lambda: w8a8_linear_persistent(xq, xs, wq, ws, bias, None, True,
+                                                                          torch.bfloat16)
+        P["qvit w8a8 fp8 fast accum persistent (+gelu)"] = lambda: w8a8_linear_persistent(
+            xf, xfs, fq, fs, bias, None, True, torch.bfloat16)
+    if n == 1024:
+        P["qvit w8a8 persistent (+residual)"] = lambda: w8a8_linear_persistent(xq, xs, wq, ws, bias, res_in, False,
+                                                                              torch.bfloat16)
+        P["qvit w8a8 fp8 fast accum persistent (+residual)"] = lambda: w8a8_linear_persistent(
+            xf, xfs, fq, fs, bias, res_in, False, torch.bfloat16)
     P["qvit w8a8 fp8 (+act quant)"] = lambda: w8a8_linear(*layernorm_quant_fp8(x), fq, fs, bias, None, False,
                                                           torch.bfloat16)
     p4, s4, _ = Q.quantize_int4(w, 128, True)
@@ -245,6 +261,16 @@ def linear_providers(x, lin, k, n):
     refs["qvit-cuda w8a8 (int8 in)"] = refs["qvit w8a8 (int8 in)"]
     refs["qvit w8a8 fp8 (fp8 in)"] = lambda: Q.fp8_matmul_ref(xf, xfs, fq, fs, bias, torch.float32)
     refs["qvit w8a8 fp8 fast accum (fp8 in)"] = refs["qvit w8a8 fp8 (fp8 in)"]
+    refs["qvit w8a8 persistent (int8 in)"] = refs["qvit w8a8 (int8 in)"]
+    refs["qvit w8a8 fp8 fast accum persistent (fp8 in)"] = refs["qvit w8a8 fp8 (fp8 in)"]
+    if n == 4 * k:
+        refs["qvit w8a8 persistent (+gelu)"] = refs["qvit w8a8 (+gelu)"]
+        refs["qvit w8a8 fp8 fast accum persistent (+gelu)"] = lambda: Q.fp8_matmul_ref(
+            xf, xfs, fq, fs, bias, torch.float32, gelu=True)
+    if n == 1024:
+        refs["qvit w8a8 persistent (+residual)"] = refs["qvit w8a8 (+residual)"]
+        refs["qvit w8a8 fp8 fast accum persistent (+residual)"] = lambda: Q.fp8_matmul_ref(
+            xf, xfs, fq, fs, bias, torch.float32, residual=res_in)
     if n == 4 * k:
         refs["qvit w8a8 fp8 fast accum (+gelu)"] = lambda: Q.fp8_matmul_ref(xf, xfs, fq, fs, bias, torch.float32,
                                                                            gelu=True)
@@ -471,10 +497,10 @@ def bench_attention_bwd(res, quick):
 # ----------------------------------------------------------------------------- report
 # a provider's kind: (kind, regular expression of qvit's providers, of the peers' providers). The raw
 # `_int_mm` / `_scaled_mm` rows leave out the scaling and bias a full linear needs: a lower bound on that peer.
-KINDS = (("int8 W8A8", r"^qvit(-cuda)? w8a8 \((int8 in|\+act quant)\)$", r"_int_mm|LLM\.int8|torchao int8"),
+KINDS = (("int8 W8A8", r"^qvit(-cuda)? w8a8( persistent)? \((int8 in|\+act quant)\)$", r"_int_mm|LLM\.int8|torchao int8"),
          ("fp8 W8A8", r"^qvit w8a8 fp8 \(", r"_scaled_mm fp8 \(raw\)"),
          # accumulated in place over K (Hopper's reduced-precision accumulator) against cuBLAS doing the same
-         ("fp8 W8A8, fast accumulation", r"^qvit w8a8 fp8 fast accum \((fp8 in)\)$", r"_scaled_mm fp8 \(raw, fast accum\)"),
+         ("fp8 W8A8, fast accumulation", r"^qvit w8a8 fp8 fast accum( persistent)? \(fp8 in\)$", r"_scaled_mm fp8 \(raw, fast accum\)"),
          ("4-bit weight-only", r"^qvit w4a16", r"bnb NF4|torchao int4"))
 
 

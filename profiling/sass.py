@@ -88,7 +88,21 @@ def _lnq():
                                 "fp8": ({**base, "FP8": True}, {**ptrs, "q_ptr": "*fp8e4nv"})}, set()
 
 
-KERNELS = {"attention": _attention, "w8a8": _w8a8, "w4a16": _w4a16, "w4a8": _w4a8, "lnq": _lnq}
+def _w8a8p():
+    from qvit.kernels import w8a8_persistent as P
+    base = dict(HAS_BIAS=True, GELU=False, HAS_RES=False, FP8=False, NUM_PROGRAMS=132)
+
+    def ptrs(dt):  # the descriptors' box shapes are the config's tiles
+        return lambda c: {"x_desc": f"tensordesc<{dt}[{c['BLOCK_M']}, {c['BLOCK_K']}]>",
+                          "w_desc": f"tensordesc<{dt}[{c['BLOCK_N']}, {c['BLOCK_K']}]>",
+                          "xs_ptr": "*fp32", "ws_ptr": "*fp32", "b_ptr": "*fp32", "r_ptr": "*bf16", "y_ptr": "*bf16"}
+    return P._w8a8_persistent_kernel, {
+        "plain": (base, ptrs("i8")), "gelu_res": ({**base, "GELU": True, "HAS_RES": True}, ptrs("i8")),
+        "fp8": ({**base, "FP8": True}, ptrs("fp8e4nv")),
+        "fp8_gelu": ({**base, "FP8": True, "GELU": True}, ptrs("fp8e4nv"))}, set()
+
+
+KERNELS = {"attention": _attention, "w8a8": _w8a8, "w4a16": _w4a16, "w4a8": _w4a8, "lnq": _lnq, "w8a8p": _w8a8p}
 
 
 def compile_config(kernel: str, mode: str, cfg, arch: int = 90):
@@ -100,13 +114,16 @@ def compile_config(kernel: str, mode: str, cfg, arch: int = 90):
     fn = autotuned.fn
     consts, ptrs = modes[mode]
     consts = {**consts, **cfg.kwargs}
+    if callable(ptrs):  # argument types that depend on the config (tensor descriptors' box shapes)
+        ptrs = ptrs(consts)
     sig, attrs = {}, {}
     for i, p in enumerate(fn.params):
         if p.is_constexpr:
             sig[p.name] = "constexpr"
         elif p.name in ptrs:
             sig[p.name] = ptrs[p.name]
-            attrs[(i,)] = [["tt.divisibility", 16]]
+            if ptrs[p.name].startswith("*"):
+                attrs[(i,)] = [["tt.divisibility", 16]]
         else:
             sig[p.name] = "fp32" if p.name in floats or p.name == "eps" else "i32"
             if p.name.startswith("stride") or p.name in ("K", "N", "H") or re.fullmatch(r"s[a-z]{2}", p.name):

@@ -67,7 +67,8 @@ def pin_config(monkeypatch, kernel, config=None, **overrides):
     every code path the autotuner may choose on a GPU."""
     import triton
     c = config if config is not None else kernel.configs[0]
-    cfg = triton.Config({**c.kwargs, **overrides}, num_warps=c.num_warps, num_stages=c.num_stages)
+    cfg = triton.Config({**c.kwargs, **overrides}, num_warps=c.num_warps, num_stages=c.num_stages,
+                        pre_hook=c.pre_hook)
     monkeypatch.setattr(kernel, "configs", [cfg])
     monkeypatch.setattr(kernel, "cache", {})
     if getattr(kernel, "early_config_prune", None) is not None:

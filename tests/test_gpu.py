@@ -28,6 +28,47 @@ def test_w8a8_real_shapes(poison, m, k, n):
     torch.testing.assert_close(y32, Q.int8_matmul_ref(xq, xs, wq, ws), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("k,n", SHAPES)
+@pytest.mark.parametrize("m", [1, 197, 197 * 64])
+@pytest.mark.parametrize("fp8", [False, True])
+def test_w8a8_persistent_real_shapes(poison, m, k, n, fp8):
+    """The persistent TMA kernel (autotuned) with bias + GELU + residual against the reference; fp8 with the
+    in-place accumulation's bar (as test_fp8_w8a8_real_shapes)."""
+    from qvit.kernels.w8a8_persistent import w8a8_linear_persistent
+    x = torch.randn(m, k, device=DEV)
+    w = torch.randn(n, k, device=DEV) * 0.02
+    xq, xs = Q.quantize_fp8_per_token(x) if fp8 else Q.quantize_int8_per_token(x)
+    wq, ws = Q.quantize_fp8_per_channel(w) if fp8 else Q.quantize_int8_per_channel(w)
+    b = torch.randn(n, device=DEV)
+    r = torch.randn(m, n, device=DEV, dtype=torch.bfloat16)
+    y = w8a8_linear_persistent(xq, xs, wq, ws, b, r, True, torch.bfloat16)
+    ref = Q.int8_matmul_ref(xq, xs, wq, ws, b, torch.float32, gelu=True, residual=r)
+    assert rel_err(y, ref) < 2 ** -8  # one bf16 rounding of the output (fp8: + the accumulation, below it)
+    y32 = w8a8_linear_persistent(xq, xs, wq, ws, None, None, False, torch.float32)
+    if fp8:
+        assert rel_err(y32, Q.fp8_matmul_ref(xq, xs, wq, ws)) < 2 ** -9
+    else:
+        torch.testing.assert_close(y32, Q.int8_matmul_ref(xq, xs, wq, ws), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("idx", range(14))
+def test_w8a8_persistent_every_config_gpu(poison, monkeypatch, idx):
+    """Each of the persistent kernel's configs pinned (the autotuner may pick any): proj-like K with an odd
+    M and N (edge boxes read as zeros by TMA), GELU (EPI_SPLIT configs) + residual, int8."""
+    from qvit.kernels import w8a8_persistent as P
+    if idx >= len(P._w8a8_persistent_kernel.configs):
+        pytest.skip("fewer configs")
+    pin_config(monkeypatch, P._w8a8_persistent_kernel, P._w8a8_persistent_kernel.configs[idx])
+    m, k, n = 1111, 1024, 1000
+    xq, xs = Q.quantize_int8_per_token(torch.randn(m, k, device=DEV))
+    wq, ws = Q.quantize_int8_per_channel(torch.randn(n, k, device=DEV) * 0.02)
+    b = torch.randn(n, device=DEV)
+    r = torch.randn(m, n, device=DEV, dtype=torch.bfloat16)
+    y = P.w8a8_linear_persistent(xq, xs, wq, ws, b, r, True, torch.float32)
+    torch.testing.assert_close(y, Q.int8_matmul_ref(xq, xs, wq, ws, b, torch.float32, gelu=True, residual=r),
+                               rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("k,n", SHAPES[:4])
 @pytest.mark.parametrize("m", [1, 197, 197 * 64])
 @pytest.mark.parametrize("mode", ["int4-sym", "int4-asym", "nf4"])

@@ -210,6 +210,13 @@ class _QuantLinear(nn.Module):
                 "bias": self.bias is not None}
 
 
+def _persistent_gemm() -> bool:
+    """QVIT_PERSISTENT_GEMM=1: the W8A8 / fp8 linears on the Triton backend run the persistent TMA kernel
+    (kernels/w8a8_persistent.py) where it applies (per-token scales, K a multiple of 16). Off by default until
+    measured faster end to end."""
+    return os.environ.get("QVIT_PERSISTENT_GEMM", "0") == "1"
+
+
 def _quantize_act(x, backend: Backend):
     if backend is Backend.TRITON:
         from qvit.kernels.layernorm_quant import layernorm_quant
@@ -294,7 +301,11 @@ class Int8Linear(_QuantLinear):
                 backend = Backend.CUDA
         if backend is Backend.TRITON:
             from qvit.kernels.w8a8_linear import w8a8_linear, w8a8_linear_fp8_fast_accum
-            gemm = w8a8_linear_fp8_fast_accum if self.act_format == "fp8" and self.fp8_fast_accum else w8a8_linear
+            fast = self.act_format == "fp8" and self.fp8_fast_accum
+            if _persistent_gemm() and xs.ndim == 1 and xq.shape[1] % 16 == 0 and (fast or self.act_format == "int8"):
+                from qvit.kernels.w8a8_persistent import w8a8_linear_persistent
+                return w8a8_linear_persistent(xq, xs, wq, self.w_scale, self.bias, residual, gelu, out_dtype)
+            gemm = w8a8_linear_fp8_fast_accum if fast else w8a8_linear
             return gemm(xq, xs, wq, self.w_scale, self.bias, residual, gelu, out_dtype)
         if backend is Backend.CUDA:  # csrc/w8a8_gemm.cu: mma.sync + split-K, tuned per shape
             from qvit.kernels.w8a8_cuda import w8a8_linear_cuda
