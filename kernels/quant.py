@@ -169,6 +169,18 @@ def quantize_fp8_per_token(x: torch.Tensor):
     return (xf / scale[..., None]).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn), scale
 
 
+def quantize_fp8_static(x: torch.Tensor, scale: float | torch.Tensor):
+    """(..., K) float -> (q float8_e4m3fn (..., K), scale float32 (...) filled with `scale`): one static
+    (calibrated) scale for the whole tensor, q = x / scale rounded to nearest even and saturated at +-448
+    (values past the calibrated range clip)."""
+    _check_tensor("x", x, FLOAT_DTYPES)
+    s = torch.as_tensor(scale, dtype=torch.float32, device=x.device).reshape(())
+    if not bool(torch.isfinite(s)) or float(s) <= 0:
+        raise ValueError(f"quantize_fp8_static: scale must be a positive finite number, got {float(s)}")
+    q = (x.float() / s).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    return q, s.expand(x.shape[:-1]).contiguous()
+
+
 def quantize_fp8_per_channel(w: torch.Tensor):
     """(N, K) float -> (q float8_e4m3fn (N, K), scale float32 (N,)); per output channel."""
     _check_tensor("weight", w, FLOAT_DTYPES, 2)

@@ -33,7 +33,7 @@ _OUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 if triton is not None:
-    from qvit.kernels.layernorm_quant import _round_half_even  # one rounding rule for every quantizer
+    from qvit.kernels.layernorm_quant import _round_e4m3, _round_half_even  # one rounding rule for every quantizer
 
     # narrow K tiles, offered only for inputs with 32- or 64-channel scale groups (proj after the quantizing
     # attention epilogue: one group per head); the other calls are tuned over the same tiles as before
@@ -220,6 +220,24 @@ if triton is not None:
         tl.store(y_ptr + m2 * stride_ym + n2, y.to(y_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
+    def _epilogue_fp8_static(y, offs_m, offs_n, mask_m, mask_n, b_ptr, q_ptr, s_ptr, stride_qm,
+                             HAS_BIAS: tl.constexpr, GELU: tl.constexpr):
+        """+ bias -> GELU on the float32 tile, then float8_e4m3fn with one static scale (s_ptr[0], calibrated):
+        q = y / scale rounded to nearest even, saturated at +-448, as `quantize_fp8_static` does."""
+        if HAS_BIAS:
+            y += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        if GELU:
+            y = _gelu_erf(y)
+        scale = tl.load(s_ptr)
+        inv = tl.math.div_rn(1.0, scale)
+        v = tl.clamp(_div_rn_fast(y, scale, inv), -448.0, 448.0)
+        if _INTERP:  # the interpreter's cast rounds wrongly across a binade and at ties: round on the grid first
+            v = _round_e4m3(v)
+        m2 = offs_m[:, None].to(tl.int64)
+        tl.store(q_ptr + m2 * stride_qm + offs_n[None, :], v.to(q_ptr.dtype.element_ty),
+                 mask=mask_m[:, None] & mask_n[None, :])
+
+    @triton.jit
     def _epilogue_quant(y, offs_m, offs_n, mask_m, mask_n, pid_n, b_ptr, q_ptr, s_ptr, N, stride_qm,
                         HAS_BIAS: tl.constexpr, GELU: tl.constexpr, G: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -256,7 +274,8 @@ if triton is not None:
         """XG > 0: x's scales are per token and per group of XG channels, xs (M, K // XG): each K tile's
         int32 product is scaled by its group's scale into a float32 accumulator. QOUT > 0: the output is
         quantized in the epilogue, per token and per group of QOUT output channels: int8 into y, scales
-        (M, N // QOUT) into ys (the next GEMM's XG input; no residual then)."""
+        (M, N // QOUT) into ys (the next GEMM's XG input; no residual then). QOUT < 0: float8 out with the
+        static scale ys[0]."""
         # grouped tile order: GROUP_M row-tiles share one sweep over N, so W tiles stay in L2
         pid = tl.program_id(0)
         num_pid_m = tl.cdiv(M, BLOCK_M)
@@ -313,7 +332,9 @@ if triton is not None:
         else:
             xs = tl.load(xs_ptr + offs_m, mask=mask_m, other=0.0)
             y = acc.to(tl.float32) * xs[:, None] * ws[None, :]
-        if QOUT > 0:
+        if QOUT < 0:  # float8 out with one static scale (ys_ptr[0]): the next fp8 GEMM's input
+            _epilogue_fp8_static(y, offs_m, offs_n, mask_m, mask_n, b_ptr, y_ptr, ys_ptr, stride_ym, HAS_BIAS, GELU)
+        elif QOUT > 0:
             _epilogue_quant(y, offs_m, offs_n, mask_m, mask_n, pid_n, b_ptr, y_ptr, ys_ptr, N, stride_ym,
                             HAS_BIAS, GELU, QOUT, BLOCK_M, BLOCK_N)
         else:
@@ -408,6 +429,32 @@ def w8a8_linear_fp8_fast_accum(xq: torch.Tensor, x_scale: torch.Tensor, wq: torc
     y = torch.empty((xq.shape[0], wq.shape[0]), dtype=out_dtype, device=xq.device)
     _launch(xq, x_scale, wq, w_scale, bias, residual, gelu, y, None, 0, fp8_fast_accum=True)
     return y
+
+
+def _fake_fp8_static(xq, x_scale, wq, w_scale, bias=None, gelu=False, out_scale=None):
+    m = xq.shape[0]
+    return xq.new_empty((m, wq.shape[0]), dtype=torch.float8_e4m3fn), xq.new_empty((m,), dtype=torch.float32)
+
+
+@fast_custom_op("qvit::w8a8_linear_fp8_static_out", _fake_fp8_static)
+def w8a8_linear_fp8_static_out(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor,
+                               bias: torch.Tensor | None, gelu: bool,
+                               out_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fp8 GEMM (in-place accumulation) with its output (after bias and GELU) quantized in the epilogue to
+    float8_e4m3fn with one static, calibrated scale: (q (M, N), scale float32 (M,) filled with out_scale),
+    exactly what `quantize_fp8_static` makes of the float32 epilogue result and what the next fp8 GEMM takes
+    as input (QuantConfig.fp8_static_mlp: fc1 -> fc2 without a bf16 round trip or a quantize kernel)."""
+    _validate(xq, x_scale, wq, w_scale, bias, None, torch.float32)
+    if xq.dtype != torch.float8_e4m3fn:
+        raise TypeError(f"w8a8_linear_fp8_static_out: float8_e4m3fn operands only, got {xq.dtype}")
+    if not isinstance(out_scale, torch.Tensor) or out_scale.numel() != 1 or out_scale.dtype != torch.float32 \
+            or out_scale.device != xq.device:
+        raise ValueError("w8a8_linear_fp8_static_out: out_scale must be a one-element float32 tensor on "
+                         f"{xq.device}, got {out_scale!r:.80}")
+    m, n = xq.shape[0], wq.shape[0]
+    q = torch.empty((m, n), dtype=torch.float8_e4m3fn, device=xq.device)
+    _launch(xq, x_scale, wq, w_scale, bias, None, gelu, q, out_scale.reshape(1), -1, fp8_fast_accum=True)
+    return q, out_scale.reshape(()).expand(m).contiguous()
 
 
 def _fake_quant_out(xq, x_scale, wq, w_scale, bias=None, gelu=False, group=128):

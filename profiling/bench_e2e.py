@@ -38,7 +38,8 @@ QVIT_VARIANTS = {k: VARIANTS[k] for k in MAIN + ("x w4a16-int4+sdpa", "x fp8+sdp
                                                  "x 8bit+qvit-attn-fp16qk", "x w4a8+sdpa-noflash",
                                                  "x 8bit-g128+sdpa-noflash", "x 4bit-g128+sdpa-noflash",
                                                  "x 8bit-g128+qvit-attn-fp16qk", "x 8bit-g128+qvit-attn",
-                                                 "x fp8+qvit-attn", "x fp8+qvit-attn-fp16qk")}
+                                                 "x fp8+qvit-attn", "x fp8+qvit-attn-fp16qk",
+                                                 "x fp8s+qvit-attn-fp16qk", "x fp8s+sdpa-noflash")}
 
 
 def _stats(ms: list[float]) -> dict:
@@ -143,7 +144,12 @@ def build_qvit(base: ViT, preset, attn, int8_qk, keep_format, device, dtype, lin
     """The variant on `device` and its safetensors size (None with disk=False: a warm-up copy skips the write)."""
     m = copy.deepcopy(base)
     if preset is not None:
-        quantize(m, QuantConfig.preset(preset, keep=KEEP, keep_format=keep_format, int8_attention=int8_qk))
+        cfg = QuantConfig.preset(preset, keep=KEEP, keep_format=keep_format, int8_attention=int8_qk)
+        # static scales calibrated on random images: the weights are random too; what is timed does not depend
+        # on the scale values (saturated codes cost the same)
+        calib = torch.randn(8, base.cfg.in_chans, base.cfg.img_size, base.cfg.img_size,
+                            generator=torch.Generator().manual_seed(0)) if cfg.needs_calibration else None
+        quantize(m, cfg, calib=calib)
     m = m.to(device=device, dtype=dtype).eval()
     linear = linear if device.type == "cuda" else "torch"
     m.set_backend(linear=linear, attn=attn if device.type == "cuda" else "torch")

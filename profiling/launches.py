@@ -156,8 +156,10 @@ def build(variant: str, config: str, dtype=torch.float16, seed: int = 0, **overr
     m = ViT.from_name(config).eval()
     if preset is not None:
         # every block quantized (keep only the head), so that all blocks run the variant's kernels
-        quantize(m, QuantConfig.preset(preset, keep=tuple(k for k in KEEP if k == "head"), keep_format=keep_format,
-                                       int8_attention=int8_qk, **overrides))
+        cfg = QuantConfig.preset(preset, keep=tuple(k for k in KEEP if k == "head"), keep_format=keep_format,
+                                 int8_attention=int8_qk, **overrides)
+        calib = torch.randn(4, m.cfg.in_chans, m.cfg.img_size, m.cfg.img_size) if cfg.needs_calibration else None
+        quantize(m, cfg, calib=calib)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     if dev == "cpu" and attn.startswith("sdpa"):
         attn = "sdpa"  # SDPA's backend choice is CUDA-only; on a CPU it is one op either way

@@ -5,9 +5,10 @@ and a compile check of code paths the interpreter accepts but the compiler might
 Triton version: run it with the device's (e.g. `pip install --target DIR triton==3.6.0`, DIR first on
 PYTHONPATH).
 
-    python -m qvit.profiling.sass [--kernel attention|w8a8|w4a16|w4a8|lnq] [--mode ...] [--match REGEX] [--sass DIR]
+    python -m qvit.profiling.sass [--kernel attention|w8a8|w8a8p|w4a16|w4a8|lnq] [--mode ...] [--match REGEX] [--sass DIR]
 
-Modes: attention fp16 | onchip | qout | int8; w8a8 plain | gelu_res | qout | fp8 | fp8_fast; w4a16 int4 | nf4_gelu_res;
+Modes: attention fp16 | onchip | qout | int8; w8a8 plain | gelu_res | qout | fp8 | fp8_fast | fp8_static;
+w8a8p (persistent) plain | gelu_res | fp8 | fp8_gelu; w4a16 int4 | nf4_gelu_res;
 w4a8 gelu_res | plain | prog; lnq int8 | fp8 (LayerNorm + quantize, K = 1024).
 Instruction counts are static (each instruction once, loops not unrolled by count); `loops` gives each loop
 body's size as instructions (tensor-core / MUFU / fp32 ALU). Compare configs and versions of the same kernel
@@ -57,7 +58,9 @@ def _w8a8():
     return W._w8a8_kernel, {"plain": (base, ptrs), "gelu_res": ({**base, "GELU": True, "HAS_RES": True}, ptrs),
                             "qout": ({**base, "GELU": True, "QOUT": 128}, {**ptrs, "y_ptr": "*i8"}),
                             "fp8": ({**base, "FP8": 1}, {**ptrs, "x_ptr": "*fp8e4nv", "w_ptr": "*fp8e4nv"}),
-                            "fp8_fast": ({**base, "FP8": 2}, {**ptrs, "x_ptr": "*fp8e4nv", "w_ptr": "*fp8e4nv"})}, set()
+                            "fp8_fast": ({**base, "FP8": 2}, {**ptrs, "x_ptr": "*fp8e4nv", "w_ptr": "*fp8e4nv"}),
+                            "fp8_static": ({**base, "FP8": 2, "GELU": True, "QOUT": -1},
+                                           {**ptrs, "x_ptr": "*fp8e4nv", "w_ptr": "*fp8e4nv", "y_ptr": "*fp8e4nv"})}, set()
 
 
 def _w4a16():

@@ -57,6 +57,8 @@ class Demo:
         self.variants = {}
         cuda = self.device.type == "cuda"
         for name, (preset, attn, int8_qk, keep_format) in VARIANTS.items():
+            if preset and QuantConfig.preset(preset).needs_calibration:
+                continue  # static activation scales need calibration images, which the demo does not load
             m = copy.deepcopy(base)
             if preset:
                 quantize(m, QuantConfig.preset(preset, keep=KEEP, keep_format=keep_format, int8_attention=int8_qk))

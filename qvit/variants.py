@@ -23,6 +23,9 @@ VARIANTS = {
     "x fp8+sdpa-noflash": ("fp8", "sdpa-noflash", False, "int8"),
     "x fp8+qvit-attn": ("fp8", "qvit", True, "int8"),
     "x fp8+qvit-attn-fp16qk": ("fp8", "qvit", False, "int8"),
+    # fc2's input at a static scale calibrated on training images, written in fp8 by fc1's epilogue
+    "x fp8s+qvit-attn-fp16qk": ("fp8s", "qvit", False, "int8"),
+    "x fp8s+sdpa-noflash": ("fp8s", "sdpa-noflash", False, "int8"),
     # 4-bit with float group scales on the direct W4A8 kernel (int4 expanded to int8 inside the GEMM)
     "x w4a8+qvit-attn": ("w4a8", "qvit", True, "int8"),
     "x w4a8+sdpa-noflash": ("w4a8", "sdpa-noflash", False, "int8"),

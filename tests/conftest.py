@@ -61,6 +61,12 @@ def rel_err(y, ref):
     return float((y - ref).norm() / ref.norm())
 
 
+def e4m3_ordinal(q):
+    """e4m3 codes as signed integers in value order (adjacent representable values differ by one)."""
+    c = q.view(torch.uint8).int()
+    return torch.where(c >= 128, -(c - 128), c)
+
+
 def pin_config(monkeypatch, kernel, config=None, **overrides):
     """Make an autotuned Triton kernel run exactly one config (`config`, default its first) with
     `overrides` applied (e.g. the swapped-operand variant), whatever it would have picked: tests reach

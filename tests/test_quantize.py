@@ -156,3 +156,63 @@ def test_act_group_saved_and_validated(tmp_path, base):
         q = quantize(copy.deepcopy(base), QuantConfig.preset(p, act_group=128, keep_format="int8"))
         groups = {type(mm.fc1).__name__: getattr(mm.fc1, "out_group", 0) for mm in q.modules() if isinstance(mm, Mlp)}
         assert groups == {"Int8Linear": 128, {"w4a16": "Int4Linear", "fp8": "Fp8Linear"}[p]: 0}, (p, groups)
+
+
+def test_fp8_static_mlp_calibrated_saved_and_refused_without_images(tmp_path, base):
+    """fp8s: every quantized fc2 gets one static input scale = max |fc2 input| over the calibration images /
+    448 (measured here with a hook on the float model), saved and loaded with the file; without images
+    quantize() refuses by name; an fp8 option on another format is refused."""
+    from qvit.vit.quantize import calibrate_fc2_inputs
+    torch.manual_seed(1)
+    images = torch.randn(16, 3, 32, 32)
+    with pytest.raises(ValueError, match="calibration images"):
+        quantize(copy.deepcopy(base), QuantConfig.preset("fp8s"))
+    with pytest.raises(ValueError, match="fp8 option"):
+        QuantConfig.preset("w8a8", fp8_static_mlp=True)
+    with pytest.raises(ValueError, match="normalized float tensor"):
+        quantize(copy.deepcopy(base), QuantConfig.preset("fp8s"), calib=torch.zeros(2, 3, 32, dtype=torch.uint8))
+    amax = calibrate_fc2_inputs(copy.deepcopy(base), images)
+    seen = {}
+    hooks = [b.mlp.fc2.register_forward_hook(lambda mod, i, o, k=k: seen.__setitem__(k, float(i[0].abs().max())))
+             for k, b in enumerate(base.blocks)]
+    with torch.no_grad():
+        base(images)
+    for h in hooks:
+        h.remove()
+    assert amax == pytest.approx({f"blocks.{k}.mlp.fc2": v for k, v in seen.items()}, rel=1e-6)
+    m = quantize(copy.deepcopy(base), QuantConfig.preset("fp8s"), calib=images)
+    for k in (1, 2):  # the quantized middle blocks; blocks 0 and 3 and the head stay float
+        fc2 = m.blocks[k].mlp.fc2
+        assert isinstance(fc2, Fp8Linear) and float(fc2.x_static) == pytest.approx(amax[f"blocks.{k}.mlp.fc2"] / 448)
+        assert m.blocks[k].mlp.fc1.x_static is None and m.blocks[k].attn.qkv.x_static is None
+    path = tmp_path / "fp8s.safetensors"
+    save_quantized(m, str(path))
+    back = load_quantized(str(path))
+    assert back.quant_config.fp8_static_mlp
+    assert float(back.blocks[2].mlp.fc2.x_static) == float(m.blocks[2].mlp.fc2.x_static)
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(_logits(back, x), _logits(m, x))
+
+
+def test_fp8_static_mlp_accuracy_and_fused_path(monkeypatch, base):
+    """The model with static fc2 scales stays as close to the float model as per-token fp8 (a per-tensor
+    scale calibrated on the same distribution); at inference fc1 hands fc2 its fp8 output directly
+    (`forward_fp8_static`), and that equals fc1 -> bf16/fp32 -> static quantization of fc2's input."""
+    from qvit.vit.quantize import Fp8Linear as F
+    torch.manual_seed(2)
+    images = torch.randn(32, 3, 32, 32)
+    x = torch.randn(4, 3, 32, 32)
+    ref = _logits(base, x)
+    dyn = _logits(quantize(copy.deepcopy(base), QuantConfig.preset("fp8")), x)
+    m = quantize(copy.deepcopy(base), QuantConfig.preset("fp8s"), calib=images)
+    calls = []
+    real = F.forward_fp8_static
+    monkeypatch.setattr(F, "forward_fp8_static", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    fused = _logits(m, x)
+    assert len(calls) == 2  # blocks 1 and 2
+    with torch.enable_grad():  # the unfused path: fc1 -> float -> fc2's static quantization
+        unfused = m(x).detach()
+    assert len(calls) == 2
+    rel = lambda a, b: float((a - b).norm() / b.norm())  # noqa: E731
+    assert rel(fused, unfused) < 1e-5  # fp32 on the reference backend: the same codes, the same sums
+    assert rel(fused, ref) <= 1.5 * rel(dyn, ref) + 1e-3, (rel(fused, ref), rel(dyn, ref))

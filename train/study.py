@@ -46,12 +46,14 @@ def _env(device):
     return "torch", torch.float32, "torch"
 
 
-def build_variant(base, preset, attn, int8_qk, device, keep=KEEP, filter_fn=default_filter, keep_format="float"):
+def build_variant(base, preset, attn, int8_qk, device, keep=KEEP, filter_fn=default_filter, keep_format="float",
+                  calib=None):
+    """`calib`: normalized training images for the presets that calibrate static scales (fp8s)."""
     linear, dtype, attn_override = _env(device)
     m = copy.deepcopy(base)
     if preset is not None:
         quantize(m, QuantConfig.preset(preset, keep=keep, int8_attention=int8_qk, keep_format=keep_format),
-                 filter_fn=filter_fn)
+                 filter_fn=filter_fn, calib=calib)
     m = m.to(device=device, dtype=dtype).eval()
     m.set_backend(linear=linear, attn=attn_override or attn)
     return m
@@ -85,16 +87,21 @@ def study(model_path: str, out: str, device=None, data_root=None, limit_test=Non
     rows = {}
     names = list(variants) if variants is not None else list(VARIANTS) + list(SMOOTHED)  # []: none
     smooth_info = None
+    calib = None  # 256 training images, for SmoothQuant's statistics and the static fp8 scales (fp8s)
+    if any(n in SMOOTHED or (VARIANTS[n][0] and QuantConfig.preset(VARIANTS[n][0]).needs_calibration)
+           for n in names if n in VARIANTS or n in SMOOTHED):
+        xtr, _ = load_cifar10("train", data_root)
+        calib = aug.eval(xtr[:256])
+        del xtr
     if any(n in SMOOTHED for n in names):
         from qvit.vit.smooth import calibrate, smooth
-        xtr, _ = load_cifar10("train", data_root)
-        stats = calibrate(base, aug.eval(xtr[:256]))
+        stats = calibrate(base, calib)
         smoothed = copy.deepcopy(base)
         smooth_info = {k: {"outlier_ratio_before": a, "after": b} for k, (a, b) in smooth(smoothed, stats, 0.5).items()}
     for name in names:
         src = smoothed if name in SMOOTHED else base
         preset, attn, int8_qk, keep_format = VARIANTS[SMOOTHED.get(name, name)]
-        m = build_variant(src, preset, attn, int8_qk, device, keep_format=keep_format)
+        m = build_variant(src, preset, attn, int8_qk, device, keep_format=keep_format, calib=calib)
         r = run_eval(m, loader, aug)
         r.update(preset=preset or "float", attn=attn_override or attn, int8_qk=int8_qk, linear_backend=linear,
                  keep_format=keep_format, weight_bytes=weight_bytes(m))

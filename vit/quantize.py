@@ -13,6 +13,7 @@ embedding, which is a convolution and never swapped, the head, and the first and
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import asdict, dataclass
@@ -48,6 +49,10 @@ class QuantConfig:
     # quantizes its output per token and head for proj the same way: no bf16 round trip and no separate
     # quantization kernel before fc2 and proj (W8A8 family only: w8a8, w4a8p). 0: bf16 out, quantize kernels.
     act_group: int = 0
+    # fp8 only: fc2's input quantized with one static scale per layer (calibrated: quantize(..., calib=images)),
+    # so fc1's epilogue writes it in fp8 directly (no bf16 round trip, no per-token quantize pass over the
+    # 4x-wide hidden activation). Per-tensor static activation scales, as FP8 inference engines use them
+    fp8_static_mlp: bool = False
     keep: tuple = ("head", "blocks.0.", "blocks.-1.")  # name prefixes kept in higher precision
     keep_format: str = "float"      # float | int8: what kept linears become
 
@@ -68,9 +73,16 @@ class QuantConfig:
             raise ValueError("progressive (two-level) scales are a W4A8 format: weight='int4', act='int8'")
         if self.act_group < 0 or self.act_group % 16:
             raise ValueError(f"QuantConfig.act_group must be 0 or a multiple of 16, got {self.act_group}")
+        if self.fp8_static_mlp and self.weight != "fp8":
+            raise ValueError("QuantConfig.fp8_static_mlp is an fp8 option (weight='fp8', act='fp8')")
         if self.keep_format not in ("float", "int8"):
             raise ValueError(f"QuantConfig.keep_format must be 'float' or 'int8', got {self.keep_format!r}")
         self.keep = tuple(self.keep)
+
+    @property
+    def needs_calibration(self) -> bool:
+        """True where quantize() needs calibration images (`calib=`): static activation scales."""
+        return self.fp8_static_mlp
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "QuantConfig":
@@ -84,6 +96,8 @@ class QuantConfig:
             "w4a16": dict(weight="int4", act="none"),
             "nf4": dict(weight="nf4", act="none"),
             "fp8": dict(weight="fp8", act="fp8"),
+            # the same with fc2's input at a static, calibrated scale, written in fp8 by fc1's epilogue
+            "fp8s": dict(weight="fp8", act="fp8", fp8_static_mlp=True),
         }
         if name not in presets:
             raise ValueError(f"unknown quantization preset {name!r}; known: {', '.join(presets)}")
@@ -329,11 +343,44 @@ class Fp8Linear(Int8Linear):
     # at an added error below the bf16 output's own rounding. False: the promoted kernel
     fp8_fast_accum = True
 
+    def __init__(self, in_features, out_features, has_bias=True, static_input: bool = False):
+        super().__init__(in_features, out_features, has_bias)
+        # one calibrated input scale (QuantConfig.fp8_static_mlp) or None: per-token dynamic scales
+        self.register_buffer("x_static", torch.ones((), dtype=torch.float32) if static_input else None)
+
+    @classmethod
+    def from_float(cls, lin: nn.Linear, static_scale: float | None = None):
+        m = super().from_float(lin)
+        if static_scale is not None:
+            if not (math.isfinite(static_scale) and static_scale > 0):
+                raise ValueError(f"Fp8Linear: static input scale must be positive and finite, got {static_scale}")
+            m.register_buffer("x_static", torch.tensor(float(static_scale), dtype=torch.float32,
+                                                       device=m.w_scale.device))
+        return m
+
+    def layer_meta(self) -> dict:
+        return {**super().layer_meta(), **({"static_input": True} if self.x_static is not None else {})}
+
     @staticmethod
     def _quantize_weight(w):
         return Q.quantize_fp8_per_channel(w)
 
+    def forward_fp8_static(self, x, gelu: bool, scale: torch.Tensor) -> QAct:
+        """This layer's output (+ bias, GELU) in fp8 at the static scale `scale` (the next layer's calibrated
+        input scale), as that layer's input: in the GEMM's epilogue on the Triton backend
+        (`w8a8_linear_fp8_static_out`), in PyTorch on the reference one."""
+        backend, xq, xs, wq = self._gemm_inputs(x if isinstance(x, QAct) else _as_2d(x))
+        lead = tuple(x.shape[:-1])
+        if backend is Backend.TRITON:
+            from qvit.kernels.w8a8_linear import w8a8_linear_fp8_static_out
+            q, s = w8a8_linear_fp8_static_out(xq, xs, wq, self.w_scale, self.bias, gelu, scale)
+        else:
+            q, s = Q.quantize_fp8_static(_finish(self._matmul_torch(xq, xs, wq, torch.float32), gelu, None), scale)
+        return QAct(q, s, torch.Size(lead + (self.out_features,)), x.dtype)
+
     def _quantize_input(self, x, backend):
+        if self.x_static is not None:
+            return Q.quantize_fp8_static(x, self.x_static)
         if backend is Backend.TRITON:
             from qvit.kernels.layernorm_quant import layernorm_quant_fp8
             return layernorm_quant_fp8(x.contiguous())
@@ -491,13 +538,13 @@ def _make(meta: dict) -> _QuantLinear:
     if kind == "nf4":
         return NF4Linear(meta["in"], meta["out"], meta["bias"], meta["blocksize"])
     if kind == "fp8":
-        return Fp8Linear(meta["in"], meta["out"], meta["bias"])
+        return Fp8Linear(meta["in"], meta["out"], meta["bias"], bool(meta.get("static_input", False)))
     if kind == "w4a8p":
         return Int4ProgLinear(meta["in"], meta["out"], meta["bias"], meta["group_size"])
     raise CheckpointError(f"unknown quantized layer kind {kind!r}")
 
 
-def _from_float(lin: nn.Linear, cfg: QuantConfig, main: bool):
+def _from_float(lin: nn.Linear, cfg: QuantConfig, main: bool, static_scale: float | None = None):
     if not main:
         return Int8Linear.from_float(lin) if cfg.keep_format == "int8" else None
     if cfg.weight == "int8":
@@ -507,7 +554,7 @@ def _from_float(lin: nn.Linear, cfg: QuantConfig, main: bool):
     if cfg.weight == "int4":
         return Int4Linear.from_float(lin, cfg.group_size, cfg.symmetric, cfg.act)
     if cfg.weight == "fp8":
-        return Fp8Linear.from_float(lin)
+        return Fp8Linear.from_float(lin, static_scale)
     return NF4Linear.from_float(lin, cfg.nf4_blocksize)
 
 
@@ -532,10 +579,45 @@ def _set_runtime(model: ViT, config: QuantConfig):
                 m.fc1.out_group = config.act_group if fuse else 0
 
 
-def quantize(model: ViT, config: QuantConfig, filter_fn=default_filter) -> ViT:
-    """Swap the model's linears in place for quantized modules; returns the model."""
+@torch.no_grad()
+def calibrate_fc2_inputs(model: ViT, images: torch.Tensor, batch_size: int = 64) -> dict:
+    """max |x| over `images` (normalized float NCHW) of every block's fc2 input, on the float model:
+    {"blocks.i.mlp.fc2": amax}. What QuantConfig.fp8_static_mlp turns into static fp8 scales (amax / 448)."""
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or not images.is_floating_point():
+        raise ValueError("calibration images must be a normalized float tensor (N, C, H, W), got "
+                         f"{getattr(images, 'dtype', type(images).__name__)} {tuple(getattr(images, 'shape', ()))}")
+    amax, hooks = {}, []
+    for i, blk in enumerate(model.blocks):
+        name = f"blocks.{i}.mlp.fc2"
+
+        def hook(mod, inp, out, name=name):
+            a = float(inp[0].detach().abs().max())
+            amax[name] = max(amax.get(name, 0.0), a)
+        hooks.append(blk.mlp.fc2.register_forward_hook(hook))
+    was = model.training
+    model.eval()
+    p = next(model.parameters())
+    try:
+        for i in range(0, images.shape[0], batch_size):
+            model(images[i:i + batch_size].to(device=p.device, dtype=p.dtype))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    return amax
+
+
+def quantize(model: ViT, config: QuantConfig, filter_fn=default_filter, calib: torch.Tensor | None = None) -> ViT:
+    """Swap the model's linears in place for quantized modules; returns the model. `calib`: normalized float
+    images (N, C, H, W) for the options that calibrate static activation scales (QuantConfig.fp8_static_mlp)."""
     if not isinstance(config, QuantConfig):
         raise TypeError(f"config must be a QuantConfig, got {type(config).__name__}")
+    static = {}
+    if config.fp8_static_mlp:
+        if calib is None:
+            raise ValueError("QuantConfig.fp8_static_mlp calibrates fc2's input scales: pass calibration images, "
+                             "quantize(model, config, calib=images)")
+        static = {name: max(a, 1e-30) / Q.FP8_MAX for name, a in calibrate_fc2_inputs(model, calib).items()}
     keep = _expand_keep(config.keep, model.cfg.depth)
     layers = {}
     for name, mod in list(model.named_modules()):
@@ -544,7 +626,7 @@ def quantize(model: ViT, config: QuantConfig, filter_fn=default_filter) -> ViT:
         main = filter_fn(name, mod, keep)
         if main and config.weight == "int4" and mod.in_features % config.group_size:
             main = False  # e.g. a head whose K the group does not divide stays in higher precision
-        new = _from_float(mod, config, main)
+        new = _from_float(mod, config, main, static.get(name))
         if new is not None:
             new = new.to(mod.weight.device)
             _set(model, name, new)
