@@ -71,7 +71,9 @@ def _cmd_check(args) -> int:
     rows = [dict(variant="float", bytes=weight_bytes(base), sqnr_db=float("inf"), cosine=1.0, top1_agree=1.0,
                  ms=None)]
     for preset in args.presets:
-        m = quantize(copy.deepcopy(base), QuantConfig.preset(preset, keep=tuple(args.keep)))
+        cfg = QuantConfig.preset(preset, keep=tuple(args.keep))
+        # static activation scales (fp8s) calibrated on the same random batch the comparison runs
+        m = quantize(copy.deepcopy(base), cfg, calib=x if cfg.needs_calibration else None)
         m.set_backend(linear=args.backend, attn=args.attn)
         with torch.no_grad():
             t0 = time.perf_counter()
@@ -211,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("check", help="quantize a model with every preset and compare its logits with float (default run)")
     s.add_argument("--model", default="vit_small_patch4_32")
-    s.add_argument("--presets", nargs="+", default=["w8a8", "fp8", "w4a8", "w4a8p", "w4a16", "nf4"])
+    s.add_argument("--presets", nargs="+", default=["w8a8", "fp8", "fp8s", "w4a8", "w4a8p", "w4a16", "nf4"])
     s.add_argument("--batch", type=int, default=8)
     s.add_argument("--keep", nargs="*", default=["head", "blocks.0.", "blocks.-1."])
     s.add_argument("--backend", default=None, help="linear backend: torch | triton | cuda | auto")
