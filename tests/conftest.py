@@ -61,6 +61,22 @@ def rel_err(y, ref):
     return float((y - ref).norm() / ref.norm())
 
 
+def check_w8a8(fn, m, k, n, bias, gelu, res, fp32_bar=None):
+    """A W8A8 GEMM `fn(xq, xs, wq, ws, bias, residual, gelu, out_dtype)` against `int8_matmul_ref` on fresh
+    random int8 operands: fp16 output within 2^-10 (the int32 dot is exact; float32 epilogue, one fp16
+    rounding); with `fp32_bar`, the float32 output within it too."""
+    from qvit.kernels import quant as Q
+    x, w = torch.randn(m, k), torch.randn(n, k)
+    xq, xs = Q.quantize_int8_per_token(x)
+    wq, ws = Q.quantize_int8_per_channel(w)
+    b = torch.randn(n) if bias else None
+    r = torch.randn(m, n).half() if res else None
+    ref = Q.int8_matmul_ref(xq, xs, wq, ws, b, torch.float32, gelu=gelu, residual=r)
+    assert rel_err(fn(xq, xs, wq, ws, b, r, gelu, torch.float16), ref) < 2 ** -10
+    if fp32_bar is not None:
+        assert rel_err(fn(xq, xs, wq, ws, b, r, gelu, torch.float32), ref) < fp32_bar
+
+
 def e4m3_ordinal(q):
     """e4m3 codes as signed integers in value order (adjacent representable values differ by one)."""
     c = q.view(torch.uint8).int()

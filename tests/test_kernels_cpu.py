@@ -3,7 +3,7 @@ interpreter computes bf16 wrong), fresh random inputs, outputs poisoned before t
 import pytest
 import torch
 
-from conftest import e4m3_ordinal, pin_config, rel_err, requires_interp
+from conftest import check_w8a8, e4m3_ordinal, pin_config, rel_err, requires_interp
 from qvit.kernels import quant as Q
 
 pytestmark = requires_interp
@@ -13,15 +13,7 @@ pytestmark = requires_interp
 @pytest.mark.parametrize("bias,gelu,res", [(False, False, False), (True, False, False), (True, True, True)])
 def test_w8a8_matches_reference(poison, m, k, n, bias, gelu, res):
     from qvit.kernels.w8a8_linear import w8a8_linear
-    x, w = torch.randn(m, k), torch.randn(n, k)
-    xq, xs = Q.quantize_int8_per_token(x)
-    wq, ws = Q.quantize_int8_per_channel(w)
-    b = torch.randn(n) if bias else None
-    r = torch.randn(m, n).half() if res else None
-    y = w8a8_linear(xq, xs, wq, ws, b, r, gelu, torch.float16)
-    ref = Q.int8_matmul_ref(xq, xs, wq, ws, b, torch.float32, gelu=gelu, residual=r)
-    # the int32 dot is exact; the only error is float32 epilogue rounding and the final fp16 rounding
-    assert rel_err(y, ref) < 2 ** -10
+    check_w8a8(w8a8_linear, m, k, n, bias, gelu, res)
 
 
 def test_w8a8_fp32_output_is_tight(poison):

@@ -3,7 +3,7 @@ interpreter: 2 programs there, so each walks several output tiles (16 x 32) and 
 import pytest
 import torch
 
-from conftest import rel_err, requires_interp
+from conftest import check_w8a8, rel_err, requires_interp
 from qvit.kernels import quant as Q
 
 pytestmark = requires_interp
@@ -13,17 +13,7 @@ pytestmark = requires_interp
 @pytest.mark.parametrize("bias,gelu,res", [(False, False, False), (True, True, False), (True, False, True)])
 def test_persistent_int8_matches_reference(poison, m, k, n, bias, gelu, res):
     from qvit.kernels.w8a8_persistent import w8a8_linear_persistent
-    x, w = torch.randn(m, k), torch.randn(n, k)
-    xq, xs = Q.quantize_int8_per_token(x)
-    wq, ws = Q.quantize_int8_per_channel(w)
-    b = torch.randn(n) if bias else None
-    r = torch.randn(m, n).half() if res else None
-    y = w8a8_linear_persistent(xq, xs, wq, ws, b, r, gelu, torch.float16)
-    ref = Q.int8_matmul_ref(xq, xs, wq, ws, b, torch.float32, gelu=gelu, residual=r)
-    # exact int32 dot; float32 epilogue, one fp16 rounding (the same bar as w8a8_linear's test)
-    assert rel_err(y, ref) < 2 ** -10
-    y32 = w8a8_linear_persistent(xq, xs, wq, ws, b, r, gelu, torch.float32)
-    assert rel_err(y32, ref) < 2 ** -20
+    check_w8a8(w8a8_linear_persistent, m, k, n, bias, gelu, res, fp32_bar=2 ** -20)
 
 
 @pytest.mark.parametrize("m,k,n", [(1, 32, 16), (37, 64, 50)])
