@@ -136,6 +136,9 @@ def w8a8_linear_persistent(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Te
         raise ValueError(f"w8a8_linear_persistent: K={k} must be a multiple of 16 (TMA needs 16-byte rows)")
     if not (xq.is_contiguous() and wq.is_contiguous()):
         raise ValueError("w8a8_linear_persistent: xq and wq must be contiguous")
+    if xq.data_ptr() % 16 or wq.data_ptr() % 16:
+        raise ValueError("w8a8_linear_persistent: xq and wq must start at 16-byte aligned addresses (TMA), got "
+                         f"offsets {xq.data_ptr() % 16} and {wq.data_ptr() % 16}")
     if residual is not None and residual.stride(1) != 1:
         residual = residual.contiguous()
     y = torch.empty((m, n), dtype=out_dtype, device=xq.device)

@@ -40,6 +40,10 @@ def test_persistent_refuses_what_it_cannot_run():
         w8a8_linear_persistent(xq, torch.ones(4, 2), wq, ws)
     with pytest.raises(ValueError, match="w_scale"):
         w8a8_linear_persistent(xq, torch.ones(4), wq, ws[:4])
+    buf = torch.zeros(4 * 64 + 8, dtype=torch.int8)
+    shifted = buf[8:].view(4, 64)  # contiguous, 8 bytes past an aligned start
+    with pytest.raises(ValueError, match="16-byte aligned"):
+        w8a8_linear_persistent(shifted, torch.ones(4), wq, ws)
 
 
 @pytest.mark.parametrize("preset", ["w8a8", "fp8"])

@@ -316,7 +316,8 @@ class Int8Linear(_QuantLinear):
         if backend is Backend.TRITON:
             from qvit.kernels.w8a8_linear import w8a8_linear, w8a8_linear_fp8_fast_accum
             fast = self.act_format == "fp8" and self.fp8_fast_accum
-            if _persistent_gemm() and xs.ndim == 1 and xq.shape[1] % 16 == 0 and (fast or self.act_format == "int8"):
+            if (_persistent_gemm() and xs.ndim == 1 and xq.shape[1] % 16 == 0 and xq.is_contiguous()
+                    and xq.data_ptr() % 16 == 0 and (fast or self.act_format == "int8")):
                 from qvit.kernels.w8a8_persistent import w8a8_linear_persistent
                 return w8a8_linear_persistent(xq, xs, wq, self.w_scale, self.bias, residual, gelu, out_dtype)
             gemm = w8a8_linear_fp8_fast_accum if fast else w8a8_linear
