@@ -73,7 +73,9 @@ def attention_int8_ref(q8, q_scale, k8, k_scale, v, sm_scale=None):
 
 
 if triton is not None:
-    from qvit.kernels.layernorm_quant import _round_half_even  # one rounding rule for every quantizer
+    from qvit.kernels.layernorm_quant import _round_e4m3, _round_half_even  # one rounding rule for every quantizer
+
+    _INTERP = tl.constexpr(interpreting())
 
     def _configs():
         if interpreting():
@@ -249,7 +251,14 @@ if triton is not None:
                 m_i, l_i, acc = _attn_tile(q, qsc, k_base, v_base, ks_ptr, kmean, n0, S, b, h, H, sks, svs,
                                            m_i, l_i, acc, D, BLOCK_N, INT8, QUANT_QK, SMOOTH_K, True)
         acc = acc / l_i[:, None]
-        if QOUT:
+        if QOUT == 2:
+            # the proj GEMM's fp8 input at its static, calibrated scale (os_ptr[0]): quantize_fp8_static(o, scale)
+            v8 = tl.clamp(tl.math.div_rn(acc, tl.load(os_ptr)), -448.0, 448.0)
+            if _INTERP:  # the interpreter's float8 cast rounds wrongly across a binade and at ties
+                v8 = _round_e4m3(v8)
+            tl.store(o_ptr + b * sob + h * soh + offs_m[:, None].to(tl.int64) * sos + offs_d[None, :],
+                     v8.to(o_ptr.dtype.element_ty), mask=mask_m[:, None])
+        elif QOUT == 1:
             # the proj GEMM's input: int8 per (token, head) -- a group of D of proj's K channels -- with the
             # scale beside it in (B, S, H), as `quantize_int8_per_group(o, D)` does with the float32 output
             oq, osc = _quant_tile(acc, 1)
@@ -487,12 +496,14 @@ def _check_qkv(q, k, v, int8):
         raise RuntimeError("attention: triton is not installed")
 
 
-def _launch(q, k, v, qs, ks, sm_scale, int8, quant_qk=False, smooth_k=True, quant_out=False):
-    """(o, lse), or with quant_out (o int8, o_scale float32 (B, S, H), lse)."""
+def _launch(q, k, v, qs, ks, sm_scale, int8, quant_qk=False, smooth_k=True, quant_out=False, out_scale=None):
+    """(o, lse), or with quant_out (o int8, o_scale float32 (B, S, H), lse), or with out_scale (a one-element
+    float32 tensor) (o float8_e4m3fn at that static scale, lse)."""
     b, s, h, d = q.shape
-    o = torch.empty((b, s, h, d), dtype=torch.int8 if quant_out else v.dtype, device=v.device)
+    odt = torch.int8 if quant_out else torch.float8_e4m3fn if out_scale is not None else v.dtype
+    o = torch.empty((b, s, h, d), dtype=odt, device=v.device)
     lse = torch.empty((b * h, s), dtype=torch.float32, device=v.device)
-    osc = torch.empty((b, s, h), dtype=torch.float32, device=v.device) if quant_out else None
+    osc = torch.empty((b, s, h), dtype=torch.float32, device=v.device) if quant_out else out_scale
     if b * s * h == 0:
         return (o, osc, lse) if quant_out else (o, lse)
     qk_scale = sm_scale * 1.4426950408889634
@@ -503,7 +514,7 @@ def _launch(q, k, v, qs, ks, sm_scale, int8, quant_qk=False, smooth_k=True, quan
                     q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                     v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
                     h, s, qk_scale, batch_tune(b), D=d, INT8=int8, QUANT_QK=quant_qk, SMOOTH_K=quant_qk and smooth_k,
-                    QOUT=quant_out)
+                    QOUT=1 if quant_out else 2 if out_scale is not None else 0)
     return (o, osc, lse) if quant_out else (o, lse)
 
 
@@ -568,6 +579,30 @@ def attention_quant_out(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sm_sc
     _check_qkv(q, k, v, int8=False)
     o, osc, _ = _launch(q, k, v, None, None, sm_scale, False, quant_qk=int8_qk, smooth_k=smooth_k, quant_out=True)
     return o, osc
+
+
+def _fake_fp8_static(q, k, v, sm_scale, out_scale, int8_qk=False, smooth_k=False):
+    b, s, _, _ = q.shape
+    return q.new_empty(q.shape, dtype=torch.float8_e4m3fn), q.new_empty((b * s,), dtype=torch.float32)
+
+
+@fast_custom_op("qvit::attention_fp8_static_out", _fake_fp8_static)
+def attention_fp8_static_out(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sm_scale: float,
+                             out_scale: torch.Tensor, int8_qk: bool = False,
+                             smooth_k: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention with its output written in float8_e4m3fn at one static, calibrated scale (the proj layer's,
+    QuantConfig.fp8_static_proj): (o fp8 (B, S, H, D), scale float32 (B * S,) filled with out_scale), what
+    `quantize_fp8_static` makes of the float32 output; o reshaped to (B * S, H * D) is proj's fp8 input.
+    Inference only."""
+    _check_qkv(q, k, v, int8=False)
+    if not isinstance(out_scale, torch.Tensor) or out_scale.numel() != 1 or out_scale.dtype != torch.float32 \
+            or out_scale.device != q.device:
+        raise ValueError("attention_fp8_static_out: out_scale must be a one-element float32 tensor on "
+                         f"{q.device}, got {out_scale!r:.80}")
+    o, _ = _launch(q, k, v, None, None, sm_scale, False, quant_qk=int8_qk, smooth_k=smooth_k,
+                   out_scale=out_scale.reshape(1))
+    b, s = q.shape[:2]
+    return o, out_scale.reshape(()).expand(b * s).contiguous()
 
 
 def attention_bwd_ref(q, k, v, o, lse, do, sm_scale):

@@ -77,12 +77,12 @@ if triton is not None:
                and c.num_warps * 32 * 4 <= c.kwargs["ROWS"] * bk <= c.num_warps * 32 * 128]
         return out or configs[:1]
 
-    @triton.autotune(configs=tune_shard(_lnq_configs()), key=["M", "K", "NORM", "FP8"],
+    @triton.autotune(configs=tune_shard(_lnq_configs()), key=["M", "K", "NORM", "FP8", "STATIC"],
                      prune_configs_by={"early_config_prune": _lnq_prune})
     @triton.jit
-    def _ln_quant_kernel(x_ptr, w_ptr, b_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm, eps,
+    def _ln_quant_kernel(x_ptr, w_ptr, b_ptr, q_ptr, s_ptr, st_ptr, M, K, stride_xm, stride_qm, eps,
                          NORM: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_K: tl.constexpr, FP8: tl.constexpr,
-                         ROWS: tl.constexpr):
+                         ROWS: tl.constexpr, STATIC: tl.constexpr = False):
         """ROWS whole rows per program as one (ROWS, BLOCK_K) tile: every load of the tile is issued before
         the first reduction waits on any of them (the memory-level parallelism a row-at-a-time loop lacks)."""
         pid = tl.program_id(0)
@@ -104,7 +104,10 @@ if triton is not None:
         else:
             h = x
         h = tl.where(mask, h, 0.0)
-        if FP8:  # e4m3: scale = amax / 448, rounded onto the e4m3 grid, then an exact cast
+        if FP8 and STATIC:  # e4m3 at one static (calibrated) scale st_ptr[0], saturated at +-448
+            scale = tl.zeros((ROWS,), tl.float32) + tl.load(st_ptr)
+            q8 = _round_e4m3(tl.clamp(tl.math.div_rn(h, scale[:, None]), -448.0, 448.0)).to(q_ptr.dtype.element_ty)
+        elif FP8:  # e4m3: scale = amax / 448, rounded onto the e4m3 grid, then an exact cast
             scale = tl.maximum(tl.max(tl.abs(h), axis=1) / 448.0, 1.1754943508222875e-38)
             q8 = _round_e4m3(tl.clamp(tl.math.div_rn(h, scale[:, None]), -448.0, 448.0)).to(q_ptr.dtype.element_ty)
         else:
@@ -153,7 +156,7 @@ def _outputs(x):
     return (torch.empty((m, k), dtype=torch.int8, device=x.device), torch.empty((m,), dtype=torch.float32, device=x.device))
 
 
-def _launch(x, weight, bias, eps, qdtype):
+def _launch(x, weight, bias, eps, qdtype, static=None):
     _validate(x, weight, bias)
     m, k = x.shape
     q = torch.empty((m, k), dtype=qdtype, device=x.device)
@@ -163,8 +166,9 @@ def _launch(x, weight, bias, eps, qdtype):
     block_k = triton.next_power_of_2(k)
     _ln_quant_kernel[lambda meta: (triton.cdiv(m, meta["ROWS"]),)](
         x, weight if weight is not None else s, bias if bias is not None else s, q, s,
-        m, k, x.stride(0), q.stride(0), eps,
-        NORM=weight is not None, HAS_BIAS=bias is not None, BLOCK_K=block_k, FP8=qdtype == torch.float8_e4m3fn)
+        static if static is not None else s, m, k, x.stride(0), q.stride(0), eps,
+        NORM=weight is not None, HAS_BIAS=bias is not None, BLOCK_K=block_k, FP8=qdtype == torch.float8_e4m3fn,
+        STATIC=static is not None)
     return q, s
 
 
@@ -228,3 +232,20 @@ def layernorm_quant_cuda(x: torch.Tensor, weight: torch.Tensor | None = None, bi
                                       q.data_ptr(), s.data_ptr(), m, k, x.stride(0), float(eps), stream)
     _ext.check(rc, "layernorm_quant_cuda")
     return q, s
+
+
+def _fake_fp8_static(x, scale, weight=None, bias=None, eps=1e-6):
+    return (x.new_empty(x.shape, dtype=torch.float8_e4m3fn), x.new_empty(x.shape[:1], dtype=torch.float32))
+
+
+@fast_custom_op("qvit::layernorm_quant_fp8_static", _fake_fp8_static)
+def layernorm_quant_fp8_static(x: torch.Tensor, scale: torch.Tensor, weight: torch.Tensor | None = None,
+                               bias: torch.Tensor | None = None, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same kernel writing float8_e4m3fn at one static, calibrated scale (a one-element float32 tensor):
+    (q (M, K), scale (M,) filled with it), as `quantize_fp8_static` does (LayerNorm first when weight is
+    given). A static-scale fp8 layer's input where no GEMM or attention epilogue wrote it."""
+    if not isinstance(scale, torch.Tensor) or scale.numel() != 1 or scale.dtype != torch.float32 \
+            or scale.device != x.device:
+        raise ValueError(f"layernorm_quant_fp8_static: scale must be a one-element float32 tensor on {x.device}, "
+                         f"got {scale!r:.80}")
+    return _launch(x, weight, bias, eps, torch.float8_e4m3fn, scale.reshape(1))

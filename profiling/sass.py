@@ -7,9 +7,9 @@ PYTHONPATH).
 
     python -m qvit.profiling.sass [--kernel attention|w8a8|w8a8p|w4a16|w4a8|lnq] [--mode ...] [--match REGEX] [--sass DIR]
 
-Modes: attention fp16 | onchip | qout | int8; w8a8 plain | gelu_res | qout | fp8 | fp8_fast | fp8_static;
+Modes: attention fp16 | onchip | qout | int8 | fp8_static; w8a8 plain | gelu_res | qout | fp8 | fp8_fast | fp8_static;
 w8a8p (persistent) plain | gelu_res | fp8 | fp8_gelu; w4a16 int4 | nf4_gelu_res;
-w4a8 gelu_res | plain | prog; lnq int8 | fp8 (LayerNorm + quantize, K = 1024).
+w4a8 gelu_res | plain | prog; lnq int8 | fp8 | fp8_static (LayerNorm + quantize, K = 1024).
 Instruction counts are static (each instruction once, loops not unrolled by count); `loops` gives each loop
 body's size as instructions (tensor-core / MUFU / fp32 ALU). Compare configs and versions of the same kernel
 with them, not against measured times.
@@ -43,9 +43,11 @@ def _attention():
     modes = {"fp16": dict(INT8=False, QUANT_QK=False, SMOOTH_K=False, QOUT=False),
              "onchip": dict(INT8=False, QUANT_QK=True, SMOOTH_K=True, QOUT=False),
              "qout": dict(INT8=False, QUANT_QK=False, SMOOTH_K=False, QOUT=True),
-             "int8": dict(INT8=True, QUANT_QK=False, SMOOTH_K=False, QOUT=False)}
+             "int8": dict(INT8=True, QUANT_QK=False, SMOOTH_K=False, QOUT=False),
+             "fp8_static": dict(INT8=False, QUANT_QK=False, SMOOTH_K=False, QOUT=2)}
     ptrs = {m: {"q_ptr": "*i8" if m == "int8" else "*fp16", "k_ptr": "*i8" if m == "int8" else "*fp16",
-                "v_ptr": "*fp16", "qs_ptr": "*fp32", "ks_ptr": "*fp32", "o_ptr": "*i8" if m == "qout" else "*fp16",
+                "v_ptr": "*fp16", "qs_ptr": "*fp32", "ks_ptr": "*fp32",
+                "o_ptr": {"qout": "*i8", "fp8_static": "*fp8e4nv"}.get(m, "*fp16"),
                 "lse_ptr": "*fp32", "os_ptr": "*fp32"} for m in modes}
     return A._attn_fwd, {m: ({"D": 64, **c}, ptrs[m]) for m, c in modes.items()}, {"qk_scale"}
 
@@ -85,10 +87,12 @@ def _w4a8():
 
 def _lnq():
     from qvit.kernels import layernorm_quant as L
-    ptrs = {"x_ptr": "*bf16", "w_ptr": "*bf16", "b_ptr": "*bf16", "q_ptr": "*i8", "s_ptr": "*fp32"}
+    ptrs = {"x_ptr": "*bf16", "w_ptr": "*bf16", "b_ptr": "*bf16", "q_ptr": "*i8", "s_ptr": "*fp32", "st_ptr": "*fp32"}
     base = dict(NORM=True, HAS_BIAS=True, BLOCK_K=1024, FP8=False)
     return L._ln_quant_kernel, {"int8": (base, ptrs),
-                                "fp8": ({**base, "FP8": True}, {**ptrs, "q_ptr": "*fp8e4nv"})}, set()
+                                "fp8": ({**base, "FP8": True}, {**ptrs, "q_ptr": "*fp8e4nv"}),
+                                "fp8_static": ({**base, "NORM": False, "HAS_BIAS": False, "FP8": True, "STATIC": True},
+                                               {**ptrs, "q_ptr": "*fp8e4nv"})}, set()
 
 
 def _w8a8p():

@@ -672,6 +672,77 @@ def test_attention_quantized_output(poison, b, s, h, int8_qk):
     assert int(d.max()) <= 1 and float(d.float().mean()) < 0.1
 
 
+@pytest.mark.parametrize("b,s,h", [(2, 41, 2), (1, 7, 3)])
+def test_attention_fp8_static_output(poison, b, s, h):
+    """The attention epilogue's fp8 output at proj's static scale: the codes `quantize_fp8_static` makes of the
+    same kernel's fp16 output (fp16 rounding moves a value by <= 2^-11 relative, 1/64 of an e4m3 step: about 3%
+    of codes may move one step, 10% allowed), saturated where the scale is too small, the scale per token."""
+    from qvit.kernels.attention import attention, attention_fp8_static_out
+    qkv = torch.randn(b, s, 3, h, 32).half()
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    o = attention(q, k, v, 32 ** -0.5)
+    scale = torch.tensor(float(o.float().abs().max()) / 448 * 0.7)
+    o8, osc = attention_fp8_static_out(q, k, v, 32 ** -0.5, scale)
+    qr, _ = Q.quantize_fp8_static(o.float(), scale)
+    assert o8.shape == q.shape and o8.dtype == torch.float8_e4m3fn and torch.equal(osc, scale.expand(b * s))
+    d = (e4m3_ordinal(o8) - e4m3_ordinal(qr)).abs()
+    assert int(d.max()) <= 1 and float(d.float().mean()) < 0.1
+    assert bool((o8.float().abs() == 448).any())
+    with pytest.raises(ValueError, match="one-element float32"):
+        attention_fp8_static_out(q, k, v, 32 ** -0.5, torch.ones(2))
+
+
+@pytest.mark.parametrize("norm", [False, True])
+def test_layernorm_quant_fp8_static_matches_reference(poison, norm):
+    """The LayerNorm + quantize kernel at a static fp8 scale: `quantize_fp8_static` of the (float32)
+    LayerNorm output, saturated past the scale's range; identical codes without the LayerNorm."""
+    from qvit.kernels.layernorm_quant import layernorm_quant_fp8_static
+    x = torch.randn(23, 96).half() * 3
+    w, b = (torch.randn(96).half(), torch.randn(96).half()) if norm else (None, None)
+    h = torch.nn.functional.layer_norm(x.float(), (96,), w.float(), b.float(), 1e-6) if norm else x.float()
+    scale = torch.tensor(float(h.abs().max()) / 448 * 0.5)
+    q, s = layernorm_quant_fp8_static(x, scale, w, b)
+    qr, sr = Q.quantize_fp8_static(h, scale)
+    assert torch.equal(s, sr) and bool((q.float().abs() == 448).any())
+    d = (e4m3_ordinal(q) - e4m3_ordinal(qr)).abs()
+    assert int(d.max()) <= 1 and float(d.float().mean()) < (0.05 if norm else 1e-9)
+    with pytest.raises(ValueError, match="one-element float32"):
+        layernorm_quant_fp8_static(x, torch.ones(3))
+
+
+def test_model_fp8_static_proj_paths(monkeypatch):
+    """fp8s2 on the Triton backend: with qvit's attention its kernel writes proj's fp8 input
+    (`attention_fp8_static_out` once per block); with SDPA the static-scale quantize kernel does
+    (`layernorm_quant_fp8_static`); both stay as close to the float model as per-token fp8."""
+    import copy
+    import importlib
+
+    from qvit.vit import QuantConfig, ViT, quantize
+    amod = importlib.import_module("qvit.kernels.attention")
+    lmod = importlib.import_module("qvit.kernels.layernorm_quant")
+    calls = []
+    for mod, name in ((amod, "attention_fp8_static_out"), (lmod, "layernorm_quant_fp8_static")):
+        real = getattr(mod, name)
+        monkeypatch.setattr(mod, name, lambda *a, _r=real, _n=name: calls.append(_n) or _r(*a))
+    torch.manual_seed(0)
+    base = ViT.from_name("vit_micro_patch4_32").eval()
+    calib = torch.randn(32, 3, 32, 32)
+    static = quantize(copy.deepcopy(base), QuantConfig.preset("fp8s2", keep=()), calib=calib).half()
+    dynamic = quantize(copy.deepcopy(base), QuantConfig.preset("fp8", keep=())).half()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        flt = base(x).float()
+        y_dyn = dynamic.set_backend(linear="triton", attn="qvit")(x.half()).float()
+        assert not calls
+        y_qvit = static.set_backend(linear="triton", attn="qvit")(x.half()).float()
+        assert calls == ["attention_fp8_static_out"] * base.cfg.depth
+        calls.clear()
+        y_sdpa = static.set_backend(linear="triton", attn="sdpa")(x.half()).float()
+        assert calls == ["layernorm_quant_fp8_static"] * base.cfg.depth
+    for y in (y_qvit, y_sdpa):
+        assert rel_err(y, flt) <= 1.5 * rel_err(y_dyn, flt) + 1e-3, (rel_err(y, flt), rel_err(y_dyn, flt))
+
+
 try:  # the epilogue's GELU in a kernel of its own (the interpreter resolves the names a kernel calls as globals)
     import triton
     import triton.language as tl

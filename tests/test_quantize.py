@@ -162,16 +162,16 @@ def test_fp8_static_mlp_calibrated_saved_and_refused_without_images(tmp_path, ba
     """fp8s: every quantized fc2 gets one static input scale = max |fc2 input| over the calibration images /
     448 (measured here with a hook on the float model), saved and loaded with the file; without images
     quantize() refuses by name; an fp8 option on another format is refused."""
-    from qvit.vit.quantize import calibrate_fc2_inputs
+    from qvit.vit.quantize import calibrate_inputs
     torch.manual_seed(1)
     images = torch.randn(16, 3, 32, 32)
-    with pytest.raises(ValueError, match="calibration images"):
+    with pytest.raises(ValueError, match="mlp.fc2: static input scales are calibrated"):
         quantize(copy.deepcopy(base), QuantConfig.preset("fp8s"))
     with pytest.raises(ValueError, match="fp8 option"):
         QuantConfig.preset("w8a8", fp8_static_mlp=True)
     with pytest.raises(ValueError, match="normalized float tensor"):
         quantize(copy.deepcopy(base), QuantConfig.preset("fp8s"), calib=torch.zeros(2, 3, 32, dtype=torch.uint8))
-    amax = calibrate_fc2_inputs(copy.deepcopy(base), images)
+    amax = calibrate_inputs(copy.deepcopy(base), images)
     seen = {}
     hooks = [b.mlp.fc2.register_forward_hook(lambda mod, i, o, k=k: seen.__setitem__(k, float(i[0].abs().max())))
              for k, b in enumerate(base.blocks)]
@@ -216,3 +216,17 @@ def test_fp8_static_mlp_accuracy_and_fused_path(monkeypatch, base):
     rel = lambda a, b: float((a - b).norm() / b.norm())  # noqa: E731
     assert rel(fused, unfused) < 1e-5  # fp32 on the reference backend: the same codes, the same sums
     assert rel(fused, ref) <= 1.5 * rel(dyn, ref) + 1e-3, (rel(fused, ref), rel(dyn, ref))
+
+
+def test_fp8_static_proj_calibrated(base):
+    """fp8s2 also calibrates every quantized proj's input scale (max |proj input| / 448) and keeps fc2's."""
+    from qvit.vit.quantize import calibrate_inputs
+    torch.manual_seed(3)
+    images = torch.randn(8, 3, 32, 32)
+    amax = calibrate_inputs(copy.deepcopy(base), images, ("mlp.fc2", "attn.proj"))
+    assert set(amax) == {f"blocks.{i}.{n}" for i in range(4) for n in ("mlp.fc2", "attn.proj")}
+    m = quantize(copy.deepcopy(base), QuantConfig.preset("fp8s2"), calib=images)
+    for k in (1, 2):
+        for n in ("mlp.fc2", "attn.proj"):
+            assert float(m.blocks[k].get_submodule(n).x_static) == pytest.approx(amax[f"blocks.{k}.{n}"] / 448)
+    assert m.blocks[1].attn.qkv.x_static is None and m.blocks[1].mlp.fc1.x_static is None

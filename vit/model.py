@@ -147,6 +147,18 @@ class Attention(nn.Module):
         with range_ctx("qkv"):
             qkv = self.qkv(x).view(b, s, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.unbind(2)  # (B, S, H, D) views, no copy
+        static = getattr(self.proj, "x_static", None)
+        if static is not None and not torch.is_grad_enabled() and q.dtype in (torch.float16, torch.bfloat16) \
+                and resolve_attn_backend(self.attn_backend, q.device.type) is AttnBackend.QVIT:
+            # the attention kernel's epilogue writes proj's fp8 input at its calibrated scale (fp8_static_proj)
+            from qvit.kernels import attention as qattn
+            from qvit.vit.quantize import QAct
+            with range_ctx("attention"):
+                o8, osc = qattn.attention_fp8_static_out(q, k, v, self.head_dim ** -0.5, static, self.int8_qk,
+                                                         self.smooth_k)
+            with range_ctx("proj"):
+                return _linear(self.proj, QAct(o8.view(b * s, c), osc, torch.Size((b, s, c)), q.dtype),
+                               residual=residual)
         if self.proj_group and not torch.is_grad_enabled() and q.dtype in (torch.float16, torch.bfloat16) \
                 and resolve_attn_backend(self.attn_backend, q.device.type) is AttnBackend.QVIT:
             # the attention kernel's epilogue writes proj's input: int8 per (token, head) with its scale

@@ -53,6 +53,9 @@ class QuantConfig:
     # so fc1's epilogue writes it in fp8 directly (no bf16 round trip, no per-token quantize pass over the
     # 4x-wide hidden activation). Per-tensor static activation scales, as FP8 inference engines use them
     fp8_static_mlp: bool = False
+    # fp8 only: proj's input at one static, calibrated scale per layer as well; with qvit's attention its kernel
+    # writes it in fp8 from its epilogue (no quantize pass between attention and proj)
+    fp8_static_proj: bool = False
     keep: tuple = ("head", "blocks.0.", "blocks.-1.")  # name prefixes kept in higher precision
     keep_format: str = "float"      # float | int8: what kept linears become
 
@@ -73,8 +76,9 @@ class QuantConfig:
             raise ValueError("progressive (two-level) scales are a W4A8 format: weight='int4', act='int8'")
         if self.act_group < 0 or self.act_group % 16:
             raise ValueError(f"QuantConfig.act_group must be 0 or a multiple of 16, got {self.act_group}")
-        if self.fp8_static_mlp and self.weight != "fp8":
-            raise ValueError("QuantConfig.fp8_static_mlp is an fp8 option (weight='fp8', act='fp8')")
+        for opt in ("fp8_static_mlp", "fp8_static_proj"):
+            if getattr(self, opt) and self.weight != "fp8":
+                raise ValueError(f"QuantConfig.{opt} is an fp8 option (weight='fp8', act='fp8')")
         if self.keep_format not in ("float", "int8"):
             raise ValueError(f"QuantConfig.keep_format must be 'float' or 'int8', got {self.keep_format!r}")
         self.keep = tuple(self.keep)
@@ -82,7 +86,11 @@ class QuantConfig:
     @property
     def needs_calibration(self) -> bool:
         """True where quantize() needs calibration images (`calib=`): static activation scales."""
-        return self.fp8_static_mlp
+        return self.fp8_static_mlp or self.fp8_static_proj
+
+    def static_inputs(self) -> tuple:
+        """The block linears (suffixes) whose input runs at a static, calibrated fp8 scale."""
+        return (("mlp.fc2",) if self.fp8_static_mlp else ()) + (("attn.proj",) if self.fp8_static_proj else ())
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "QuantConfig":
@@ -98,6 +106,8 @@ class QuantConfig:
             "fp8": dict(weight="fp8", act="fp8"),
             # the same with fc2's input at a static, calibrated scale, written in fp8 by fc1's epilogue
             "fp8s": dict(weight="fp8", act="fp8", fp8_static_mlp=True),
+            # ... and proj's input too (written in fp8 by qvit's attention kernel)
+            "fp8s2": dict(weight="fp8", act="fp8", fp8_static_mlp=True, fp8_static_proj=True),
         }
         if name not in presets:
             raise ValueError(f"unknown quantization preset {name!r}; known: {', '.join(presets)}")
@@ -380,6 +390,9 @@ class Fp8Linear(Int8Linear):
         return QAct(q, s, torch.Size(lead + (self.out_features,)), x.dtype)
 
     def _quantize_input(self, x, backend):
+        if self.x_static is not None and backend is Backend.TRITON:
+            from qvit.kernels.layernorm_quant import layernorm_quant_fp8_static
+            return layernorm_quant_fp8_static(x.contiguous(), self.x_static)
         if self.x_static is not None:
             return Q.quantize_fp8_static(x, self.x_static)
         if backend is Backend.TRITON:
@@ -581,20 +594,22 @@ def _set_runtime(model: ViT, config: QuantConfig):
 
 
 @torch.no_grad()
-def calibrate_fc2_inputs(model: ViT, images: torch.Tensor, batch_size: int = 64) -> dict:
-    """max |x| over `images` (normalized float NCHW) of every block's fc2 input, on the float model:
-    {"blocks.i.mlp.fc2": amax}. What QuantConfig.fp8_static_mlp turns into static fp8 scales (amax / 448)."""
+def calibrate_inputs(model: ViT, images: torch.Tensor, suffixes=("mlp.fc2",), batch_size: int = 64) -> dict:
+    """max |x| over `images` (normalized float NCHW) of the input of every block's linear named by `suffixes`,
+    on the float model: {"blocks.i.mlp.fc2": amax, ...}. What QuantConfig.fp8_static_mlp / fp8_static_proj
+    turn into static fp8 scales (amax / 448)."""
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or not images.is_floating_point():
         raise ValueError("calibration images must be a normalized float tensor (N, C, H, W), got "
                          f"{getattr(images, 'dtype', type(images).__name__)} {tuple(getattr(images, 'shape', ()))}")
     amax, hooks = {}, []
     for i, blk in enumerate(model.blocks):
-        name = f"blocks.{i}.mlp.fc2"
+        for suffix in suffixes:
+            name = f"blocks.{i}.{suffix}"
 
-        def hook(mod, inp, out, name=name):
-            a = float(inp[0].detach().abs().max())
-            amax[name] = max(amax.get(name, 0.0), a)
-        hooks.append(blk.mlp.fc2.register_forward_hook(hook))
+            def hook(mod, inp, out, name=name):
+                a = float(inp[0].detach().abs().max())
+                amax[name] = max(amax.get(name, 0.0), a)
+            hooks.append(blk.get_submodule(suffix).register_forward_hook(hook))
     was = model.training
     model.eval()
     p = next(model.parameters())
@@ -614,11 +629,12 @@ def quantize(model: ViT, config: QuantConfig, filter_fn=default_filter, calib: t
     if not isinstance(config, QuantConfig):
         raise TypeError(f"config must be a QuantConfig, got {type(config).__name__}")
     static = {}
-    if config.fp8_static_mlp:
+    if config.needs_calibration:
         if calib is None:
-            raise ValueError("QuantConfig.fp8_static_mlp calibrates fc2's input scales: pass calibration images, "
-                             "quantize(model, config, calib=images)")
-        static = {name: max(a, 1e-30) / Q.FP8_MAX for name, a in calibrate_fc2_inputs(model, calib).items()}
+            raise ValueError(f"QuantConfig {', '.join(config.static_inputs())}: static input scales are calibrated: "
+                             "pass calibration images, quantize(model, config, calib=images)")
+        static = {name: max(a, 1e-30) / Q.FP8_MAX
+                  for name, a in calibrate_inputs(model, calib, config.static_inputs()).items()}
     keep = _expand_keep(config.keep, model.cfg.depth)
     layers = {}
     for name, mod in list(model.named_modules()):
