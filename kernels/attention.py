@@ -595,10 +595,8 @@ def attention_fp8_static_out(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     `quantize_fp8_static` makes of the float32 output; o reshaped to (B * S, H * D) is proj's fp8 input.
     Inference only."""
     _check_qkv(q, k, v, int8=False)
-    if not isinstance(out_scale, torch.Tensor) or out_scale.numel() != 1 or out_scale.dtype != torch.float32 \
-            or out_scale.device != q.device:
-        raise ValueError("attention_fp8_static_out: out_scale must be a one-element float32 tensor on "
-                         f"{q.device}, got {out_scale!r:.80}")
+    from qvit.kernels.quant import check_static_scale
+    check_static_scale("attention_fp8_static_out", out_scale, q.device)
     o, _ = _launch(q, k, v, None, None, sm_scale, False, quant_qk=int8_qk, smooth_k=smooth_k,
                    out_scale=out_scale.reshape(1))
     b, s = q.shape[:2]

@@ -244,8 +244,6 @@ def layernorm_quant_fp8_static(x: torch.Tensor, scale: torch.Tensor, weight: tor
     """The same kernel writing float8_e4m3fn at one static, calibrated scale (a one-element float32 tensor):
     (q (M, K), scale (M,) filled with it), as `quantize_fp8_static` does (LayerNorm first when weight is
     given). A static-scale fp8 layer's input where no GEMM or attention epilogue wrote it."""
-    if not isinstance(scale, torch.Tensor) or scale.numel() != 1 or scale.dtype != torch.float32 \
-            or scale.device != x.device:
-        raise ValueError(f"layernorm_quant_fp8_static: scale must be a one-element float32 tensor on {x.device}, "
-                         f"got {scale!r:.80}")
+    from qvit.kernels.quant import check_static_scale
+    check_static_scale("layernorm_quant_fp8_static", scale, x.device)
     return _launch(x, weight, bias, eps, torch.float8_e4m3fn, scale.reshape(1))

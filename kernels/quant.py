@@ -53,6 +53,16 @@ def _check_tensor(name, t, dtypes=None, ndim=None):
         raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
 
 
+def check_static_scale(op: str, scale, device) -> torch.Tensor:
+    """A static (calibrated) quantization scale as the kernels take it: a one-element float32 tensor on
+    `device`; returned as shape (1,). The value is not read (no host sync): calibration checks it."""
+    if not isinstance(scale, torch.Tensor) or scale.numel() != 1 or scale.dtype != torch.float32 \
+            or scale.device != torch.device(device):
+        raise ValueError(f"{op}: the static scale must be a one-element float32 tensor on {device}, got "
+                         f"{scale!r:.80}")
+    return scale.reshape(1)
+
+
 def _check_same_device(**tensors):
     devs = {k: v.device for k, v in tensors.items() if v is not None}
     if len(set(devs.values())) > 1:

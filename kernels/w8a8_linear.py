@@ -447,10 +447,8 @@ def w8a8_linear_fp8_static_out(xq: torch.Tensor, x_scale: torch.Tensor, wq: torc
     _validate(xq, x_scale, wq, w_scale, bias, None, torch.float32)
     if xq.dtype != torch.float8_e4m3fn:
         raise TypeError(f"w8a8_linear_fp8_static_out: float8_e4m3fn operands only, got {xq.dtype}")
-    if not isinstance(out_scale, torch.Tensor) or out_scale.numel() != 1 or out_scale.dtype != torch.float32 \
-            or out_scale.device != xq.device:
-        raise ValueError("w8a8_linear_fp8_static_out: out_scale must be a one-element float32 tensor on "
-                         f"{xq.device}, got {out_scale!r:.80}")
+    from qvit.kernels.quant import check_static_scale
+    check_static_scale("w8a8_linear_fp8_static_out", out_scale, xq.device)
     m, n = xq.shape[0], wq.shape[0]
     q = torch.empty((m, n), dtype=torch.float8_e4m3fn, device=xq.device)
     _launch(xq, x_scale, wq, w_scale, bias, None, gelu, q, out_scale.reshape(1), -1, fp8_fast_accum=True)
