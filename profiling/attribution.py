@@ -191,7 +191,11 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="vit_large_patch16_224")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--variants", nargs="*", default=None, help="subset of the variant names (default: all)")
     args = ap.parse_args(argv)
+    unknown = [v for v in args.variants or () if v not in QVIT_VARIANTS]
+    if unknown:
+        ap.error(f"unknown variant(s) {unknown}; known: {', '.join(QVIT_VARIANTS)}")
     if not torch.cuda.is_available():
         print("attribution: needs a CUDA GPU (kernels are what it attributes)", file=sys.stderr)
         return 2
@@ -204,6 +208,8 @@ def main(argv=None) -> int:
     res["card"] = res["env"]["card"]
     os.makedirs(args.out, exist_ok=True)
     for name, spec in QVIT_VARIANTS.items():
+        if args.variants and name not in args.variants:
+            continue
         per = {}
         try:
             model, _ = build_qvit(base, *spec, dev, dtype)

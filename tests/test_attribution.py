@@ -89,3 +89,13 @@ def test_peer_summary_from_committed_measurements():
     assert fp8["speedup"] == fc1["torch._scaled_mm fp8 (raw)"]["ms"] / fp8["qvit_ms"] < 1
     assert f"**{fp8['speedup']:.2f}x**" in markdown(res)
     assert {r["kind"] for r in rows} == {"int8 W8A8", "fp8 W8A8", "4-bit weight-only"}
+
+
+@pytest.mark.parametrize("module", ["qvit.profiling.attribution", "qvit.profiling.bench_e2e"])
+def test_unknown_variant_name_is_an_error(tmp_path, capsys, module):
+    """A --variants name neither tool knows stops it with the list of names, instead of measuring nothing."""
+    import importlib
+    with pytest.raises(SystemExit):
+        importlib.import_module(module).main(["--out", str(tmp_path), "--variants", "x fp8s+qvit-atn"])
+    err = capsys.readouterr().err
+    assert "unknown variant(s) ['x fp8s+qvit-atn']" in err and "x fp8s+qvit-attn-fp16qk" in err
