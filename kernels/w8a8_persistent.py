@@ -35,7 +35,7 @@ except ImportError:  # the launcher raises with the reason
 
 
 if triton is not None:
-    from qvit.kernels.w8a8_linear import _epilogue
+    from qvit.kernels.w8a8_linear import _epilogue, _epilogue_fp8_static
 
     def _set_blocks(nargs):
         """Autotuner pre-hook: the descriptors' box shapes follow the config's tiles."""
@@ -58,20 +58,22 @@ if triton is not None:
     def _prune(configs, named_args, **kwargs):
         m, n, k = named_args["M"], named_args["N"], named_args["K"]
         gelu = named_args.get("GELU", kwargs.get("GELU", False))
+        qstatic = named_args.get("QSTATIC", kwargs.get("QSTATIC", False))
         out = [c for c in configs
-               if not (c.kwargs.get("EPI_SPLIT") and not gelu)  # the same kernel as its unsplit twin there
+               # the same kernel as its unsplit twin without GELU, and with the fp8 epilogue (never split)
+               if not (c.kwargs.get("EPI_SPLIT") and (not gelu or qstatic))
                and not (c.kwargs["BLOCK_M"] > 2 * max(m, 16) or c.kwargs["BLOCK_N"] > 2 * max(n, 16)
                         or c.kwargs["BLOCK_K"] > 2 * max(k, 32))]
         return out or configs[-1:]
 
-    @triton.autotune(configs=tune_shard(_configs()), key=["M", "N", "K", "HAS_RES", "GELU", "FP8"],
+    @triton.autotune(configs=tune_shard(_configs()), key=["M", "N", "K", "HAS_RES", "GELU", "FP8", "QSTATIC"],
                      prune_configs_by={"early_config_prune": _prune})
     @triton.jit
     def _w8a8_persistent_kernel(
-        x_desc, w_desc, xs_ptr, ws_ptr, b_ptr, r_ptr, y_ptr,
+        x_desc, w_desc, xs_ptr, ws_ptr, b_ptr, r_ptr, y_ptr, qs_ptr,
         M, N, K, stride_rm, stride_ym,
         HAS_BIAS: tl.constexpr, GELU: tl.constexpr, HAS_RES: tl.constexpr, FP8: tl.constexpr,
-        NUM_PROGRAMS: tl.constexpr,
+        QSTATIC: tl.constexpr, NUM_PROGRAMS: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
         EPI_SPLIT: tl.constexpr = False,
     ):
@@ -106,8 +108,12 @@ if triton is not None:
             xs = tl.load(xs_ptr + offs_m, mask=mask_m, other=0.0)
             ws = tl.load(ws_ptr + offs_n, mask=mask_n, other=0.0)
             y = acc.to(tl.float32) * xs[:, None] * ws[None, :]
-            _epilogue(y, offs_m, offs_n, mask_m, mask_n, b_ptr, r_ptr, y_ptr, stride_rm, stride_ym,
-                      HAS_BIAS, GELU, HAS_RES, False, EPI_SPLIT)
+            if QSTATIC:  # fp8 output at one static scale (qs_ptr[0]), as w8a8_linear_fp8_static_out
+                _epilogue_fp8_static(y, offs_m, offs_n, mask_m, mask_n, b_ptr, y_ptr, qs_ptr, stride_ym,
+                                     HAS_BIAS, GELU)
+            else:
+                _epilogue(y, offs_m, offs_n, mask_m, mask_n, b_ptr, r_ptr, y_ptr, stride_rm, stride_ym,
+                          HAS_BIAS, GELU, HAS_RES, False, EPI_SPLIT)
 
 
 @functools.lru_cache(maxsize=None)
@@ -127,23 +133,57 @@ def w8a8_linear_persistent(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Te
     module docstring. x_scale per token (M,) only; K a multiple of 16; contiguous xq and wq."""
     from qvit.kernels.w8a8_linear import _validate
     _validate(xq, x_scale, wq, w_scale, bias, residual, out_dtype)
-    m, k = xq.shape
-    n = wq.shape[0]
-    if x_scale.ndim != 1:
-        raise ValueError("w8a8_linear_persistent: per-token activation scales (M,) only, got "
-                         f"{tuple(x_scale.shape)}; group scales run on w8a8_linear")
-    if k % 16:
-        raise ValueError(f"w8a8_linear_persistent: K={k} must be a multiple of 16 (TMA needs 16-byte rows)")
-    if not (xq.is_contiguous() and wq.is_contiguous()):
-        raise ValueError("w8a8_linear_persistent: xq and wq must be contiguous")
-    if xq.data_ptr() % 16 or wq.data_ptr() % 16:
-        raise ValueError("w8a8_linear_persistent: xq and wq must start at 16-byte aligned addresses (TMA), got "
-                         f"offsets {xq.data_ptr() % 16} and {wq.data_ptr() % 16}")
+    _check_operands("w8a8_linear_persistent", xq, x_scale, wq)
     if residual is not None and residual.stride(1) != 1:
         residual = residual.contiguous()
-    y = torch.empty((m, n), dtype=out_dtype, device=xq.device)
+    y = torch.empty((xq.shape[0], wq.shape[0]), dtype=out_dtype, device=xq.device)
+    _launch(xq, x_scale, wq, w_scale, bias, residual, gelu, y, None)
+    return y
+
+
+def _fake_fp8_static(xq, x_scale, wq, w_scale, bias, gelu, out_scale):
+    m, n = xq.shape[0], wq.shape[0]
+    return xq.new_empty((m, n), dtype=torch.float8_e4m3fn), x_scale.new_empty((m,), dtype=torch.float32)
+
+
+@fast_custom_op("qvit::w8a8_linear_persistent_fp8_static_out", _fake_fp8_static)
+def w8a8_linear_persistent_fp8_static_out(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor,
+                                          w_scale: torch.Tensor, bias: torch.Tensor | None, gelu: bool,
+                                          out_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`w8a8_linear_fp8_static_out` (fp8 in, + bias -> GELU -> fp8 out at one static scale) as the persistent
+    TMA kernel: (q (M, N) float8_e4m3fn, scale float32 (M,) filled with out_scale)."""
+    from qvit.kernels.quant import check_static_scale
+    from qvit.kernels.w8a8_linear import _validate
+    _validate(xq, x_scale, wq, w_scale, bias, None, torch.float32)
+    if xq.dtype != torch.float8_e4m3fn:
+        raise TypeError(f"w8a8_linear_persistent_fp8_static_out: float8_e4m3fn operands only, got {xq.dtype}")
+    _check_operands("w8a8_linear_persistent_fp8_static_out", xq, x_scale, wq)
+    check_static_scale("w8a8_linear_persistent_fp8_static_out", out_scale, xq.device)
+    m = xq.shape[0]
+    q = torch.empty((m, wq.shape[0]), dtype=torch.float8_e4m3fn, device=xq.device)
+    _launch(xq, x_scale, wq, w_scale, bias, None, gelu, q, out_scale.reshape(1))
+    return q, out_scale.reshape(()).expand(m).contiguous()
+
+
+def _check_operands(name, xq, x_scale, wq):
+    k = xq.shape[1]
+    if x_scale.ndim != 1:
+        raise ValueError(f"{name}: per-token activation scales (M,) only, got "
+                         f"{tuple(x_scale.shape)}; group scales run on w8a8_linear")
+    if k % 16:
+        raise ValueError(f"{name}: K={k} must be a multiple of 16 (TMA needs 16-byte rows)")
+    if not (xq.is_contiguous() and wq.is_contiguous()):
+        raise ValueError(f"{name}: xq and wq must be contiguous")
+    if xq.data_ptr() % 16 or wq.data_ptr() % 16:
+        raise ValueError(f"{name}: xq and wq must start at 16-byte aligned addresses (TMA), got "
+                         f"offsets {xq.data_ptr() % 16} and {wq.data_ptr() % 16}")
+
+
+def _launch(xq, x_scale, wq, w_scale, bias, residual, gelu, y, q_scale):
+    """y = the epilogue's output (out_dtype, or float8_e4m3fn at the static scale q_scale (1,) when given)."""
+    m, n = y.shape
     if m == 0:
-        return y
+        return
     # box shapes are placeholders until the autotuner's pre-hook sets the chosen config's tiles
     x_desc = TensorDescriptor.from_tensor(xq, [16, 16])
     w_desc = TensorDescriptor.from_tensor(wq, [16, 16])
@@ -153,9 +193,8 @@ def w8a8_linear_persistent(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Te
     grid = lambda meta: (min(programs, triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])),)  # noqa: E731
     _w8a8_persistent_kernel[grid](
         x_desc, w_desc, x_scale, w_scale, bias if bias is not None else w_scale,
-        residual if residual is not None else y, y,
-        m, n, k, residual.stride(0) if residual is not None else 0, y.stride(0),
+        residual if residual is not None else y, y, q_scale if q_scale is not None else w_scale,
+        m, n, xq.shape[1], residual.stride(0) if residual is not None else 0, y.stride(0),
         HAS_BIAS=bias is not None, GELU=gelu, HAS_RES=residual is not None,
-        FP8=xq.dtype == torch.float8_e4m3fn, NUM_PROGRAMS=programs,
+        FP8=xq.dtype == torch.float8_e4m3fn, QSTATIC=q_scale is not None, NUM_PROGRAMS=programs,
     )
-    return y

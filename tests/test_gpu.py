@@ -138,10 +138,15 @@ def test_attention_fp8_static_out_gpu(poison, b, s):
 
 @pytest.mark.parametrize("m", [197, 197 * 64])
 @pytest.mark.parametrize("gelu", [False, True])
-def test_fp8_static_out_real_shapes(poison, m, gelu):
-    """fc1 (1024 -> 4096) writing fp8 at a static scale: codes within one e4m3 step of `quantize_fp8_static`
-    applied to the reference epilogue, saturation where the scale is too small."""
-    from qvit.kernels.w8a8_linear import w8a8_linear_fp8_static_out
+@pytest.mark.parametrize("persistent", [False, True])
+def test_fp8_static_out_real_shapes(poison, m, gelu, persistent):
+    """fc1 (1024 -> 4096) writing fp8 at a static scale (one-tile-per-program and persistent kernels): codes
+    within one e4m3 step of `quantize_fp8_static` applied to the reference epilogue, saturation where the scale
+    is too small."""
+    if persistent:
+        from qvit.kernels.w8a8_persistent import w8a8_linear_persistent_fp8_static_out as w8a8_linear_fp8_static_out
+    else:
+        from qvit.kernels.w8a8_linear import w8a8_linear_fp8_static_out
     x = torch.randn(m, 1024, device=DEV)
     w = torch.randn(4096, 1024, device=DEV) * 0.02
     xq, xs = Q.quantize_fp8_per_token(x)

@@ -3,7 +3,7 @@ interpreter: 2 programs there, so each walks several output tiles (16 x 32) and 
 import pytest
 import torch
 
-from conftest import check_w8a8, rel_err, requires_interp
+from conftest import check_w8a8, e4m3_ordinal, rel_err, requires_interp
 from qvit.kernels import quant as Q
 
 pytestmark = requires_interp
@@ -44,6 +44,77 @@ def test_persistent_refuses_what_it_cannot_run():
     shifted = buf[8:].view(4, 64)  # contiguous, 8 bytes past an aligned start
     with pytest.raises(ValueError, match="16-byte aligned"):
         w8a8_linear_persistent(shifted, torch.ones(4), wq, ws)
+
+
+@pytest.mark.parametrize("m,k,n", [(1, 32, 16), (37, 64, 50)])
+@pytest.mark.parametrize("gelu", [False, True])
+def test_persistent_fp8_static_out_matches_reference(poison, m, k, n, gelu):
+    """fp8s's fc1 on the persistent kernel: + bias -> GELU -> float8_e4m3fn at one static scale, the codes
+    `quantize_fp8_static` makes of the float32 reference epilogue (one e4m3 step at most where the kernel's
+    float32 sum lands on the other side of a rounding edge), saturated at +-448 where the scale is too small."""
+    from qvit.kernels.w8a8_persistent import w8a8_linear_persistent_fp8_static_out as static_out
+    xq, xs = Q.quantize_fp8_per_token(torch.randn(m, k))
+    wq, ws = Q.quantize_fp8_per_channel(torch.randn(n, k))
+    b = torch.randn(n)
+    ref = Q.fp8_matmul_ref(xq, xs, wq, ws, b, torch.float32, gelu=gelu)
+    s = torch.tensor(float(ref.abs().max()) / 448 * 0.5)  # half the range: the largest values saturate
+    q, sc = static_out(xq, xs, wq, ws, b, gelu, s)
+    qr, scr = Q.quantize_fp8_static(ref, s)
+    assert torch.equal(sc, scr) and sc.shape == (m,) and q.dtype == torch.float8_e4m3fn
+    d = (e4m3_ordinal(q) - e4m3_ordinal(qr)).abs()
+    assert int(d.max()) <= 1 and float(d.float().mean()) < 2e-2
+    assert bool((q.float().abs() == 448).any()) and not bool(q.float().isnan().any())
+    with pytest.raises(TypeError, match="float8_e4m3fn operands only"):
+        static_out(*Q.quantize_int8_per_token(torch.randn(m, k)), *Q.quantize_int8_per_channel(torch.randn(n, k)),
+                   b, gelu, s)
+    with pytest.raises(ValueError, match="one-element float32"):
+        static_out(xq, xs, wq, ws, b, gelu, torch.ones(2))
+
+
+def test_persistent_mode_auto_and_bad_value(monkeypatch):
+    """QVIT_PERSISTENT_GEMM: auto (the default) takes the persistent kernel only for CUDA tensors from
+    PERSISTENT_MIN_TOKENS tokens on; 1 wherever it applies; 0 never; anything else is an error naming it."""
+    import importlib
+    VQ = importlib.import_module("qvit.vit.quantize")  # the module (qvit.vit.quantize is also a function)
+    big = torch.zeros(VQ.PERSISTENT_MIN_TOKENS, 64, dtype=torch.int8)
+    xs = torch.ones(big.shape[0])
+    monkeypatch.delenv("QVIT_PERSISTENT_GEMM", raising=False)
+    assert not VQ._use_persistent(big, xs)  # CPU tensors (the interpreter): auto stays on the tiled kernel
+    monkeypatch.setenv("QVIT_PERSISTENT_GEMM", "1")
+    assert VQ._use_persistent(big[:3], xs[:3])
+    assert not VQ._use_persistent(big[:3], torch.ones(3, 2))  # group scales: not this kernel
+    assert not VQ._use_persistent(torch.zeros(3, 40, dtype=torch.int8), xs[:3])  # K % 16
+    monkeypatch.setenv("QVIT_PERSISTENT_GEMM", "0")
+    assert not VQ._use_persistent(big, xs)
+    monkeypatch.setenv("QVIT_PERSISTENT_GEMM", "yes")
+    with pytest.raises(ValueError, match="QVIT_PERSISTENT_GEMM='yes'"):
+        VQ._use_persistent(big, xs)
+
+
+def test_fp8s_model_runs_persistent_static_out_when_asked(monkeypatch):
+    """fp8s with QVIT_PERSISTENT_GEMM=1: fc1 writes fc2's fp8 input from the persistent kernel (once per block),
+    the other linears run persistent too, and the logits match the one-tile-per-program kernels'."""
+    import copy
+    import importlib
+
+    from qvit.vit import QuantConfig, ViT, quantize
+    mod = importlib.import_module("qvit.kernels.w8a8_persistent")
+    calls = []
+    real = mod.w8a8_linear_persistent_fp8_static_out
+    monkeypatch.setattr(mod, "w8a8_linear_persistent_fp8_static_out", lambda *a: calls.append(1) or real(*a))
+    torch.manual_seed(0)
+    base = ViT.from_name("vit_micro_patch4_32").eval()
+    m = quantize(copy.deepcopy(base), QuantConfig.preset("fp8s", keep=()), calib=torch.randn(16, 3, 32, 32))
+    m = m.half().set_backend(linear="triton", attn="sdpa")
+    x = torch.randn(2, 3, 32, 32).half()
+    with torch.no_grad():
+        monkeypatch.setenv("QVIT_PERSISTENT_GEMM", "0")
+        y0 = m(x).float()
+        assert not calls
+        monkeypatch.setenv("QVIT_PERSISTENT_GEMM", "1")
+        y1 = m(x).float()
+    assert len(calls) == base.cfg.depth
+    assert rel_err(y1, y0) < 2 ** -9
 
 
 @pytest.mark.parametrize("preset", ["w8a8", "fp8"])

@@ -234,11 +234,24 @@ class _QuantLinear(nn.Module):
                 "bias": self.bias is not None}
 
 
-def _persistent_gemm() -> bool:
-    """QVIT_PERSISTENT_GEMM=1: the W8A8 / fp8 linears on the Triton backend run the persistent TMA kernel
-    (kernels/w8a8_persistent.py) where it applies (per-token scales, K a multiple of 16). Off by default until
-    measured faster end to end."""
-    return os.environ.get("QVIT_PERSISTENT_GEMM", "0") == "1"
+# QVIT_PERSISTENT_GEMM=auto: the persistent kernel from this many tokens on. Measured (H200, results/h200-gpu-11,
+# bench_kernels, fp8 in-place and int8, all four ViT-L linears): at M = 12,608 it beat the one-tile-per-program
+# kernel on every shape (qkv 81.8 vs 93.2 us, fc1 108.8 vs 123.7), at M = 197 it lost on every one (6.1 vs 5.2
+# us for qkv: fewer tiles than SMs, nothing to overlap). Sizes in between were not measured.
+PERSISTENT_MIN_TOKENS = 4096
+
+
+def _use_persistent(xq: torch.Tensor, xs: torch.Tensor) -> bool:
+    """Whether a W8A8 / fp8 (in-place accumulation) linear on the Triton backend runs the persistent TMA kernel
+    (kernels/w8a8_persistent.py). QVIT_PERSISTENT_GEMM: "auto" (default: from PERSISTENT_MIN_TOKENS tokens on),
+    "1" (always) or "0" (never); only where the kernel applies (per-token scales, K a multiple of 16,
+    contiguous 16-byte aligned activations)."""
+    mode = os.environ.get("QVIT_PERSISTENT_GEMM", "auto")
+    if mode not in ("auto", "0", "1"):
+        raise ValueError(f"QVIT_PERSISTENT_GEMM={mode!r}: expected 'auto', '0' or '1'")
+    if mode == "0" or (mode == "auto" and (xq.shape[0] < PERSISTENT_MIN_TOKENS or not xq.is_cuda)):
+        return False
+    return xs.ndim == 1 and xq.shape[1] % 16 == 0 and xq.is_contiguous() and xq.data_ptr() % 16 == 0
 
 
 def _quantize_act(x, backend: Backend):
@@ -326,8 +339,7 @@ class Int8Linear(_QuantLinear):
         if backend is Backend.TRITON:
             from qvit.kernels.w8a8_linear import w8a8_linear, w8a8_linear_fp8_fast_accum
             fast = self.act_format == "fp8" and self.fp8_fast_accum
-            if (_persistent_gemm() and xs.ndim == 1 and xq.shape[1] % 16 == 0 and xq.is_contiguous()
-                    and xq.data_ptr() % 16 == 0 and (fast or self.act_format == "int8")):
+            if (fast or self.act_format == "int8") and _use_persistent(xq, xs):
                 from qvit.kernels.w8a8_persistent import w8a8_linear_persistent
                 return w8a8_linear_persistent(xq, xs, wq, self.w_scale, self.bias, residual, gelu, out_dtype)
             gemm = w8a8_linear_fp8_fast_accum if fast else w8a8_linear
@@ -383,8 +395,11 @@ class Fp8Linear(Int8Linear):
         backend, xq, xs, wq = self._gemm_inputs(x if isinstance(x, QAct) else _as_2d(x))
         lead = tuple(x.shape[:-1])
         if backend is Backend.TRITON:
-            from qvit.kernels.w8a8_linear import w8a8_linear_fp8_static_out
-            q, s = w8a8_linear_fp8_static_out(xq, xs, wq, self.w_scale, self.bias, gelu, scale)
+            if _use_persistent(xq, xs):  # both accumulate in place (fast accum)
+                from qvit.kernels.w8a8_persistent import w8a8_linear_persistent_fp8_static_out as static_out
+            else:
+                from qvit.kernels.w8a8_linear import w8a8_linear_fp8_static_out as static_out
+            q, s = static_out(xq, xs, wq, self.w_scale, self.bias, gelu, scale)
         else:
             q, s = Q.quantize_fp8_static(_finish(self._matmul_torch(xq, xs, wq, torch.float32), gelu, None), scale)
         return QAct(q, s, torch.Size(lead + (self.out_features,)), x.dtype)
