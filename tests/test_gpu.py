@@ -54,19 +54,24 @@ def test_w8a8_persistent_real_shapes(poison, m, k, n, fp8):
 @pytest.mark.parametrize("idx", range(14))
 def test_w8a8_persistent_every_config_gpu(poison, monkeypatch, idx):
     """Each of the persistent kernel's configs pinned (the autotuner may pick any): proj-like K with an odd
-    M and N (edge boxes read as zeros by TMA), GELU (EPI_SPLIT configs) + residual, int8."""
+    M and N (edge boxes read as zeros by TMA), int8, exact; the epilogues the ViT runs (GELU: fc1, residual:
+    proj / fc2) and both at once where the config fits in shared memory (the prune's estimate; session 11
+    measured the three configs it drops there raising OutOfResources)."""
     from qvit.kernels import w8a8_persistent as P
     if idx >= len(P._w8a8_persistent_kernel.configs):
         pytest.skip("fewer configs")
-    pin_config(monkeypatch, P._w8a8_persistent_kernel, P._w8a8_persistent_kernel.configs[idx])
+    cfg = P._w8a8_persistent_kernel.configs[idx]
+    pin_config(monkeypatch, P._w8a8_persistent_kernel, cfg)
     m, k, n = 1111, 1024, 1000
     xq, xs = Q.quantize_int8_per_token(torch.randn(m, k, device=DEV))
     wq, ws = Q.quantize_int8_per_channel(torch.randn(n, k, device=DEV) * 0.02)
     b = torch.randn(n, device=DEV)
     r = torch.randn(m, n, device=DEV, dtype=torch.bfloat16)
-    y = P.w8a8_linear_persistent(xq, xs, wq, ws, b, r, True, torch.float32)
-    torch.testing.assert_close(y, Q.int8_matmul_ref(xq, xs, wq, ws, b, torch.float32, gelu=True, residual=r),
-                               rtol=1e-5, atol=1e-5)
+    combos = [(True, None), (False, r)] + ([(True, r)] if P._smem_gelu_res(cfg) <= P._SMEM_LIMIT else [])
+    for gelu, res in combos:
+        y = P.w8a8_linear_persistent(xq, xs, wq, ws, b, res, gelu, torch.float32)
+        torch.testing.assert_close(y, Q.int8_matmul_ref(xq, xs, wq, ws, b, torch.float32, gelu=gelu, residual=res),
+                                   rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("k,n", SHAPES[:4])
@@ -139,14 +144,26 @@ def test_attention_fp8_static_out_gpu(poison, b, s):
 @pytest.mark.parametrize("m", [197, 197 * 64])
 @pytest.mark.parametrize("gelu", [False, True])
 @pytest.mark.parametrize("persistent", [False, True])
-def test_fp8_static_out_real_shapes(poison, m, gelu, persistent):
-    """fc1 (1024 -> 4096) writing fp8 at a static scale (one-tile-per-program and persistent kernels): codes
-    within one e4m3 step of `quantize_fp8_static` applied to the reference epilogue, saturation where the scale
-    is too small."""
+def test_fp8_static_out_real_shapes(poison, monkeypatch, m, gelu, persistent):
+    """fc1 (1024 -> 4096) writing fp8 at a static scale (one-tile-per-program and persistent kernels).
+    The fp8 tensor cores accumulate in place (~2^-9 of the partial sums' size), so a value near zero can land
+    tens of e4m3 codes from the exact product's code (the finest codes are there; session 11 measured up to
+    59 ordinal steps on the GPU, 0 in the interpreter, which sums exactly). So: (1) the codes are what
+    `quantize_fp8_static` makes of the same kernel's float32 output, same config pinned (identical
+    accumulation; one step where an FMA contraction moves a value across a rounding edge); (2) against the
+    exact product, the error is the fp8 rounding's plus at most the accumulation's bar (2^-9, as the fast
+    accumulation GEMM's test); saturation, no NaN."""
     if persistent:
-        from qvit.kernels.w8a8_persistent import w8a8_linear_persistent_fp8_static_out as w8a8_linear_fp8_static_out
+        from qvit.kernels import w8a8_persistent as P
+        kernel, static_out = P._w8a8_persistent_kernel, P.w8a8_linear_persistent_fp8_static_out
+        float_out = P.w8a8_linear_persistent
+        cfg = next(c for c in kernel.configs if c.kwargs["BLOCK_N"] == 128 and not c.kwargs.get("EPI_SPLIT"))
     else:
-        from qvit.kernels.w8a8_linear import w8a8_linear_fp8_static_out
+        from qvit.kernels import w8a8_linear as L
+        kernel, static_out, float_out = L._w8a8_kernel, L.w8a8_linear_fp8_static_out, L.w8a8_linear_fp8_fast_accum
+        cfg = next(c for c in kernel.configs if c.kwargs["BLOCK_N"] == 128 and not c.kwargs.get("EPI_SPLIT")
+                   and not c.kwargs.get("SWAP_AB") and c.kwargs.get("SPLIT_K", 1) == 1)
+    pin_config(monkeypatch, kernel, cfg)
     x = torch.randn(m, 1024, device=DEV)
     w = torch.randn(4096, 1024, device=DEV) * 0.02
     xq, xs = Q.quantize_fp8_per_token(x)
@@ -154,12 +171,15 @@ def test_fp8_static_out_real_shapes(poison, m, gelu, persistent):
     b = torch.randn(4096, device=DEV)
     ref = Q.fp8_matmul_ref(xq, xs, wq, ws, b, torch.float32, gelu=gelu)
     s = (ref.abs().max() / 448 * 0.8).float().reshape(())
-    q, sc = w8a8_linear_fp8_static_out(xq, xs, wq, ws, b, gelu, s)
-    qr, scr = Q.quantize_fp8_static(ref, s)
-    assert torch.equal(sc, scr)
-    d = (e4m3_ordinal(q) - e4m3_ordinal(qr)).abs()
-    # the in-place fp8 accumulation (~2^-9 relative) moves codes near a rounding edge by one step
-    assert int(d.max()) <= 1 and float(d.float().mean()) < 5e-2
+    q, sc = static_out(xq, xs, wq, ws, b, gelu, s)
+    y = float_out(xq, xs, wq, ws, b, None, gelu, torch.float32)
+    qk, sck = Q.quantize_fp8_static(y, s)
+    assert torch.equal(sc, sck)
+    d = (e4m3_ordinal(q) - e4m3_ordinal(qk)).abs()
+    assert int(d.max()) <= 1 and float(d.float().mean()) < 1e-4
+    qr, _ = Q.quantize_fp8_static(ref, s)
+    target = ref.clamp(-448 * s, 448 * s)
+    assert rel_err(q.float() * s, target) <= rel_err(qr.float() * s, target) + 2 ** -9
     assert bool((q.float().abs() == 448).any()) and not bool(q.float().isnan().any())
 
 
