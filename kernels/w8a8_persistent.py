@@ -55,29 +55,13 @@ if triton is not None:
                                            "EPI_SPLIT": epi_split}, num_warps=w, num_stages=s, pre_hook=_set_blocks))
         return cfgs
 
-    _SMEM_LIMIT = 232448  # bytes of shared memory a CTA may use on sm_90 (Triton's OutOfResources limit)
-
-    def _smem_gelu_res(c):
-        """Shared memory of a config with GELU and a residual in one epilogue: the operand ring (stages x
-        (BM + BN) x BK bytes) and, unsplit, a float32 BM x BN tile. Measured (H200, session 11, int8): unsplit
-        128 x 256 x 128 at 3 and 4 stages and 256 x 128 x 128 at 3 asked for 278,552 / 327,712 / 278,552 bytes
-        (OutOfResources: the estimate + 24), 128 x 256 x 64 at 4 stages (229,376 estimated) ran; every
-        EPI_SPLIT config ran (the largest ring, 196,608 bytes at 128 x 256 x 128 / 4 stages, left no room for a
-        float32 half tile, so the split one is not counted). GELU alone and the residual alone fit everywhere
-        (the autotuner picked 256 x 128 x 128 / 3 stages for fc1 + GELU). The ViT never has both (fc1: GELU,
-        proj and fc2: residual); the tests do."""
-        bm, bn, bk = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]
-        return c.num_stages * (bm + bn) * bk + (0 if c.kwargs.get("EPI_SPLIT") else bm * bn * 4)
-
     def _prune(configs, named_args, **kwargs):
         m, n, k = named_args["M"], named_args["N"], named_args["K"]
         gelu = named_args.get("GELU", kwargs.get("GELU", False))
         qstatic = named_args.get("QSTATIC", kwargs.get("QSTATIC", False))
-        res = named_args.get("HAS_RES", kwargs.get("HAS_RES", False))
         out = [c for c in configs
                # the same kernel as its unsplit twin without GELU, and with the fp8 epilogue (never split)
                if not (c.kwargs.get("EPI_SPLIT") and (not gelu or qstatic))
-               and not (gelu and res and _smem_gelu_res(c) > _SMEM_LIMIT)
                and not (c.kwargs["BLOCK_M"] > 2 * max(m, 16) or c.kwargs["BLOCK_N"] > 2 * max(n, 16)
                         or c.kwargs["BLOCK_K"] > 2 * max(k, 32))]
         return out or configs[-1:]

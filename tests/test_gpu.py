@@ -54,24 +54,31 @@ def test_w8a8_persistent_real_shapes(poison, m, k, n, fp8):
 @pytest.mark.parametrize("idx", range(14))
 def test_w8a8_persistent_every_config_gpu(poison, monkeypatch, idx):
     """Each of the persistent kernel's configs pinned (the autotuner may pick any): proj-like K with an odd
-    M and N (edge boxes read as zeros by TMA), int8, exact; the epilogues the ViT runs (GELU: fc1, residual:
-    proj / fc2) and both at once where the config fits in shared memory (the prune's estimate; session 11
-    measured the three configs it drops there raising OutOfResources)."""
+    M and N (edge boxes read as zeros by TMA), int8, every epilogue (GELU: fc1, residual: proj / fc2, both).
+    Exact in float32 output. Session 11 (H200): the 128 x 256 and 256 x 128 configs with an unsplit epilogue
+    asked for more shared memory than a CTA has (278,552 / 327,712 bytes) with a float32 output, which the ViT
+    never asks for (its outputs are bf16 / fp16; the autotuner skips a config that raises OutOfResources).
+    There the same epilogue with a bf16 output must run, within one bf16 rounding of the reference."""
+    from triton.runtime.errors import OutOfResources
+
     from qvit.kernels import w8a8_persistent as P
     if idx >= len(P._w8a8_persistent_kernel.configs):
         pytest.skip("fewer configs")
-    cfg = P._w8a8_persistent_kernel.configs[idx]
-    pin_config(monkeypatch, P._w8a8_persistent_kernel, cfg)
+    pin_config(monkeypatch, P._w8a8_persistent_kernel, P._w8a8_persistent_kernel.configs[idx])
     m, k, n = 1111, 1024, 1000
     xq, xs = Q.quantize_int8_per_token(torch.randn(m, k, device=DEV))
     wq, ws = Q.quantize_int8_per_channel(torch.randn(n, k, device=DEV) * 0.02)
     b = torch.randn(n, device=DEV)
     r = torch.randn(m, n, device=DEV, dtype=torch.bfloat16)
-    combos = [(True, None), (False, r)] + ([(True, r)] if P._smem_gelu_res(cfg) <= P._SMEM_LIMIT else [])
-    for gelu, res in combos:
-        y = P.w8a8_linear_persistent(xq, xs, wq, ws, b, res, gelu, torch.float32)
-        torch.testing.assert_close(y, Q.int8_matmul_ref(xq, xs, wq, ws, b, torch.float32, gelu=gelu, residual=res),
-                                   rtol=1e-5, atol=1e-5)
+    for gelu, res in [(True, None), (False, r), (True, r)]:
+        ref = Q.int8_matmul_ref(xq, xs, wq, ws, b, torch.float32, gelu=gelu, residual=res)
+        try:
+            y = P.w8a8_linear_persistent(xq, xs, wq, ws, b, res, gelu, torch.float32)
+        except OutOfResources:
+            y16 = P.w8a8_linear_persistent(xq, xs, wq, ws, b, res, gelu, torch.bfloat16)
+            assert rel_err(y16, ref) < 2 ** -8
+            continue
+        torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("k,n", SHAPES[:4])
