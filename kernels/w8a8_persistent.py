@@ -47,12 +47,20 @@ if triton is not None:
             return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 2},
                                   num_warps=4, num_stages=1, pre_hook=_set_blocks)]
         cfgs = []
-        for bm, bn, bk, w, s in [(128, 256, 128, 8, 3), (128, 256, 128, 8, 4), (128, 256, 64, 8, 4),
-                                 (256, 128, 128, 8, 3), (128, 128, 128, 8, 4), (128, 128, 128, 4, 4),
-                                 (64, 128, 128, 4, 4)]:
+        # (BM, BN, BK, warps, stages, CTAs per SM). Two CTAs per SM: while one runs its epilogue (GELU's two
+        # MUFU operations per element, the residual's loads, the stores) the other's MMAs keep the tensor
+        # cores busy -- the overlap that cuBLAS gets from warp specialization. They need <= ~113 KB of shared
+        # memory and <= 32 K registers each: 4 warps (255 registers x 128 threads), 128 x 128 tiles with 3
+        # stages of 128-deep K or 4 of 64 (sm_90, Triton 3.6: 106,520 / 98,336 bytes with fp8 + GELU; with 8
+        # warps the same tiles took 182-218 registers a thread, over the 128 that two 256-thread CTAs allow).
+        for bm, bn, bk, w, s, ctas in [(128, 256, 128, 8, 3, 1), (128, 256, 128, 8, 4, 1), (128, 256, 64, 8, 4, 1),
+                                       (256, 128, 128, 8, 3, 1), (128, 128, 128, 8, 4, 1), (128, 128, 128, 4, 4, 1),
+                                       (64, 128, 128, 4, 4, 1), (128, 128, 128, 4, 3, 2), (128, 128, 64, 4, 4, 2),
+                                       (64, 128, 128, 4, 4, 2)]:
             for epi_split in (False, True):
                 cfgs.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8,
-                                           "EPI_SPLIT": epi_split}, num_warps=w, num_stages=s, pre_hook=_set_blocks))
+                                           "EPI_SPLIT": epi_split, "CTAS_PER_SM": ctas},
+                                          num_warps=w, num_stages=s, pre_hook=_set_blocks))
         return cfgs
 
     def _prune(configs, named_args, **kwargs):
@@ -75,8 +83,11 @@ if triton is not None:
         HAS_BIAS: tl.constexpr, GELU: tl.constexpr, HAS_RES: tl.constexpr, FP8: tl.constexpr,
         QSTATIC: tl.constexpr, NUM_PROGRAMS: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-        EPI_SPLIT: tl.constexpr = False,
+        EPI_SPLIT: tl.constexpr = False, CTAS_PER_SM: tl.constexpr = 1,
     ):
+        # NUM_PROGRAMS = the SM count (2 under the interpreter); the grid is NUM_PROGRAMS x CTAS_PER_SM programs
+        # (fewer when there are fewer tiles: then each takes one)
+        STEP: tl.constexpr = NUM_PROGRAMS * CTAS_PER_SM
         num_pid_m = tl.cdiv(M, BLOCK_M)
         num_pid_n = tl.cdiv(N, BLOCK_N)
         num_tiles = num_pid_m * num_pid_n
@@ -84,7 +95,7 @@ if triton is not None:
         group = GROUP_M * num_pid_n
         # tiles start, start + P, start + 2P, ...: consecutive programs take neighbouring tiles of one grouped
         # sweep (GROUP_M row tiles across N), so the weight tiles they share stay in L2
-        for tile in tl.range(tl.program_id(0), num_tiles, NUM_PROGRAMS, flatten=True):
+        for tile in tl.range(tl.program_id(0), num_tiles, STEP, flatten=True):
             first_m = (tile // group) * GROUP_M
             gm = min(num_pid_m - first_m, GROUP_M)
             pid_m = first_m + (tile % group) % gm
@@ -190,7 +201,8 @@ def _launch(xq, x_scale, wq, w_scale, bias, residual, gelu, y, q_scale):
     # the interpreter: 2 programs, so that each walks several tiles
     programs = 2 if interpreting() else _num_sms(xq.device.index if xq.device.index is not None
                                                  else torch.cuda.current_device())
-    grid = lambda meta: (min(programs, triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])),)  # noqa: E731
+    grid = lambda meta: (min(programs * meta.get("CTAS_PER_SM", 1),  # noqa: E731
+                             triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])),)
     _w8a8_persistent_kernel[grid](
         x_desc, w_desc, x_scale, w_scale, bias if bias is not None else w_scale,
         residual if residual is not None else y, y, q_scale if q_scale is not None else w_scale,

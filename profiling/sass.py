@@ -8,7 +8,7 @@ PYTHONPATH).
     python -m qvit.profiling.sass [--kernel attention|w8a8|w8a8p|w4a16|w4a8|lnq] [--mode ...] [--match REGEX] [--sass DIR]
 
 Modes: attention fp16 | onchip | qout | int8 | fp8_static; w8a8 plain | gelu_res | qout | fp8 | fp8_fast | fp8_static;
-w8a8p (persistent) plain | gelu_res | fp8 | fp8_gelu; w4a16 int4 | nf4_gelu_res;
+w8a8p (persistent) plain | gelu_res | fp8 | fp8_gelu | fp8_res | fp8_static; w4a16 int4 | nf4_gelu_res;
 w4a8 gelu_res | plain | prog; lnq int8 | fp8 | fp8_static (LayerNorm + quantize, K = 1024).
 Instruction counts are static (each instruction once, loops not unrolled by count); `loops` gives each loop
 body's size as instructions (tensor-core / MUFU / fp32 ALU). Compare configs and versions of the same kernel
@@ -97,16 +97,19 @@ def _lnq():
 
 def _w8a8p():
     from qvit.kernels import w8a8_persistent as P
-    base = dict(HAS_BIAS=True, GELU=False, HAS_RES=False, FP8=False, NUM_PROGRAMS=132)
+    base = dict(HAS_BIAS=True, GELU=False, HAS_RES=False, FP8=False, QSTATIC=False, NUM_PROGRAMS=132)
 
-    def ptrs(dt):  # the descriptors' box shapes are the config's tiles
+    def ptrs(dt, out="bf16"):  # the descriptors' box shapes are the config's tiles
         return lambda c: {"x_desc": f"tensordesc<{dt}[{c['BLOCK_M']}, {c['BLOCK_K']}]>",
                           "w_desc": f"tensordesc<{dt}[{c['BLOCK_N']}, {c['BLOCK_K']}]>",
-                          "xs_ptr": "*fp32", "ws_ptr": "*fp32", "b_ptr": "*fp32", "r_ptr": "*bf16", "y_ptr": "*bf16"}
+                          "xs_ptr": "*fp32", "ws_ptr": "*fp32", "b_ptr": "*fp32", "r_ptr": "*bf16", "y_ptr": f"*{out}",
+                          "qs_ptr": "*fp32"}
     return P._w8a8_persistent_kernel, {
         "plain": (base, ptrs("i8")), "gelu_res": ({**base, "GELU": True, "HAS_RES": True}, ptrs("i8")),
         "fp8": ({**base, "FP8": True}, ptrs("fp8e4nv")),
-        "fp8_gelu": ({**base, "FP8": True, "GELU": True}, ptrs("fp8e4nv"))}, set()
+        "fp8_gelu": ({**base, "FP8": True, "GELU": True}, ptrs("fp8e4nv")),
+        "fp8_res": ({**base, "FP8": True, "HAS_RES": True}, ptrs("fp8e4nv")),
+        "fp8_static": ({**base, "FP8": True, "GELU": True, "QSTATIC": True}, ptrs("fp8e4nv", "fp8e4nv"))}, set()
 
 
 KERNELS = {"attention": _attention, "w8a8": _w8a8, "w4a16": _w4a16, "w4a8": _w4a8, "lnq": _lnq, "w8a8p": _w8a8p}

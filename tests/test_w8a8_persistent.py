@@ -16,6 +16,15 @@ def test_persistent_int8_matches_reference(poison, m, k, n, bias, gelu, res):
     check_w8a8(w8a8_linear_persistent, m, k, n, bias, gelu, res, fp32_bar=2 ** -20)
 
 
+def test_persistent_two_ctas_per_sm_cover_every_tile(poison, monkeypatch):
+    """CTAS_PER_SM = 2 (the configs that overlap one CTA's epilogue with another's MMAs): twice the programs,
+    each stepping twice as far; every output tile written once (poisoned output: a missed tile fails)."""
+    from conftest import pin_config
+    from qvit.kernels import w8a8_persistent as P
+    pin_config(monkeypatch, P._w8a8_persistent_kernel, CTAS_PER_SM=2)
+    check_w8a8(P.w8a8_linear_persistent, 70, 96, 100, True, True, False, fp32_bar=2 ** -20)
+
+
 @pytest.mark.parametrize("m,k,n", [(1, 32, 16), (37, 64, 50)])
 def test_persistent_fp8_matches_reference(poison, m, k, n):
     from qvit.kernels.w8a8_persistent import w8a8_linear_persistent
