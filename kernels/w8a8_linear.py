@@ -228,14 +228,20 @@ if triton is not None:
             y += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
         if GELU:
             y = _gelu_erf(y)
+        m2 = offs_m[:, None].to(tl.int64)
+        tl.store(q_ptr + m2 * stride_qm + offs_n[None, :], _fp8_static_codes(y, s_ptr).to(q_ptr.dtype.element_ty),
+                 mask=mask_m[:, None] & mask_n[None, :])
+
+    @triton.jit
+    def _fp8_static_codes(y, s_ptr):
+        """y / s_ptr[0] rounded to nearest even on the e4m3 grid and saturated at +-448 (float32 values; the cast
+        to float8_e4m3fn is then exact)."""
         scale = tl.load(s_ptr)
         inv = tl.math.div_rn(1.0, scale)
         v = tl.clamp(_div_rn_fast(y, scale, inv), -448.0, 448.0)
         if _INTERP:  # the interpreter's cast rounds wrongly across a binade and at ties: round on the grid first
             v = _round_e4m3(v)
-        m2 = offs_m[:, None].to(tl.int64)
-        tl.store(q_ptr + m2 * stride_qm + offs_n[None, :], v.to(q_ptr.dtype.element_ty),
-                 mask=mask_m[:, None] & mask_n[None, :])
+        return v
 
     @triton.jit
     def _epilogue_quant(y, offs_m, offs_n, mask_m, mask_n, pid_n, b_ptr, q_ptr, s_ptr, N, stride_qm,

@@ -35,12 +35,14 @@ except ImportError:  # the launcher raises with the reason
 
 
 if triton is not None:
-    from qvit.kernels.w8a8_linear import _epilogue, _epilogue_fp8_static
+    from qvit.kernels.w8a8_linear import _epilogue, _epilogue_fp8_static, _fp8_static_codes, _gelu_erf
 
     def _set_blocks(nargs):
         """Autotuner pre-hook: the descriptors' box shapes follow the config's tiles."""
         nargs["x_desc"].block_shape = [nargs["BLOCK_M"], nargs["BLOCK_K"]]
         nargs["w_desc"].block_shape = [nargs["BLOCK_N"], nargs["BLOCK_K"]]
+        if nargs.get("EPI_TMA") and nargs["TMA_OUT"]:  # (else y_desc is a placeholder: x_desc itself)
+            nargs["y_desc"].block_shape = [nargs["BLOCK_M"], nargs["BLOCK_N"]]
 
     def _configs():
         if interpreting():
@@ -61,29 +63,42 @@ if triton is not None:
                 cfgs.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8,
                                            "EPI_SPLIT": epi_split, "CTAS_PER_SM": ctas},
                                           num_warps=w, num_stages=s, pre_hook=_set_blocks))
+        # TMA-store epilogue (EPI_TMA): the tile goes to shared memory and one asynchronous bulk store writes it,
+        # so the warps start the next tile's MMAs while it drains. Costs a BM x BN staging tile of shared memory,
+        # hence the shallower K for the two-CTA one (sm_90, Triton 3.6, fp8: 98,848 bytes, 208 registers). The
+        # residual is read as in the plain epilogue: through TMA it needed a second staging tile (278,568 bytes
+        # at 128 x 256 x 128 / 3 stages, 131,112 for the two-CTA config: one CTA per SM).
+        for bm, bn, bk, w, s, ctas in [(128, 256, 128, 8, 3, 1), (256, 128, 128, 8, 3, 1), (128, 256, 64, 8, 4, 1),
+                                       (128, 128, 64, 4, 4, 2)]:
+            cfgs.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8,
+                                       "EPI_SPLIT": False, "CTAS_PER_SM": ctas, "EPI_TMA": True},
+                                      num_warps=w, num_stages=s, pre_hook=_set_blocks))
         return cfgs
 
     def _prune(configs, named_args, **kwargs):
         m, n, k = named_args["M"], named_args["N"], named_args["K"]
         gelu = named_args.get("GELU", kwargs.get("GELU", False))
         qstatic = named_args.get("QSTATIC", kwargs.get("QSTATIC", False))
+        tma_out = named_args.get("TMA_OUT", kwargs.get("TMA_OUT", False))
         out = [c for c in configs
                # the same kernel as its unsplit twin without GELU, and with the fp8 epilogue (never split)
                if not (c.kwargs.get("EPI_SPLIT") and (not gelu or qstatic))
+               and not (c.kwargs.get("EPI_TMA") and not tma_out)  # the plain epilogue then: a duplicate
                and not (c.kwargs["BLOCK_M"] > 2 * max(m, 16) or c.kwargs["BLOCK_N"] > 2 * max(n, 16)
                         or c.kwargs["BLOCK_K"] > 2 * max(k, 32))]
-        return out or configs[-1:]
+        # nothing left (tiny shapes): the smallest config with the plain epilogue, which runs everywhere
+        return out or [c for c in configs if not c.kwargs.get("EPI_TMA")][-1:]
 
-    @triton.autotune(configs=tune_shard(_configs()), key=["M", "N", "K", "HAS_RES", "GELU", "FP8", "QSTATIC"],
+    @triton.autotune(configs=tune_shard(_configs()), key=["M", "N", "K", "HAS_RES", "GELU", "FP8", "QSTATIC", "TMA_OUT"],
                      prune_configs_by={"early_config_prune": _prune})
     @triton.jit
     def _w8a8_persistent_kernel(
-        x_desc, w_desc, xs_ptr, ws_ptr, b_ptr, r_ptr, y_ptr, qs_ptr,
+        x_desc, w_desc, xs_ptr, ws_ptr, b_ptr, r_ptr, y_ptr, qs_ptr, y_desc,
         M, N, K, stride_rm, stride_ym,
         HAS_BIAS: tl.constexpr, GELU: tl.constexpr, HAS_RES: tl.constexpr, FP8: tl.constexpr,
-        QSTATIC: tl.constexpr, NUM_PROGRAMS: tl.constexpr,
+        QSTATIC: tl.constexpr, TMA_OUT: tl.constexpr, NUM_PROGRAMS: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-        EPI_SPLIT: tl.constexpr = False, CTAS_PER_SM: tl.constexpr = 1,
+        EPI_SPLIT: tl.constexpr = False, CTAS_PER_SM: tl.constexpr = 1, EPI_TMA: tl.constexpr = False,
     ):
         # NUM_PROGRAMS = the SM count (2 under the interpreter); the grid is NUM_PROGRAMS x CTAS_PER_SM programs
         # (fewer when there are fewer tiles: then each takes one)
@@ -119,7 +134,20 @@ if triton is not None:
             xs = tl.load(xs_ptr + offs_m, mask=mask_m, other=0.0)
             ws = tl.load(ws_ptr + offs_n, mask=mask_n, other=0.0)
             y = acc.to(tl.float32) * xs[:, None] * ws[None, :]
-            if QSTATIC:  # fp8 output at one static scale (qs_ptr[0]), as w8a8_linear_fp8_static_out
+            # the same values as below; boxes past M / N are clipped by the TMA unit. Without TMA_OUT (rows not
+            # 16-byte aligned: y_desc / r_desc are placeholders) an EPI_TMA config runs the plain epilogue
+            if EPI_TMA and TMA_OUT:
+                if HAS_BIAS:
+                    y += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+                if GELU:
+                    y = _gelu_erf(y)
+                if QSTATIC:
+                    y = _fp8_static_codes(y, qs_ptr)
+                elif HAS_RES:
+                    y += tl.load(r_ptr + offs_m[:, None].to(tl.int64) * stride_rm + offs_n[None, :],
+                                 mask=mask_m[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
+                y_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N], y.to(y_desc.dtype))
+            elif QSTATIC:  # fp8 output at one static scale (qs_ptr[0]), as w8a8_linear_fp8_static_out
                 _epilogue_fp8_static(y, offs_m, offs_n, mask_m, mask_n, b_ptr, y_ptr, qs_ptr, stride_ym,
                                      HAS_BIAS, GELU)
             else:
@@ -198,6 +226,9 @@ def _launch(xq, x_scale, wq, w_scale, bias, residual, gelu, y, q_scale):
     # box shapes are placeholders until the autotuner's pre-hook sets the chosen config's tiles
     x_desc = TensorDescriptor.from_tensor(xq, [16, 16])
     w_desc = TensorDescriptor.from_tensor(wq, [16, 16])
+    # the TMA-store epilogue needs a 16-byte aligned start and rows for the output
+    tma_out = y.data_ptr() % 16 == 0 and (y.stride(0) * y.element_size()) % 16 == 0
+    y_desc = TensorDescriptor.from_tensor(y, [16, 16]) if tma_out else x_desc
     # the interpreter: 2 programs, so that each walks several tiles
     programs = 2 if interpreting() else _num_sms(xq.device.index if xq.device.index is not None
                                                  else torch.cuda.current_device())
@@ -205,8 +236,8 @@ def _launch(xq, x_scale, wq, w_scale, bias, residual, gelu, y, q_scale):
                              triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])),)
     _w8a8_persistent_kernel[grid](
         x_desc, w_desc, x_scale, w_scale, bias if bias is not None else w_scale,
-        residual if residual is not None else y, y, q_scale if q_scale is not None else w_scale,
+        residual if residual is not None else y, y, q_scale if q_scale is not None else w_scale, y_desc,
         m, n, xq.shape[1], residual.stride(0) if residual is not None else 0, y.stride(0),
         HAS_BIAS=bias is not None, GELU=gelu, HAS_RES=residual is not None,
-        FP8=xq.dtype == torch.float8_e4m3fn, QSTATIC=q_scale is not None, NUM_PROGRAMS=programs,
+        FP8=xq.dtype == torch.float8_e4m3fn, QSTATIC=q_scale is not None, TMA_OUT=tma_out, NUM_PROGRAMS=programs,
     )

@@ -97,13 +97,13 @@ def _lnq():
 
 def _w8a8p():
     from qvit.kernels import w8a8_persistent as P
-    base = dict(HAS_BIAS=True, GELU=False, HAS_RES=False, FP8=False, QSTATIC=False, NUM_PROGRAMS=132)
+    base = dict(HAS_BIAS=True, GELU=False, HAS_RES=False, FP8=False, QSTATIC=False, TMA_OUT=True, NUM_PROGRAMS=132)
 
     def ptrs(dt, out="bf16"):  # the descriptors' box shapes are the config's tiles
         return lambda c: {"x_desc": f"tensordesc<{dt}[{c['BLOCK_M']}, {c['BLOCK_K']}]>",
                           "w_desc": f"tensordesc<{dt}[{c['BLOCK_N']}, {c['BLOCK_K']}]>",
                           "xs_ptr": "*fp32", "ws_ptr": "*fp32", "b_ptr": "*fp32", "r_ptr": "*bf16", "y_ptr": f"*{out}",
-                          "qs_ptr": "*fp32"}
+                          "qs_ptr": "*fp32", "y_desc": f"tensordesc<{out}[{c['BLOCK_M']}, {c['BLOCK_N']}]>"}
     return P._w8a8_persistent_kernel, {
         "plain": (base, ptrs("i8")), "gelu_res": ({**base, "GELU": True, "HAS_RES": True}, ptrs("i8")),
         "fp8": ({**base, "FP8": True}, ptrs("fp8e4nv")),

@@ -25,6 +25,47 @@ def test_persistent_two_ctas_per_sm_cover_every_tile(poison, monkeypatch):
     check_w8a8(P.w8a8_linear_persistent, 70, 96, 100, True, True, False, fp32_bar=2 ** -20)
 
 
+@pytest.mark.parametrize("bias,gelu,res", [(True, True, False), (True, False, True), (False, False, False)])
+def test_persistent_tma_store_epilogue(poison, monkeypatch, bias, gelu, res):
+    """EPI_TMA: the output tile through a tensor descriptor; odd M and an N that is not a
+    multiple of the 32-wide tile (but gives 16-byte rows), so the last boxes hang over the edges (the TMA unit
+    clips them); poisoned output (a tile not written fails). N = 50 (100-byte rows): the plain epilogue."""
+    from conftest import pin_config
+    from qvit.kernels import w8a8_persistent as P
+    pin_config(monkeypatch, P._w8a8_persistent_kernel, EPI_TMA=True)
+    for n in (56, 50):
+        check_w8a8(P.w8a8_linear_persistent, 37, 64, n, bias, gelu, res, fp32_bar=2 ** -20)
+
+
+def test_persistent_tma_store_fp8_static_out(poison, monkeypatch):
+    """EPI_TMA with fc1's fp8 static output: the same codes as the plain epilogue's (same accumulation)."""
+    from conftest import pin_config
+    from qvit.kernels import w8a8_persistent as P
+    xq, xs = Q.quantize_fp8_per_token(torch.randn(37, 64))
+    wq, ws = Q.quantize_fp8_per_channel(torch.randn(48, 64))  # 48-byte fp8 rows: TMA-addressable
+    b = torch.randn(48)
+    s = torch.tensor(0.01)
+    q0, _ = P.w8a8_linear_persistent_fp8_static_out(xq, xs, wq, ws, b, True, s)
+    pin_config(monkeypatch, P._w8a8_persistent_kernel, EPI_TMA=True)
+    q1, _ = P.w8a8_linear_persistent_fp8_static_out(xq, xs, wq, ws, b, True, s)
+    assert torch.equal(q0.view(torch.uint8), q1.view(torch.uint8))
+
+
+def test_persistent_tma_store_needs_aligned_rows():
+    """N = 50 in fp16 is a 100-byte row: not 16-byte aligned, so the EPI_TMA configs are pruned (and the
+    fallback for tiny shapes is a plain-epilogue config)."""
+    from qvit.kernels import w8a8_persistent as P
+    cfgs = [c for c in P._configs()]
+    tma = dict(cfgs[0].kwargs, EPI_TMA=True)
+    import triton
+    cfgs = cfgs + [triton.Config(tma, num_warps=4, num_stages=1)]
+    args = dict(M=37, N=50, K=64, GELU=False, QSTATIC=False)
+    assert all(not c.kwargs.get("EPI_TMA") for c in P._prune(cfgs, dict(args, TMA_OUT=False)))
+    assert any(c.kwargs.get("EPI_TMA") for c in P._prune(cfgs, dict(args, TMA_OUT=True)))
+    tiny = dict(M=1, N=1, K=16, GELU=False, QSTATIC=False, TMA_OUT=False)
+    assert all(not c.kwargs.get("EPI_TMA") for c in P._prune(list(reversed(cfgs)), tiny))
+
+
 @pytest.mark.parametrize("m,k,n", [(1, 32, 16), (37, 64, 50)])
 def test_persistent_fp8_matches_reference(poison, m, k, n):
     from qvit.kernels.w8a8_persistent import w8a8_linear_persistent
