@@ -216,6 +216,15 @@ def linear_providers(x, lin, k, n):
                                                                           torch.bfloat16)
         P["qvit w8a8 fp8 fast accum persistent (+gelu)"] = lambda: w8a8_linear_persistent(
             xf, xfs, fq, fs, bias, None, True, torch.bfloat16)
+        # fp8s's fc1: GELU then fc2's fp8 input at a static scale, written by the epilogue (half the bytes of
+        # bf16; correctness: the GPU tests test_fp8_static_out_real_shapes)
+        from qvit.kernels.w8a8_linear import w8a8_linear_fp8_static_out
+        from qvit.kernels.w8a8_persistent import w8a8_linear_persistent_fp8_static_out
+        s_out = torch.tensor(0.01, device=x.device)
+        P["qvit w8a8 fp8 fast accum (+gelu, fp8 static out)"] = lambda: w8a8_linear_fp8_static_out(
+            xf, xfs, fq, fs, bias, True, s_out)
+        P["qvit w8a8 fp8 fast accum persistent (+gelu, fp8 static out)"] = lambda: (
+            w8a8_linear_persistent_fp8_static_out(xf, xfs, fq, fs, bias, True, s_out))
     if n == 1024:
         P["qvit w8a8 persistent (+residual)"] = lambda: w8a8_linear_persistent(xq, xs, wq, ws, bias, res_in, False,
                                                                               torch.bfloat16)
