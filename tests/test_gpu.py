@@ -55,10 +55,12 @@ def test_w8a8_persistent_real_shapes(poison, m, k, n, fp8):
 def test_w8a8_persistent_every_config_gpu(poison, monkeypatch, idx):
     """Each of the persistent kernel's configs pinned (the autotuner may pick any): proj-like K with an odd
     M and N (edge boxes read as zeros by TMA), int8, every epilogue (GELU: fc1, residual: proj / fc2, both).
-    Exact in float32 output. Session 11 (H200): the 128 x 256 and 256 x 128 configs with an unsplit epilogue
-    asked for more shared memory than a CTA has (278,552 / 327,712 bytes) with a float32 output, which the ViT
-    never asks for (its outputs are bf16 / fp16; the autotuner skips a config that raises OutOfResources).
-    There the same epilogue with a bf16 output must run, within one bf16 rounding of the reference."""
+    Exact in float32 output. Some configs ask for more shared memory than a CTA has with some epilogues (session
+    11, H200: the unsplit 128 x 256 and 256 x 128 tiles with a float32 output, 278,552 / 327,712 bytes; the
+    TMA-store ones with a residual, 245,784 by the SASS count); the autotuner skips a config that raises
+    OutOfResources, so such a combination cannot be picked. There the bf16 output the ViT uses must run,
+    within one bf16 rounding; where that does not fit either, the combination is not run -- but every config
+    must run at least one of the ViT's epilogues (else it is dead weight in the autotuner's list)."""
     from triton.runtime.errors import OutOfResources
 
     from qvit.kernels import w8a8_persistent as P
@@ -70,15 +72,22 @@ def test_w8a8_persistent_every_config_gpu(poison, monkeypatch, idx):
     wq, ws = Q.quantize_int8_per_channel(torch.randn(n, k, device=DEV) * 0.02)
     b = torch.randn(n, device=DEV)
     r = torch.randn(m, n, device=DEV, dtype=torch.bfloat16)
+    ran = []
     for gelu, res in [(True, None), (False, r), (True, r)]:
         ref = Q.int8_matmul_ref(xq, xs, wq, ws, b, torch.float32, gelu=gelu, residual=res)
         try:
             y = P.w8a8_linear_persistent(xq, xs, wq, ws, b, res, gelu, torch.float32)
         except OutOfResources:
-            y16 = P.w8a8_linear_persistent(xq, xs, wq, ws, b, res, gelu, torch.bfloat16)
+            try:
+                y16 = P.w8a8_linear_persistent(xq, xs, wq, ws, b, res, gelu, torch.bfloat16)
+            except OutOfResources:
+                continue
             assert rel_err(y16, ref) < 2 ** -8
+            ran.append((gelu, res is not None))
             continue
         torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+        ran.append((gelu, res is not None))
+    assert any(c in ran for c in [(True, False), (False, True)]), f"config {idx} ran none of the ViT's epilogues"
 
 
 @pytest.mark.parametrize("k,n", SHAPES[:4])
