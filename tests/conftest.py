@@ -95,3 +95,38 @@ def pin_config(monkeypatch, kernel, config=None, **overrides):
     monkeypatch.setattr(kernel, "cache", {})
     if getattr(kernel, "early_config_prune", None) is not None:
         monkeypatch.setattr(kernel, "early_config_prune", None)
+
+
+def check_fp8_static_out(fn, m, k, n, gelu):
+    """An fp8 GEMM whose epilogue writes float8_e4m3fn at one static scale (fc1 of fp8s), under the interpreter
+    (exact sums): the codes `quantize_fp8_static` makes of the float32 reference epilogue (one e4m3 step at most
+    where the float32 epilogue's rounding lands on the other side of a rounding edge), saturated at +-448 where
+    the scale is too small, and the launcher's refusals (int8 operands, a scale that is not one float32)."""
+    import pytest
+
+    from qvit.kernels import quant as Q
+    xq, xs = Q.quantize_fp8_per_token(torch.randn(m, k))
+    wq, ws = Q.quantize_fp8_per_channel(torch.randn(n, k))
+    b = torch.randn(n)
+    ref = Q.fp8_matmul_ref(xq, xs, wq, ws, b, torch.float32, gelu=gelu)
+    s = torch.tensor(float(ref.abs().max()) / 448 * 0.5)  # half the range: the largest values saturate
+    q, sc = fn(xq, xs, wq, ws, b, gelu, s)
+    qr, scr = Q.quantize_fp8_static(ref, s)
+    assert torch.equal(sc, scr) and sc.shape == (m,) and q.dtype == torch.float8_e4m3fn
+    d = (e4m3_ordinal(q) - e4m3_ordinal(qr)).abs()
+    assert int(d.max()) <= 1 and float(d.float().mean()) < 2e-2
+    assert bool((q.float().abs() == 448).any()) and not bool(q.float().isnan().any())
+    with pytest.raises(TypeError, match="float8_e4m3fn operands only"):
+        fn(*Q.quantize_int8_per_token(torch.randn(m, k)), *Q.quantize_int8_per_channel(torch.randn(n, k)), b, gelu, s)
+    with pytest.raises(ValueError, match="one-element float32"):
+        fn(xq, xs, wq, ws, b, gelu, torch.ones(2))
+
+
+def spy(monkeypatch, module: str, name: str) -> list:
+    """Wrap `module.name` (a kernel launcher the model looks up at call time) so that each call appends its
+    first argument's shape to the returned list, then runs the real function."""
+    import importlib
+    mod = importlib.import_module(module)
+    calls, real = [], getattr(mod, name)
+    monkeypatch.setattr(mod, name, lambda *a, **k: calls.append(tuple(a[0].shape)) or real(*a, **k))
+    return calls

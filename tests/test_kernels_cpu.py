@@ -3,7 +3,7 @@ interpreter computes bf16 wrong), fresh random inputs, outputs poisoned before t
 import pytest
 import torch
 
-from conftest import check_w8a8, e4m3_ordinal, pin_config, rel_err, requires_interp
+from conftest import check_fp8_static_out, check_w8a8, e4m3_ordinal, pin_config, rel_err, requires_interp, spy
 from qvit.kernels import quant as Q
 
 pytestmark = requires_interp
@@ -552,26 +552,9 @@ def test_fp8_linear_runs_the_chosen_accumulation(monkeypatch, fast):
 @pytest.mark.parametrize("m,k,n", [(1, 32, 16), (37, 64, 50)])
 @pytest.mark.parametrize("gelu", [False, True])
 def test_fp8_static_out_matches_reference(poison, m, k, n, gelu):
-    """fc1's epilogue writing fp8 with one static scale (QuantConfig.fp8_static_mlp): the codes
-    `quantize_fp8_static` makes of the float32 epilogue result (one e4m3 step at most where the float32
-    epilogue's rounding lands on the other side of a rounding edge), saturated where the scale is too small."""
+    """fc1's epilogue writing fp8 with one static scale (QuantConfig.fp8_static_mlp); see conftest."""
     from qvit.kernels.w8a8_linear import w8a8_linear_fp8_static_out
-    xq, xs = Q.quantize_fp8_per_token(torch.randn(m, k))
-    wq, ws = Q.quantize_fp8_per_channel(torch.randn(n, k))
-    b = torch.randn(n)
-    ref = Q.fp8_matmul_ref(xq, xs, wq, ws, b, torch.float32, gelu=gelu)
-    s = torch.tensor(float(ref.abs().max()) / 448 * 0.5)  # half the range: the largest values saturate
-    q, sc = w8a8_linear_fp8_static_out(xq, xs, wq, ws, b, gelu, s)
-    qr, scr = Q.quantize_fp8_static(ref, s)
-    assert torch.equal(sc, scr) and sc.shape == (m,)
-    d = (e4m3_ordinal(q) - e4m3_ordinal(qr)).abs()
-    assert int(d.max()) <= 1 and float(d.float().mean()) < 2e-2
-    assert bool((q.float().abs() == 448).any())  # saturated, not overflowed to NaN
-    with pytest.raises(TypeError, match="float8_e4m3fn operands only"):
-        w8a8_linear_fp8_static_out(*Q.quantize_int8_per_token(torch.randn(m, k)),
-                                   *Q.quantize_int8_per_channel(torch.randn(n, k)), b, gelu, s)
-    with pytest.raises(ValueError, match="one-element float32"):
-        w8a8_linear_fp8_static_out(xq, xs, wq, ws, b, gelu, torch.ones(2))
+    check_fp8_static_out(w8a8_linear_fp8_static_out, m, k, n, gelu)
 
 
 def test_fp8_fast_accum_refuses_int8_operands():
@@ -783,13 +766,9 @@ def test_model_fp8_static_mlp_on_triton(monkeypatch):
     and fp16 vs fp32 epilogues put some values on the other side of a rounding edge; the kernel tests compare
     codes.)"""
     import copy
-    import importlib
 
     from qvit.vit import QuantConfig, ViT, quantize
-    mod = importlib.import_module("qvit.kernels.w8a8_linear")
-    calls = []
-    real = mod.w8a8_linear_fp8_static_out
-    monkeypatch.setattr(mod, "w8a8_linear_fp8_static_out", lambda *a: calls.append(1) or real(*a))
+    calls = spy(monkeypatch, "qvit.kernels.w8a8_linear", "w8a8_linear_fp8_static_out")
     torch.manual_seed(0)
     base = ViT.from_name("vit_micro_patch4_32").eval()
     static = quantize(copy.deepcopy(base), QuantConfig.preset("fp8s", keep=()), calib=torch.randn(32, 3, 32, 32))

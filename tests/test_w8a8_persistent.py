@@ -3,7 +3,7 @@ interpreter: 2 programs there, so each walks several output tiles (16 x 32) and 
 import pytest
 import torch
 
-from conftest import check_w8a8, e4m3_ordinal, rel_err, requires_interp
+from conftest import check_fp8_static_out, check_w8a8, rel_err, requires_interp, spy
 from qvit.kernels import quant as Q
 
 pytestmark = requires_interp
@@ -99,26 +99,9 @@ def test_persistent_refuses_what_it_cannot_run():
 @pytest.mark.parametrize("m,k,n", [(1, 32, 16), (37, 64, 50)])
 @pytest.mark.parametrize("gelu", [False, True])
 def test_persistent_fp8_static_out_matches_reference(poison, m, k, n, gelu):
-    """fp8s's fc1 on the persistent kernel: + bias -> GELU -> float8_e4m3fn at one static scale, the codes
-    `quantize_fp8_static` makes of the float32 reference epilogue (one e4m3 step at most where the kernel's
-    float32 sum lands on the other side of a rounding edge), saturated at +-448 where the scale is too small."""
-    from qvit.kernels.w8a8_persistent import w8a8_linear_persistent_fp8_static_out as static_out
-    xq, xs = Q.quantize_fp8_per_token(torch.randn(m, k))
-    wq, ws = Q.quantize_fp8_per_channel(torch.randn(n, k))
-    b = torch.randn(n)
-    ref = Q.fp8_matmul_ref(xq, xs, wq, ws, b, torch.float32, gelu=gelu)
-    s = torch.tensor(float(ref.abs().max()) / 448 * 0.5)  # half the range: the largest values saturate
-    q, sc = static_out(xq, xs, wq, ws, b, gelu, s)
-    qr, scr = Q.quantize_fp8_static(ref, s)
-    assert torch.equal(sc, scr) and sc.shape == (m,) and q.dtype == torch.float8_e4m3fn
-    d = (e4m3_ordinal(q) - e4m3_ordinal(qr)).abs()
-    assert int(d.max()) <= 1 and float(d.float().mean()) < 2e-2
-    assert bool((q.float().abs() == 448).any()) and not bool(q.float().isnan().any())
-    with pytest.raises(TypeError, match="float8_e4m3fn operands only"):
-        static_out(*Q.quantize_int8_per_token(torch.randn(m, k)), *Q.quantize_int8_per_channel(torch.randn(n, k)),
-                   b, gelu, s)
-    with pytest.raises(ValueError, match="one-element float32"):
-        static_out(xq, xs, wq, ws, b, gelu, torch.ones(2))
+    """fp8s's fc1 on the persistent kernel (conftest.check_fp8_static_out)."""
+    from qvit.kernels.w8a8_persistent import w8a8_linear_persistent_fp8_static_out
+    check_fp8_static_out(w8a8_linear_persistent_fp8_static_out, m, k, n, gelu)
 
 
 def test_persistent_mode_auto_and_bad_value(monkeypatch):
@@ -141,28 +124,31 @@ def test_persistent_mode_auto_and_bad_value(monkeypatch):
         VQ._use_persistent(big, xs)
 
 
+def _off_then_on(monkeypatch, model, calls):
+    """The logits of `model` on a fixed 32 px batch with QVIT_PERSISTENT_GEMM=0 (no call recorded in `calls`)
+    and then =1."""
+    x = torch.randn(2, 3, 32, 32).half()
+    with torch.no_grad():
+        monkeypatch.setenv("QVIT_PERSISTENT_GEMM", "0")
+        y0 = model(x).float()
+        assert not calls
+        monkeypatch.setenv("QVIT_PERSISTENT_GEMM", "1")
+        y1 = model(x).float()
+    return y0, y1
+
+
 def test_fp8s_model_runs_persistent_static_out_when_asked(monkeypatch):
     """fp8s with QVIT_PERSISTENT_GEMM=1: fc1 writes fc2's fp8 input from the persistent kernel (once per block),
     the other linears run persistent too, and the logits match the one-tile-per-program kernels'."""
     import copy
-    import importlib
 
     from qvit.vit import QuantConfig, ViT, quantize
-    mod = importlib.import_module("qvit.kernels.w8a8_persistent")
-    calls = []
-    real = mod.w8a8_linear_persistent_fp8_static_out
-    monkeypatch.setattr(mod, "w8a8_linear_persistent_fp8_static_out", lambda *a: calls.append(1) or real(*a))
+    calls = spy(monkeypatch, "qvit.kernels.w8a8_persistent", "w8a8_linear_persistent_fp8_static_out")
     torch.manual_seed(0)
     base = ViT.from_name("vit_micro_patch4_32").eval()
     m = quantize(copy.deepcopy(base), QuantConfig.preset("fp8s", keep=()), calib=torch.randn(16, 3, 32, 32))
     m = m.half().set_backend(linear="triton", attn="sdpa")
-    x = torch.randn(2, 3, 32, 32).half()
-    with torch.no_grad():
-        monkeypatch.setenv("QVIT_PERSISTENT_GEMM", "0")
-        y0 = m(x).float()
-        assert not calls
-        monkeypatch.setenv("QVIT_PERSISTENT_GEMM", "1")
-        y1 = m(x).float()
+    y0, y1 = _off_then_on(monkeypatch, m, calls)
     assert len(calls) == base.cfg.depth
     assert rel_err(y1, y0) < 2 ** -9
 
@@ -173,23 +159,13 @@ def test_model_runs_persistent_gemm_when_asked(monkeypatch, preset):
     and the logits match the same model on the one-tile-per-program kernel (same arithmetic in the
     interpreter: both sum exact products in the same precision; the order differs, so not bit-identical)."""
     import copy
-    import importlib
 
     from qvit.vit import QuantConfig, ViT, quantize
-    mod = importlib.import_module("qvit.kernels.w8a8_persistent")
-    calls = []
-    real = mod.w8a8_linear_persistent
-    monkeypatch.setattr(mod, "w8a8_linear_persistent", lambda *a: calls.append(a[0].shape) or real(*a))
+    calls = spy(monkeypatch, "qvit.kernels.w8a8_persistent", "w8a8_linear_persistent")
     torch.manual_seed(0)
     base = ViT.from_name("vit_micro_patch4_32").eval()
     m = quantize(copy.deepcopy(base), QuantConfig.preset(preset, keep=())).half().set_backend(linear="triton",
                                                                                                 attn="sdpa")
-    x = torch.randn(2, 3, 32, 32).half()
-    with torch.no_grad():
-        monkeypatch.setenv("QVIT_PERSISTENT_GEMM", "0")
-        y0 = m(x).float()
-        assert not calls
-        monkeypatch.setenv("QVIT_PERSISTENT_GEMM", "1")
-        y1 = m(x).float()
+    y0, y1 = _off_then_on(monkeypatch, m, calls)
     assert len(calls) == 4 * base.cfg.depth + 1  # qkv, proj, fc1, fc2 of every block, and the head
     assert rel_err(y1, y0) < 2 ** -9
