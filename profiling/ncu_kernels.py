@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     from qvit.kernels.w4a8_linear import w4a8_linear
     from qvit.kernels.w4a16_linear import w4a16_linear
     from qvit.kernels.w8a8_linear import w8a8_linear, w8a8_linear_fp8_fast_accum, w8a8_linear_quant_out
+    from qvit.kernels.w8a8_persistent import w8a8_linear_persistent, w8a8_linear_persistent_fp8_static_out
     dev = "cuda"
     torch.manual_seed(0)
     m, k, n = 197 * 64, 1024, 4096
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     fq, fs = Q.quantize_fp8_per_token(x)
     f8w, f8s = Q.quantize_fp8_per_channel(w)
     one = torch.ones((), device=dev)
+    s_out = torch.tensor(0.01, device=dev)  # a static fp8 output scale (fp8s)
     x1 = x[:197].contiguous()
     q, kk, v = torch.randn(64, 197, 3, 16, 64, device=dev, dtype=torch.bfloat16).unbind(2)
     qh, kh, vh = (t.half() for t in (q, kk, v))
@@ -63,6 +65,12 @@ def main(argv: list[str] | None = None) -> int:
                                                                             torch.bfloat16),
         "scaled_mm_fp8fast_fc1_M12608": lambda: torch._scaled_mm(fq, f8w.t(), one, one, out_dtype=torch.bfloat16,
                                                                  use_fast_accum=True),
+        # the persistent TMA kernel (the model's GEMM from 4,096 tokens on): plain, + GELU (the epilogue that
+        # costs it 22 us at this shape), and fp8s's fc1 (GELU + fp8 static output)
+        "w8a8p_fp8_fc1_M12608": lambda: w8a8_linear_persistent(fq, fs, f8w, f8s, b, None, False, torch.bfloat16),
+        "w8a8p_fp8_fc1_gelu_M12608": lambda: w8a8_linear_persistent(fq, fs, f8w, f8s, b, None, True, torch.bfloat16),
+        "w8a8p_fp8_fc1_gelu_fp8out_M12608": lambda: w8a8_linear_persistent_fp8_static_out(fq, fs, f8w, f8s, b, True,
+                                                                                           s_out),
         "w8a8_fc2_M12608": lambda: w8a8_linear(hq, hs, w2q, w2s, None, None, False, torch.bfloat16),
         "w8a8_fc2_g128_M12608": lambda: w8a8_linear(hqg, hsg, w2q, w2s, None, None, False, torch.bfloat16),
         "w4a8_fc1_M12608": lambda: w4a8_linear(xq, xs, p4, s4, b, 128, torch.bfloat16),
