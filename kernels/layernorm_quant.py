@@ -43,6 +43,18 @@ def layernorm_quant_ref(x, weight=None, bias=None, eps=1e-6, fp8: bool = False):
 
 if triton is not None:
 
+    _INTERP = tl.constexpr(interpreting())
+
+    @triton.jit
+    def _div_rn_fast(y, scale, inv):
+        """y / scale correctly rounded (as IEEE division), from inv = div_rn(1, scale): q = y * inv, then one
+        correction with the exact remainder fma(-q, scale, y) (Markstein: with inv the correctly rounded
+        reciprocal and q within an ulp, the corrected quotient is the correctly rounded one, barring
+        overflow/underflow). Two FMAs and a multiply per element where div.rn is a reciprocal, a range check
+        (FCHK) and a call to a slow path."""
+        q = y * inv
+        return tl.math.fma(tl.math.fma(-q, scale, y), inv, q)
+
     @triton.jit
     def _round_half_even(x):
         # adding and subtracting 1.5 * 2^23 rounds to the nearest integer, ties to even (as
@@ -104,15 +116,24 @@ if triton is not None:
         else:
             h = x
         h = tl.where(mask, h, 0.0)
+        # one division per row (the reciprocal), then the correctly rounded quotient by _div_rn_fast; fp8: the
+        # GPU's cvt rounds to nearest even and saturates as torch's cast does, so the explicit rounding onto
+        # the e4m3 grid is for the interpreter only (its cast rounds wrongly across a binade and at ties)
         if FP8 and STATIC:  # e4m3 at one static (calibrated) scale st_ptr[0], saturated at +-448
             scale = tl.zeros((ROWS,), tl.float32) + tl.load(st_ptr)
-            q8 = _round_e4m3(tl.clamp(tl.math.div_rn(h, scale[:, None]), -448.0, 448.0)).to(q_ptr.dtype.element_ty)
-        elif FP8:  # e4m3: scale = amax / 448, rounded onto the e4m3 grid, then an exact cast
+        elif FP8:  # e4m3: scale = amax / 448
             scale = tl.maximum(tl.max(tl.abs(h), axis=1) / 448.0, 1.1754943508222875e-38)
-            q8 = _round_e4m3(tl.clamp(tl.math.div_rn(h, scale[:, None]), -448.0, 448.0)).to(q_ptr.dtype.element_ty)
         else:
             scale = tl.maximum(tl.max(tl.abs(h), axis=1) / 127.0, 1.1754943508222875e-38)
-            q8 = tl.clamp(_round_half_even(tl.math.div_rn(h, scale[:, None])), -127.0, 127.0).to(tl.int8)
+        inv = tl.math.div_rn(tl.full(scale.shape, 1.0, tl.float32), scale)
+        v = _div_rn_fast(h, scale[:, None], inv[:, None])
+        if FP8:
+            v = tl.clamp(v, -448.0, 448.0)
+            if _INTERP:
+                v = _round_e4m3(v)
+            q8 = v.to(q_ptr.dtype.element_ty)
+        else:
+            q8 = tl.clamp(_round_half_even(v), -127.0, 127.0).to(tl.int8)
         tl.store(q_ptr + rows[:, None].to(tl.int64) * stride_qm + offs_k[None, :], q8, mask=mask)
         tl.store(s_ptr + rows, scale, mask=rmask)
 

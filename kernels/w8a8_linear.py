@@ -33,7 +33,8 @@ _OUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 if triton is not None:
-    from qvit.kernels.layernorm_quant import _round_e4m3, _round_half_even  # one rounding rule for every quantizer
+    # one rounding rule for every quantizer
+    from qvit.kernels.layernorm_quant import _div_rn_fast, _round_e4m3, _round_half_even
 
     # narrow K tiles, offered only for inputs with 32- or 64-channel scale groups (proj after the quantizing
     # attention epilogue: one group per head); the other calls are tuned over the same tiles as before
@@ -150,17 +151,6 @@ if triton is not None:
         else:
             return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=r,r", [y], dtype=tl.float32,
                                              is_pure=True, pack=1)
-
-    @triton.jit
-    def _div_rn_fast(y, scale, inv):
-        """y / scale rounded to nearest (as IEEE division) in the cases that matter for quantization, from
-        the reciprocal inv = 1 / scale: one product, then one Newton correction with the exact remainder
-        (fma(-q, scale, y)); a quotient within an ulp of a rounding tie may still differ from div_rn's by an
-        ulp (the integer code then moves one step, as the tests allow). Two FMAs and a multiply per element
-        instead of a full division (H200, results/h200-gpu-6: fc1's quantizing epilogue 265.7 -> 215.2 us at
-        M = 12,608; the interpreter tests ran on it, its GPU test not yet)."""
-        q = y * inv
-        return tl.math.fma(tl.math.fma(-q, scale, y), inv, q)
 
     @triton.jit
     def _halves_1d(v):
