@@ -73,7 +73,8 @@ def attention_int8_ref(q8, q_scale, k8, k_scale, v, sm_scale=None):
 
 
 if triton is not None:
-    from qvit.kernels.layernorm_quant import _round_e4m3, _round_half_even  # one rounding rule for every quantizer
+    # one rounding rule for every quantizer
+    from qvit.kernels.layernorm_quant import _div_rn_fast, _round_e4m3, _round_half_even
 
     _INTERP = tl.constexpr(interpreting())
 
@@ -253,7 +254,8 @@ if triton is not None:
         acc = acc / l_i[:, None]
         if QOUT == 2:
             # the proj GEMM's fp8 input at its static, calibrated scale (os_ptr[0]): quantize_fp8_static(o, scale)
-            v8 = tl.clamp(tl.math.div_rn(acc, tl.load(os_ptr)), -448.0, 448.0)
+            o_scale = tl.load(os_ptr)
+            v8 = tl.clamp(_div_rn_fast(acc, o_scale, tl.math.div_rn(1.0, o_scale)), -448.0, 448.0)
             if _INTERP:  # the interpreter's float8 cast rounds wrongly across a binade and at ties
                 v8 = _round_e4m3(v8)
             tl.store(o_ptr + b * sob + h * soh + offs_m[:, None].to(tl.int64) * sos + offs_d[None, :],
