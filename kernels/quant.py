@@ -421,3 +421,10 @@ def check_gemm_operands(op: str, xq, x_scale, wq, w_scale, qdtype) -> tuple[int,
     if k != k2:
         raise ValueError(f"{op}: xq has K={k} but wq has K={k2}")
     return m, k, n
+
+
+def e4m3_ordinal(q: torch.Tensor) -> torch.Tensor:
+    """float8_e4m3fn codes as signed integers in value order (adjacent representable values differ by one):
+    the distance between two fp8 tensors in steps of the e4m3 grid."""
+    c = q.view(torch.uint8).int()
+    return torch.where(c >= 128, -(c - 128), c)

@@ -352,14 +352,15 @@ def bench_linears(res, quick, providers=None, layers=None):
 # ----------------------------------------------------------------------------- layernorm + quant
 def bench_lnq(res):
     from qvit import _ext
-    from qvit.kernels.layernorm_quant import layernorm_quant, layernorm_quant_ref
+    from qvit.kernels.layernorm_quant import layernorm_quant, layernorm_quant_fp8, layernorm_quant_ref
     out = res["layernorm_quant"] = []
     for m, k in [(12608, 1024), (50432, 1024), (12608, 4096)]:
         x, w, b = rnd(m, k, dtype=torch.float16), rnd(k, dtype=torch.float16), rnd(k, dtype=torch.float16)
-        qr, sr = layernorm_quant_ref(x, w, b)
+        refs = {False: layernorm_quant_ref(x, w, b), True: layernorm_quant_ref(x, w, b, fp8=True)}
         nbytes = m * k * 2 + m * k + m * 4
         row = {"M": m, "K": k, "bytes": nbytes, "providers": {}}
         provs = {"qvit triton": lambda: layernorm_quant(x, w, b),
+                 "qvit triton fp8": lambda: layernorm_quant_fp8(x, w, b),
                  "torch (layer_norm + quantize, eager)": lambda: layernorm_quant_ref(x, w, b)}
         if _ext.load_error() is None:
             from qvit.kernels.layernorm_quant import layernorm_quant_cuda
@@ -367,8 +368,13 @@ def bench_lnq(res):
         for pname, fn in _select(provs).items():
             try:
                 q, s = fn()
-                mism = int((q.int() - qr.int()).abs().gt(0).sum())
-                maxdiff = int((q.int() - qr.int()).abs().max())
+                qr, sr = refs[q.dtype == torch.float8_e4m3fn]
+                if q.dtype == torch.float8_e4m3fn:  # codes compared as e4m3 ordinals (steps on the grid)
+                    from qvit.kernels.quant import e4m3_ordinal
+                    d = (e4m3_ordinal(q) - e4m3_ordinal(qr)).abs()
+                else:
+                    d = (q.int() - qr.int()).abs()
+                mism, maxdiff = int(d.gt(0).sum()), int(d.max())
                 t = timed(fn)
                 ms = t["ms"]
                 row["providers"][pname] = {**t, "TBps": nbytes / ms / 1e9, "q_mismatch": mism, "q_maxdiff": maxdiff,
