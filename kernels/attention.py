@@ -74,7 +74,7 @@ def attention_int8_ref(q8, q_scale, k8, k_scale, v, sm_scale=None):
 
 if triton is not None:
     # one rounding rule for every quantizer
-    from qvit.kernels.layernorm_quant import _div_rn_fast, _round_e4m3, _round_half_even
+    from qvit.kernels.layernorm_quant import _fp8_static_codes, _round_half_even
 
     _INTERP = tl.constexpr(interpreting())
 
@@ -254,10 +254,7 @@ if triton is not None:
         acc = acc / l_i[:, None]
         if QOUT == 2:
             # the proj GEMM's fp8 input at its static, calibrated scale (os_ptr[0]): quantize_fp8_static(o, scale)
-            o_scale = tl.load(os_ptr)
-            v8 = tl.clamp(_div_rn_fast(acc, o_scale, tl.math.div_rn(1.0, o_scale)), -448.0, 448.0)
-            if _INTERP:  # the interpreter's float8 cast rounds wrongly across a binade and at ties
-                v8 = _round_e4m3(v8)
+            v8 = _fp8_static_codes(acc, os_ptr)
             tl.store(o_ptr + b * sob + h * soh + offs_m[:, None].to(tl.int64) * sos + offs_d[None, :],
                      v8.to(o_ptr.dtype.element_ty), mask=mask_m[:, None])
         elif QOUT == 1:

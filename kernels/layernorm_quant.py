@@ -56,6 +56,17 @@ if triton is not None:
         return tl.math.fma(tl.math.fma(-q, scale, y), inv, q)
 
     @triton.jit
+    def _fp8_static_codes(y, s_ptr):
+        """y / s_ptr[0] rounded to nearest even on the e4m3 grid and saturated at +-448 (float32 values; the cast
+        to float8_e4m3fn is then exact): `quantize_fp8_static`. The GPU's cvt rounds as torch's cast; the
+        interpreter's rounds wrongly across a binade and at ties, so there the value is put on the grid first."""
+        scale = tl.load(s_ptr)
+        v = tl.clamp(_div_rn_fast(y, scale, tl.math.div_rn(1.0, scale)), -448.0, 448.0)
+        if _INTERP:
+            v = _round_e4m3(v)
+        return v
+
+    @triton.jit
     def _round_half_even(x):
         # adding and subtracting 1.5 * 2^23 rounds to the nearest integer, ties to even (as
         # torch.round does), for |x| < 2^22; fp32 add is round-to-nearest-even on GPU and in the

@@ -34,7 +34,7 @@ _OUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 if triton is not None:
     # one rounding rule for every quantizer
-    from qvit.kernels.layernorm_quant import _div_rn_fast, _round_e4m3, _round_half_even
+    from qvit.kernels.layernorm_quant import _div_rn_fast, _fp8_static_codes, _round_half_even
 
     # narrow K tiles, offered only for inputs with 32- or 64-channel scale groups (proj after the quantizing
     # attention epilogue: one group per head); the other calls are tuned over the same tiles as before
@@ -210,28 +210,23 @@ if triton is not None:
         tl.store(y_ptr + m2 * stride_ym + n2, y.to(y_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _epilogue_fp8_static(y, offs_m, offs_n, mask_m, mask_n, b_ptr, q_ptr, s_ptr, stride_qm,
-                             HAS_BIAS: tl.constexpr, GELU: tl.constexpr):
-        """+ bias -> GELU on the float32 tile, then float8_e4m3fn with one static scale (s_ptr[0], calibrated):
-        q = y / scale rounded to nearest even, saturated at +-448, as `quantize_fp8_static` does."""
+    def _bias_gelu(y, offs_n, mask_n, b_ptr, HAS_BIAS: tl.constexpr, GELU: tl.constexpr):
+        """(BM, BN) float32 tile with output columns offs_n: + bias[n], then GELU."""
         if HAS_BIAS:
             y += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
         if GELU:
             y = _gelu_erf(y)
+        return y
+
+    @triton.jit
+    def _epilogue_fp8_static(y, offs_m, offs_n, mask_m, mask_n, b_ptr, q_ptr, s_ptr, stride_qm,
+                             HAS_BIAS: tl.constexpr, GELU: tl.constexpr):
+        """+ bias -> GELU on the float32 tile, then float8_e4m3fn with one static scale (s_ptr[0], calibrated):
+        q = y / scale rounded to nearest even, saturated at +-448, as `quantize_fp8_static` does."""
+        y = _bias_gelu(y, offs_n, mask_n, b_ptr, HAS_BIAS, GELU)
         m2 = offs_m[:, None].to(tl.int64)
         tl.store(q_ptr + m2 * stride_qm + offs_n[None, :], _fp8_static_codes(y, s_ptr).to(q_ptr.dtype.element_ty),
                  mask=mask_m[:, None] & mask_n[None, :])
-
-    @triton.jit
-    def _fp8_static_codes(y, s_ptr):
-        """y / s_ptr[0] rounded to nearest even on the e4m3 grid and saturated at +-448 (float32 values; the cast
-        to float8_e4m3fn is then exact)."""
-        scale = tl.load(s_ptr)
-        inv = tl.math.div_rn(1.0, scale)
-        v = tl.clamp(_div_rn_fast(y, scale, inv), -448.0, 448.0)
-        if _INTERP:  # the interpreter's cast rounds wrongly across a binade and at ties: round on the grid first
-            v = _round_e4m3(v)
-        return v
 
     @triton.jit
     def _epilogue_quant(y, offs_m, offs_n, mask_m, mask_n, pid_n, b_ptr, q_ptr, s_ptr, N, stride_qm,
@@ -240,10 +235,7 @@ if triton is not None:
         """+ bias -> GELU on the float32 tile, then int8 per token and per group of G columns, as
         `quantize_int8_per_group` does (scale = amax / 127, q = round(y / scale)): q (M, N) int8, s (M, N // G)."""
         tl.static_assert(BLOCK_N % G == 0, "an N tile must hold whole output groups")
-        if HAS_BIAS:
-            y += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-        if GELU:
-            y = _gelu_erf(y)
+        y = _bias_gelu(y, offs_n, mask_n, b_ptr, HAS_BIAS, GELU)
         y3 = tl.reshape(y, (BLOCK_M, BLOCK_N // G, G))
         scale = tl.maximum(tl.max(tl.abs(y3), axis=2) / 127.0, 1.1754943508222875e-38)
         inv = tl.math.div_rn(tl.full(scale.shape, 1.0, tl.float32), scale)  # one division per group

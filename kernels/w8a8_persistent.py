@@ -12,8 +12,10 @@ Why (H200, results/h200-gpu-10): at fc1, M = 12,608, the one-tile-per-CTA fp8 ke
 Nsight Compute against cuBLAS's 85 us (`nvjet ... 256x128 ... coopA`: a persistent, warp-specialized
 kernel, 132 CTAs): 186 K active cycles per SM against 133 K. With K = 1024 a tile is only 8 K steps of
 128, so each CTA's pipeline fill and its unoverlapped epilogue (128 x 256 bf16 stores, GELU) are a large
-share of its time: what persistence and the flattened loop hide. Not measured yet: the autotuner
-compares it, and `bench_kernels` places it beside the other providers.
+share of its time: what persistence and the flattened loop hide. Measured (results/h200-gpu-11, M = 12,608,
+fp8): qkv 81.8, proj 28.1, fc1 108.8, fc2 87.1 us against 93.2 / 30.7 / 123.7 / 92.0 for the one-tile kernel;
+slower at M = 197, hence QVIT_PERSISTENT_GEMM=auto (vit/quantize.py). The two-CTA and TMA-store configs are
+not measured yet.
 
 Reference: `qvit.kernels.quant.int8_matmul_ref`, `fp8_matmul_ref`.
 """
@@ -35,7 +37,8 @@ except ImportError:  # the launcher raises with the reason
 
 
 if triton is not None:
-    from qvit.kernels.w8a8_linear import _epilogue, _epilogue_fp8_static, _fp8_static_codes, _gelu_erf
+    from qvit.kernels.layernorm_quant import _fp8_static_codes
+    from qvit.kernels.w8a8_linear import _bias_gelu, _epilogue, _epilogue_fp8_static
 
     def _set_blocks(nargs):
         """Autotuner pre-hook: the descriptors' box shapes follow the config's tiles."""
@@ -135,12 +138,9 @@ if triton is not None:
             ws = tl.load(ws_ptr + offs_n, mask=mask_n, other=0.0)
             y = acc.to(tl.float32) * xs[:, None] * ws[None, :]
             # the same values as below; boxes past M / N are clipped by the TMA unit. Without TMA_OUT (rows not
-            # 16-byte aligned: y_desc / r_desc are placeholders) an EPI_TMA config runs the plain epilogue
+            # 16-byte aligned: y_desc is a placeholder) an EPI_TMA config runs the plain epilogue
             if EPI_TMA and TMA_OUT:
-                if HAS_BIAS:
-                    y += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-                if GELU:
-                    y = _gelu_erf(y)
+                y = _bias_gelu(y, offs_n, mask_n, b_ptr, HAS_BIAS, GELU)
                 if QSTATIC:
                     y = _fp8_static_codes(y, qs_ptr)
                 elif HAS_RES:
