@@ -53,6 +53,9 @@ if triton is not None:
         overflow/underflow). Two FMAs and a multiply per element where div.rn is a reciprocal, a range check
         (FCHK) and a call to a slow path."""
         q = y * inv
+        if _INTERP:  # the interpreter's fma is x * y + z with the product rounded first: float64 holds it exactly
+            r = y.to(tl.float64) - q.to(tl.float64) * scale.to(tl.float64)
+            return (q.to(tl.float64) + r * inv.to(tl.float64)).to(tl.float32)
         return tl.math.fma(tl.math.fma(-q, scale, y), inv, q)
 
     @triton.jit
