@@ -307,10 +307,11 @@ def linear_providers(x, lin, k, n):
     return P, refs
 
 
-def bench_linears(res, quick, providers=None, layers=None):
+def bench_linears(res, quick, providers=None, layers=None, ms=None):
     """providers: a regular expression; only matching providers run (the cuBLAS bf16 baseline always does).
-    layers: a subset of VIT_L_LINEARS' names."""
-    ms_list = [197, 12608] if quick else [197, 12608, 50432]
+    layers: a subset of VIT_L_LINEARS' names. ms: the token counts (default 197 and 12,608, and 50,432 unless
+    quick)."""
+    ms_list = ms or ([197, 12608] if quick else [197, 12608, 50432])
     out = res["linears"] = []
     for name, (k, n) in VIT_L_LINEARS.items():
         if layers and name not in layers:
@@ -631,6 +632,8 @@ def main(argv=None) -> int:
                     help="linear and attention sections: a regular expression of the providers to run (the baselines "
                          "cuBLAS bf16, SDPA FLASH and SDPA cuDNN always run)")
     ap.add_argument("--layers", default=None, help="linear section: comma-separated subset of qkv,proj,fc1,fc2")
+    ap.add_argument("--ms", default=None, help="linear section: comma-separated token counts M (default 197,12608 "
+                                               "and 50432 unless --quick)")
     ap.add_argument("--warm", type=int, default=0, metavar="N",
                     help="first compile every Triton autotuner config this run will tune, in N parallel processes "
                          "(qvit.profiling.warm; their timings are thrown away): a cold machine's tuning is "
@@ -659,7 +662,8 @@ def main(argv=None) -> int:
     print(json.dumps(res["env"]), flush=True)
     torch.manual_seed(0)
     sections = {"ceilings": lambda: ceilings(res), "linear": lambda: bench_linears(res, args.quick, args.providers,
-                                                     args.layers.split(",") if args.layers else None),
+                                                     args.layers.split(",") if args.layers else None,
+                                                     [int(m) for m in args.ms.split(",")] if args.ms else None),
                 "lnq": lambda: bench_lnq(res), "attention": lambda: bench_attention(res, args.quick, args.providers),
                 "attention_bwd": lambda: bench_attention_bwd(res, args.quick)}
     for name in names:
