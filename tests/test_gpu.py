@@ -2,9 +2,12 @@
 the bitsandbytes NF4 conversion on bitsandbytes' own GPU quantizer. Skipped without a GPU."""
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 from conftest import e4m3_ordinal, pin_config, rel_err
 from qvit.kernels import quant as Q
+from qvit.kernels.layernorm_quant import _int8_rn
 
 pytestmark = pytest.mark.gpu
 DEV = "cuda"
@@ -372,6 +375,26 @@ def test_layernorm_quant_gpu(poison, m, k, impl):
     torch.testing.assert_close(s, sr, rtol=1e-5, atol=0)
     d = (q.int() - qr.int()).abs()
     assert int(d.max()) <= 1 and float(d.float().mean()) < 1e-3  # summation order only: rare one-step flips
+
+
+@triton.jit
+def _int8_rn_kernel(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(y_ptr + offs, _int8_rn(tl.load(x_ptr + offs, mask=offs < n, other=0.0)), mask=offs < n)
+
+
+def test_int8_rn_conversion_gpu():
+    """The int8 quantizers' GPU conversion (`_int8_rn`: cvt.rni per element, cvt.pack.sat.s8 per two; the
+    interpreter runs another path) is torch.round's, ties to even, every element in its own byte: all halves
+    -127.5 .. 127.5 and integers, their float32 neighbours, random values, in a shuffled order, at an odd length
+    (a masked tail) -- bit-exact."""
+    halves = torch.arange(-255, 256, device=DEV, dtype=torch.float32) / 2  # -127.5 .. 127.5, step 0.5
+    v = torch.cat([halves, halves.nextafter(torch.full_like(halves, 1e9)), halves.nextafter(torch.full_like(halves, -1e9)),
+                   torch.rand(100_000, device=DEV) * 254 - 127])
+    v = v[torch.randperm(v.numel(), device=DEV)][:v.numel() - 3].contiguous()
+    y = torch.full(v.shape, -99, dtype=torch.int8, device=DEV)
+    _int8_rn_kernel[(triton.cdiv(v.numel(), 1024),)](v, y, v.numel(), BLOCK=1024)
+    assert torch.equal(y, torch.round(v).clamp(-127, 127).to(torch.int8))
 
 
 def test_cuda_layernorm_quant_errors():
