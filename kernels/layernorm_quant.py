@@ -72,16 +72,16 @@ if triton is not None:
 
     @triton.jit
     def _int8_rn(v):
-        """float32 -> int8 rounded to nearest, ties to even (torch.round), for |v| <= 127.5 (the per-token
-        quantizers' quotients: |h| / (amax / 127) <= 127 up to the scale's rounding): one cvt.rni per element,
-        then one cvt.pack.sat.s8 per two (the second source to the low byte, the third operand's low half
-        above: four elements, element 0 lowest). Saturates at -128 / 127, not at the references' -127: equal on
-        that range. Four instructions in six against eight FP32 ops, four conversions and the byte packing of
-        the add-and-subtract rounding below (`_round_half_even`), which the interpreter runs instead (it has no
-        libdevice float2int_rn nor PTX)."""
+        """float32 -> int8 as torch.round(v).clamp(-127, 127) (nearest, ties to even; NaN aside): one cvt.rni
+        per element, a max at -127 (cvt.pack.sat would give -128 from -127.5 down: session 12 call 4's GPU test
+        caught that), then one cvt.pack.sat.s8 per two elements (the second source to the low byte, the third
+        operand's low half above: four elements, element 0 lowest), which saturates at 127. Five instructions
+        per four elements fewer than the add-and-subtract rounding below (`_round_half_even`) with its float
+        clamp, conversions and byte packing, which the interpreter runs instead (no libdevice float2int_rn nor
+        PTX there)."""
         if _INTERP:
             return tl.clamp(_round_half_even(v), -127.0, 127.0).to(tl.int8)
-        vi = libdevice.float2int_rn(v)
+        vi = tl.maximum(libdevice.float2int_rn(v), -127)
         return tl.inline_asm_elementwise(
             "{ .reg .b32 hi; cvt.pack.sat.s8.s32.b32 hi, $4, $3, 0; cvt.pack.sat.s8.s32.b32 $0, $2, $1, hi; }",
             "=r,r,r,r,r", [vi], dtype=tl.int8, is_pure=True, pack=4)
