@@ -14,8 +14,10 @@ kernel, 132 CTAs): 186 K active cycles per SM against 133 K. With K = 1024 a til
 128, so each CTA's pipeline fill and its unoverlapped epilogue (128 x 256 bf16 stores, GELU) are a large
 share of its time: what persistence and the flattened loop hide. Measured (results/h200-gpu-11, M = 12,608,
 fp8): qkv 81.8, proj 28.1, fc1 108.8, fc2 87.1 us against 93.2 / 30.7 / 123.7 / 92.0 for the one-tile kernel;
-slower at M = 197, hence QVIT_PERSISTENT_GEMM=auto (vit/quantize.py). The two-CTA and TMA-store configs are
-not measured yet.
+slower at M = 197, hence QVIT_PERSISTENT_GEMM=auto (vit/quantize.py). With the two-CTA and TMA-store configs in
+the list (results/h200-gpu-12 call 4): 77.8 / 26.9 / 103.2 / 84.6 us (0.93-1.00x cuBLAS fp8), and the fused
+epilogues 2-5 us faster than before (fc1 + GELU 126.8, proj + residual 37.7, fc2 + residual 102.8): still
++11 / +24 / +18 us over the plain GEMMs.
 
 Reference: `qvit.kernels.quant.int8_matmul_ref`, `fp8_matmul_ref`.
 """
