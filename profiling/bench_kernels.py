@@ -334,6 +334,9 @@ def bench_linears(res, quick, providers=None, layers=None, ms=None):
                         picks = [v for key, v in w8a8_cuda._choice.items() if key[:3] == (m, n, k)]
                         entry["cuda_config"] = {"tile": w8a8_cuda.CONFIGS[picks[-1][0]], "splits": picks[-1][1]} \
                             if picks else None
+                    if "persistent" in pname:  # the autotuner's pick for this call (re-tuned per process: no disk cache)
+                        from qvit.kernels.w8a8_persistent import _w8a8_persistent_kernel
+                        entry["config"] = _config_str(getattr(_w8a8_persistent_kernel, "best_config", None))
                     row["providers"][pname] = entry
                 except Exception as e:
                     row["providers"][pname] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
@@ -578,6 +581,10 @@ def markdown(res) -> str:
         for r in res["linears"]:
             errs = ", ".join(f"{p}: {en['rel_err']:.1e}" for p, en in r["providers"].items() if "rel_err" in en)
             L.append(f"- {r['layer']} M={r['M']}: {errs}")
+        picks = [f"- {r['layer']} M={r['M']} {p}: {en['config']}" for r in res["linears"]
+                 for p, en in r["providers"].items() if en.get("config")]
+        if picks:
+            L += ["", "Configs the persistent kernel's autotuner chose:", ""] + picks
         L.append("")
     if res.get("layernorm_quant"):
         L += ["## LayerNorm + per-token int8 quantization (fp16 in)", "",
