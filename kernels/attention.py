@@ -74,7 +74,7 @@ def attention_int8_ref(q8, q_scale, k8, k_scale, v, sm_scale=None):
 
 if triton is not None:
     # one rounding rule for every quantizer
-    from qvit.kernels.layernorm_quant import _fp8_static_codes, _round_half_even
+    from qvit.kernels.layernorm_quant import _fp8_static_codes, _int8_rn
 
     _INTERP = tl.constexpr(interpreting())
 
@@ -129,7 +129,7 @@ if triton is not None:
         q = round(x / scale), exactly as `quantize_int8_per_token`; returns (int8 tile, scales)."""
         scale = tl.maximum(tl.max(tl.abs(x), axis=AXIS) / 127.0, 1.1754943508222875e-38)
         sc = scale[:, None] if AXIS == 1 else scale[None, :]
-        return tl.clamp(_round_half_even(tl.math.div_rn(x, sc)), -127.0, 127.0).to(tl.int8), scale
+        return _int8_rn(tl.math.div_rn(x, sc)), scale
 
     @triton.jit
     def _quant_tile_fast(x, AXIS: tl.constexpr):
@@ -141,7 +141,7 @@ if triton is not None:
         scale = tl.maximum(amax / 127.0, 1.1754943508222875e-38)
         inv = 1.0 / scale
         iv = inv[:, None] if AXIS == 1 else inv[None, :]
-        return tl.clamp(_round_half_even(x * iv), -127.0, 127.0).to(tl.int8), scale
+        return _int8_rn(x * iv), scale
 
     @triton.jit
     def _dequant_dot(acc, ksc):

@@ -34,7 +34,7 @@ _OUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 if triton is not None:
     # one rounding rule for every quantizer
-    from qvit.kernels.layernorm_quant import _div_rn_fast, _fp8_static_codes, _round_half_even
+    from qvit.kernels.layernorm_quant import _div_rn_fast, _fp8_static_codes, _int8_rn
 
     # narrow K tiles, offered only for inputs with 32- or 64-channel scale groups (proj after the quantizing
     # attention epilogue: one group per head); the other calls are tuned over the same tiles as before
@@ -240,8 +240,8 @@ if triton is not None:
         y3 = tl.reshape(y, (BLOCK_M, BLOCK_N // G, G))
         scale = tl.maximum(tl.max(tl.abs(y3), axis=2) / 127.0, 1.1754943508222875e-38)
         inv = tl.math.div_rn(tl.full(scale.shape, 1.0, tl.float32), scale)  # one division per group
-        q3 = tl.clamp(_round_half_even(_div_rn_fast(y3, scale[:, :, None], inv[:, :, None])), -127.0, 127.0)
-        q = tl.reshape(q3, (BLOCK_M, BLOCK_N)).to(tl.int8)
+        q3 = _int8_rn(_div_rn_fast(y3, scale[:, :, None], inv[:, :, None]))
+        q = tl.reshape(q3, (BLOCK_M, BLOCK_N))
         m2 = offs_m[:, None].to(tl.int64)
         tl.store(q_ptr + m2 * stride_qm + offs_n[None, :], q, mask=mask_m[:, None] & mask_n[None, :])
         offs_g = pid_n * (BLOCK_N // G) + tl.arange(0, BLOCK_N // G)
