@@ -77,10 +77,10 @@ if triton is not None:
         """float32 -> int8 as torch.round(v).clamp(-127, 127) (nearest, ties to even; NaN aside): one cvt.rni
         per element, a max at -127 (cvt.pack.sat would give -128 from -127.5 down: session 12 call 4's GPU test
         caught that), then one cvt.pack.sat.s8 per two elements (the second source to the low byte, the third
-        operand's low half above: four elements, element 0 lowest), which saturates at 127. Five instructions
-        per four elements fewer than the add-and-subtract rounding below (`_round_half_even`) with its float
-        clamp, conversions and byte packing, which the interpreter runs instead (no libdevice float2int_rn nor
-        PTX there)."""
+        operand's low half above: four elements, element 0 lowest), which saturates at 127. In place of the
+        add-and-subtract rounding below (`_round_half_even`) with its float clamp, conversion and byte packing,
+        which the interpreter runs instead (no libdevice float2int_rn nor PTX there): LayerNorm + quantize at
+        K = 1024, ROWS = 1, 1 warp, 1,080 -> 976 SASS instructions per thread (sm_90, Triton 3.6)."""
         if _INTERP:
             return tl.clamp(_round_half_even(v), -127.0, 127.0).to(tl.int8)
         vi = tl.maximum(libdevice.float2int_rn(v), -127)
