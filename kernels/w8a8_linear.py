@@ -34,7 +34,7 @@ _OUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 if triton is not None:
     # one rounding rule for every quantizer
-    from qvit.kernels.layernorm_quant import _div_rn_fast, _fp8_static_codes, _int8_rn
+    from qvit.kernels.layernorm_quant import _div_rn_fast, _fp8_static_codes, _int8_rn, _round_e4m3
 
     # narrow K tiles, offered only for inputs with 32- or 64-channel scale groups (proj after the quantizing
     # attention epilogue: one group per head); the other calls are tuned over the same tiles as before
@@ -230,6 +230,48 @@ if triton is not None:
                  mask=mask_m[:, None] & mask_n[None, :])
 
     @triton.jit
+    def _tanh_approx(u):
+        """tanh(u) by MUFU.TANH alone (tanh.approx.f32; PTX gives its maximum error as 2^-10.987, absolute,
+        over the whole range -- tests/test_gpu.py measures it). Exact (1 - 2 / (e^2u + 1)) under the
+        interpreter."""
+        if _INTERP:  # |u| <= 15: tanh is +-1 in float32 beyond, and e^2u stays finite
+            return 1.0 - 2.0 / (tl.exp(2.0 * tl.clamp(u, -15.0, 15.0)) + 1.0)
+        else:
+            return tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=r,r", [u], dtype=tl.float32,
+                                             is_pure=True, pack=1)
+
+    @triton.jit
+    def _fp8_gelu_tanh_values(y, offs_n, mask_n, b_ptr, s_ptr, HAS_BIAS: tl.constexpr):
+        """`_epilogue_fp8_static_gelu_tanh`'s values before the cast (float32; on the e4m3 grid and clamped
+        under the interpreter, whose cast rounds wrongly)."""
+        if HAS_BIAS:
+            y += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        half_inv = 0.5 * tl.math.div_rn(1.0, tl.load(s_ptr))
+        t = _tanh_approx(y * (0.7978845608028654 + 0.035677408136300125 * (y * y)))
+        h = y * half_inv
+        v = h + h * t
+        if _INTERP:
+            v = _round_e4m3(tl.clamp(v, -448.0, 448.0))
+        return v
+
+    @triton.jit
+    def _epilogue_fp8_static_gelu_tanh(y, offs_m, offs_n, mask_m, mask_n, b_ptr, q_ptr, s_ptr, stride_qm,
+                                       HAS_BIAS: tl.constexpr):
+        """+ bias -> GELU in its tanh form, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) (torch's
+        approximate='tanh'), -> float8_e4m3fn at the static scale s_ptr[0]: `QuantConfig.gelu_tanh`, fc1 -> fc2.
+        One MUFU (tanh.approx) and ~6 FP32 instructions per element where the erf form with the correctly
+        rounded quotient takes 2 MUFU and ~19 (sm_90 SASS; the epilogue is issue-bound, not overlapped with the
+        MMAs). The scale's reciprocal is folded into GELU's 0.5 (one rounding of y / scale more than
+        `quantize_fp8_static`: <= 1.5 float32 ulps before the e4m3 rounding, whose half step is 2^-4 of the
+        value); the cast saturates at +-448 (cvt.rn.satfinite; clamped first under the interpreter). Its
+        error against the erf form is tanh-GELU's own (<= 4.8e-4 absolute, tests) plus |x| / 2 times the
+        MUFU's: both well under half an e4m3 step except near zero, where they are absolute."""
+        v = _fp8_gelu_tanh_values(y, offs_n, mask_n, b_ptr, s_ptr, HAS_BIAS)
+        m2 = offs_m[:, None].to(tl.int64)
+        tl.store(q_ptr + m2 * stride_qm + offs_n[None, :], v.to(q_ptr.dtype.element_ty),
+                 mask=mask_m[:, None] & mask_n[None, :])
+
+    @triton.jit
     def _epilogue_quant(y, offs_m, offs_n, mask_m, mask_n, pid_n, b_ptr, q_ptr, s_ptr, N, stride_qm,
                         HAS_BIAS: tl.constexpr, GELU: tl.constexpr, G: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -321,7 +363,10 @@ if triton is not None:
         else:
             xs = tl.load(xs_ptr + offs_m, mask=mask_m, other=0.0)
             y = acc.to(tl.float32) * xs[:, None] * ws[None, :]
-        if QOUT < 0:  # float8 out with one static scale (ys_ptr[0]): the next fp8 GEMM's input
+        if QOUT < 0 and GELU == 2:  # the same with GELU's tanh form (QuantConfig.gelu_tanh)
+            _epilogue_fp8_static_gelu_tanh(y, offs_m, offs_n, mask_m, mask_n, b_ptr, y_ptr, ys_ptr, stride_ym,
+                                           HAS_BIAS)
+        elif QOUT < 0:  # float8 out with one static scale (ys_ptr[0]): the next fp8 GEMM's input
             _epilogue_fp8_static(y, offs_m, offs_n, mask_m, mask_n, b_ptr, y_ptr, ys_ptr, stride_ym, HAS_BIAS, GELU)
         elif QOUT > 0:
             _epilogue_quant(y, offs_m, offs_n, mask_m, mask_n, pid_n, b_ptr, y_ptr, ys_ptr, N, stride_ym,
@@ -420,7 +465,14 @@ def w8a8_linear_fp8_fast_accum(xq: torch.Tensor, x_scale: torch.Tensor, wq: torc
     return y
 
 
-def _fake_fp8_static(xq, x_scale, wq, w_scale, bias=None, gelu=False, out_scale=None):
+def _gelu_mode(name, gelu, gelu_tanh):
+    """The kernels' GELU constexpr: 0 none, 1 erf form, 2 tanh form (fp8 static-output epilogues only)."""
+    if gelu_tanh and not gelu:
+        raise ValueError(f"{name}: gelu_tanh=True selects GELU's tanh form and needs gelu=True")
+    return 2 if gelu_tanh else bool(gelu)
+
+
+def _fake_fp8_static(xq, x_scale, wq, w_scale, bias=None, gelu=False, out_scale=None, gelu_tanh=False):
     m = xq.shape[0]
     return xq.new_empty((m, wq.shape[0]), dtype=torch.float8_e4m3fn), xq.new_empty((m,), dtype=torch.float32)
 
@@ -428,11 +480,13 @@ def _fake_fp8_static(xq, x_scale, wq, w_scale, bias=None, gelu=False, out_scale=
 @fast_custom_op("qvit::w8a8_linear_fp8_static_out", _fake_fp8_static)
 def w8a8_linear_fp8_static_out(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor,
                                bias: torch.Tensor | None, gelu: bool,
-                               out_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                               out_scale: torch.Tensor, gelu_tanh: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The fp8 GEMM (in-place accumulation) with its output (after bias and GELU) quantized in the epilogue to
     float8_e4m3fn with one static, calibrated scale: (q (M, N), scale float32 (M,) filled with out_scale),
     exactly what `quantize_fp8_static` makes of the float32 epilogue result and what the next fp8 GEMM takes
-    as input (QuantConfig.fp8_static_mlp: fc1 -> fc2 without a bf16 round trip or a quantize kernel)."""
+    as input (QuantConfig.fp8_static_mlp: fc1 -> fc2 without a bf16 round trip or a quantize kernel).
+    gelu_tanh: GELU in its tanh form with the MUFU's tanh (`_epilogue_fp8_static_gelu_tanh`; QuantConfig.gelu_tanh):
+    torch's gelu(approximate='tanh') up to that tanh's error and one more rounding before the e4m3 one."""
     _validate(xq, x_scale, wq, w_scale, bias, None, torch.float32)
     if xq.dtype != torch.float8_e4m3fn:
         raise TypeError(f"w8a8_linear_fp8_static_out: float8_e4m3fn operands only, got {xq.dtype}")
@@ -440,7 +494,8 @@ def w8a8_linear_fp8_static_out(xq: torch.Tensor, x_scale: torch.Tensor, wq: torc
     check_static_scale("w8a8_linear_fp8_static_out", out_scale, xq.device)
     m, n = xq.shape[0], wq.shape[0]
     q = torch.empty((m, n), dtype=torch.float8_e4m3fn, device=xq.device)
-    _launch(xq, x_scale, wq, w_scale, bias, None, gelu, q, out_scale.reshape(1), -1, fp8_fast_accum=True)
+    mode = _gelu_mode("w8a8_linear_fp8_static_out", gelu, gelu_tanh)
+    _launch(xq, x_scale, wq, w_scale, bias, None, mode, q, out_scale.reshape(1), -1, fp8_fast_accum=True)
     return q, out_scale.reshape(()).expand(m).contiguous()
 
 

@@ -40,7 +40,8 @@ except ImportError:  # the launcher raises with the reason
 
 if triton is not None:
     from qvit.kernels.layernorm_quant import _fp8_static_codes
-    from qvit.kernels.w8a8_linear import _bias_gelu, _epilogue, _epilogue_fp8_static
+    from qvit.kernels.w8a8_linear import (_bias_gelu, _epilogue, _epilogue_fp8_static,
+                                          _epilogue_fp8_static_gelu_tanh, _fp8_gelu_tanh_values)
 
     def _set_blocks(nargs):
         """Autotuner pre-hook: the descriptors' box shapes follow the config's tiles."""
@@ -142,13 +143,19 @@ if triton is not None:
             # the same values as below; boxes past M / N are clipped by the TMA unit. Without TMA_OUT (rows not
             # 16-byte aligned: y_desc is a placeholder) an EPI_TMA config runs the plain epilogue
             if EPI_TMA and TMA_OUT:
-                y = _bias_gelu(y, offs_n, mask_n, b_ptr, HAS_BIAS, GELU)
-                if QSTATIC:
-                    y = _fp8_static_codes(y, qs_ptr)
-                elif HAS_RES:
+                if QSTATIC and GELU == 2:  # GELU's tanh form into fp8 (QuantConfig.gelu_tanh)
+                    y = _fp8_gelu_tanh_values(y, offs_n, mask_n, b_ptr, qs_ptr, HAS_BIAS)
+                elif QSTATIC:
+                    y = _fp8_static_codes(_bias_gelu(y, offs_n, mask_n, b_ptr, HAS_BIAS, GELU), qs_ptr)
+                else:
+                    y = _bias_gelu(y, offs_n, mask_n, b_ptr, HAS_BIAS, GELU)
+                if HAS_RES:
                     y += tl.load(r_ptr + offs_m[:, None].to(tl.int64) * stride_rm + offs_n[None, :],
                                  mask=mask_m[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
                 y_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N], y.to(y_desc.dtype))
+            elif QSTATIC and GELU == 2:
+                _epilogue_fp8_static_gelu_tanh(y, offs_m, offs_n, mask_m, mask_n, b_ptr, y_ptr, qs_ptr, stride_ym,
+                                               HAS_BIAS)
             elif QSTATIC:  # fp8 output at one static scale (qs_ptr[0]), as w8a8_linear_fp8_static_out
                 _epilogue_fp8_static(y, offs_m, offs_n, mask_m, mask_n, b_ptr, y_ptr, qs_ptr, stride_ym,
                                      HAS_BIAS, GELU)
@@ -182,7 +189,7 @@ def w8a8_linear_persistent(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Te
     return y
 
 
-def _fake_fp8_static(xq, x_scale, wq, w_scale, bias, gelu, out_scale):
+def _fake_fp8_static(xq, x_scale, wq, w_scale, bias, gelu, out_scale, gelu_tanh=False):
     m, n = xq.shape[0], wq.shape[0]
     return xq.new_empty((m, n), dtype=torch.float8_e4m3fn), x_scale.new_empty((m,), dtype=torch.float32)
 
@@ -190,9 +197,12 @@ def _fake_fp8_static(xq, x_scale, wq, w_scale, bias, gelu, out_scale):
 @fast_custom_op("qvit::w8a8_linear_persistent_fp8_static_out", _fake_fp8_static)
 def w8a8_linear_persistent_fp8_static_out(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor,
                                           w_scale: torch.Tensor, bias: torch.Tensor | None, gelu: bool,
-                                          out_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`w8a8_linear_fp8_static_out` (fp8 in, + bias -> GELU -> fp8 out at one static scale) as the persistent
-    TMA kernel: (q (M, N) float8_e4m3fn, scale float32 (M,) filled with out_scale)."""
+                                          out_scale: torch.Tensor,
+                                          gelu_tanh: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """`w8a8_linear_fp8_static_out` (fp8 in, + bias -> GELU -> fp8 out at one static scale; gelu_tanh: GELU's
+    tanh form) as the persistent TMA kernel: (q (M, N) float8_e4m3fn, scale float32 (M,) filled with
+    out_scale)."""
+    from qvit.kernels.w8a8_linear import _gelu_mode
     from qvit.kernels.quant import check_static_scale
     from qvit.kernels.w8a8_linear import _validate
     _validate(xq, x_scale, wq, w_scale, bias, None, torch.float32)
@@ -202,7 +212,8 @@ def w8a8_linear_persistent_fp8_static_out(xq: torch.Tensor, x_scale: torch.Tenso
     check_static_scale("w8a8_linear_persistent_fp8_static_out", out_scale, xq.device)
     m = xq.shape[0]
     q = torch.empty((m, wq.shape[0]), dtype=torch.float8_e4m3fn, device=xq.device)
-    _launch(xq, x_scale, wq, w_scale, bias, None, gelu, q, out_scale.reshape(1))
+    mode = _gelu_mode("w8a8_linear_persistent_fp8_static_out", gelu, gelu_tanh)
+    _launch(xq, x_scale, wq, w_scale, bias, None, mode, q, out_scale.reshape(1))
     return q, out_scale.reshape(()).expand(m).contiguous()
 
 

@@ -225,6 +225,11 @@ def linear_providers(x, lin, k, n):
             xf, xfs, fq, fs, bias, True, s_out)
         P["qvit w8a8 fp8 fast accum persistent (+gelu, fp8 static out)"] = lambda: (
             w8a8_linear_persistent_fp8_static_out(xf, xfs, fq, fs, bias, True, s_out))
+        # fp8s2t's fc1: the same with GELU's tanh form (QuantConfig.gelu_tanh; test_fp8_static_out_gelu_tanh_*)
+        P["qvit w8a8 fp8 fast accum (+gelu tanh, fp8 static out)"] = lambda: w8a8_linear_fp8_static_out(
+            xf, xfs, fq, fs, bias, True, s_out, True)
+        P["qvit w8a8 fp8 fast accum persistent (+gelu tanh, fp8 static out)"] = lambda: (
+            w8a8_linear_persistent_fp8_static_out(xf, xfs, fq, fs, bias, True, s_out, True))
     if n == 1024:
         P["qvit w8a8 persistent (+residual)"] = lambda: w8a8_linear_persistent(xq, xs, wq, ws, bias, res_in, False,
                                                                               torch.bfloat16)

@@ -62,7 +62,10 @@ def _w8a8():
                             "fp8": ({**base, "FP8": 1}, {**ptrs, "x_ptr": "*fp8e4nv", "w_ptr": "*fp8e4nv"}),
                             "fp8_fast": ({**base, "FP8": 2}, {**ptrs, "x_ptr": "*fp8e4nv", "w_ptr": "*fp8e4nv"}),
                             "fp8_static": ({**base, "FP8": 2, "GELU": True, "QOUT": -1},
-                                           {**ptrs, "x_ptr": "*fp8e4nv", "w_ptr": "*fp8e4nv", "y_ptr": "*fp8e4nv"})}, set()
+                                           {**ptrs, "x_ptr": "*fp8e4nv", "w_ptr": "*fp8e4nv", "y_ptr": "*fp8e4nv"}),
+                            "fp8_static_tanh": ({**base, "FP8": 2, "GELU": 2, "QOUT": -1},
+                                                {**ptrs, "x_ptr": "*fp8e4nv", "w_ptr": "*fp8e4nv",
+                                                 "y_ptr": "*fp8e4nv"})}, set()
 
 
 def _w4a16():
@@ -109,7 +112,8 @@ def _w8a8p():
         "fp8": ({**base, "FP8": True}, ptrs("fp8e4nv")),
         "fp8_gelu": ({**base, "FP8": True, "GELU": True}, ptrs("fp8e4nv")),
         "fp8_res": ({**base, "FP8": True, "HAS_RES": True}, ptrs("fp8e4nv")),
-        "fp8_static": ({**base, "FP8": True, "GELU": True, "QSTATIC": True}, ptrs("fp8e4nv", "fp8e4nv"))}, set()
+        "fp8_static": ({**base, "FP8": True, "GELU": True, "QSTATIC": True}, ptrs("fp8e4nv", "fp8e4nv")),
+        "fp8_static_tanh": ({**base, "FP8": True, "GELU": 2, "QSTATIC": True}, ptrs("fp8e4nv", "fp8e4nv"))}, set()
 
 
 KERNELS = {"attention": _attention, "w8a8": _w8a8, "w4a16": _w4a16, "w4a8": _w4a8, "lnq": _lnq, "w8a8p": _w8a8p}

@@ -119,6 +119,42 @@ def check_fp8_static_out(fn, m, k, n, gelu):
         fn(xq, xs, wq, ws, b, gelu, torch.ones(2))
 
 
+# GELU's tanh form against its erf form: max |difference| over [-12, 12] is 4.732e-4 (at |x| = 2.699, float64,
+# 2.4 M points); beyond, both are x or 0 to float32. QuantConfig.gelu_tanh's documented distance
+GELU_TANH_VS_ERF = 4.8e-4
+# tanh.approx.f32's absolute error over the whole range (PTX ISA)
+TANH_APPROX_ERR = 2 ** -10.987
+
+
+def fp8_bracket(q, g, s, delta):
+    """Elementwise: the e4m3 codes q (at scale s) are those of some value within delta of g (float32 tensors,
+    delta >= 0): `quantize_fp8_static` rounds monotonically, so q lies between the codes of g - delta and
+    g + delta."""
+    from qvit.kernels import quant as Q
+    lo, _ = Q.quantize_fp8_static(g - delta, s)
+    hi, _ = Q.quantize_fp8_static(g + delta, s)
+    return (q.float() >= lo.float()) & (q.float() <= hi.float())
+
+
+def check_fp8_static_out_gelu_tanh(fn, y_pre, xq, xs, wq, ws, b, s, tanh_err, y_err):
+    """fc1's fp8 static output with GELU's tanh form (QuantConfig.gelu_tanh): every code is the rounding of a
+    value within the kernel's error of torch's gelu(approximate='tanh') of the pre-activation y_pre (float32,
+    bias included): tanh's error (tanh_err, absolute) times |y| / 2, the pre-activation's (y_err relative,
+    times GELU's slope <= 1.13), and the scale's folded reciprocal (2^-20 of the value). Saturation, no NaN,
+    and gelu_tanh without gelu refused."""
+    import pytest
+    q, sc = fn(xq, xs, wq, ws, b, True, s, True)
+    g = torch.nn.functional.gelu(y_pre.double(), approximate="tanh").float()
+    delta = y_pre.abs() * (tanh_err / 2 + 1.13 * y_err) + g.abs() * 2 ** -20
+    ok = fp8_bracket(q, g, s, delta)
+    assert bool(ok.all()), f"{int((~ok).sum())} of {ok.numel()} codes outside the bracket"
+    assert torch.equal(sc, s.reshape(()).expand(xq.shape[0]))
+    assert bool((q.float().abs() == 448).any()) and not bool(q.float().isnan().any())
+    with pytest.raises(ValueError, match="gelu_tanh=True .* needs gelu=True"):
+        fn(xq, xs, wq, ws, b, False, s, True)
+    return q
+
+
 def spy(monkeypatch, module: str, name: str) -> list:
     """Wrap `module.name` (a kernel launcher the model looks up at call time) so that each call appends its
     first argument's shape to the returned list, then runs the real function."""

@@ -216,6 +216,34 @@ def test_fp8_static_out_real_shapes(poison, monkeypatch, m, gelu, persistent):
     assert bool((q.float().abs() == 448).any()) and not bool(q.float().isnan().any())
 
 
+@pytest.mark.parametrize("m", [197, 197 * 64])
+@pytest.mark.parametrize("persistent", [False, True])
+def test_fp8_static_out_gelu_tanh_real_shapes(poison, monkeypatch, m, persistent):
+    """fc1 (1024 -> 4096) with GELU's tanh form into fp8 (QuantConfig.gelu_tanh), config pinned: every code is
+    the rounding of a value within the MUFU tanh's documented error (2^-10.987, times |y| / 2) of torch's
+    tanh GELU of the same kernel's float32 pre-activation (GELU off, same config: the same accumulation)."""
+    from conftest import TANH_APPROX_ERR, check_fp8_static_out_gelu_tanh
+    if persistent:
+        from qvit.kernels import w8a8_persistent as P
+        kernel, static_out, float_out = (P._w8a8_persistent_kernel, P.w8a8_linear_persistent_fp8_static_out,
+                                         P.w8a8_linear_persistent)
+        cfg = next(c for c in kernel.configs if c.kwargs["BLOCK_N"] == 128 and not c.kwargs.get("EPI_SPLIT"))
+    else:
+        from qvit.kernels import w8a8_linear as L
+        kernel, static_out, float_out = L._w8a8_kernel, L.w8a8_linear_fp8_static_out, L.w8a8_linear_fp8_fast_accum
+        cfg = next(c for c in kernel.configs if c.kwargs["BLOCK_N"] == 128 and not c.kwargs.get("EPI_SPLIT")
+                   and not c.kwargs.get("SWAP_AB") and c.kwargs.get("SPLIT_K", 1) == 1)
+    pin_config(monkeypatch, kernel, cfg)
+    x = torch.randn(m, 1024, device=DEV)
+    w = torch.randn(4096, 1024, device=DEV) * 0.05
+    xq, xs = Q.quantize_fp8_per_token(x)
+    wq, ws = Q.quantize_fp8_per_channel(w)
+    b = torch.randn(4096, device=DEV)
+    y = float_out(xq, xs, wq, ws, b, None, False, torch.float32)
+    s = (torch.nn.functional.gelu(y).abs().max() / 448 * 0.8).float().reshape(())
+    check_fp8_static_out_gelu_tanh(static_out, y, xq, xs, wq, ws, b, s, TANH_APPROX_ERR, 2 ** -21)
+
+
 @pytest.mark.parametrize("k,n", SHAPES[:4])
 @pytest.mark.parametrize("m", [197, 197 * 64])
 def test_fp8_w8a8_real_shapes(poison, m, k, n):

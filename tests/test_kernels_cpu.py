@@ -557,6 +557,24 @@ def test_fp8_static_out_matches_reference(poison, m, k, n, gelu):
     check_fp8_static_out(w8a8_linear_fp8_static_out, m, k, n, gelu)
 
 
+@pytest.mark.parametrize("persistent", [False, True])
+@pytest.mark.parametrize("m,k,n", [(1, 32, 16), (97, 64, 112)])
+def test_fp8_static_out_gelu_tanh(poison, m, k, n, persistent):
+    """fc1's fp8 static output with GELU's tanh form (QuantConfig.gelu_tanh), both GEMM kernels; the
+    interpreter's tanh is exact to float32, its sums too (conftest's bracket)."""
+    from conftest import check_fp8_static_out_gelu_tanh
+    if persistent:
+        from qvit.kernels.w8a8_persistent import w8a8_linear_persistent_fp8_static_out as fn
+    else:
+        from qvit.kernels.w8a8_linear import w8a8_linear_fp8_static_out as fn
+    xq, xs = Q.quantize_fp8_per_token(torch.randn(m, k))
+    wq, ws = Q.quantize_fp8_per_channel(torch.randn(n, k))
+    b = torch.randn(n)
+    y = Q.fp8_matmul_ref(xq, xs, wq, ws, b, torch.float32)
+    s = torch.tensor(float(torch.nn.functional.gelu(y).abs().max()) / 448 * 0.5)  # the largest saturate
+    check_fp8_static_out_gelu_tanh(fn, y, xq, xs, wq, ws, b, s, tanh_err=2 ** -21, y_err=2 ** -21)
+
+
 def test_fp8_fast_accum_refuses_int8_operands():
     from qvit.kernels.w8a8_linear import w8a8_linear_fp8_fast_accum
     xq, xs = Q.quantize_int8_per_token(torch.randn(4, 32))

@@ -218,6 +218,42 @@ def test_fp8_static_mlp_accuracy_and_fused_path(monkeypatch, base):
     assert rel(fused, ref) <= 1.5 * rel(dyn, ref) + 1e-3, (rel(fused, ref), rel(dyn, ref))
 
 
+def test_gelu_tanh_in_the_static_mlps(monkeypatch, tmp_path, base):
+    """QuantConfig.gelu_tanh (preset fp8s2t): the MLPs whose fc1 writes fc2's static fp8 input run GELU's tanh
+    form, fused (`forward_fp8_static(..., gelu_tanh=True)`) and unfused (under grad: fc1 -> torch's tanh GELU ->
+    fc2's static quantization) alike; the kept blocks keep the erf form; the choice survives save/load; it is
+    refused without fp8_static_mlp; and the model is no further from the float one than fp8s2 (the two forms
+    are <= 4.8e-4 apart, under the e4m3 rounding)."""
+    from qvit.vit.model import Mlp
+    from qvit.vit.quantize import Fp8Linear as F
+    with pytest.raises(ValueError, match="gelu_tanh .* needs fp8_static_mlp"):
+        QuantConfig.preset("fp8", gelu_tanh=True)
+    torch.manual_seed(4)
+    images, x = torch.randn(32, 3, 32, 32), torch.randn(4, 3, 32, 32)
+    m = quantize(copy.deepcopy(base), QuantConfig.preset("fp8s2t"), calib=images)
+    forms = [b.mlp.act.approximate for b in m.blocks]
+    assert forms == ["none", "tanh", "tanh", "none"], forms  # blocks 0 and 3 are kept
+    calls = []
+    real = F.forward_fp8_static
+    monkeypatch.setattr(F, "forward_fp8_static", lambda self, *a, **k: calls.append(k["gelu_tanh"]) or real(self, *a, **k))
+    fused = _logits(m, x)
+    assert calls == [True, True]
+    with torch.enable_grad():
+        unfused = m(x).detach()
+    rel = lambda a, b: float((a - b).norm() / b.norm())  # noqa: E731
+    assert rel(fused, unfused) < 1e-5
+    erf = _logits(quantize(copy.deepcopy(base), QuantConfig.preset("fp8s2"), calib=images), x)
+    assert 0 < rel(fused, erf)  # a different GELU: not the erf model's logits
+    ref = _logits(base, x)
+    assert rel(fused, ref) <= 1.5 * rel(erf, ref) + 1e-3, (rel(fused, ref), rel(erf, ref))
+    path = tmp_path / "fp8s2t.safetensors"
+    save_quantized(m, str(path))
+    back = load_quantized(str(path))
+    assert [b.mlp.act.approximate for b in back.blocks] == forms
+    assert torch.equal(_logits(back, x), fused)
+    assert all(isinstance(mm, Mlp) for mm in (b.mlp for b in m.blocks))
+
+
 def test_fp8_static_proj_calibrated(base):
     """fp8s2 also calibrates every quantized proj's input scale (max |proj input| / 448) and keeps fc2's."""
     from qvit.vit.quantize import calibrate_inputs

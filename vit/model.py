@@ -207,15 +207,19 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x, residual=None):
-        gelu = type(self.act) is nn.GELU and self.act.approximate == "none"
+        form = self.act.approximate if type(self.act) is nn.GELU else None
+        gelu = form == "none"
         group = getattr(self.fc1, "out_group", 0)
         if gelu and group and not torch.is_grad_enabled():
             # fc1's epilogue: bias, GELU, int8 per token and group -> fc2's input (QuantConfig.act_group)
             return _linear(self.fc2, self.fc1.forward_quant(x, gelu=True, group=group), residual=residual)
         static = getattr(self.fc2, "x_static", None)
-        if gelu and static is not None and hasattr(self.fc1, "forward_fp8_static") and not torch.is_grad_enabled():
-            # fc1's epilogue: bias, GELU, fp8 at fc2's calibrated input scale (QuantConfig.fp8_static_mlp)
-            return _linear(self.fc2, self.fc1.forward_fp8_static(x, gelu=True, scale=static), residual=residual)
+        if form is not None and static is not None and hasattr(self.fc1, "forward_fp8_static") \
+                and not torch.is_grad_enabled():
+            # fc1's epilogue: bias, GELU (erf or tanh form: QuantConfig.gelu_tanh), fp8 at fc2's calibrated input
+            # scale (QuantConfig.fp8_static_mlp)
+            return _linear(self.fc2, self.fc1.forward_fp8_static(x, gelu=True, scale=static,
+                                                                 gelu_tanh=form == "tanh"), residual=residual)
         if gelu:
             h = _linear(self.fc1, x, gelu=True)  # fused into fc1's epilogue where the kernel has it
         else:
