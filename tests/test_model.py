@@ -74,3 +74,28 @@ def test_bad_image_shape_and_unknown_config():
         m(torch.randn(1, 3, 64, 64))
     with pytest.raises(ValueError, match="unknown ViT config"):
         ViTConfig.from_name("vit_huge_nope")
+
+
+@pytest.mark.parametrize("name", ["vit_micro_patch4_32", "vit_tiny_patch16_224"])
+def test_patch_embed_is_the_strided_conv(name):
+    """PatchEmbed runs its stride-p conv as one GEMM over the patches: the same values and gradients as
+    nn.Conv2d with the same weights (fresh random images and weights), in the (B, N, C) token layout. In
+    float64, so that the two summation orders differ by ~K * 2^-53 of the sums (<= 1e-12 here), far under the
+    bar; a patch read in another order is O(1) off."""
+    from qvit.vit.model import ViT
+    torch.manual_seed(5)
+    pe = ViT.from_name(name).patch_embed.double()
+    with torch.no_grad():
+        pe.proj.weight.normal_()
+        pe.proj.bias.normal_()
+    s = pe.img_size
+    x = torch.randn(3, 3, s, s, dtype=torch.float64, requires_grad=True)
+    y = pe(x)
+    ref = pe.proj(x).flatten(2).transpose(1, 2)
+    assert y.shape == ref.shape and y.is_contiguous()
+    torch.testing.assert_close(y, ref, rtol=1e-10, atol=1e-10)
+    g = torch.randn_like(y)
+    gx, gw = torch.autograd.grad(y, (x, pe.proj.weight), g)
+    rx, rw = torch.autograd.grad(ref, (x, pe.proj.weight), g)
+    torch.testing.assert_close(gx, rx, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(gw, rw, rtol=1e-10, atol=1e-10)
