@@ -302,6 +302,47 @@ def dequantize_int4_progressive(packed, s2, s1, group_size: int = 128, dtype=tor
     return (expand_int4_progressive(packed, s2, group_size).float() * s1.float()[:, None]).to(dtype)
 
 
+POW2_EXP_MAX = 9  # group exponents 0..9: q4 * 2^(6 - e) stays within e4m3's exact range (2^-3 .. 448)
+
+
+def quantize_int4_pow2(w: torch.Tensor, group_size: int = 32):
+    """4-bit weights on a grid float8_e4m3fn holds exactly, so that the fp8 GEMM runs them unchanged:
+
+        w[n, k] ~ s[n] * q4[n, k] * 2^-e[n, k // g],   q4 in [-7, 7],  e in [0, 9]
+
+    s = max |w[n, :]| / 7 (the largest group takes e = 0), and each group the finest power of two that keeps its
+    max within 7 steps. The e4m3 weight is q4 * 2^(6 - e) exactly (at most 3 significant bits, magnitude 2^-3 ..
+    448) with the per-channel scale s / 64: expanding it is a conversion, not a rounding. Nibbles are q4 + 8 in
+    pack_int4's order. Returns (packed uint8 (N, K // 2), e uint8 (N, K // g), w_scale float32 (N,) = s / 64)."""
+    _check_tensor("weight", w, FLOAT_DTYPES, 2)
+    n, k = w.shape
+    check_group_size(k, group_size)
+    tiny = torch.finfo(torch.float32).tiny
+    wf = w.float()
+    s = (wf.abs().amax(1) / 7).clamp(min=tiny)
+    wg = wf.reshape(n, k // group_size, group_size)
+    amax = wg.abs().amax(-1).clamp(min=tiny)
+    e = torch.floor(torch.log2(7 * s[:, None] / amax)).clamp(0, POW2_EXP_MAX)
+    q = torch.round(wg / (s[:, None, None] * torch.exp2(-e)[..., None])).clamp(-7, 7)
+    return pack_int4((q + 8).to(torch.uint8).reshape(n, k)), e.to(torch.uint8), s / 64
+
+
+def expand_int4_pow2(packed: torch.Tensor, e: torch.Tensor, group_size: int = 32) -> torch.Tensor:
+    """(N, K // 2) nibbles and (N, K // g) group exponents -> the float8_e4m3fn weight q4 * 2^(6 - e) (N, K),
+    exact (see quantize_int4_pow2)."""
+    _check_tensor("packed", packed, (torch.uint8,), 2)
+    _check_tensor("group exponents", e, (torch.uint8,), 2)
+    n, k = packed.shape[0], packed.shape[1] * 2
+    check_group_size(k, group_size)
+    if tuple(e.shape) != (n, k // group_size):
+        raise ValueError(f"group exponents must have shape {(n, k // group_size)} for K={k}, group_size={group_size}, "
+                         f"got {tuple(e.shape)}")
+    if e.numel() and int(e.max()) > POW2_EXP_MAX:
+        raise ValueError(f"group exponents must be <= {POW2_EXP_MAX}, got {int(e.max())}")
+    q = (unpack_int4(packed).float() - 8).reshape(n, k // group_size, group_size)
+    return (q * torch.exp2(6 - e.float())[..., None]).reshape(n, k).to(torch.float8_e4m3fn)
+
+
 def w4a16_linear_ref(x, packed, scales, zeros=None, group_size=128, bias=None):
     """Reference W4A16 linear: dequantize the weight to float32, matmul in float32, cast to x.dtype."""
     w = dequantize_int4(packed, scales, zeros, group_size)

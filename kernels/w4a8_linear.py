@@ -251,3 +251,66 @@ def expand_int4_progressive(packed: torch.Tensor, s2: torch.Tensor, group_size: 
         _expand_prog_kernel[(triton.cdiv(n, bn), k // bk)](packed, s2, w, n, k, GROUP=group_size, BLOCK_N=bn,
                                                            BLOCK_K=bk)
     return w
+
+
+if triton is not None:
+    from qvit.kernels.layernorm_quant import _round_e4m3
+
+    _INTERP_POW2 = tl.constexpr(interpreting())
+
+    @triton.jit
+    def _expand_pow2_kernel(p_ptr, e_ptr, w_ptr, N, K, GROUP: tl.constexpr, BLOCK_N: tl.constexpr,
+                            BLOCK_K: tl.constexpr):
+        """(BN, BK) tile of the e4m3 weight q4 * 2^(6 - e) from its nibbles and group exponents: the power of two
+        built from its exponent bits, so the product is exact and the cast a conversion."""
+        offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        k0 = tl.program_id(1) * BLOCK_K
+        offs_kh = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        offs_g = k0 // GROUP + tl.arange(0, BLOCK_K // GROUP)
+        mask_n = offs_n < N
+        p = tl.load(p_ptr + offs_n[:, None].to(tl.int64) * (K // 2) + offs_kh[None, :], mask=mask_n[:, None], other=0)
+        e = tl.load(e_ptr + offs_n[:, None].to(tl.int64) * (K // GROUP) + offs_g[None, :], mask=mask_n[:, None],
+                    other=0)
+        f = ((133 - e.to(tl.int32)) << 23).to(tl.float32, bitcast=True)  # 2^(6 - e): biased exponent 127 + 6 - e
+        q = (_unpack_tile(p, False) - 8).to(tl.float32)
+        w = tl.reshape(tl.reshape(q, (BLOCK_N, BLOCK_K // GROUP, GROUP)) * f[:, :, None], (BLOCK_N, BLOCK_K))
+        if _INTERP_POW2:  # the interpreter's cast rounds wrongly at binade edges: on the grid first (a no-op here)
+            w = _round_e4m3(w)
+        tl.store(w_ptr + offs_n[:, None].to(tl.int64) * K + offs_k[None, :], w.to(tl.float8e4nv), mask=mask_n[:, None])
+
+
+def _fake_expand_pow2(packed, e, group_size):
+    return packed.new_empty((packed.shape[0], packed.shape[1] * 2), dtype=torch.float8_e4m3fn)
+
+
+@fast_custom_op("qvit::expand_int4_pow2", _fake_expand_pow2)
+def expand_int4_pow2(packed: torch.Tensor, e: torch.Tensor, group_size: int) -> torch.Tensor:
+    """The power-of-two 4-bit format's float8_e4m3fn weight (q4 * 2^(6 - e), see
+    qvit.kernels.quant.quantize_int4_pow2) in one pass: reads K/2 + K/g bytes per row, writes K.
+    `Fp8W4Linear` runs it before the fp8 GEMM, so the weights stay 4-bit in memory and the GEMM is the fp8 one.
+    Bit-exact to the PyTorch reference (`Q.expand_int4_pow2`)."""
+    if triton is None:
+        raise RuntimeError("expand_int4_pow2: triton is not installed")
+    if packed.dtype != torch.uint8 or packed.ndim != 2 or not packed.is_contiguous():
+        raise TypeError(f"expand_int4_pow2: packed must be contiguous 2-D uint8, got {packed.dtype} "
+                        f"{tuple(packed.shape)}")
+    n, k = packed.shape[0], packed.shape[1] * 2
+    Q.check_group_size(k, group_size)
+    if group_size % 16 or group_size > 128 or 128 % group_size:
+        raise ValueError(f"expand_int4_pow2: group_size={group_size} must divide 128 and be a multiple of 16")
+    if e.dtype != torch.uint8 or tuple(e.shape) != (n, k // group_size) or not e.is_contiguous():
+        raise ValueError(f"expand_int4_pow2: group exponents must be contiguous uint8 {(n, k // group_size)}, "
+                         f"got {e.dtype} {tuple(e.shape)}")
+    if e.device != packed.device:
+        raise ValueError("expand_int4_pow2: packed and group exponents are on different devices")
+    if packed.device.type == "cpu" and not interpreting():
+        raise ValueError("expand_int4_pow2: CPU tensors need TRITON_INTERPRET=1 (or use the torch backend)")
+    w = torch.empty((n, k), dtype=torch.float8_e4m3fn, device=packed.device)
+    if n * k:
+        bn, bk = (16, 32 if group_size <= 32 else group_size) if interpreting() else (32, 128)
+        if k % bk:
+            bk = group_size
+        _expand_pow2_kernel[(triton.cdiv(n, bn), k // bk)](packed, e, w, n, k, GROUP=group_size, BLOCK_N=bn,
+                                                           BLOCK_K=bk)
+    return w

@@ -94,6 +94,38 @@ def test_int4_progressive_bounds_and_round_trip(group):
     assert torch.equal(torch.round(deq / s1[:, None]).to(torch.int8), w8)
 
 
+@pytest.mark.parametrize("group", [32, 64, 128])
+def test_int4_pow2_bounds_and_exact_e4m3(group):
+    """4-bit weights with power-of-two group scales (fp8 GEMM's 4-bit format): q4 in [-7, 7], exponents in
+    [0, 9]; the expanded float8_e4m3fn weight is q4 * 2^(6 - e) exactly (no rounding in the cast); each weight
+    within half its group's step s * 2^-e of the float one; every group uses at least half its range (its
+    max over 3.5 steps) unless its exponent is at the cap; all-zero channels stay zero."""
+    w = rand_w(37, 256)
+    w[3, 5] = 0.9  # an outlier channel: its other groups take finer steps
+    w[4] = 0
+    w[5, :group] *= 1e-5  # a group far below its channel's max: the exponent cap
+    packed, e, ws = Q.quantize_int4_pow2(w, group)
+    assert packed.shape == (37, 128) and e.shape == (37, 256 // group) and ws.shape == (37,)
+    assert packed.dtype == e.dtype == torch.uint8 and ws.dtype == torch.float32
+    u = Q.unpack_int4(packed)
+    assert int(u.min()) >= 1 and int(u.max()) <= 15 and int(e.max()) <= Q.POW2_EXP_MAX
+    assert int(e[5, 0]) == Q.POW2_EXP_MAX
+    w8 = Q.expand_int4_pow2(packed, e, group)
+    q = (u.float() - 8).reshape(37, -1, group)
+    assert w8.dtype == torch.float8_e4m3fn
+    assert torch.equal(w8.float(), (q * torch.exp2(6 - e.float())[..., None]).reshape(37, 256))
+    step = (ws[:, None] * 64 * torch.exp2(-e.float())).repeat_interleave(group, 1)
+    deq = w8.float() * ws[:, None]
+    assert ((deq - w).abs() <= step / 2 * (1 + 1e-6)).all()
+    assert torch.equal(deq[4], torch.zeros(256))
+    amax = w.abs().reshape(37, -1, group).amax(-1)
+    used = amax / step.reshape(37, -1, group)[..., 0]
+    ok = (used > 3.5) | (e == Q.POW2_EXP_MAX) | (amax == 0)
+    assert bool(ok.all()), used[~ok]
+    with pytest.raises(ValueError, match="exponents must be <= 9"):
+        Q.expand_int4_pow2(packed, torch.full_like(e, 10), group)
+
+
 def test_int4_zero_is_exact_asymmetric():
     w = rand_w(4, 64)
     w[:, ::5] = 0.0

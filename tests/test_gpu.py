@@ -634,6 +634,19 @@ def test_attention_int8_gpu(poison, b, s):
 
 
 @pytest.mark.parametrize("n,k", [(3072, 1024), (1024, 4096), (1000, 1024)])
+def test_expand_int4_pow2_gpu(poison, n, k):
+    """The power-of-two 4-bit format expanded to e4m3 on the GPU: the reference's bytes, at ViT-L shapes and the
+    1000-class head."""
+    from qvit.kernels.w4a8_linear import expand_int4_pow2
+    w = torch.randn(n, k, device=DEV) * 0.02
+    w[:, :32] *= 20  # groups at other exponents
+    packed, e, _ = Q.quantize_int4_pow2(w, 32)
+    assert int(e.max()) > 0
+    got = expand_int4_pow2(packed, e, 32)
+    assert torch.equal(got.view(torch.uint8), Q.expand_int4_pow2(packed, e, 32).view(torch.uint8))
+
+
+@pytest.mark.parametrize("n,k", [(3072, 1024), (1024, 4096), (1000, 1024)])
 def test_expand_int4_progressive_gpu(poison, n, k):
     """The progressive 4-bit weight expanded on the GPU: bit-exact to the reference, at ViT-L shapes and
     the 1000-class head; then the W8A8 GEMM on it against the exact integer reference."""

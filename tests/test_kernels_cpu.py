@@ -575,6 +575,52 @@ def test_fp8_static_out_gelu_tanh(poison, m, k, n, persistent):
     check_fp8_static_out_gelu_tanh(fn, y, xq, xs, wq, ws, b, s, tanh_err=2 ** -21, y_err=2 ** -21)
 
 
+@pytest.mark.parametrize("group", [32, 64, 128])
+def test_expand_int4_pow2_is_bit_exact(poison, group):
+    """The Triton expansion of the power-of-two 4-bit format (odd N, fresh random weights with an outlier and a
+    capped group) gives the reference's e4m3 bytes; bad inputs are refused by name."""
+    from qvit.kernels.w4a8_linear import expand_int4_pow2
+    w = torch.randn(37, 256) * 0.05
+    w[2, 7], w[5, :group] = 1.5, w[5, :group] * 1e-5
+    packed, e, _ = Q.quantize_int4_pow2(w, group)
+    got = expand_int4_pow2(packed, e, group)
+    assert torch.equal(got.view(torch.uint8), Q.expand_int4_pow2(packed, e, group).view(torch.uint8))
+    with pytest.raises(ValueError, match="group exponents must be contiguous uint8"):
+        expand_int4_pow2(packed, e.float(), group)
+    with pytest.raises(TypeError, match="packed must be contiguous 2-D uint8"):
+        expand_int4_pow2(packed.to(torch.int16), e, group)
+    with pytest.raises(ValueError, match="must divide 128"):
+        expand_int4_pow2(packed, Q.quantize_int4_pow2(w, 256)[1], 256)
+
+
+def test_model_w4f8_on_triton_runs_the_expanded_fp8_weights(monkeypatch):
+    """w4f8s2t on the Triton backend: each quantized linear expands its 4-bit weight with `expand_int4_pow2`
+    (once per call) and the logits equal those of the same model with the expanded e4m3 weights stored as a
+    plain Fp8Linear's (the same fp8 kernels on the same bytes)."""
+    import copy
+
+    from qvit.vit import Fp8Linear, QuantConfig, ViT, quantize
+    calls = spy(monkeypatch, "qvit.kernels.w4a8_linear", "expand_int4_pow2")
+    torch.manual_seed(7)
+    base = ViT.from_name("vit_micro_patch4_32").eval()
+    m = quantize(copy.deepcopy(base), QuantConfig.preset("w4f8s2t", keep=()), calib=torch.randn(16, 3, 32, 32))
+    plain = copy.deepcopy(m)
+    for name, mod in list(plain.named_modules()):
+        if type(mod).__name__ == "Fp8W4Linear":
+            f = Fp8Linear(mod.in_features, mod.out_features, mod.bias is not None, mod.x_static is not None)
+            f.wq, f.w_scale, f.bias = Q.expand_int4_pow2(mod.packed, mod.gexp, 32), mod.w_scale, mod.bias
+            if mod.x_static is not None:
+                f.x_static = mod.x_static
+            parent, _, child = name.rpartition(".")
+            setattr(plain.get_submodule(parent), child, f)
+    x = torch.randn(2, 3, 32, 32).half()
+    with torch.no_grad():
+        y = m.half().set_backend(linear="triton", attn="sdpa")(x)
+        assert len(calls) == 4 * base.cfg.depth + 1  # every block's four linears and the head
+        y_plain = plain.half().set_backend(linear="triton", attn="sdpa")(x)
+    assert torch.equal(y, y_plain)
+
+
 def test_fp8_fast_accum_refuses_int8_operands():
     from qvit.kernels.w8a8_linear import w8a8_linear_fp8_fast_accum
     xq, xs = Q.quantize_int8_per_token(torch.randn(4, 32))

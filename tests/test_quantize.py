@@ -254,6 +254,49 @@ def test_gelu_tanh_in_the_static_mlps(monkeypatch, tmp_path, base):
     assert all(isinstance(mm, Mlp) for mm in (b.mlp for b in m.blocks))
 
 
+def test_w4f8_four_bit_on_the_fp8_gemm(tmp_path, base):
+    """w4f8s2t: the quantized blocks' linears hold 4-bit weights with power-of-two group scales (Fp8W4Linear,
+    ~4.25 bits per weight at group 32) and run fp8s2t's path on the exact e4m3 expansion: the same logits as
+    an fp8s2t model whose float weights were first put on that grid; the file is about 4x smaller than bf16 for
+    those layers, survives save/load, and a file with an exponent outside the format is refused; an int4 + fp8
+    config that is not symmetric and power-of-two is refused."""
+    from qvit.kernels import quant as Q
+    from qvit.vit.quantize import Fp8W4Linear
+    with pytest.raises(ValueError, match="power-of-two group scales"):
+        QuantConfig.preset("w4f8s2t", progressive=True)
+    with pytest.raises(ValueError, match="weight must be 'fp8' or 'int4'"):
+        QuantConfig(weight="int8", act="fp8")
+    torch.manual_seed(6)
+    images, x = torch.randn(32, 3, 32, 32), torch.randn(4, 3, 32, 32)
+    m = quantize(copy.deepcopy(base), QuantConfig.preset("w4f8s2t", keep_format="int8"), calib=images)
+    lin = m.blocks[1].mlp.fc1
+    assert isinstance(lin, Fp8W4Linear) and lin.x_static is None and m.blocks[1].mlp.fc2.x_static is not None
+    assert isinstance(m.blocks[0].mlp.fc1, Int8Linear) and not isinstance(m.blocks[0].mlp.fc1, Fp8W4Linear)
+    assert (lin.packed.numel() + lin.gexp.numel()) * 8 / (lin.in_features * lin.out_features) == 4.25
+    # the same model from float weights put on the grid, run as plain fp8s2t
+    grid = copy.deepcopy(base)
+    for i in (1, 2):
+        for name in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"):
+            src = m.get_submodule(f"blocks.{i}.{name}")
+            with torch.no_grad():
+                grid.get_submodule(f"blocks.{i}.{name}").weight.copy_(
+                    Q.expand_int4_pow2(src.packed, src.gexp, 32).float() * src.w_scale[:, None])
+    ref = quantize(grid, QuantConfig.preset("fp8s2t", keep_format="int8"), calib=images)
+    for i in (1, 2):  # the static input scales as calibrated on the original float model
+        for name in ("attn.proj", "mlp.fc2"):
+            ref.get_submodule(f"blocks.{i}.{name}").x_static.copy_(m.get_submodule(f"blocks.{i}.{name}").x_static)
+    y = _logits(m, x)
+    assert float((y - _logits(ref, x)).norm() / y.norm()) < 1e-5
+    path = tmp_path / "w4f8.safetensors"
+    save_quantized(m, str(path))
+    back = load_quantized(str(path))
+    assert torch.equal(_logits(back, x), y)
+    m.blocks[1].mlp.fc1.gexp[0, 0] = Q.POW2_EXP_MAX + 1
+    save_quantized(m, str(path))
+    with pytest.raises(CheckpointError, match="group exponent 10"):
+        load_quantized(str(path))
+
+
 def test_fp8_static_proj_calibrated(base):
     """fp8s2 also calibrates every quantized proj's input scale (max |proj input| / 448) and keeps fc2's."""
     from qvit.vit.quantize import calibrate_inputs

@@ -4,5 +4,5 @@ from qvit.vit.checkpoint import (  # noqa: F401
 )
 from qvit.vit.model import CONFIGS, ViT, ViTConfig, count_params, flops_per_image  # noqa: F401
 from qvit.vit.quantize import (  # noqa: F401
-    Fp8Linear, Int4Linear, Int4ProgLinear, Int8Linear, NF4Linear, QuantConfig, load_quantized, quantize, save_quantized, weight_bytes,
+    Fp8Linear, Fp8W4Linear, Int4Linear, Int4ProgLinear, Int8Linear, NF4Linear, QuantConfig, load_quantized, quantize, save_quantized, weight_bytes,
 )

@@ -69,8 +69,14 @@ class QuantConfig:
             raise ValueError(f"QuantConfig.weight must be one of {WEIGHT_FORMATS}, got {self.weight!r}")
         if self.act not in ("int8", "fp8", "none"):
             raise ValueError(f"QuantConfig.act must be 'int8', 'fp8' or 'none', got {self.act!r}")
-        if (self.weight == "fp8") != (self.act == "fp8"):
+        if self.weight == "fp8" and self.act != "fp8":
             raise ValueError("fp8 runs as FP8 W8A8: weight='fp8' and act='fp8' go together")
+        if self.act == "fp8" and self.weight not in ("fp8", "int4"):
+            raise ValueError(f"act='fp8' runs the fp8 GEMM: weight must be 'fp8' or 'int4' (power-of-two group "
+                             f"scales, expanded exactly to e4m3), got {self.weight!r}")
+        if self.weight == "int4" and self.act == "fp8" and (not self.symmetric or self.progressive):
+            raise ValueError("int4 weights with fp8 activations are symmetric with power-of-two group scales: "
+                             "symmetric=True, progressive=False")
         if self.weight == "int8" and self.act != "int8":
             raise ValueError("int8 weights run as W8A8: act must be 'int8'")
         if self.weight == "nf4" and self.act != "none":
@@ -82,8 +88,8 @@ class QuantConfig:
         if self.act_group < 0 or self.act_group % 16:
             raise ValueError(f"QuantConfig.act_group must be 0 or a multiple of 16, got {self.act_group}")
         for opt in ("fp8_static_mlp", "fp8_static_proj"):
-            if getattr(self, opt) and self.weight != "fp8":
-                raise ValueError(f"QuantConfig.{opt} is an fp8 option (weight='fp8', act='fp8')")
+            if getattr(self, opt) and self.act != "fp8":
+                raise ValueError(f"QuantConfig.{opt} is an fp8 option (act='fp8')")
         if self.gelu_tanh and not self.fp8_static_mlp:
             raise ValueError("QuantConfig.gelu_tanh is GELU's form in fc1's static fp8 epilogue: it needs "
                              "fp8_static_mlp=True")
@@ -118,6 +124,9 @@ class QuantConfig:
             "fp8s2": dict(weight="fp8", act="fp8", fp8_static_mlp=True, fp8_static_proj=True),
             # ... with GELU's tanh form in those MLPs (fc1's epilogue: one MUFU per element instead of two)
             "fp8s2t": dict(weight="fp8", act="fp8", fp8_static_mlp=True, fp8_static_proj=True, gelu_tanh=True),
+            # 4-bit weights with power-of-two group scales (32), expanded exactly to e4m3: fp8s2t's GEMMs
+            "w4f8s2t": dict(weight="int4", act="fp8", group_size=32, fp8_static_mlp=True, fp8_static_proj=True,
+                            gelu_tanh=True),
         }
         if name not in presets:
             raise ValueError(f"unknown quantization preset {name!r}; known: {', '.join(presets)}")
@@ -469,6 +478,47 @@ class Int4ProgLinear(Int8Linear):
         return {**super().layer_meta(), "group_size": self.group_size}
 
 
+class Fp8W4Linear(Fp8Linear):
+    """4-bit weights on a grid float8_e4m3fn holds exactly (qvit.kernels.quant.quantize_int4_pow2): packed
+    nibbles + a power-of-two exponent per group + one float scale per channel. Each call expands them to the
+    e4m3 weight (one small Triton pass over the 4-bit bytes; a conversion, no rounding) and runs the fp8 GEMM
+    with its fused epilogues and fp8 activations, static scales included (QuantConfig weight='int4', act='fp8'):
+    the weights stay 4-bit in memory, the GEMM is the fp8 one."""
+    quant_kind = "w4f8"
+
+    def __init__(self, in_features, out_features, has_bias=True, group_size=32, static_input: bool = False):
+        _QuantLinear.__init__(self, in_features, out_features, has_bias)
+        Q.check_group_size(in_features, group_size)
+        self.group_size = group_size
+        self.register_buffer("packed", torch.zeros(out_features, in_features // 2, dtype=torch.uint8))
+        self.register_buffer("gexp", torch.zeros(out_features, in_features // group_size, dtype=torch.uint8))
+        self.register_buffer("w_scale", torch.ones(out_features, dtype=torch.float32))
+        self.register_buffer("x_static", torch.ones((), dtype=torch.float32) if static_input else None)
+
+    @classmethod
+    def from_float(cls, lin: nn.Linear, static_scale: float | None = None, group_size: int = 32):
+        m = cls(lin.in_features, lin.out_features, lin.bias is not None, group_size)
+        m.packed, m.gexp, m.w_scale = Q.quantize_int4_pow2(lin.weight.detach(), group_size)
+        if lin.bias is not None:
+            m.bias = lin.bias.detach().float().clone()
+        if static_scale is not None:
+            if not (math.isfinite(static_scale) and static_scale > 0):
+                raise ValueError(f"Fp8W4Linear: static input scale must be positive and finite, got {static_scale}")
+            m.register_buffer("x_static", torch.tensor(float(static_scale), dtype=torch.float32,
+                                                       device=m.w_scale.device))
+        return m
+
+    def _weight(self, backend):
+        triton_ok = backend is Backend.TRITON or (backend is Backend.CUDA and triton_reason("cuda") is None)
+        if triton_ok and 128 % self.group_size == 0 and self.group_size % 16 == 0:
+            from qvit.kernels.w4a8_linear import expand_int4_pow2
+            return expand_int4_pow2(self.packed, self.gexp, self.group_size)
+        return Q.expand_int4_pow2(self.packed, self.gexp, self.group_size)
+
+    def layer_meta(self):
+        return {**super().layer_meta(), "group_size": self.group_size}
+
+
 class Int4Linear(_QuantLinear):
     """int4 group-wise weights; act='int8' runs W4A8 on int8 tensor cores, act='none' W4A16."""
 
@@ -584,6 +634,9 @@ def _make(meta: dict) -> _QuantLinear:
         return Fp8Linear(meta["in"], meta["out"], meta["bias"], bool(meta.get("static_input", False)))
     if kind == "w4a8p":
         return Int4ProgLinear(meta["in"], meta["out"], meta["bias"], meta["group_size"])
+    if kind == "w4f8":
+        return Fp8W4Linear(meta["in"], meta["out"], meta["bias"], meta["group_size"],
+                           bool(meta.get("static_input", False)))
     raise CheckpointError(f"unknown quantized layer kind {kind!r}")
 
 
@@ -592,6 +645,8 @@ def _from_float(lin: nn.Linear, cfg: QuantConfig, main: bool, static_scale: floa
         return Int8Linear.from_float(lin) if cfg.keep_format == "int8" else None
     if cfg.weight == "int8":
         return Int8Linear.from_float(lin)
+    if cfg.weight == "int4" and cfg.act == "fp8":
+        return Fp8W4Linear.from_float(lin, static_scale, cfg.group_size)
     if cfg.weight == "int4" and cfg.progressive:
         return Int4ProgLinear.from_float(lin, cfg.group_size)
     if cfg.weight == "int4":
@@ -732,6 +787,9 @@ def load_quantized(path: str, device="cpu") -> ViT:
         if tuple(own[k].shape) != tuple(v.shape) or own[k].dtype != v.dtype:
             raise CheckpointError(f"{path}: {k} is {v.dtype} {tuple(v.shape)}, expected "
                                   f"{own[k].dtype} {tuple(own[k].shape)}")
+    for k, v in sd.items():  # the power-of-two format's exponents index e4m3's exact range (expand_int4_pow2)
+        if k.endswith(".gexp") and v.numel() and int(v.max()) > Q.POW2_EXP_MAX:
+            raise CheckpointError(f"{path}: {k} holds group exponent {int(v.max())}, the format allows 0..{Q.POW2_EXP_MAX}")
     model.load_state_dict(sd, assign=True)
     return model.to(device)
 
@@ -742,4 +800,4 @@ def weight_bytes(model: nn.Module) -> int:
 
 
 __all__ = ["QuantConfig", "quantize", "save_quantized", "load_quantized", "Int8Linear", "Int4Linear", "Int4ProgLinear",
-           "NF4Linear", "default_filter", "weight_bytes"]
+           "Fp8W4Linear", "NF4Linear", "default_filter", "weight_bytes"]
