@@ -285,16 +285,22 @@ def quantize_int4_progressive(w: torch.Tensor, group_size: int = 128):
     return pack_int4((q + 8).to(torch.uint8).reshape(n, k)), s2.to(torch.uint8), s1
 
 
-def expand_int4_progressive(packed: torch.Tensor, s2: torch.Tensor, group_size: int = 128) -> torch.Tensor:
-    """(N, K // 2) nibbles and (N, K // g) integer group scales -> the int8 weight q4 * s2 (N, K)."""
+def _packed_groups(packed, g, group_size, what):
+    """Checks nibbles (N, K // 2) and their per-group uint8 companions (N, K // g); returns (N, K) and the signed
+    codes q4 = nibble - 8 as (N, K // g, g) int16."""
     _check_tensor("packed", packed, (torch.uint8,), 2)
-    _check_tensor("group scales", s2, (torch.uint8,), 2)
+    _check_tensor(what, g, (torch.uint8,), 2)
     n, k = packed.shape[0], packed.shape[1] * 2
     check_group_size(k, group_size)
-    if tuple(s2.shape) != (n, k // group_size):
-        raise ValueError(f"group scales must have shape {(n, k // group_size)} for K={k}, group_size={group_size}, "
-                         f"got {tuple(s2.shape)}")
-    q = (unpack_int4(packed).to(torch.int16) - 8).reshape(n, k // group_size, group_size)
+    if tuple(g.shape) != (n, k // group_size):
+        raise ValueError(f"{what} must have shape {(n, k // group_size)} for K={k}, group_size={group_size}, "
+                         f"got {tuple(g.shape)}")
+    return n, k, (unpack_int4(packed).to(torch.int16) - 8).reshape(n, k // group_size, group_size)
+
+
+def expand_int4_progressive(packed: torch.Tensor, s2: torch.Tensor, group_size: int = 128) -> torch.Tensor:
+    """(N, K // 2) nibbles and (N, K // g) integer group scales -> the int8 weight q4 * s2 (N, K)."""
+    n, k, q = _packed_groups(packed, s2, group_size, "group scales")
     return (q * s2.to(torch.int16)[..., None]).reshape(n, k).to(torch.int8)
 
 
@@ -330,17 +336,10 @@ def quantize_int4_pow2(w: torch.Tensor, group_size: int = 32):
 def expand_int4_pow2(packed: torch.Tensor, e: torch.Tensor, group_size: int = 32) -> torch.Tensor:
     """(N, K // 2) nibbles and (N, K // g) group exponents -> the float8_e4m3fn weight q4 * 2^(6 - e) (N, K),
     exact (see quantize_int4_pow2)."""
-    _check_tensor("packed", packed, (torch.uint8,), 2)
-    _check_tensor("group exponents", e, (torch.uint8,), 2)
-    n, k = packed.shape[0], packed.shape[1] * 2
-    check_group_size(k, group_size)
-    if tuple(e.shape) != (n, k // group_size):
-        raise ValueError(f"group exponents must have shape {(n, k // group_size)} for K={k}, group_size={group_size}, "
-                         f"got {tuple(e.shape)}")
+    n, k, q = _packed_groups(packed, e, group_size, "group exponents")
     if e.numel() and int(e.max()) > POW2_EXP_MAX:
         raise ValueError(f"group exponents must be <= {POW2_EXP_MAX}, got {int(e.max())}")
-    q = (unpack_int4(packed).float() - 8).reshape(n, k // group_size, group_size)
-    return (q * torch.exp2(6 - e.float())[..., None]).reshape(n, k).to(torch.float8_e4m3fn)
+    return (q.float() * torch.exp2(6 - e.float())[..., None]).reshape(n, k).to(torch.float8_e4m3fn)
 
 
 def w4a16_linear_ref(x, packed, scales, zeros=None, group_size=128, bias=None):

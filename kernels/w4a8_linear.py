@@ -220,6 +220,25 @@ if triton is not None:
         tl.store(w_ptr + offs_n[:, None].to(tl.int64) * K + offs_k[None, :], w.to(tl.int8), mask=mask_n[:, None])
 
 
+def _check_expand(name, packed, g, group_size, what):
+    """The expansion launchers' checks: contiguous uint8 nibbles (N, K // 2) and per-group uint8 values (N, K // g)
+    on one device (CPU only under the interpreter). Returns (N, K)."""
+    if triton is None:
+        raise RuntimeError(f"{name}: triton is not installed")
+    if packed.dtype != torch.uint8 or packed.ndim != 2 or not packed.is_contiguous():
+        raise TypeError(f"{name}: packed must be contiguous 2-D uint8, got {packed.dtype} {tuple(packed.shape)}")
+    n, k = packed.shape[0], packed.shape[1] * 2
+    Q.check_group_size(k, group_size)
+    if g.dtype != torch.uint8 or tuple(g.shape) != (n, k // group_size) or not g.is_contiguous():
+        raise ValueError(f"{name}: {what} must be contiguous uint8 {(n, k // group_size)}, got {g.dtype} "
+                         f"{tuple(g.shape)}")
+    if g.device != packed.device:
+        raise ValueError(f"{name}: packed and {what} are on different devices")
+    if packed.device.type == "cpu" and not interpreting():
+        raise ValueError(f"{name}: CPU tensors need TRITON_INTERPRET=1 (or use the torch backend)")
+    return n, k
+
+
 def _fake_expand(packed, s2, group_size):
     return packed.new_empty((packed.shape[0], packed.shape[1] * 2), dtype=torch.int8)
 
@@ -229,22 +248,9 @@ def expand_int4_progressive(packed: torch.Tensor, s2: torch.Tensor, group_size: 
     """The progressive 4-bit format's int8 weight (q4 * s2, see qvit.kernels.quant.quantize_int4_progressive)
     in one pass: reads K/2 + K/g bytes per row, writes K. `Int4ProgLinear` runs it before the W8A8 GEMM, so
     4-bit weights stay 4-bit in memory and the GEMM is the 8-bit one. Bit-exact to the PyTorch reference."""
-    if triton is None:
-        raise RuntimeError("expand_int4_progressive: triton is not installed")
-    if packed.dtype != torch.uint8 or packed.ndim != 2 or not packed.is_contiguous():
-        raise TypeError(f"expand_int4_progressive: packed must be contiguous 2-D uint8, got {packed.dtype} "
-                        f"{tuple(packed.shape)}")
-    n, k = packed.shape[0], packed.shape[1] * 2
-    Q.check_group_size(k, group_size)
+    n, k = _check_expand("expand_int4_progressive", packed, s2, group_size, "group scales")
     if group_size % 32:
         raise ValueError(f"expand_int4_progressive: group_size={group_size} must be a multiple of 32")
-    if s2.dtype != torch.uint8 or tuple(s2.shape) != (n, k // group_size) or not s2.is_contiguous():
-        raise ValueError(f"expand_int4_progressive: group scales must be contiguous uint8 {(n, k // group_size)}, "
-                         f"got {s2.dtype} {tuple(s2.shape)}")
-    if s2.device != packed.device:
-        raise ValueError("expand_int4_progressive: packed and group scales are on different devices")
-    if packed.device.type == "cpu" and not interpreting():
-        raise ValueError("expand_int4_progressive: CPU tensors need TRITON_INTERPRET=1 (or use the torch backend)")
     w = torch.empty((n, k), dtype=torch.int8, device=packed.device)
     if n * k:
         bn, bk = (16, 32) if interpreting() else (32, 128 if group_size % 128 == 0 else 64 if group_size % 64 == 0 else 32)
@@ -290,22 +296,9 @@ def expand_int4_pow2(packed: torch.Tensor, e: torch.Tensor, group_size: int) -> 
     qvit.kernels.quant.quantize_int4_pow2) in one pass: reads K/2 + K/g bytes per row, writes K.
     `Fp8W4Linear` runs it before the fp8 GEMM, so the weights stay 4-bit in memory and the GEMM is the fp8 one.
     Bit-exact to the PyTorch reference (`Q.expand_int4_pow2`)."""
-    if triton is None:
-        raise RuntimeError("expand_int4_pow2: triton is not installed")
-    if packed.dtype != torch.uint8 or packed.ndim != 2 or not packed.is_contiguous():
-        raise TypeError(f"expand_int4_pow2: packed must be contiguous 2-D uint8, got {packed.dtype} "
-                        f"{tuple(packed.shape)}")
-    n, k = packed.shape[0], packed.shape[1] * 2
-    Q.check_group_size(k, group_size)
+    n, k = _check_expand("expand_int4_pow2", packed, e, group_size, "group exponents")
     if group_size % 16 or group_size > 128 or 128 % group_size:
         raise ValueError(f"expand_int4_pow2: group_size={group_size} must divide 128 and be a multiple of 16")
-    if e.dtype != torch.uint8 or tuple(e.shape) != (n, k // group_size) or not e.is_contiguous():
-        raise ValueError(f"expand_int4_pow2: group exponents must be contiguous uint8 {(n, k // group_size)}, "
-                         f"got {e.dtype} {tuple(e.shape)}")
-    if e.device != packed.device:
-        raise ValueError("expand_int4_pow2: packed and group exponents are on different devices")
-    if packed.device.type == "cpu" and not interpreting():
-        raise ValueError("expand_int4_pow2: CPU tensors need TRITON_INTERPRET=1 (or use the torch backend)")
     w = torch.empty((n, k), dtype=torch.float8_e4m3fn, device=packed.device)
     if n * k:
         bn, bk = (16, 32 if group_size <= 32 else group_size) if interpreting() else (32, 128)

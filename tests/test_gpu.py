@@ -174,6 +174,23 @@ def test_attention_fp8_static_out_gpu(poison, monkeypatch, b, s, tail):
     assert bool((o8.float().abs() == 448).any())
 
 
+def _fp8_static_out_pinned(monkeypatch, persistent):
+    """(fp8 static-output op, float-output op) of one GEMM kernel with one 128-wide plain config pinned, so that
+    both calls accumulate identically."""
+    if persistent:
+        from qvit.kernels import w8a8_persistent as P
+        kernel, static_out, float_out = (P._w8a8_persistent_kernel, P.w8a8_linear_persistent_fp8_static_out,
+                                         P.w8a8_linear_persistent)
+        cfg = next(c for c in kernel.configs if c.kwargs["BLOCK_N"] == 128 and not c.kwargs.get("EPI_SPLIT"))
+    else:
+        from qvit.kernels import w8a8_linear as L
+        kernel, static_out, float_out = L._w8a8_kernel, L.w8a8_linear_fp8_static_out, L.w8a8_linear_fp8_fast_accum
+        cfg = next(c for c in kernel.configs if c.kwargs["BLOCK_N"] == 128 and not c.kwargs.get("EPI_SPLIT")
+                   and not c.kwargs.get("SWAP_AB") and c.kwargs.get("SPLIT_K", 1) == 1)
+    pin_config(monkeypatch, kernel, cfg)
+    return static_out, float_out
+
+
 @pytest.mark.parametrize("m", [197, 197 * 64])
 @pytest.mark.parametrize("gelu", [False, True])
 @pytest.mark.parametrize("persistent", [False, True])
@@ -186,17 +203,7 @@ def test_fp8_static_out_real_shapes(poison, monkeypatch, m, gelu, persistent):
     accumulation; one step where an FMA contraction moves a value across a rounding edge); (2) against the
     exact product, the error is the fp8 rounding's plus at most the accumulation's bar (2^-9, as the fast
     accumulation GEMM's test); saturation, no NaN."""
-    if persistent:
-        from qvit.kernels import w8a8_persistent as P
-        kernel, static_out = P._w8a8_persistent_kernel, P.w8a8_linear_persistent_fp8_static_out
-        float_out = P.w8a8_linear_persistent
-        cfg = next(c for c in kernel.configs if c.kwargs["BLOCK_N"] == 128 and not c.kwargs.get("EPI_SPLIT"))
-    else:
-        from qvit.kernels import w8a8_linear as L
-        kernel, static_out, float_out = L._w8a8_kernel, L.w8a8_linear_fp8_static_out, L.w8a8_linear_fp8_fast_accum
-        cfg = next(c for c in kernel.configs if c.kwargs["BLOCK_N"] == 128 and not c.kwargs.get("EPI_SPLIT")
-                   and not c.kwargs.get("SWAP_AB") and c.kwargs.get("SPLIT_K", 1) == 1)
-    pin_config(monkeypatch, kernel, cfg)
+    static_out, float_out = _fp8_static_out_pinned(monkeypatch, persistent)
     x = torch.randn(m, 1024, device=DEV)
     w = torch.randn(4096, 1024, device=DEV) * 0.02
     xq, xs = Q.quantize_fp8_per_token(x)
@@ -223,17 +230,7 @@ def test_fp8_static_out_gelu_tanh_real_shapes(poison, monkeypatch, m, persistent
     the rounding of a value within the MUFU tanh's documented error (2^-10.987, times |y| / 2) of torch's
     tanh GELU of the same kernel's float32 pre-activation (GELU off, same config: the same accumulation)."""
     from conftest import TANH_APPROX_ERR, check_fp8_static_out_gelu_tanh
-    if persistent:
-        from qvit.kernels import w8a8_persistent as P
-        kernel, static_out, float_out = (P._w8a8_persistent_kernel, P.w8a8_linear_persistent_fp8_static_out,
-                                         P.w8a8_linear_persistent)
-        cfg = next(c for c in kernel.configs if c.kwargs["BLOCK_N"] == 128 and not c.kwargs.get("EPI_SPLIT"))
-    else:
-        from qvit.kernels import w8a8_linear as L
-        kernel, static_out, float_out = L._w8a8_kernel, L.w8a8_linear_fp8_static_out, L.w8a8_linear_fp8_fast_accum
-        cfg = next(c for c in kernel.configs if c.kwargs["BLOCK_N"] == 128 and not c.kwargs.get("EPI_SPLIT")
-                   and not c.kwargs.get("SWAP_AB") and c.kwargs.get("SPLIT_K", 1) == 1)
-    pin_config(monkeypatch, kernel, cfg)
+    static_out, float_out = _fp8_static_out_pinned(monkeypatch, persistent)
     x = torch.randn(m, 1024, device=DEV)
     w = torch.randn(4096, 1024, device=DEV) * 0.05
     xq, xs = Q.quantize_fp8_per_token(x)

@@ -392,13 +392,17 @@ class Fp8Linear(Int8Linear):
 
     @classmethod
     def from_float(cls, lin: nn.Linear, static_scale: float | None = None):
-        m = super().from_float(lin)
+        return super().from_float(lin)._set_static(static_scale)
+
+    def _set_static(self, static_scale: float | None):
+        """One calibrated input scale (or None: per-token scales); returns self."""
         if static_scale is not None:
             if not (math.isfinite(static_scale) and static_scale > 0):
-                raise ValueError(f"Fp8Linear: static input scale must be positive and finite, got {static_scale}")
-            m.register_buffer("x_static", torch.tensor(float(static_scale), dtype=torch.float32,
-                                                       device=m.w_scale.device))
-        return m
+                raise ValueError(f"{type(self).__name__}: static input scale must be positive and finite, got "
+                                 f"{static_scale}")
+            self.register_buffer("x_static", torch.tensor(float(static_scale), dtype=torch.float32,
+                                                          device=self.w_scale.device))
+        return self
 
     def layer_meta(self) -> dict:
         return {**super().layer_meta(), **({"static_input": True} if self.x_static is not None else {})}
@@ -442,6 +446,17 @@ class Fp8Linear(Int8Linear):
         return Q.fp8_matmul_ref(xq, xs, wq, self.w_scale, self.bias, out_dtype)
 
 
+def _packed4_buffers(m, group_size, group_name, group_fill):
+    """The buffers of the 4-bit formats that expand to the 8-bit GEMMs' weight: nibbles (N, K // 2), one uint8 per
+    group (N, K // g) named group_name, one float32 scale per channel."""
+    Q.check_group_size(m.in_features, group_size)
+    m.group_size = group_size
+    n, k = m.out_features, m.in_features
+    m.register_buffer("packed", torch.zeros(n, k // 2, dtype=torch.uint8))
+    m.register_buffer(group_name, torch.full((n, k // group_size), group_fill, dtype=torch.uint8))
+    m.register_buffer("w_scale", torch.ones(n, dtype=torch.float32))
+
+
 class Int4ProgLinear(Int8Linear):
     """4-bit weights in the progressive two-level format (qvit.kernels.quant.quantize_int4_progressive):
     packed nibbles + integer group scales + one float scale per channel. Each call expands them to the int8
@@ -452,11 +467,7 @@ class Int4ProgLinear(Int8Linear):
 
     def __init__(self, in_features, out_features, has_bias=True, group_size=128):
         _QuantLinear.__init__(self, in_features, out_features, has_bias)
-        Q.check_group_size(in_features, group_size)
-        self.group_size = group_size
-        self.register_buffer("packed", torch.zeros(out_features, in_features // 2, dtype=torch.uint8))
-        self.register_buffer("gscale", torch.ones(out_features, in_features // group_size, dtype=torch.uint8))
-        self.register_buffer("w_scale", torch.ones(out_features, dtype=torch.float32))
+        _packed4_buffers(self, group_size, "gscale", 1)
 
     @classmethod
     def from_float(cls, lin: nn.Linear, group_size=128):
@@ -488,11 +499,7 @@ class Fp8W4Linear(Fp8Linear):
 
     def __init__(self, in_features, out_features, has_bias=True, group_size=32, static_input: bool = False):
         _QuantLinear.__init__(self, in_features, out_features, has_bias)
-        Q.check_group_size(in_features, group_size)
-        self.group_size = group_size
-        self.register_buffer("packed", torch.zeros(out_features, in_features // 2, dtype=torch.uint8))
-        self.register_buffer("gexp", torch.zeros(out_features, in_features // group_size, dtype=torch.uint8))
-        self.register_buffer("w_scale", torch.ones(out_features, dtype=torch.float32))
+        _packed4_buffers(self, group_size, "gexp", 0)
         self.register_buffer("x_static", torch.ones((), dtype=torch.float32) if static_input else None)
 
     @classmethod
@@ -501,12 +508,7 @@ class Fp8W4Linear(Fp8Linear):
         m.packed, m.gexp, m.w_scale = Q.quantize_int4_pow2(lin.weight.detach(), group_size)
         if lin.bias is not None:
             m.bias = lin.bias.detach().float().clone()
-        if static_scale is not None:
-            if not (math.isfinite(static_scale) and static_scale > 0):
-                raise ValueError(f"Fp8W4Linear: static input scale must be positive and finite, got {static_scale}")
-            m.register_buffer("x_static", torch.tensor(float(static_scale), dtype=torch.float32,
-                                                       device=m.w_scale.device))
-        return m
+        return m._set_static(static_scale)
 
     def _weight(self, backend):
         triton_ok = backend is Backend.TRITON or (backend is Backend.CUDA and triton_reason("cuda") is None)
