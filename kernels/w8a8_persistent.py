@@ -202,9 +202,8 @@ def w8a8_linear_persistent_fp8_static_out(xq: torch.Tensor, x_scale: torch.Tenso
     """`w8a8_linear_fp8_static_out` (fp8 in, + bias -> GELU -> fp8 out at one static scale; gelu_tanh: GELU's
     tanh form) as the persistent TMA kernel: (q (M, N) float8_e4m3fn, scale float32 (M,) filled with
     out_scale)."""
-    from qvit.kernels.w8a8_linear import _gelu_mode
     from qvit.kernels.quant import check_static_scale
-    from qvit.kernels.w8a8_linear import _validate
+    from qvit.kernels.w8a8_linear import _gelu_mode, _validate
     _validate(xq, x_scale, wq, w_scale, bias, None, torch.float32)
     if xq.dtype != torch.float8_e4m3fn:
         raise TypeError(f"w8a8_linear_persistent_fp8_static_out: float8_e4m3fn operands only, got {xq.dtype}")

@@ -38,7 +38,8 @@ def test_persistent_tma_store_epilogue(poison, monkeypatch, bias, gelu, res):
 
 
 def test_persistent_tma_store_fp8_static_out(poison, monkeypatch):
-    """EPI_TMA with fc1's fp8 static output: the same codes as the plain epilogue's (same accumulation)."""
+    """EPI_TMA with fc1's fp8 static output (GELU's erf and tanh forms): the same codes as the plain epilogue's
+    (same accumulation)."""
     from conftest import pin_config
     from qvit.kernels import w8a8_persistent as P
     xq, xs = Q.quantize_fp8_per_token(torch.randn(37, 64))
@@ -46,9 +47,13 @@ def test_persistent_tma_store_fp8_static_out(poison, monkeypatch):
     b = torch.randn(48)
     s = torch.tensor(0.01)
     q0, _ = P.w8a8_linear_persistent_fp8_static_out(xq, xs, wq, ws, b, True, s)
+    t0, _ = P.w8a8_linear_persistent_fp8_static_out(xq, xs, wq, ws, b, True, s, True)  # GELU's tanh form
     pin_config(monkeypatch, P._w8a8_persistent_kernel, EPI_TMA=True)
     q1, _ = P.w8a8_linear_persistent_fp8_static_out(xq, xs, wq, ws, b, True, s)
+    t1, _ = P.w8a8_linear_persistent_fp8_static_out(xq, xs, wq, ws, b, True, s, True)
     assert torch.equal(q0.view(torch.uint8), q1.view(torch.uint8))
+    assert torch.equal(t0.view(torch.uint8), t1.view(torch.uint8))
+    assert not torch.equal(t0.view(torch.uint8), q0.view(torch.uint8))  # the two GELU forms differ somewhere
 
 
 def test_persistent_tma_store_needs_aligned_rows():
