@@ -57,6 +57,9 @@ def test_prepare_and_strip_keep_the_state_dict():
     keys = {k: v.clone() for k, v in m.state_dict().items()}
     with pytest.raises(ValueError, match="no linear layer"):  # K=64 < group 128: nothing to quantize
         prepare_qat(m, QuantConfig.preset("w4a8"))
+    for p in ("fp8", "w4f8s2t"):  # no fake quantization of the fp8 grids: refused, not run on another grid
+        with pytest.raises(ValueError, match="fp8 formats .* have no fake quantization"):
+            prepare_qat(m, QuantConfig.preset(p, keep=()))
     prepare_qat(m, QuantConfig.preset("w8a8", keep=()))
     assert any(isinstance(mod, FakeQuantLinear) for mod in m.modules())
     assert m.state_dict().keys() == keys.keys()

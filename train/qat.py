@@ -67,6 +67,9 @@ class FakeQuantLinear(nn.Linear):
 
 def prepare_qat(model, cfg: QuantConfig, filter_fn=default_filter):
     """Swap the linears `quantize(model, cfg)` would quantize for FakeQuantLinear; returns the names."""
+    if cfg.act == "fp8":
+        raise ValueError(f"prepare_qat: the fp8 formats (weight={cfg.weight!r}, act='fp8') have no fake "
+                         "quantization here; QAT runs the int8 / int4 / nf4 formats (fp8 presets are post-training)")
     keep = _expand_keep(cfg.keep, model.cfg.depth)
     names = []
     for name, mod in list(model.named_modules()):
