@@ -41,7 +41,9 @@ QVIT_VARIANTS = {k: VARIANTS[k] for k in MAIN + ("x w4a16-int4+sdpa", "x fp8+sdp
                                                  "x fp8+qvit-attn", "x fp8+qvit-attn-fp16qk",
                                                  "x fp8s+qvit-attn-fp16qk", "x fp8s+sdpa-noflash",
                                                  "x fp8s2+qvit-attn-fp16qk", "x fp8s2t+qvit-attn-fp16qk",
-                                                 "x 4bit-fp8s2t+qvit-attn-fp16qk")}
+                                                 "x 4bit-fp8s2t+qvit-attn-fp16qk", "x fp8s2t+qvit-attn",
+                                                 "x 4bit-fp8s2t+qvit-attn", "x fp8s2t+sdpa-noflash",
+                                                 "x 4bit-fp8s2t+sdpa-noflash")}
 
 
 def _stats(ms: list[float]) -> dict:

@@ -33,6 +33,11 @@ VARIANTS = {
     # 4-bit weights on the e4m3 grid (power-of-two group scales, QuantConfig weight='int4', act='fp8') with fp8s2t's
     # activations and GELU: the 4-bit model on fp8s2t's GEMMs
     "x 4bit-fp8s2t+qvit-attn-fp16qk": ("w4f8s2t", "qvit", False, "int8"),
+    # the same two with Q/K quantized to int8 inside qvit's attention, and with SDPA (FLASH disabled) instead
+    "x fp8s2t+qvit-attn": ("fp8s2t", "qvit", True, "int8"),
+    "x 4bit-fp8s2t+qvit-attn": ("w4f8s2t", "qvit", True, "int8"),
+    "x fp8s2t+sdpa-noflash": ("fp8s2t", "sdpa-noflash", False, "int8"),
+    "x 4bit-fp8s2t+sdpa-noflash": ("w4f8s2t", "sdpa-noflash", False, "int8"),
     # 4-bit with float group scales on the direct W4A8 kernel (int4 expanded to int8 inside the GEMM)
     "x w4a8+qvit-attn": ("w4a8", "qvit", True, "int8"),
     "x w4a8+sdpa-noflash": ("w4a8", "sdpa-noflash", False, "int8"),
