@@ -74,7 +74,7 @@ def attention_int8_ref(q8, q_scale, k8, k_scale, v, sm_scale=None):
 
 if triton is not None:
     # one rounding rule for every quantizer
-    from qvit.kernels.layernorm_quant import _fp8_static_codes, _int8_rn
+    from qvit.kernels.layernorm_quant import _fp8_static_codes, _int8_rn, _store_static_scale
 
     _INTERP = tl.constexpr(interpreting())
 
@@ -199,7 +199,7 @@ if triton is not None:
         return m_new, l_i, acc
 
     @triton.jit
-    def _attn_rows(row0, b, h, bh, q_ptr, k_ptr, v_ptr, qs_ptr, ks_ptr, o_ptr, lse_ptr, os_ptr,
+    def _attn_rows(row0, b, h, bh, q_ptr, k_ptr, v_ptr, qs_ptr, ks_ptr, o_ptr, lse_ptr, os_ptr, sv_ptr,
                    sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sob, sos, soh, H, S, qk_scale,
                    D: tl.constexpr, INT8: tl.constexpr, QUANT_QK: tl.constexpr, SMOOTH_K: tl.constexpr,
                    QOUT: tl.constexpr, BM: tl.constexpr, BLOCK_N: tl.constexpr, TAIL_N: tl.constexpr):
@@ -255,6 +255,8 @@ if triton is not None:
         if QOUT == 2:
             # the proj GEMM's fp8 input at its static, calibrated scale (os_ptr[0]): quantize_fp8_static(o, scale)
             v8 = _fp8_static_codes(acc, os_ptr)
+            if h == 0:  # and the scale vector (B * S,) proj reads: os_ptr[0] per token
+                _store_static_scale(sv_ptr, os_ptr, b * S + offs_m, mask_m)
             tl.store(o_ptr + b * sob + h * soh + offs_m[:, None].to(tl.int64) * sos + offs_d[None, :],
                      v8.to(o_ptr.dtype.element_ty), mask=mask_m[:, None])
         elif QOUT == 1:
@@ -277,7 +279,7 @@ if triton is not None:
     @triton.autotune(configs=tune_shard(_configs()), key=["S", "H", "D", "INT8", "QUANT_QK", "SMOOTH_K", "QOUT", "BATCH_TUNE"],
                      prune_configs_by={"early_config_prune": _prune})
     @triton.jit
-    def _attn_fwd(q_ptr, k_ptr, v_ptr, qs_ptr, ks_ptr, o_ptr, lse_ptr, os_ptr,
+    def _attn_fwd(q_ptr, k_ptr, v_ptr, qs_ptr, ks_ptr, o_ptr, lse_ptr, os_ptr, sv_ptr,
                   sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sob, sos, soh,
                   H, S, qk_scale, BATCH_TUNE,
                   D: tl.constexpr, INT8: tl.constexpr, QUANT_QK: tl.constexpr, SMOOTH_K: tl.constexpr,
@@ -297,15 +299,15 @@ if triton is not None:
         if TAIL_M > 0:
             n_full = S // BLOCK_M
             if pid_m >= n_full:
-                _attn_rows(n_full * BLOCK_M + (pid_m - n_full) * TAIL_M, b, h, bh, q_ptr, k_ptr, v_ptr, qs_ptr, ks_ptr, o_ptr, lse_ptr, os_ptr,
+                _attn_rows(n_full * BLOCK_M + (pid_m - n_full) * TAIL_M, b, h, bh, q_ptr, k_ptr, v_ptr, qs_ptr, ks_ptr, o_ptr, lse_ptr, os_ptr, sv_ptr,
                            sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sob, sos, soh, H, S, qk_scale,
                            D, INT8, QUANT_QK, SMOOTH_K, QOUT, TAIL_M, BLOCK_N, TAIL_N)
             else:
-                _attn_rows(row0, b, h, bh, q_ptr, k_ptr, v_ptr, qs_ptr, ks_ptr, o_ptr, lse_ptr, os_ptr,
+                _attn_rows(row0, b, h, bh, q_ptr, k_ptr, v_ptr, qs_ptr, ks_ptr, o_ptr, lse_ptr, os_ptr, sv_ptr,
                            sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sob, sos, soh, H, S, qk_scale,
                            D, INT8, QUANT_QK, SMOOTH_K, QOUT, BLOCK_M, BLOCK_N, TAIL_N)
         else:
-            _attn_rows(row0, b, h, bh, q_ptr, k_ptr, v_ptr, qs_ptr, ks_ptr, o_ptr, lse_ptr, os_ptr,
+            _attn_rows(row0, b, h, bh, q_ptr, k_ptr, v_ptr, qs_ptr, ks_ptr, o_ptr, lse_ptr, os_ptr, sv_ptr,
                        sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sob, sos, soh, H, S, qk_scale,
                        D, INT8, QUANT_QK, SMOOTH_K, QOUT, BLOCK_M, BLOCK_N, TAIL_N)
 
@@ -495,9 +497,12 @@ def _check_qkv(q, k, v, int8):
         raise RuntimeError("attention: triton is not installed")
 
 
-def _launch(q, k, v, qs, ks, sm_scale, int8, quant_qk=False, smooth_k=True, quant_out=False, out_scale=None):
+def _launch(q, k, v, qs, ks, sm_scale, int8, quant_qk=False, smooth_k=True, quant_out=False, out_scale=None,
+            sv=None):
     """(o, lse), or with quant_out (o int8, o_scale float32 (B, S, H), lse), or with out_scale (a one-element
-    float32 tensor) (o float8_e4m3fn at that static scale, lse)."""
+    float32 tensor) (o float8_e4m3fn at that static scale, lse; sv (B * S,) float32 receives out_scale per token)."""
+    if out_scale is not None and sv is None:
+        raise ValueError("attention: the fp8 static output needs its scale vector")
     b, s, h, d = q.shape
     odt = torch.int8 if quant_out else torch.float8_e4m3fn if out_scale is not None else v.dtype
     o = torch.empty((b, s, h, d), dtype=odt, device=v.device)
@@ -509,7 +514,7 @@ def _launch(q, k, v, qs, ks, sm_scale, int8, quant_qk=False, smooth_k=True, quan
     grid = lambda meta: (_grid_m(s, meta), b * h)  # noqa: E731
     dummy = lse
     _attn_fwd[grid](q, k, v, qs if qs is not None else dummy, ks if ks is not None else dummy, o, lse,
-                    osc if osc is not None else dummy,
+                    osc if osc is not None else dummy, sv if sv is not None else dummy,
                     q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                     v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
                     h, s, qk_scale, batch_tune(b), D=d, INT8=int8, QUANT_QK=quant_qk, SMOOTH_K=quant_qk and smooth_k,
@@ -596,10 +601,11 @@ def attention_fp8_static_out(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     _check_qkv(q, k, v, int8=False)
     from qvit.kernels.quant import check_static_scale
     check_static_scale("attention_fp8_static_out", out_scale, q.device)
-    o, _ = _launch(q, k, v, None, None, sm_scale, False, quant_qk=int8_qk, smooth_k=smooth_k,
-                   out_scale=out_scale.reshape(1))
     b, s = q.shape[:2]
-    return o, out_scale.reshape(()).expand(b * s).contiguous()
+    sv = torch.empty((b * s,), dtype=torch.float32, device=q.device)  # written by the kernel
+    o, _ = _launch(q, k, v, None, None, sm_scale, False, quant_qk=int8_qk, smooth_k=smooth_k,
+                   out_scale=out_scale.reshape(1), sv=sv)
+    return o, sv
 
 
 def attention_bwd_ref(q, k, v, o, lse, do, sm_scale):

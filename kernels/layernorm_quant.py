@@ -73,6 +73,13 @@ if triton is not None:
         return v
 
     @triton.jit
+    def _store_static_scale(sv_ptr, s_ptr, rows, mask):
+        """sv[rows] = s_ptr[0]: the per-token scale vector (M,) of an fp8 output at one static scale, which the next
+        GEMM reads, written by the kernel that wrote the codes. A separate fill (`expand(m).contiguous()`) was a
+        launch of its own after fc1 and after the attention in every block: 48 of ViT-L/16's ~220 at batch 1."""
+        tl.store(sv_ptr + rows, tl.zeros(rows.shape, tl.float32) + tl.load(s_ptr), mask=mask)
+
+    @triton.jit
     def _int8_rn(v):
         """float32 -> int8 as torch.round(v).clamp(-127, 127) (nearest, ties to even; NaN aside): one cvt.rni
         per element, a max at -127 (cvt.pack.sat would give -128 from -127.5 down: session 12 call 4's GPU test

@@ -35,7 +35,8 @@ _OUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 if triton is not None:
     # one rounding rule for every quantizer
-    from qvit.kernels.layernorm_quant import _div_rn_fast, _fp8_static_codes, _int8_rn, _round_e4m3
+    from qvit.kernels.layernorm_quant import (_div_rn_fast, _fp8_static_codes, _int8_rn, _round_e4m3,
+                                              _store_static_scale)
 
     # narrow K tiles, offered only for inputs with 32- or 64-channel scale groups (proj after the quantizing
     # attention epilogue: one group per head); the other calls are tuned over the same tiles as before
@@ -297,7 +298,7 @@ if triton is not None:
                      prune_configs_by={"early_config_prune": _prune})
     @triton.jit
     def _w8a8_kernel(
-        x_ptr, xs_ptr, w_ptr, ws_ptr, b_ptr, r_ptr, y_ptr, ys_ptr,
+        x_ptr, xs_ptr, w_ptr, ws_ptr, b_ptr, r_ptr, y_ptr, ys_ptr, sv_ptr,
         M, N, K,
         stride_xm, stride_wn, stride_rm, stride_ym,
         HAS_BIAS: tl.constexpr, GELU: tl.constexpr, HAS_RES: tl.constexpr, FP8: tl.constexpr,
@@ -309,7 +310,8 @@ if triton is not None:
         int32 product is scaled by its group's scale into a float32 accumulator. QOUT > 0: the output is
         quantized in the epilogue, per token and per group of QOUT output channels: int8 into y, scales
         (M, N // QOUT) into ys (the next GEMM's XG input; no residual then). QOUT < 0: float8 out with the
-        static scale ys[0]."""
+        static scale ys[0], and ys[0] into sv[m] (the scale vector (M,) the next GEMM reads) from the first
+        column of tiles."""
         # grouped tile order: GROUP_M row-tiles share one sweep over N, so W tiles stay in L2
         pid = tl.program_id(0)
         num_pid_m = tl.cdiv(M, BLOCK_M)
@@ -366,6 +368,8 @@ if triton is not None:
         else:
             xs = tl.load(xs_ptr + offs_m, mask=mask_m, other=0.0)
             y = acc.to(tl.float32) * xs[:, None] * ws[None, :]
+        if QOUT < 0 and pid_n == 0:
+            _store_static_scale(sv_ptr, ys_ptr, offs_m, mask_m)
         if QOUT < 0 and GELU == 2:  # the same with GELU's tanh form (QuantConfig.gelu_tanh)
             _epilogue_fp8_static_gelu_tanh(y, offs_m, offs_n, mask_m, mask_n, b_ptr, y_ptr, ys_ptr, stride_ym,
                                            HAS_BIAS)
@@ -418,7 +422,10 @@ def _fake(xq, x_scale, wq, w_scale, bias=None, residual=None, gelu=False, out_dt
     return xq.new_empty((xq.shape[0], wq.shape[0]), dtype=out_dtype)
 
 
-def _launch(xq, x_scale, wq, w_scale, bias, residual, gelu, y, ys, qout, fp8_fast_accum=False):
+def _launch(xq, x_scale, wq, w_scale, bias, residual, gelu, y, ys, qout, fp8_fast_accum=False, sv=None):
+    """qout < 0 (fp8 out at the static scale ys (1,)): sv (M,) float32 receives ys[0] per row."""
+    if qout < 0 and sv is None:
+        raise ValueError("w8a8_linear: the fp8 static output needs its scale vector")
     m, k = xq.shape
     n = wq.shape[0]
     if residual is not None and residual.stride(1) != 1:
@@ -428,7 +435,7 @@ def _launch(xq, x_scale, wq, w_scale, bias, residual, gelu, y, ys, qout, fp8_fas
     _w8a8_kernel[grid](
         xq, x_scale, wq, w_scale, bias if bias is not None else w_scale,
         residual if residual is not None else y, y, ys if ys is not None else w_scale,
-        m, n, k, xq.stride(0), wq.stride(0),
+        sv if sv is not None else w_scale, m, n, k, xq.stride(0), wq.stride(0),
         residual.stride(0) if residual is not None else 0, y.stride(0),
         HAS_BIAS=bias is not None, GELU=gelu, HAS_RES=residual is not None,
         FP8=(2 if fp8_fast_accum else 1) if xq.dtype == torch.float8_e4m3fn else 0,
@@ -498,8 +505,9 @@ def w8a8_linear_fp8_static_out(xq: torch.Tensor, x_scale: torch.Tensor, wq: torc
     m, n = xq.shape[0], wq.shape[0]
     q = torch.empty((m, n), dtype=torch.float8_e4m3fn, device=xq.device)
     mode = _gelu_mode("w8a8_linear_fp8_static_out", gelu, gelu_tanh)
-    _launch(xq, x_scale, wq, w_scale, bias, None, mode, q, out_scale.reshape(1), -1, fp8_fast_accum=True)
-    return q, out_scale.reshape(()).expand(m).contiguous()
+    sv = torch.empty((m,), dtype=torch.float32, device=xq.device)  # written by the kernel
+    _launch(xq, x_scale, wq, w_scale, bias, None, mode, q, out_scale.reshape(1), -1, fp8_fast_accum=True, sv=sv)
+    return q, sv
 
 
 def _fake_quant_out(xq, x_scale, wq, w_scale, bias=None, gelu=False, group=128):

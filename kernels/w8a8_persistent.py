@@ -39,7 +39,7 @@ except ImportError:  # the launcher raises with the reason
 
 
 if triton is not None:
-    from qvit.kernels.layernorm_quant import _fp8_static_codes
+    from qvit.kernels.layernorm_quant import _fp8_static_codes, _store_static_scale
     from qvit.kernels.w8a8_linear import (_bias_gelu, _epilogue, _epilogue_fp8_static,
                                           _epilogue_fp8_static_gelu_tanh, _fp8_gelu_tanh_values)
 
@@ -99,7 +99,7 @@ if triton is not None:
                      prune_configs_by={"early_config_prune": _prune})
     @triton.jit
     def _w8a8_persistent_kernel(
-        x_desc, w_desc, xs_ptr, ws_ptr, b_ptr, r_ptr, y_ptr, qs_ptr, y_desc,
+        x_desc, w_desc, xs_ptr, ws_ptr, b_ptr, r_ptr, y_ptr, qs_ptr, sv_ptr, y_desc,
         M, N, K, stride_rm, stride_ym,
         HAS_BIAS: tl.constexpr, GELU: tl.constexpr, HAS_RES: tl.constexpr, FP8: tl.constexpr,
         QSTATIC: tl.constexpr, TMA_OUT: tl.constexpr, NUM_PROGRAMS: tl.constexpr,
@@ -140,6 +140,8 @@ if triton is not None:
             xs = tl.load(xs_ptr + offs_m, mask=mask_m, other=0.0)
             ws = tl.load(ws_ptr + offs_n, mask=mask_n, other=0.0)
             y = acc.to(tl.float32) * xs[:, None] * ws[None, :]
+            if QSTATIC and pid_n == 0:  # the scale vector (M,) the next GEMM reads: qs[0] per row
+                _store_static_scale(sv_ptr, qs_ptr, offs_m, mask_m)
             # the same values as below; boxes past M / N are clipped by the TMA unit. Without TMA_OUT (rows not
             # 16-byte aligned: y_desc is a placeholder) an EPI_TMA config runs the plain epilogue
             if EPI_TMA and TMA_OUT:
@@ -212,8 +214,9 @@ def w8a8_linear_persistent_fp8_static_out(xq: torch.Tensor, x_scale: torch.Tenso
     m = xq.shape[0]
     q = torch.empty((m, wq.shape[0]), dtype=torch.float8_e4m3fn, device=xq.device)
     mode = _gelu_mode("w8a8_linear_persistent_fp8_static_out", gelu, gelu_tanh)
-    _launch(xq, x_scale, wq, w_scale, bias, None, mode, q, out_scale.reshape(1))
-    return q, out_scale.reshape(()).expand(m).contiguous()
+    sv = torch.empty((m,), dtype=torch.float32, device=xq.device)  # written by the kernel
+    _launch(xq, x_scale, wq, w_scale, bias, None, mode, q, out_scale.reshape(1), sv)
+    return q, sv
 
 
 def _check_operands(name, xq, x_scale, wq):
@@ -230,8 +233,11 @@ def _check_operands(name, xq, x_scale, wq):
                          f"offsets {xq.data_ptr() % 16} and {wq.data_ptr() % 16}")
 
 
-def _launch(xq, x_scale, wq, w_scale, bias, residual, gelu, y, q_scale):
-    """y = the epilogue's output (out_dtype, or float8_e4m3fn at the static scale q_scale (1,) when given)."""
+def _launch(xq, x_scale, wq, w_scale, bias, residual, gelu, y, q_scale, sv=None):
+    """y = the epilogue's output (out_dtype, or float8_e4m3fn at the static scale q_scale (1,) when given; then sv
+    (M,) float32 receives q_scale[0] per row)."""
+    if q_scale is not None and sv is None:
+        raise ValueError("w8a8_linear_persistent: the fp8 static output needs its scale vector")
     m, n = y.shape
     if m == 0:
         return
@@ -248,7 +254,8 @@ def _launch(xq, x_scale, wq, w_scale, bias, residual, gelu, y, q_scale):
                              triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])),)
     _w8a8_persistent_kernel[grid](
         x_desc, w_desc, x_scale, w_scale, bias if bias is not None else w_scale,
-        residual if residual is not None else y, y, q_scale if q_scale is not None else w_scale, y_desc,
+        residual if residual is not None else y, y, q_scale if q_scale is not None else w_scale,
+        sv if sv is not None else w_scale, y_desc,
         m, n, xq.shape[1], residual.stride(0) if residual is not None else 0, y.stride(0),
         HAS_BIAS=bias is not None, GELU=gelu, HAS_RES=residual is not None,
         FP8=xq.dtype == torch.float8_e4m3fn, QSTATIC=q_scale is not None, TMA_OUT=tma_out, NUM_PROGRAMS=programs,

@@ -48,7 +48,7 @@ def _attention():
     ptrs = {m: {"q_ptr": "*i8" if m == "int8" else "*fp16", "k_ptr": "*i8" if m == "int8" else "*fp16",
                 "v_ptr": "*fp16", "qs_ptr": "*fp32", "ks_ptr": "*fp32",
                 "o_ptr": {"qout": "*i8", "fp8_static": "*fp8e4nv"}.get(m, "*fp16"),
-                "lse_ptr": "*fp32", "os_ptr": "*fp32"} for m in modes}
+                "lse_ptr": "*fp32", "os_ptr": "*fp32", "sv_ptr": "*fp32"} for m in modes}
     return A._attn_fwd, {m: ({"D": 64, **c}, ptrs[m]) for m, c in modes.items()}, {"qk_scale"}
 
 
@@ -56,7 +56,7 @@ def _w8a8():
     from qvit.kernels import w8a8_linear as W
     base = dict(HAS_BIAS=True, GELU=False, HAS_RES=False, FP8=0, XG=0, QOUT=0, GROUP_M=8)
     ptrs = {"x_ptr": "*i8", "xs_ptr": "*fp32", "w_ptr": "*i8", "ws_ptr": "*fp32", "b_ptr": "*fp32",
-            "r_ptr": "*bf16", "y_ptr": "*bf16", "ys_ptr": "*fp32"}
+            "r_ptr": "*bf16", "y_ptr": "*bf16", "ys_ptr": "*fp32", "sv_ptr": "*fp32"}
     return W._w8a8_kernel, {"plain": (base, ptrs), "gelu_res": ({**base, "GELU": True, "HAS_RES": True}, ptrs),
                             "qout": ({**base, "GELU": True, "QOUT": 128}, {**ptrs, "y_ptr": "*i8"}),
                             "fp8": ({**base, "FP8": 1}, {**ptrs, "x_ptr": "*fp8e4nv", "w_ptr": "*fp8e4nv"}),
@@ -106,7 +106,7 @@ def _w8a8p():
         return lambda c: {"x_desc": f"tensordesc<{dt}[{c['BLOCK_M']}, {c['BLOCK_K']}]>",
                           "w_desc": f"tensordesc<{dt}[{c['BLOCK_N']}, {c['BLOCK_K']}]>",
                           "xs_ptr": "*fp32", "ws_ptr": "*fp32", "b_ptr": "*fp32", "r_ptr": "*bf16", "y_ptr": f"*{out}",
-                          "qs_ptr": "*fp32", "y_desc": f"tensordesc<{out}[{c['BLOCK_M']}, {c['BLOCK_N']}]>"}
+                          "qs_ptr": "*fp32", "sv_ptr": "*fp32", "y_desc": f"tensordesc<{out}[{c['BLOCK_M']}, {c['BLOCK_N']}]>"}
     return P._w8a8_persistent_kernel, {
         "plain": (base, ptrs("i8")), "gelu_res": ({**base, "GELU": True, "HAS_RES": True}, ptrs("i8")),
         "fp8": ({**base, "FP8": True}, ptrs("fp8e4nv")),
