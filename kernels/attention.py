@@ -30,7 +30,7 @@ import math
 
 import torch
 
-from qvit.backend import interpreting, tune_shard
+from qvit.backend import interpreting, pdl_kwargs, tune_shard
 from qvit.kernels._op import fast_custom_op
 
 try:
@@ -74,7 +74,7 @@ def attention_int8_ref(q8, q_scale, k8, k_scale, v, sm_scale=None):
 
 if triton is not None:
     # one rounding rule for every quantizer
-    from qvit.kernels.layernorm_quant import _fp8_static_codes, _int8_rn, _store_static_scale
+    from qvit.kernels.layernorm_quant import _fp8_static_codes, _int8_rn, _pdl_enter, _store_static_scale
 
     _INTERP = tl.constexpr(interpreting())
 
@@ -284,13 +284,14 @@ if triton is not None:
                   H, S, qk_scale, BATCH_TUNE,
                   D: tl.constexpr, INT8: tl.constexpr, QUANT_QK: tl.constexpr, SMOOTH_K: tl.constexpr,
                   QOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TAIL_M: tl.constexpr,
-                  TAIL_N: tl.constexpr):
+                  TAIL_N: tl.constexpr, PDL: tl.constexpr = False):
         """INT8: q, k are int8 with per-token scales (qs, ks). QUANT_QK: q, k are fp16/bf16 and quantized
         here, on chip, as `quantize_qk_ref` does (Q per token; K per token, minus its mean over all tokens
         when SMOOTH_K: an extra pass over the head's K in every program), so that no int8 copy of Q/K goes
         through memory; QK^T then runs on the int8 tensor cores. TAIL_M > 0: programs past the S // BLOCK_M
         full query blocks take TAIL_M rows each (`_grid_m`); TAIL_N > 0: the keys past the last full BLOCK_N
         tile run as TAIL_N-wide tiles."""
+        _pdl_enter(PDL)
         pid_m = tl.program_id(0)
         bh = tl.program_id(1)
         b = (bh // H).to(tl.int64)
@@ -518,7 +519,7 @@ def _launch(q, k, v, qs, ks, sm_scale, int8, quant_qk=False, smooth_k=True, quan
                     q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                     v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
                     h, s, qk_scale, batch_tune(b), D=d, INT8=int8, QUANT_QK=quant_qk, SMOOTH_K=quant_qk and smooth_k,
-                    QOUT=1 if quant_out else 2 if out_scale is not None else 0)
+                    QOUT=1 if quant_out else 2 if out_scale is not None else 0, **pdl_kwargs(q.device))
     return (o, osc, lse) if quant_out else (o, lse)
 
 

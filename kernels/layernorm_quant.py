@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from qvit.backend import interpreting, tune_shard
+from qvit.backend import interpreting, pdl_kwargs, tune_shard
 from qvit.kernels._op import fast_custom_op
 from qvit.kernels.quant import quantize_int8_per_token
 
@@ -28,6 +28,7 @@ try:
     import triton
     import triton.language as tl
     from triton.language.extra import libdevice
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 except ImportError:
     triton = None
 
@@ -71,6 +72,32 @@ if triton is not None:
         if _INTERP:
             v = _round_e4m3(v)
         return v
+
+    @triton.jit
+    def _pdl_enter(PDL: tl.constexpr):
+        """Programmatic dependent launch (`qvit.backend.pdl_kwargs`): wait until the previous kernel on the stream
+        has finished and its writes are visible (griddepcontrol.wait), then let the next kernel launch
+        (griddepcontrol.launch_dependents: it starts once every program here has passed this point, and waits in
+        its own _pdl_enter). Every load of a previous kernel's output and every store of a kernel must come after
+        this call; loads of constants (weights) and L2 prefetches may come before. Nothing without PDL."""
+        if PDL:
+            gdc_wait()
+            gdc_launch_dependents()
+
+    @triton.jit
+    def _prefetch_rows_l2(ptr, rows, mask_rows, row_stride, row_bytes, PDL: tl.constexpr):
+        """With PDL only: prefetch.global.L2 of every 128-byte line of rows `rows` (row_bytes each, 1-byte
+        elements), before _pdl_enter, so that a GEMM's weight tile streams into L2 while the previous kernel
+        finishes (at batch 1 every linear reads its weights from DRAM: ViT-L/16's 300 MB of fp8 weights do not
+        fit the 50 MB L2). A hint with no result."""
+        if PDL:
+            LINES: tl.constexpr = 8
+            for c0 in range(0, row_bytes, 128 * LINES):
+                cols = c0 + tl.arange(0, LINES) * 128
+                ok = mask_rows[:, None] & (cols < row_bytes)[None, :]
+                off = tl.where(ok, rows[:, None].to(tl.int64) * row_stride + cols[None, :], 0)
+                tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [ptr + off],
+                                          dtype=tl.int32, is_pure=False, pack=1)
 
     @triton.jit
     def _store_static_scale(sv_ptr, s_ptr, rows, mask):
@@ -134,9 +161,10 @@ if triton is not None:
     @triton.jit
     def _ln_quant_kernel(x_ptr, w_ptr, b_ptr, q_ptr, s_ptr, st_ptr, M, K, stride_xm, stride_qm, eps,
                          NORM: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_K: tl.constexpr, FP8: tl.constexpr,
-                         ROWS: tl.constexpr, STATIC: tl.constexpr = False):
+                         ROWS: tl.constexpr, STATIC: tl.constexpr = False, PDL: tl.constexpr = False):
         """ROWS whole rows per program as one (ROWS, BLOCK_K) tile: every load of the tile is issued before
         the first reduction waits on any of them (the memory-level parallelism a row-at-a-time loop lacks)."""
+        _pdl_enter(PDL)
         pid = tl.program_id(0)
         offs_k = tl.arange(0, BLOCK_K)
         rows = pid * ROWS + tl.arange(0, ROWS)
@@ -229,7 +257,7 @@ def _launch(x, weight, bias, eps, qdtype, static=None):
         x, weight if weight is not None else s, bias if bias is not None else s, q, s,
         static if static is not None else s, m, k, x.stride(0), q.stride(0), eps,
         NORM=weight is not None, HAS_BIAS=bias is not None, BLOCK_K=block_k, FP8=qdtype == torch.float8_e4m3fn,
-        STATIC=static is not None)
+        STATIC=static is not None, **pdl_kwargs(x.device))
     return q, s
 
 

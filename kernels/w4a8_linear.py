@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from qvit.backend import interpreting, tune_shard
+from qvit.backend import interpreting, pdl_kwargs, tune_shard
 from qvit.kernels import quant as Q
 from qvit.kernels._op import fast_custom_op
 
@@ -260,15 +260,16 @@ def expand_int4_progressive(packed: torch.Tensor, s2: torch.Tensor, group_size: 
 
 
 if triton is not None:
-    from qvit.kernels.layernorm_quant import _round_e4m3
+    from qvit.kernels.layernorm_quant import _pdl_enter, _round_e4m3
 
     _INTERP_POW2 = tl.constexpr(interpreting())
 
     @triton.jit
     def _expand_pow2_kernel(p_ptr, e_ptr, w_ptr, N, K, GROUP: tl.constexpr, BLOCK_N: tl.constexpr,
-                            BLOCK_K: tl.constexpr):
+                            BLOCK_K: tl.constexpr, PDL: tl.constexpr = False):
         """(BN, BK) tile of the e4m3 weight q4 * 2^(6 - e) from its nibbles and group exponents: the power of two
-        built from its exponent bits, so the product is exact and the cast a conversion."""
+        built from its exponent bits, so the product is exact and the cast a conversion. PDL: the 4-bit weight
+        (a constant) is read and expanded before the wait for the previous kernel; only the store comes after."""
         offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         k0 = tl.program_id(1) * BLOCK_K
         offs_kh = k0 // 2 + tl.arange(0, BLOCK_K // 2)
@@ -283,6 +284,7 @@ if triton is not None:
         w = tl.reshape(tl.reshape(q, (BLOCK_N, BLOCK_K // GROUP, GROUP)) * f[:, :, None], (BLOCK_N, BLOCK_K))
         if _INTERP_POW2:  # the interpreter's cast rounds wrongly at binade edges: on the grid first (a no-op here)
             w = _round_e4m3(w)
+        _pdl_enter(PDL)
         tl.store(w_ptr + offs_n[:, None].to(tl.int64) * K + offs_k[None, :], w.to(tl.float8e4nv), mask=mask_n[:, None])
 
 
@@ -305,5 +307,5 @@ def expand_int4_pow2(packed: torch.Tensor, e: torch.Tensor, group_size: int) -> 
         if k % bk:
             bk = group_size
         _expand_pow2_kernel[(triton.cdiv(n, bn), k // bk)](packed, e, w, n, k, GROUP=group_size, BLOCK_N=bn,
-                                                           BLOCK_K=bk)
+                                                           BLOCK_K=bk, **pdl_kwargs(packed.device))
     return w

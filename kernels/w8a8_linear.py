@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from qvit.backend import interpreting, tune_shard
+from qvit.backend import interpreting, pdl_kwargs, tune_shard
 from qvit.kernels._op import fast_custom_op
 from qvit.kernels.quant import check_gemm_operands
 
@@ -35,8 +35,8 @@ _OUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 if triton is not None:
     # one rounding rule for every quantizer
-    from qvit.kernels.layernorm_quant import (_div_rn_fast, _fp8_static_codes, _int8_rn, _round_e4m3,
-                                              _store_static_scale)
+    from qvit.kernels.layernorm_quant import (_div_rn_fast, _fp8_static_codes, _int8_rn, _pdl_enter,
+                                              _prefetch_rows_l2, _round_e4m3, _store_static_scale)
 
     # narrow K tiles, offered only for inputs with 32- or 64-channel scale groups (proj after the quantizing
     # attention epilogue: one group per head); the other calls are tuned over the same tiles as before
@@ -304,7 +304,7 @@ if triton is not None:
         HAS_BIAS: tl.constexpr, GELU: tl.constexpr, HAS_RES: tl.constexpr, FP8: tl.constexpr,
         XG: tl.constexpr, QOUT: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-        EPI_SPLIT: tl.constexpr = False, PREFETCH_RES: tl.constexpr = False,
+        EPI_SPLIT: tl.constexpr = False, PREFETCH_RES: tl.constexpr = False, PDL: tl.constexpr = False,
     ):
         """XG > 0: x's scales are per token and per group of XG channels, xs (M, K // XG): each K tile's
         int32 product is scaled by its group's scale into a float32 accumulator. QOUT > 0: the output is
@@ -327,6 +327,9 @@ if triton is not None:
         offs_k = tl.arange(0, BLOCK_K)
         mask_m = offs_m < M
         mask_n = offs_n < N
+        # PDL: this tile's weight rows (constants) into L2 while the previous kernel finishes, then wait for it
+        _prefetch_rows_l2(w_ptr, offs_n, mask_n, stride_wn, K, PDL)
+        _pdl_enter(PDL)
         if HAS_RES and PREFETCH_RES:
             _prefetch_res_l2(r_ptr, offs_m, pid_n, M, N, stride_rm, BLOCK_N)
         # 64-bit row offsets: M * K overflows int32 beyond 2^31 elements
@@ -439,7 +442,7 @@ def _launch(xq, x_scale, wq, w_scale, bias, residual, gelu, y, ys, qout, fp8_fas
         residual.stride(0) if residual is not None else 0, y.stride(0),
         HAS_BIAS=bias is not None, GELU=gelu, HAS_RES=residual is not None,
         FP8=(2 if fp8_fast_accum else 1) if xq.dtype == torch.float8_e4m3fn else 0,
-        XG=xg, QOUT=qout,
+        XG=xg, QOUT=qout, **pdl_kwargs(xq.device),
     )
 
 

@@ -27,7 +27,7 @@ import functools
 
 import torch
 
-from qvit.backend import interpreting, tune_shard
+from qvit.backend import interpreting, pdl_kwargs, tune_shard
 from qvit.kernels._op import fast_custom_op
 
 try:
@@ -39,7 +39,7 @@ except ImportError:  # the launcher raises with the reason
 
 
 if triton is not None:
-    from qvit.kernels.layernorm_quant import _fp8_static_codes, _store_static_scale
+    from qvit.kernels.layernorm_quant import _fp8_static_codes, _pdl_enter, _store_static_scale
     from qvit.kernels.w8a8_linear import (_bias_gelu, _epilogue, _epilogue_fp8_static,
                                           _epilogue_fp8_static_gelu_tanh, _fp8_gelu_tanh_values)
 
@@ -105,10 +105,12 @@ if triton is not None:
         QSTATIC: tl.constexpr, TMA_OUT: tl.constexpr, NUM_PROGRAMS: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
         EPI_SPLIT: tl.constexpr = False, CTAS_PER_SM: tl.constexpr = 1, EPI_TMA: tl.constexpr = False,
+        PDL: tl.constexpr = False,
     ):
         # NUM_PROGRAMS = the SM count (2 under the interpreter); the grid is NUM_PROGRAMS x CTAS_PER_SM programs
         # (fewer when there are fewer tiles: then each takes one)
         STEP: tl.constexpr = NUM_PROGRAMS * CTAS_PER_SM
+        _pdl_enter(PDL)
         num_pid_m = tl.cdiv(M, BLOCK_M)
         num_pid_n = tl.cdiv(N, BLOCK_N)
         num_tiles = num_pid_m * num_pid_n
@@ -259,4 +261,5 @@ def _launch(xq, x_scale, wq, w_scale, bias, residual, gelu, y, q_scale, sv=None)
         m, n, xq.shape[1], residual.stride(0) if residual is not None else 0, y.stride(0),
         HAS_BIAS=bias is not None, GELU=gelu, HAS_RES=residual is not None,
         FP8=xq.dtype == torch.float8_e4m3fn, QSTATIC=q_scale is not None, TMA_OUT=tma_out, NUM_PROGRAMS=programs,
+        **pdl_kwargs(xq.device),
     )

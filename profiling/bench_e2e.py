@@ -40,10 +40,10 @@ QVIT_VARIANTS = {k: VARIANTS[k] for k in MAIN + ("x w4a16-int4+sdpa", "x fp8+sdp
                                                  "x 8bit-g128+qvit-attn-fp16qk", "x 8bit-g128+qvit-attn",
                                                  "x fp8+qvit-attn", "x fp8+qvit-attn-fp16qk",
                                                  "x fp8s+qvit-attn-fp16qk", "x fp8s+sdpa-noflash",
-                                                 "x fp8s2+qvit-attn-fp16qk", "x fp8s2t+qvit-attn-fp16qk",
-                                                 "x 4bit-fp8s2t+qvit-attn-fp16qk", "x fp8s2t+qvit-attn",
-                                                 "x 4bit-fp8s2t+qvit-attn", "x fp8s2t+sdpa-noflash",
-                                                 "x 4bit-fp8s2t+sdpa-noflash")}
+                                                 "x fp8s2+qvit-attn-fp16qk", "x fp8s2t+qvit-attn",
+                                                 "x 4bit-fp8s2t+qvit-attn", "x 8bit-int8+qvit-attn",
+                                                 "x 4bit-int8+qvit-attn", "x 8bit-int8+sdpa-noflash",
+                                                 "x 4bit-int8+sdpa-noflash")}
 
 
 def _stats(ms: list[float]) -> dict:

@@ -63,6 +63,26 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+@functools.lru_cache(maxsize=None)
+def _cc_major(index: int) -> int:
+    import torch
+    return torch.cuda.get_device_capability(index)[0]
+
+
+def pdl_kwargs(device) -> dict:
+    """Launch keywords for qvit's Triton kernels: {"PDL": True, "launch_pdl": True} where QVIT_PDL=1 and the device
+    is sm_90 or newer (programmatic dependent launch: the kernel may start while the previous one on the stream
+    finishes; each kernel waits (griddepcontrol.wait) before it touches anything the previous one wrote, and
+    before any store), else {} (the kernels' PDL constexpr defaults to False). Never under the interpreter, which
+    cannot run the griddepcontrol instructions. Off by default: built in session 14 without device time left to
+    measure it (NOTES.md)."""
+    if os.environ.get("QVIT_PDL", "0") != "1" or interpreting() or device.type != "cuda":
+        return {}
+    import torch
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return {"PDL": True, "launch_pdl": True} if _cc_major(index) >= 9 else {}
+
+
 def tune_shard(configs: list) -> list:
     """The autotuner configs this process compiles. QVIT_TUNE_SHARD="i/n" keeps configs i, i + n, ... (at
     least one): n processes started with i = 0 .. n-1 and TRITON_CACHE_AUTOTUNING=0 compile every config once

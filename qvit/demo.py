@@ -56,12 +56,19 @@ class Demo:
         self.lock = threading.Lock()
         self.variants = {}
         cuda = self.device.type == "cuda"
+        calib, why = None, None
+        if any(p and QuantConfig.preset(p).needs_calibration for p, *_ in VARIANTS.values()):
+            calib, why = self._calibration_images(base)
+        self.skipped = {}
         for name, (preset, attn, int8_qk, keep_format) in VARIANTS.items():
-            if preset and QuantConfig.preset(preset).needs_calibration:
-                continue  # static activation scales need calibration images, which the demo does not load
+            cfg = QuantConfig.preset(preset, keep=KEEP, keep_format=keep_format, int8_attention=int8_qk) if preset else None
+            if cfg is not None and cfg.needs_calibration and calib is None:
+                self.skipped[name] = why
+                print(f"qvit demo: {name} left out: {why}", file=sys.stderr)
+                continue
             m = copy.deepcopy(base)
-            if preset:
-                quantize(m, QuantConfig.preset(preset, keep=KEEP, keep_format=keep_format, int8_attention=int8_qk))
+            if cfg is not None:
+                quantize(m, cfg, calib=calib if cfg.needs_calibration else None)
             before = torch.cuda.memory_allocated() if cuda else 0
             linear, a = ("triton", attn) if cuda else ("torch", "torch")
             pred = Predictor(m, self.device, linear=linear, attn=a)
@@ -77,6 +84,22 @@ class Demo:
         self.samples = self._samples(stream_images)
         self.stream = {"index": None, "top1": {}}
         self._stop = threading.Event()
+
+    @staticmethod
+    def _calibration_images(base, n: int = 256):
+        """(images, None) for the presets with static activation scales: the first n CIFAR-10 training images,
+        normalized as the model's inputs (what `qvit study` calibrates on), or (None, why) where there are none."""
+        if base.cfg.img_size != 32 or base.cfg.in_chans != 3:
+            return None, (f"its static fp8 scales calibrate on CIFAR-10 training images (32 px), the model takes "
+                          f"{base.cfg.img_size} px")
+        try:
+            from qvit.train.data import load_cifar10
+            x, _ = load_cifar10("train")
+        except Exception as e:  # noqa: BLE001  (the other variants still run)
+            return None, f"no CIFAR-10 training images to calibrate its static fp8 scales on ({e})"
+        from qvit.vit.deploy import model_norm
+        mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in model_norm(base))
+        return (x[:n].float().div(255) - mean) / std, None
 
     @staticmethod
     def _capture(pred):
@@ -175,7 +198,7 @@ class Demo:
                          "weight_bytes": v["weight_bytes"], "gpu_bytes": v["gpu_bytes"], "backend": v["backend"],
                          "format": v["preset"], "stream_top1": self.stream["top1"].get(name)}
         return {"device": str(self.device), "model": os.path.basename(self.model_path), "variants": out,
-                "stream_index": self.stream["index"]}
+                "left_out": dict(self.skipped), "stream_index": self.stream["index"]}
 
     def stream_loop(self, pause_s: float):
         k = 0

@@ -187,3 +187,17 @@ def test_bench_provider_selection(monkeypatch):
     monkeypatch.setattr(B, "_WARM", True)
     assert list(B._select(P)) == ["qvit w8a8 (int8 in)"]
     assert list(B._select(P, "bnb", ("torch bf16 (cuBLAS)",))) == []
+
+
+def test_pdl_off_unless_asked_and_never_on_cpu_or_interpreter(monkeypatch):
+    """Programmatic dependent launch is opt-in (QVIT_PDL=1) and never reaches a CPU tensor or the interpreter,
+    which cannot run griddepcontrol: the kernels then get no PDL keywords (their constexpr stays False)."""
+    import torch
+
+    from qvit.backend import pdl_kwargs
+    monkeypatch.delenv("QVIT_PDL", raising=False)
+    assert pdl_kwargs(torch.device("cuda", 0)) == {}
+    monkeypatch.setenv("QVIT_PDL", "1")
+    assert pdl_kwargs(torch.device("cpu")) == {}
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert pdl_kwargs(torch.device("cuda", 0)) == {}

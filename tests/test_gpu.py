@@ -873,3 +873,31 @@ def test_attention_quantized_output_gpu(poison, b, s, int8_qk):
     torch.testing.assert_close(osc, sr, rtol=2 ** -10, atol=0)
     d = (o8.reshape(b, s, 1024).int() - qr.int()).abs()
     assert int(d.max()) <= 1 and float(d.float().mean()) < 0.1
+
+
+@pytest.mark.parametrize("variant", ["3 8bit+qvit-attn", "2 4bit+qvit-attn"])
+def test_pdl_same_logits_eager_and_graphed_gpu(monkeypatch, variant):
+    """QVIT_PDL=1 (programmatic dependent launch, `qvit.backend.pdl_kwargs`): the same logits, bit for bit, as
+    without it, eager and replayed from a CUDA graph. Every kernel then may start while the previous one finishes
+    and must wait (griddepcontrol.wait) before reading its output or storing anything: a load or store placed
+    before the wait would race with the previous kernel. ViT-L/16 at batch 1 (the small-M GEMMs, the expansion
+    kernel of the 4-bit row, which reads its constant weights before the wait); the same tuned configs either way
+    (PDL is not in the autotuner keys)."""
+    from qvit.profiling.bench_e2e import capture_graph
+    from qvit.profiling.launches import build
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("programmatic dependent launch needs sm_90 or newer")
+    m, x = build(variant, "vit_large_patch16_224", dtype=torch.bfloat16)
+    monkeypatch.setenv("QVIT_PDL", "0")
+    with torch.no_grad():
+        ref = m(x)
+    monkeypatch.setenv("QVIT_PDL", "1")
+    with torch.no_grad():
+        y = m(x)
+    got, why = capture_graph(m, x)
+    assert got is not None, why
+    g, out = got
+    for _ in range(3):
+        g.replay()
+    torch.cuda.synchronize()
+    assert torch.isfinite(ref).all() and torch.equal(y, ref) and torch.equal(out, ref)

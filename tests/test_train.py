@@ -234,7 +234,7 @@ def test_study_and_report_on_cpu(tmp_path):
     assert v["2 4bit+qvit-attn"]["weight_bytes"] < v["3 8bit+qvit-attn"]["weight_bytes"] < v["1 bf16"]["weight_bytes"]
     assert "block7" in r["ablation"]["top1"] and "all linears (no protection)" in r["ablation"]["drop"]
     md = render(str(run))
-    assert "| 3 8bit+qvit-attn | w8a8 | int8 |" in md and "Layerwise sensitivity" in md
+    assert "| 3 8bit+qvit-attn | fp8s2t | int8 |" in md and "Layerwise sensitivity" in md
     assert os.path.isfile(write(str(run)))
     shutil.rmtree(run)
 

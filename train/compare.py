@@ -22,7 +22,12 @@ import sys
 import torch
 
 from qvit.train.report import _load
-from qvit.variants import FOUR_BIT
+from qvit.variants import FOUR_BIT, MAIN, VARIANTS
+
+# the rows a QAT or QLoRA model is evaluated on: those whose 4-bit preset the finetune fake-quantized (FOUR_BIT, the
+# int8 pipeline's; the study's own 4-bit rows run w4f8s2t, which QAT does not model)
+QAT_ROWS = ("1 bf16",) + tuple(k for k in ("x 4bit-int8+qvit-attn", "x 4bit-int8+sdpa-noflash")
+                               if VARIANTS[k][0] == FOUR_BIT)
 
 STAGES = ("train", "study", "qat", "qlora", "e2e", "report")
 
@@ -67,8 +72,7 @@ def run(out: str, stages=STAGES, tiny: bool | None = None, device=None, e2e_file
         _say("stage study")
         from qvit.train.study import study
         study(model_file, os.path.join(out, "study"), device=device, limit_test=limit_test,
-              variants=["1 bf16", "2 4bit+qvit-attn", "3 8bit+qvit-attn", "4 4bit+sdpa-noflash",
-                        "5 8bit+sdpa-noflash"] if tiny else None, ablation=not tiny)
+              variants=list(MAIN) + list(QAT_ROWS[1:]) if tiny else None, ablation=not tiny)
     short = dict(epochs=1 if tiny else 15, lr=1e-4, warmup_epochs=0 if tiny else 1, eval_every=1 if tiny else 5,
                  pretrained=model_file)
     qdir = os.path.join(out, f"qat-{FOUR_BIT}")
@@ -77,7 +81,7 @@ def run(out: str, stages=STAGES, tiny: bool | None = None, device=None, e2e_file
         train(replace(base_cfg, out=qdir, qat=FOUR_BIT, **short), resume=True, device=device)
         from qvit.train.study import study
         study(os.path.join(qdir, "model.safetensors"), os.path.join(qdir, "study"),
-              device=device, limit_test=limit_test, variants=["1 bf16", "2 4bit+qvit-attn", "4 4bit+sdpa-noflash"],
+              device=device, limit_test=limit_test, variants=list(QAT_ROWS),
               ablation=False)
     if "qlora" in stages and not os.path.exists(os.path.join(out, "qlora", "summary.json")):
         _say("stage qlora (rank 8)")
@@ -181,7 +185,7 @@ def write_results(out: str, tiny: bool, e2e_file: str | None = None, sizes_file:
         lines += ["## Recovery", ""]
         if qstudy:
             v = qstudy["variants"]
-            for k in ("2 4bit+qvit-attn", "4 4bit+sdpa-noflash"):
+            for k in QAT_ROWS[1:]:
                 if k in v and ref_acc:
                     lines.append(f"- QAT {qat['config']['qat'] if qat else '?'} ({qat['config']['epochs'] if qat else '?'} "
                                  f"epochs) then {k} ({v[k].get('preset', '?')}): top-1 "
@@ -194,7 +198,7 @@ def write_results(out: str, tiny: bool, e2e_file: str | None = None, sizes_file:
                          f"qvit NF4 {q['merged_nf4']['top1']:.2f}, W4A8 {q['merged_w4a8']['top1']:.2f}")
         if qlstudy and ref_acc:
             v = qlstudy["variants"]
-            for k in ("2 4bit+qvit-attn", "4 4bit+sdpa-noflash"):
+            for k in QAT_ROWS[1:]:
                 if k in v:
                     lines.append(f"- QLoRA merged model then {k}: top-1 {v[k]['top1']:.2f} "
                                  f"({v[k]['top1'] - ref_acc['top1']:+.2f} vs bf16 baseline)")
