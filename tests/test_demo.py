@@ -104,3 +104,23 @@ def test_demo_check_compares_with_the_benchmark_timing(tmp_path):
         # the same benchmark timing after the demo's measured host pause (what explains a demo/benchmark gap)
         assert r["bench_after_pause_ms"]["n"] == 3 and r["bench_after_pause_ms"]["p50"] > 0
     assert res["pause_ms"] >= 0
+
+
+def test_demo_calibration_images(monkeypatch):
+    """The fp8 rows' static scales calibrate on the first 256 CIFAR-10 training images, normalized with the model's
+    own mean / std (what `qvit study` feeds them); a model of another input size gets none, with the reason."""
+    import torch
+
+    from qvit.demo import Demo
+    from qvit.train.data import load_cifar10
+    from qvit.vit import ViT
+    from qvit.vit.deploy import model_norm
+    m = ViT.from_name("vit_micro_patch4_32")
+    x, why = Demo._calibration_images(m)
+    raw, _ = load_cifar10("train")
+    mean, std = model_norm(m)
+    assert why is None and x.shape == (256, 3, 32, 32) and x.dtype == torch.float32
+    assert torch.allclose(x[7, 2], (raw[7, 2].float() / 255 - mean[2]) / std[2])
+    big = ViT.from_name("vit_base_patch16_224")
+    x, why = Demo._calibration_images(big)
+    assert x is None and "224 px" in why
