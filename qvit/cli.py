@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("check", help="quantize a model with every preset and compare its logits with float (default run)")
     s.add_argument("--model", default="vit_small_patch4_32")
-    s.add_argument("--presets", nargs="+", default=["w8a8", "fp8", "fp8s", "w4a8", "w4a8p", "w4a16", "nf4"])
+    s.add_argument("--presets", nargs="+", default=["w8a8", "fp8", "fp8s", "fp8s2t", "w4a8", "w4a8p", "w4f8s2t", "w4a16", "nf4"])
     s.add_argument("--batch", type=int, default=8)
     s.add_argument("--keep", nargs="*", default=["head", "blocks.0.", "blocks.-1."])
     s.add_argument("--backend", default=None, help="linear backend: torch | triton | cuda | auto")
