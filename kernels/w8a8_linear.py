@@ -18,6 +18,8 @@ Reference: `qvit.kernels.quant.int8_matmul_ref` (exact integer dot in float64), 
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 from qvit.backend import interpreting, pdl_kwargs, tune_shard
@@ -31,6 +33,9 @@ except ImportError:  # the torch backend still works; the launcher raises with t
     triton = None
 
 _OUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# split-K (QVIT_SPLITK=1, fp8 fast accumulation): offered up to this many tokens, at most this many splits and
+# output tiles (the per-tile arrival counters)
+SPLITK_MAX_M, SPLITK_MAX, SPLITK_TILES = 512, 8, 4096
 
 
 if triton is not None:
@@ -71,6 +76,14 @@ if triton is not None:
                                  (128, 128, 128, 8, 4), (64, 128, 128, 4, 4)]:
             cfgs.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8,
                                        "PREFETCH_RES": True}, num_warps=w, num_stages=s))
+        if os.environ.get("QVIT_SPLITK", "0") == "1":
+            # split-K (fp8 fast accumulation, M <= SPLITK_MAX_M): at batch 1 (M = 197) a 128 x 128 tile grid has
+            # 16-64 programs for 132 SMs and each walks all of K; SPLIT_K programs per tile walk K / SPLIT_K each
+            # (128 x 128 left out: its reduction spilled 392 bytes, sm_90 Triton 3.6, `sass --mode fp8_splitk_res`)
+            for bm, bn, bk, w, s in [(64, 128, 128, 4, 4), (64, 64, 128, 4, 4), (128, 64, 128, 4, 4)]:
+                for sk in (2, 4, 8):
+                    cfgs.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8,
+                                               "SPLIT_K": sk}, num_warps=w, num_stages=s))
         return cfgs
 
     def _prune(configs, named_args, **kwargs):
@@ -80,9 +93,14 @@ if triton is not None:
         gelu = named_args.get("GELU", kwargs.get("GELU", False))
         has_res = named_args.get("HAS_RES", kwargs.get("HAS_RES", False))
         out = []
+        fp8 = named_args.get("FP8", kwargs.get("FP8", 0))
         for c in configs:
             bm, bn, bk = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]
             if c.kwargs.get("EPI_SPLIT") and (not gelu or qout):  # the same kernel as its unsplit twin there
+                continue
+            sk = c.kwargs.get("SPLIT_K", 1)
+            if sk > 1 and (fp8 != 2 or m > SPLITK_MAX_M or k < sk * bk
+                           or triton.cdiv(m, bm) * triton.cdiv(n, bn) > SPLITK_TILES):
                 continue
             if c.kwargs.get("PREFETCH_RES") and not has_res:
                 continue
@@ -99,7 +117,7 @@ if triton is not None:
             raise ValueError(f"w8a8_linear: no tile fits input group {xg} / output group {qout}")
         return out or [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"])
                        not in _GROUP_ONLY and not c.kwargs.get("EPI_SPLIT")
-                       and not c.kwargs.get("PREFETCH_RES")][-1:]
+                       and not c.kwargs.get("PREFETCH_RES") and c.kwargs.get("SPLIT_K", 1) == 1][-1:]
 
     _INTERP = tl.constexpr(interpreting())  # the interpreter cannot run inline PTX
 
@@ -298,22 +316,33 @@ if triton is not None:
                      prune_configs_by={"early_config_prune": _prune})
     @triton.jit
     def _w8a8_kernel(
-        x_ptr, xs_ptr, w_ptr, ws_ptr, b_ptr, r_ptr, y_ptr, ys_ptr, sv_ptr,
+        x_ptr, xs_ptr, w_ptr, ws_ptr, b_ptr, r_ptr, y_ptr, ys_ptr, sv_ptr, part_ptr, cnt_ptr,
         M, N, K,
         stride_xm, stride_wn, stride_rm, stride_ym,
         HAS_BIAS: tl.constexpr, GELU: tl.constexpr, HAS_RES: tl.constexpr, FP8: tl.constexpr,
         XG: tl.constexpr, QOUT: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
         EPI_SPLIT: tl.constexpr = False, PREFETCH_RES: tl.constexpr = False, PDL: tl.constexpr = False,
+        SPLIT_K: tl.constexpr = 1, HAS_PART: tl.constexpr = False, SPLIT_REV: tl.constexpr = False,
     ):
         """XG > 0: x's scales are per token and per group of XG channels, xs (M, K // XG): each K tile's
         int32 product is scaled by its group's scale into a float32 accumulator. QOUT > 0: the output is
         quantized in the epilogue, per token and per group of QOUT output channels: int8 into y, scales
         (M, N // QOUT) into ys (the next GEMM's XG input; no residual then). QOUT < 0: float8 out with the
         static scale ys[0], and ys[0] into sv[m] (the scale vector (M,) the next GEMM reads) from the first
-        column of tiles."""
+        column of tiles. SPLIT_K > 1 (fp8 fast accumulation): SPLIT_K programs per output tile, each over its
+        share of K; each stores its float32 partial tile into part (SPLIT_K, M, N) and takes a ticket from the
+        tile's counter (cnt, zero between calls); the last to arrive sums the partials, resets the counter and
+        runs the epilogue."""
         # grouped tile order: GROUP_M row-tiles share one sweep over N, so W tiles stay in L2
         pid = tl.program_id(0)
+        split = 0
+        tl.static_assert(SPLIT_K == 1 or (FP8 == 2 and HAS_PART), "split-K: fp8 fast accumulation with a workspace")
+        if SPLIT_K > 1:
+            split = pid % SPLIT_K
+            if SPLIT_REV:  # splits in the opposite program order (tests: the interpreter runs programs in order,
+                split = SPLIT_K - 1 - split  # so without it the last to arrive would always be split SPLIT_K - 1)
+            pid = pid // SPLIT_K
         num_pid_m = tl.cdiv(M, BLOCK_M)
         num_pid_n = tl.cdiv(N, BLOCK_N)
         group = GROUP_M * num_pid_n
@@ -332,9 +361,14 @@ if triton is not None:
         _pdl_enter(PDL)
         if HAS_RES and PREFETCH_RES:
             _prefetch_res_l2(r_ptr, offs_m, pid_n, M, N, stride_rm, BLOCK_N)
+        k_lo = 0
+        k_hi = K
+        if SPLIT_K > 1:  # whole K tiles per split
+            k_lo = split * (tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K)
+            k_hi = tl.minimum(K, k_lo + tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K)
         # 64-bit row offsets: M * K overflows int32 beyond 2^31 elements
-        x_ptrs = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm + offs_k[None, :]
-        w_ptrs = w_ptr + offs_n[None, :].to(tl.int64) * stride_wn + offs_k[:, None]
+        x_ptrs = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm + (k_lo + offs_k)[None, :]
+        w_ptrs = w_ptr + offs_n[None, :].to(tl.int64) * stride_wn + (k_lo + offs_k)[:, None]
         if FP8 or XG > 0:  # e4m3 operands (fp8 tensor cores) or group-scaled int8 partial products
             acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         else:
@@ -342,7 +376,7 @@ if triton is not None:
         if XG > 0:
             tl.static_assert(XG % BLOCK_K == 0, "a K tile must lie within one activation group")
             xs_row = xs_ptr + offs_m.to(tl.int64) * (K // XG)
-        for k0 in range(0, K, BLOCK_K):
+        for k0 in range(k_lo, k_hi, BLOCK_K):
             kmask = (k0 + offs_k) < K
             a = tl.load(x_ptrs, mask=mask_m[:, None] & kmask[None, :], other=0.0 if FP8 else 0)
             b = tl.load(w_ptrs, mask=kmask[:, None] & mask_n[None, :], other=0.0 if FP8 else 0)
@@ -365,6 +399,42 @@ if triton is not None:
             x_ptrs += BLOCK_K
             w_ptrs += BLOCK_K
 
+        if SPLIT_K > 1:
+            m2 = offs_m[:, None].to(tl.int64)
+            n2 = offs_n[None, :]
+            tmask = mask_m[:, None] & mask_n[None, :]
+            tl.store(part_ptr + split.to(tl.int64) * M * N + m2 * N + n2, acc, mask=tmask)
+            _fence_gpu()  # every thread's partial out to the GPU's view before the ticket (one thread takes it)
+            tl.debug_barrier()
+            ticket = tl.atomic_add(cnt_ptr + pid, 1, sem="acq_rel", scope="gpu")
+            if ticket == SPLIT_K - 1:
+                _fence_gpu()
+                # the others' partials onto this one's accumulator, past L1 (.cg): other SMs wrote them
+                for s in range(SPLIT_K):  # a loop, not unrolled: one partial tile in registers at a time
+                    acc += tl.load(part_ptr + s * M * N + m2 * N + n2, mask=tmask & (split != s), other=0.0,
+                                   cache_modifier=".cg")
+                tl.atomic_xchg(cnt_ptr + pid, 0)
+                _w8a8_finish(acc, offs_m, offs_n, mask_m, mask_n, pid_n, xs_ptr, ws_ptr, b_ptr, r_ptr, y_ptr, ys_ptr,
+                             sv_ptr, N, K, stride_rm, stride_ym, HAS_BIAS, GELU, HAS_RES, XG, QOUT, BLOCK_M, BLOCK_N,
+                             EPI_SPLIT)
+        else:
+            _w8a8_finish(acc, offs_m, offs_n, mask_m, mask_n, pid_n, xs_ptr, ws_ptr, b_ptr, r_ptr, y_ptr, ys_ptr,
+                         sv_ptr, N, K, stride_rm, stride_ym, HAS_BIAS, GELU, HAS_RES, XG, QOUT, BLOCK_M, BLOCK_N,
+                         EPI_SPLIT)
+
+    @triton.jit
+    def _fence_gpu():
+        """fence.acq_rel.gpu (nothing under the interpreter, which runs programs one after another)."""
+        if not _INTERP:
+            tl.inline_asm_elementwise("fence.acq_rel.gpu; mov.u32 $0, 0;", "=r", [], dtype=tl.int32,
+                                      is_pure=False, pack=1)
+
+    @triton.jit
+    def _w8a8_finish(acc, offs_m, offs_n, mask_m, mask_n, pid_n, xs_ptr, ws_ptr, b_ptr, r_ptr, y_ptr, ys_ptr, sv_ptr,
+                     N, K, stride_rm, stride_ym, HAS_BIAS: tl.constexpr, GELU: tl.constexpr, HAS_RES: tl.constexpr,
+                     XG: tl.constexpr, QOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     EPI_SPLIT: tl.constexpr):
+        """`_w8a8_kernel`'s scaling and epilogue on the whole-K accumulator of one output tile."""
         ws = tl.load(ws_ptr + offs_n, mask=mask_n, other=0.0)
         if XG > 0:
             y = acc * ws[None, :]
@@ -425,6 +495,30 @@ def _fake(xq, x_scale, wq, w_scale, bias=None, residual=None, gelu=False, out_dt
     return xq.new_empty((xq.shape[0], wq.shape[0]), dtype=out_dtype)
 
 
+_COUNTERS = {}
+_SPLIT_SEEN = [None, False]  # (the autotuner's config list, whether it holds a split-K config)
+
+
+def _has_split_configs() -> bool:
+    """Whether the W8A8 kernel may run a split-K config (QVIT_SPLITK=1, or a test pinned one): only then does a
+    launch get the partial-sum workspace and counters the split configs write."""
+    cfgs = _w8a8_kernel.configs
+    if _SPLIT_SEEN[0] is not cfgs:
+        _SPLIT_SEEN[:] = [cfgs, any(c.kwargs.get("SPLIT_K", 1) > 1 for c in cfgs)]
+    return _SPLIT_SEEN[1]
+
+
+def _split_counters(device) -> torch.Tensor:
+    """The split-K arrival counters (SPLITK_TILES int32, zero between calls: each tile's last program resets its
+    own), one buffer per (device, stream): GEMMs on one stream run one after another, on two streams they may
+    overlap. Allocated (a memset) on a stream's first split-K call only."""
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    key = (str(device), stream)
+    if key not in _COUNTERS:
+        _COUNTERS[key] = torch.zeros(SPLITK_TILES, dtype=torch.int32, device=device)
+    return _COUNTERS[key]
+
+
 def _launch(xq, x_scale, wq, w_scale, bias, residual, gelu, y, ys, qout, fp8_fast_accum=False, sv=None):
     """qout < 0 (fp8 out at the static scale ys (1,)): sv (M,) float32 receives ys[0] per row."""
     if qout < 0 and sv is None:
@@ -434,15 +528,20 @@ def _launch(xq, x_scale, wq, w_scale, bias, residual, gelu, y, ys, qout, fp8_fas
     if residual is not None and residual.stride(1) != 1:
         residual = residual.contiguous()
     xg = k // x_scale.shape[1] if x_scale.ndim == 2 else 0
-    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
+    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])  # noqa: E731
+                         * meta.get("SPLIT_K", 1),)
+    part, cnt = w_scale, w_scale  # placeholders: only the split-K configs touch them
+    if fp8_fast_accum and m <= SPLITK_MAX_M and _has_split_configs():
+        part = torch.empty((SPLITK_MAX, m, n), dtype=torch.float32, device=xq.device)
+        cnt = _split_counters(xq.device)
     _w8a8_kernel[grid](
         xq, x_scale, wq, w_scale, bias if bias is not None else w_scale,
         residual if residual is not None else y, y, ys if ys is not None else w_scale,
-        sv if sv is not None else w_scale, m, n, k, xq.stride(0), wq.stride(0),
+        sv if sv is not None else w_scale, part, cnt, m, n, k, xq.stride(0), wq.stride(0),
         residual.stride(0) if residual is not None else 0, y.stride(0),
         HAS_BIAS=bias is not None, GELU=gelu, HAS_RES=residual is not None,
         FP8=(2 if fp8_fast_accum else 1) if xq.dtype == torch.float8_e4m3fn else 0,
-        XG=xg, QOUT=qout, **pdl_kwargs(xq.device),
+        XG=xg, QOUT=qout, HAS_PART=part is not w_scale, **pdl_kwargs(xq.device),
     )
 
 

@@ -56,7 +56,8 @@ def _w8a8():
     from qvit.kernels import w8a8_linear as W
     base = dict(HAS_BIAS=True, GELU=False, HAS_RES=False, FP8=0, XG=0, QOUT=0, GROUP_M=8)
     ptrs = {"x_ptr": "*i8", "xs_ptr": "*fp32", "w_ptr": "*i8", "ws_ptr": "*fp32", "b_ptr": "*fp32",
-            "r_ptr": "*bf16", "y_ptr": "*bf16", "ys_ptr": "*fp32", "sv_ptr": "*fp32"}
+            "r_ptr": "*bf16", "y_ptr": "*bf16", "ys_ptr": "*fp32", "sv_ptr": "*fp32",
+            "part_ptr": "*fp32", "cnt_ptr": "*i32"}
     return W._w8a8_kernel, {"plain": (base, ptrs), "gelu_res": ({**base, "GELU": True, "HAS_RES": True}, ptrs),
                             "qout": ({**base, "GELU": True, "QOUT": 128}, {**ptrs, "y_ptr": "*i8"}),
                             "fp8": ({**base, "FP8": 1}, {**ptrs, "x_ptr": "*fp8e4nv", "w_ptr": "*fp8e4nv"}),
@@ -65,7 +66,10 @@ def _w8a8():
                                            {**ptrs, "x_ptr": "*fp8e4nv", "w_ptr": "*fp8e4nv", "y_ptr": "*fp8e4nv"}),
                             "fp8_static_tanh": ({**base, "FP8": 2, "GELU": 2, "QOUT": -1},
                                                 {**ptrs, "x_ptr": "*fp8e4nv", "w_ptr": "*fp8e4nv",
-                                                 "y_ptr": "*fp8e4nv"})}, set()
+                                                 "y_ptr": "*fp8e4nv"}),
+                            # split-K over 4 programs per tile (QVIT_SPLITK): proj / fc2 at batch 1
+                            "fp8_splitk_res": ({**base, "FP8": 2, "HAS_RES": True, "SPLIT_K": 4, "HAS_PART": True},
+                                               {**ptrs, "x_ptr": "*fp8e4nv", "w_ptr": "*fp8e4nv"})}, set()
 
 
 def _w4a16():

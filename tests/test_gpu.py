@@ -901,3 +901,32 @@ def test_pdl_same_logits_eager_and_graphed_gpu(monkeypatch, variant):
         g.replay()
     torch.cuda.synchronize()
     assert torch.isfinite(ref).all() and torch.equal(y, ref) and torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("tile", [(64, 128, 128), (64, 64, 128), (128, 64, 128)])
+@pytest.mark.parametrize("split", [2, 4, 8])
+@pytest.mark.parametrize("k,n", SHAPES[:4])
+def test_fp8_split_k_real_shapes_gpu(poison, monkeypatch, tile, split, k, n):
+    """The split-K configs (QVIT_SPLITK) at M = 197, pinned: the fp8 fast-accumulation GEMM + bias + residual
+    within the unsplit kernel's bar (each split accumulates in place over its share of K, the shares are summed in
+    float32), three calls in a row (the arrival counters reset), and fc1's GELU-tanh fp8 static output against the
+    unsplit kernel's codes (at most one e4m3 step apart: the two sum K in different orders)."""
+    from conftest import pin_config
+    from qvit.kernels import w8a8_linear as L
+    m = 197
+    xq, xs = Q.quantize_fp8_per_token(torch.randn(m, k, device=DEV))
+    wq, ws = Q.quantize_fp8_per_channel(torch.randn(n, k, device=DEV) * 0.02)
+    b, r = torch.randn(n, device=DEV), torch.randn(m, n, device=DEV, dtype=torch.bfloat16)
+    ref = Q.fp8_matmul_ref(xq, xs, wq, ws, b, torch.float32, residual=r)
+    s = torch.tensor(float(Q.fp8_matmul_ref(xq, xs, wq, ws, b, torch.float32, gelu=True).abs().max()) / 400,
+                     device=DEV)
+    q0, _ = L.w8a8_linear_fp8_static_out(xq, xs, wq, ws, b, True, s, True)
+    bm, bn, bk = tile
+    pin_config(monkeypatch, L._w8a8_kernel, triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8},
+                                                          num_warps=4, num_stages=4), SPLIT_K=split)
+    for _ in range(3):
+        y = L.w8a8_linear_fp8_fast_accum(xq, xs, wq, ws, b, r, False, torch.float32)
+        assert rel_err(y, ref) < 2 ** -9
+    q, sv = L.w8a8_linear_fp8_static_out(xq, xs, wq, ws, b, True, s, True)
+    assert torch.equal(sv, s.expand(m)) and int((e4m3_ordinal(q) - e4m3_ordinal(q0)).abs().max()) <= 1
+    assert int(L._split_counters(xq.device).abs().sum()) == 0

@@ -524,6 +524,42 @@ def test_fp8_w8a8_matches_reference(poison, m, k, n, gelu, res):
         assert rel_err(y, ref) < 2 ** -10, fn.__name__
 
 
+@pytest.mark.parametrize("split,rev", [(2, False), (3, False), (3, True)])
+@pytest.mark.parametrize("m,k,n,gelu,res", [(37, 160, 50, True, True), (5, 96, 40, False, False)])
+def test_fp8_split_k_matches_reference(poison, monkeypatch, split, rev, m, k, n, gelu, res):
+    """Split-K (the QVIT_SPLITK configs, pinned here): SPLIT_K programs per output tile over whole K tiles of their
+    share (K = 160 in 32-wide tiles split 3 ways: 2 + 2 + 1 tiles), float32 partial tiles summed by the last program
+    to arrive, then the usual epilogue: the reference within the unsplit kernel's bar, twice in a row (each
+    tile's counter is back at zero after a call), and fc1's fp8 static output with its scale vector. The
+    interpreter runs programs in order, so the last to arrive is split SPLIT_K - 1, or split 0 with rev (the
+    kernel's SPLIT_REV): every split's partial is then summed by another program in one of the two orders."""
+    from conftest import check_fp8_static_out, pin_config
+    from qvit.kernels import w8a8_linear as L
+    pin_config(monkeypatch, L._w8a8_kernel, SPLIT_K=split, SPLIT_REV=rev)
+    x, w, b = torch.randn(m, k), torch.randn(n, k), torch.randn(n)
+    xq, xs = Q.quantize_fp8_per_token(x)
+    wq, ws = Q.quantize_fp8_per_channel(w)
+    r = torch.randn(m, n).half() if res else None
+    ref = Q.fp8_matmul_ref(xq, xs, wq, ws, b, torch.float32, gelu=gelu, residual=r)
+    for _ in range(2):
+        y = L.w8a8_linear_fp8_fast_accum(xq, xs, wq, ws, b, r, gelu, torch.float16)
+        assert rel_err(y, ref) < 2 ** -10
+    assert int(L._split_counters(xq.device).abs().sum()) == 0
+    check_fp8_static_out(L.w8a8_linear_fp8_static_out, m, k, n, gelu)
+
+
+def test_split_k_refused_off_the_fp8_fast_path(monkeypatch):
+    """A split-K config pinned onto the int8 GEMM (no partial-sum workspace there) is a compile-time error, not a
+    write through a placeholder pointer."""
+    from conftest import pin_config
+    from qvit.kernels import w8a8_linear as L
+    pin_config(monkeypatch, L._w8a8_kernel, SPLIT_K=2)
+    xq, xs = Q.quantize_int8_per_token(torch.randn(5, 64))
+    wq, ws = Q.quantize_int8_per_channel(torch.randn(32, 64))
+    with pytest.raises(Exception, match="split-K"):
+        L.w8a8_linear(xq, xs, wq, ws)
+
+
 @pytest.mark.parametrize("fast", [True, False])
 def test_fp8_linear_runs_the_chosen_accumulation(monkeypatch, fast):
     """Fp8Linear on the Triton backend runs the in-place ("fast") accumulation GEMM by default and the
