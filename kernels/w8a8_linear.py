@@ -356,16 +356,18 @@ if triton is not None:
         offs_k = tl.arange(0, BLOCK_K)
         mask_m = offs_m < M
         mask_n = offs_n < N
-        # PDL: this tile's weight rows (constants) into L2 while the previous kernel finishes, then wait for it
-        _prefetch_rows_l2(w_ptr, offs_n, mask_n, stride_wn, K, PDL)
-        _pdl_enter(PDL)
         if HAS_RES and PREFETCH_RES:
             _prefetch_res_l2(r_ptr, offs_m, pid_n, M, N, stride_rm, BLOCK_N)
         k_lo = 0
         k_hi = K
         if SPLIT_K > 1:  # whole K tiles per split
-            k_lo = split * (tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K)
-            k_hi = tl.minimum(K, k_lo + tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K)
+            k_share = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K
+            k_lo = split * k_share
+            k_hi = tl.minimum(K, k_lo + k_share)
+        # PDL: the weight rows this program reads (constants: its share of K) into L2 while the previous kernel
+        # finishes, then wait for it
+        _prefetch_rows_l2(w_ptr + k_lo, offs_n, mask_n, stride_wn, k_hi - k_lo, PDL)
+        _pdl_enter(PDL)
         # 64-bit row offsets: M * K overflows int32 beyond 2^31 elements
         x_ptrs = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm + (k_lo + offs_k)[None, :]
         w_ptrs = w_ptr + offs_n[None, :].to(tl.int64) * stride_wn + (k_lo + offs_k)[:, None]
