@@ -30,7 +30,7 @@ import math
 
 import torch
 
-from qvit.backend import interpreting, pdl_kwargs, tune_shard
+from qvit.backend import interpreting, pdl_kwargs, tune_bench, tune_shard
 from qvit.kernels._op import fast_custom_op
 
 try:
@@ -277,7 +277,7 @@ if triton is not None:
     # batch 64. Without it the first call's batch chose the tile for all (the H200 autotuning record showed
     # the S = 197 decision taken at batch 1-2 and then reused by the batch-64 benchmark)
     @triton.autotune(configs=tune_shard(_configs()), key=["S", "H", "D", "INT8", "QUANT_QK", "SMOOTH_K", "QOUT", "BATCH_TUNE"],
-                     prune_configs_by={"early_config_prune": _prune})
+                     prune_configs_by={"early_config_prune": _prune}, do_bench=tune_bench)
     @triton.jit
     def _attn_fwd(q_ptr, k_ptr, v_ptr, qs_ptr, ks_ptr, o_ptr, lse_ptr, os_ptr, sv_ptr,
                   sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sob, sos, soh,
@@ -389,7 +389,8 @@ if triton is not None:
         """A (len(offs), D) tile of rows `offs` of one (batch, head) slice; masked rows read as 0."""
         return tl.load(ptr + base + offs[:, None].to(tl.int64) * stride_s + offs_d[None, :], mask=mask[:, None], other=0.0)
 
-    @triton.autotune(configs=tune_shard(_bwd_configs()), key=["S", "H", "D", "BATCH_TUNE"])
+    @triton.autotune(configs=tune_shard(_bwd_configs()), key=["S", "H", "D", "BATCH_TUNE"],
+                     do_bench=tune_bench)
     @triton.jit
     def _attn_bwd_dkdv(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
                        sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sdb, sds, sdh, sgb, sgs, sgh,
@@ -429,7 +430,8 @@ if triton is not None:
         tl.store(dv_ptr + b * sgb + h * sgh + offs_n[:, None].to(tl.int64) * sgs + offs_d[None, :],
                  dv.to(dv_ptr.dtype.element_ty), mask=mask_n[:, None])
 
-    @triton.autotune(configs=tune_shard(_bwd_configs()), key=["S", "H", "D", "BATCH_TUNE"])
+    @triton.autotune(configs=tune_shard(_bwd_configs()), key=["S", "H", "D", "BATCH_TUNE"],
+                     do_bench=tune_bench)
     @triton.jit
     def _attn_bwd_dq(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
                      sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sdb, sds, sdh, sgb, sgs, sgh,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from qvit.backend import interpreting, pdl_kwargs, tune_shard
+from qvit.backend import interpreting, pdl_kwargs, tune_bench, tune_shard
 from qvit.kernels._op import fast_custom_op
 from qvit.kernels.quant import quantize_int8_per_token
 
@@ -157,7 +157,7 @@ if triton is not None:
         return out or configs[:1]
 
     @triton.autotune(configs=tune_shard(_lnq_configs()), key=["M", "K", "NORM", "FP8", "STATIC"],
-                     prune_configs_by={"early_config_prune": _lnq_prune})
+                     prune_configs_by={"early_config_prune": _lnq_prune}, do_bench=tune_bench)
     @triton.jit
     def _ln_quant_kernel(x_ptr, w_ptr, b_ptr, q_ptr, s_ptr, st_ptr, M, K, stride_xm, stride_qm, eps,
                          NORM: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_K: tl.constexpr, FP8: tl.constexpr,

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from qvit.backend import interpreting, tune_shard
+from qvit.backend import interpreting, tune_bench, tune_shard
 from qvit.kernels._op import fast_custom_op
 from qvit.kernels.quant import NF4_CODE, check_group_size
 
@@ -106,7 +106,7 @@ if triton is not None:
         return tl.where(b3, tl.where(b2, v3, v2), tl.where(b2, v1, v0))
 
     @triton.autotune(configs=tune_shard(_configs()), key=["M", "N", "K", "GROUP", "MODE"],
-                     prune_configs_by={"early_config_prune": _prune})
+                     prune_configs_by={"early_config_prune": _prune}, do_bench=tune_bench)
     @triton.jit
     def _w4a16_kernel(x_ptr, p_ptr, s_ptr, z_ptr, code_ptr, b_ptr, r_ptr, y_ptr, M, N, K,
                       stride_xm, stride_pn, stride_sn, stride_rm, stride_ym,

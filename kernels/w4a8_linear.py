@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from qvit.backend import interpreting, pdl_kwargs, tune_shard
+from qvit.backend import interpreting, pdl_kwargs, tune_bench, tune_shard
 from qvit.kernels import quant as Q
 from qvit.kernels._op import fast_custom_op
 
@@ -66,7 +66,7 @@ if triton is not None:
                                        num_warps=4))
 
     @triton.autotune(configs=tune_shard(_configs()), key=["M", "N", "K", "GROUP", "GELU", "HAS_RES", "PROG"],
-                     prune_configs_by={"early_config_prune": _prune})
+                     prune_configs_by={"early_config_prune": _prune}, do_bench=tune_bench)
     @triton.jit
     def _w4a8_kernel(x_ptr, xs_ptr, p_ptr, s_ptr, b_ptr, r_ptr, y_ptr, M, N, K,
                      stride_xm, stride_pn, stride_sn, stride_rm, stride_ym,

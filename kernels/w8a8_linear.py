@@ -22,7 +22,7 @@ import os
 
 import torch
 
-from qvit.backend import interpreting, pdl_kwargs, tune_shard
+from qvit.backend import interpreting, pdl_kwargs, tune_bench, tune_shard
 from qvit.kernels._op import fast_custom_op
 from qvit.kernels.quant import check_gemm_operands
 
@@ -313,7 +313,7 @@ if triton is not None:
                  mask=mask_m[:, None] & (offs_g < N // G)[None, :])
 
     @triton.autotune(configs=tune_shard(_configs()), key=["M", "N", "K", "HAS_RES", "GELU", "FP8", "XG", "QOUT"],
-                     prune_configs_by={"early_config_prune": _prune})
+                     prune_configs_by={"early_config_prune": _prune}, do_bench=tune_bench)
     @triton.jit
     def _w8a8_kernel(
         x_ptr, xs_ptr, w_ptr, ws_ptr, b_ptr, r_ptr, y_ptr, ys_ptr, sv_ptr, part_ptr, cnt_ptr,
@@ -332,8 +332,8 @@ if triton is not None:
         static scale ys[0], and ys[0] into sv[m] (the scale vector (M,) the next GEMM reads) from the first
         column of tiles. SPLIT_K > 1 (fp8 fast accumulation): SPLIT_K programs per output tile, each over its
         share of K; each stores its float32 partial tile into part (SPLIT_K, M, N) and takes a ticket from the
-        tile's counter (cnt, zero between calls); the last to arrive sums the partials, resets the counter and
-        runs the epilogue."""
+        tile's counter (cnt, zero between calls); the last to arrive sums the partials in split order, resets the
+        counter and runs the epilogue."""
         # grouped tile order: GROUP_M row-tiles share one sweep over N, so W tiles stay in L2
         pid = tl.program_id(0)
         split = 0
@@ -411,10 +411,13 @@ if triton is not None:
             ticket = tl.atomic_add(cnt_ptr + pid, 1, sem="acq_rel", scope="gpu")
             if ticket == SPLIT_K - 1:
                 _fence_gpu()
-                # the others' partials onto this one's accumulator, past L1 (.cg): other SMs wrote them
-                for s in range(SPLIT_K):  # a loop, not unrolled: one partial tile in registers at a time
-                    acc += tl.load(part_ptr + s * M * N + m2 * N + n2, mask=tmask & (split != s), other=0.0,
-                                   cache_modifier=".cg")
+                # every partial, this program's own included, summed in split order, past L1 (.cg: other SMs
+                # wrote them): the same float32 sum whichever program arrives last, so the output is
+                # bit-reproducible (adding the others onto its own accumulator made the order, and the last bits
+                # of near-cancelling sums, depend on which split finished last)
+                acc = tl.load(part_ptr + m2 * N + n2, mask=tmask, other=0.0, cache_modifier=".cg")
+                for s in range(1, SPLIT_K):  # a loop, not unrolled: one partial tile in registers at a time
+                    acc += tl.load(part_ptr + s * M * N + m2 * N + n2, mask=tmask, other=0.0, cache_modifier=".cg")
                 tl.atomic_xchg(cnt_ptr + pid, 0)
                 _w8a8_finish(acc, offs_m, offs_n, mask_m, mask_n, pid_n, xs_ptr, ws_ptr, b_ptr, r_ptr, y_ptr, ys_ptr,
                              sv_ptr, N, K, stride_rm, stride_ym, HAS_BIAS, GELU, HAS_RES, XG, QOUT, BLOCK_M, BLOCK_N,

@@ -27,7 +27,7 @@ import functools
 
 import torch
 
-from qvit.backend import interpreting, pdl_kwargs, tune_shard
+from qvit.backend import interpreting, pdl_kwargs, tune_bench, tune_shard
 from qvit.kernels._op import fast_custom_op
 
 try:
@@ -96,7 +96,7 @@ if triton is not None:
         return out or [c for c in configs if not c.kwargs.get("EPI_TMA")][-1:]
 
     @triton.autotune(configs=tune_shard(_configs()), key=["M", "N", "K", "HAS_RES", "GELU", "FP8", "QSTATIC", "TMA_OUT"],
-                     prune_configs_by={"early_config_prune": _prune})
+                     prune_configs_by={"early_config_prune": _prune}, do_bench=tune_bench)
     @triton.jit
     def _w8a8_persistent_kernel(
         x_desc, w_desc, xs_ptr, ws_ptr, b_ptr, r_ptr, y_ptr, qs_ptr, sv_ptr, y_desc,

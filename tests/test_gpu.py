@@ -1,5 +1,7 @@
 """GPU tests: every kernel at real ViT-L shapes against its reference, the CUDA extension, and
 the bitsandbytes NF4 conversion on bitsandbytes' own GPU quantizer. Skipped without a GPU."""
+import math
+
 import pytest
 import torch
 import triton
@@ -909,24 +911,46 @@ def test_pdl_same_logits_eager_and_graphed_gpu(monkeypatch, variant):
 def test_fp8_split_k_real_shapes_gpu(poison, monkeypatch, tile, split, k, n):
     """The split-K configs (QVIT_SPLITK) at M = 197, pinned: the fp8 fast-accumulation GEMM + bias + residual
     within the unsplit kernel's bar (each split accumulates in place over its share of K, the shares are summed in
-    float32), three calls in a row (the arrival counters reset), and fc1's GELU-tanh fp8 static output against the
-    unsplit kernel's codes (at most one e4m3 step apart: the two sum K in different orders)."""
-    from conftest import pin_config
+    float32), three calls in a row bit-identical (the arrival counters reset; the partials are summed in split
+    order whichever program arrives last), and fc1's GELU-tanh fp8 static output bracketed around the same
+    config's float32 pre-activation, as the unsplit kernel's test does (session 15's first run compared its
+    codes with the unsplit kernel's instead and found 26 e4m3 steps near zero: split and unsplit accumulate K
+    differently in the tensor cores' reduced-precision accumulator, the gap test_fp8_static_out_real_shapes
+    describes; that comparison was wrong, not the kernel)."""
+    from conftest import TANH_APPROX_ERR, check_fp8_static_out_gelu_tanh, pin_config
     from qvit.kernels import w8a8_linear as L
     m = 197
     xq, xs = Q.quantize_fp8_per_token(torch.randn(m, k, device=DEV))
     wq, ws = Q.quantize_fp8_per_channel(torch.randn(n, k, device=DEV) * 0.02)
     b, r = torch.randn(n, device=DEV), torch.randn(m, n, device=DEV, dtype=torch.bfloat16)
     ref = Q.fp8_matmul_ref(xq, xs, wq, ws, b, torch.float32, residual=r)
-    s = torch.tensor(float(Q.fp8_matmul_ref(xq, xs, wq, ws, b, torch.float32, gelu=True).abs().max()) / 400,
-                     device=DEV)
-    q0, _ = L.w8a8_linear_fp8_static_out(xq, xs, wq, ws, b, True, s, True)
+    # a scale at which the largest outputs saturate (the bracket check wants some +-448 codes)
+    s = (Q.fp8_matmul_ref(xq, xs, wq, ws, b, torch.float32, gelu=True).abs().max() / 448 * 0.8).float().reshape(())
     bm, bn, bk = tile
     pin_config(monkeypatch, L._w8a8_kernel, triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8},
                                                           num_warps=4, num_stages=4), SPLIT_K=split)
-    for _ in range(3):
-        y = L.w8a8_linear_fp8_fast_accum(xq, xs, wq, ws, b, r, False, torch.float32)
-        assert rel_err(y, ref) < 2 ** -9
-    q, sv = L.w8a8_linear_fp8_static_out(xq, xs, wq, ws, b, True, s, True)
-    assert torch.equal(sv, s.expand(m)) and int((e4m3_ordinal(q) - e4m3_ordinal(q0)).abs().max()) <= 1
+    ys = [L.w8a8_linear_fp8_fast_accum(xq, xs, wq, ws, b, r, False, torch.float32) for _ in range(3)]
+    assert rel_err(ys[0], ref) < 2 ** -9 and torch.equal(ys[0], ys[1]) and torch.equal(ys[0], ys[2])
+    y_pre = L.w8a8_linear_fp8_fast_accum(xq, xs, wq, ws, b, None, False, torch.float32)
+    check_fp8_static_out_gelu_tanh(L.w8a8_linear_fp8_static_out, y_pre, xq, xs, wq, ws, b, s, TANH_APPROX_ERR,
+                                   2 ** -21)
     assert int(L._split_counters(xq.device).abs().sum()) == 0
+
+
+def test_tune_bench_times_the_kernel_in_a_graph_gpu():
+    """`qvit.backend.tune_bench`, the autotuner's timer for every qvit kernel: three finite, ordered quantiles
+    (q50, q20, q80 as Triton asks), the work's own scale (a bf16 GEMM with 8x the FLOPs, both compute-bound,
+    measures >= 4x longer), and the caller's stream sees the kernel's writes afterwards (the timer runs on a
+    stream of its own)."""
+    from qvit.backend import tune_bench
+    a, b = torch.randn(4096, 4096, device=DEV, dtype=torch.bfloat16), torch.randn(4096, 4096, device=DEV,
+                                                                                   dtype=torch.bfloat16)
+    out = torch.empty(4096, 4096, device=DEV, dtype=torch.bfloat16)
+    big = tune_bench(lambda: torch.matmul(a, b, out=out))
+    small = tune_bench(lambda: torch.matmul(a[:2048, :2048], b[:2048, :2048]))
+    for t in (big, small):
+        assert len(t) == 3 and all(math.isfinite(v) and v > 0 for v in t) and t[1] <= t[0] <= t[2]
+    assert big[0] >= 4 * small[0], (big, small)
+    out.zero_()
+    tune_bench(lambda: torch.matmul(a, b, out=out))
+    torch.testing.assert_close(out.float(), (a.float() @ b.float()), rtol=2 ** -6, atol=0.5)

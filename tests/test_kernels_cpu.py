@@ -548,6 +548,24 @@ def test_fp8_split_k_matches_reference(poison, monkeypatch, split, rev, m, k, n,
     check_fp8_static_out(L.w8a8_linear_fp8_static_out, m, k, n, gelu)
 
 
+def test_fp8_split_k_same_bits_whichever_split_arrives_last(monkeypatch):
+    """The last program to arrive sums every partial in split order, its own included: the output does not
+    depend on which split finished last (on a GPU that changes from call to call; here SPLIT_REV changes it),
+    so logits are bit-reproducible with split-K on. Float32 addition is not associative: summing onto the last
+    arriver's own accumulator (its partial first) changed the last bits of some outputs."""
+    from conftest import pin_config
+    from qvit.kernels import w8a8_linear as L
+    torch.manual_seed(3)
+    xq, xs = Q.quantize_fp8_per_token(torch.randn(37, 160))
+    wq, ws = Q.quantize_fp8_per_channel(torch.randn(50, 160))
+    b = torch.randn(50)
+    ys = []
+    for rev in (False, True):
+        pin_config(monkeypatch, L._w8a8_kernel, SPLIT_K=3, SPLIT_REV=rev)
+        ys.append(L.w8a8_linear_fp8_fast_accum(xq, xs, wq, ws, b, None, False, torch.float32))
+    assert torch.isfinite(ys[0]).all() and torch.equal(ys[0], ys[1])
+
+
 def test_split_k_refused_off_the_fp8_fast_path(monkeypatch):
     """A split-K config pinned onto the int8 GEMM (no partial-sum workspace there) is a compile-time error, not a
     write through a placeholder pointer."""
