@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     from qvit.kernels.layernorm_quant import layernorm_quant, layernorm_quant_cuda
     from qvit.kernels.w4a8_linear import w4a8_linear
     from qvit.kernels.w4a16_linear import w4a16_linear
-    from qvit.kernels.w8a8_linear import w8a8_linear, w8a8_linear_fp8_fast_accum, w8a8_linear_quant_out
+    from qvit.kernels.w8a8_linear import (w8a8_linear, w8a8_linear_fp8_fast_accum, w8a8_linear_fp8_static_out,
+                                          w8a8_linear_quant_out)
     from qvit.kernels.w8a8_persistent import w8a8_linear_persistent, w8a8_linear_persistent_fp8_static_out
     dev = "cuda"
     torch.manual_seed(0)
@@ -55,7 +56,17 @@ def main(argv: list[str] | None = None) -> int:
     h = torch.nn.functional.gelu(torch.randn(m, n, device=dev, dtype=torch.bfloat16))
     hq, hs = Q.quantize_int8_per_token(h)
     hqg, hsg = Q.quantize_int8_per_group(h, 128)
-    w2q, w2s = Q.quantize_int8_per_channel(torch.randn(k, n, device=dev) * 0.02)
+    w2 = torch.randn(k, n, device=dev) * 0.02
+    w2q, w2s = Q.quantize_int8_per_channel(w2)
+    # batch 1: 197 tokens
+    fq1, fs1 = fq[:197].contiguous(), fs[:197].contiguous()
+    hf1, hfs1 = Q.quantize_fp8_per_token(h[:197].float())
+    f8w2, f8s2 = Q.quantize_fp8_per_channel(w2)
+    w2_bf16 = w2.to(torch.bfloat16)
+    fq_qkv, fs_qkv = Q.quantize_fp8_per_channel(torch.randn(3 * k, k, device=dev) * 0.02)
+    fq_proj, fs_proj = Q.quantize_fp8_per_channel(torch.randn(k, k, device=dev) * 0.02)
+    b_qkv, b1k = torch.randn(3 * k, device=dev), torch.randn(k, device=dev)
+    r1 = torch.randn(197, k, device=dev, dtype=torch.bfloat16)
     calls = {
         "w8a8_fc1_M12608": lambda: w8a8_linear(xq, xs, wq, ws, b, None, False, torch.bfloat16),
         "w8a8_fc1_gelu_M12608": lambda: w8a8_linear(xq, xs, wq, ws, b, None, True, torch.bfloat16),
@@ -80,6 +91,16 @@ def main(argv: list[str] | None = None) -> int:
         "sdpa_cudnn_fp16_B64_S197": lambda: _sdpa(qh, kh, vh, "CUDNN_ATTENTION"),
         "sdpa_flash_fp16_B64_S197": lambda: _sdpa(qh, kh, vh, "FLASH_ATTENTION"),
         "layernorm_quant_M12608": lambda: layernorm_quant(x, lw, lb),
+        # batch 1 (M = 197) on the fp8 rows' GEMMs (fast accumulation) beside cuBLAS bf16: what bounds them
+        "fp8fast_qkv_M197": lambda: w8a8_linear_fp8_fast_accum(fq1, fs1, fq_qkv, fs_qkv, b_qkv, None, False,
+                                                                torch.bfloat16),
+        "fp8fast_proj_res_M197": lambda: w8a8_linear_fp8_fast_accum(fq1, fs1, fq_proj, fs_proj, b1k, r1, False,
+                                                                     torch.bfloat16),
+        "fp8_fc1_gelu_fp8out_M197": lambda: w8a8_linear_fp8_static_out(fq1, fs1, f8w, f8s, b, True, s_out, True),
+        "fp8fast_fc2_res_M197": lambda: w8a8_linear_fp8_fast_accum(hf1, hfs1, f8w2, f8s2, b1k, r1, False,
+                                                                    torch.bfloat16),
+        "cublas_bf16_fc2_M197": lambda: torch.nn.functional.linear(h[:197], w2_bf16),
+        "attention_B1_S197": lambda: attention(q[:1], kk[:1], v[:1]),
     }
     try:  # the hand-written CUDA kernel, where the extension is built
         layernorm_quant_cuda(x, lw, lb)
