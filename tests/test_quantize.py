@@ -309,3 +309,16 @@ def test_fp8_static_proj_calibrated(base):
         for n in ("mlp.fc2", "attn.proj"):
             assert float(m.blocks[k].get_submodule(n).x_static) == pytest.approx(amax[f"blocks.{k}.{n}"] / 448)
     assert m.blocks[1].attn.qkv.x_static is None and m.blocks[1].mlp.fc1.x_static is None
+
+
+def test_weight_bytes_counts_what_a_tensor_subclass_stores():
+    """weight_bytes of a parameter that is a wrapper subclass (torchao's quantized weights present a bf16 face over
+    int8 data and scales) counts the tensors it stores: here TwoTensor, torch's own two-tensor wrapper, over an
+    int8 and a float32 tensor, not numel x the face's dtype size."""
+    from torch.testing._internal.two_tensor import TwoTensor
+    a, b = torch.randint(-5, 5, (6, 10), dtype=torch.int8), torch.randn(6, 10)
+    m = torch.nn.Linear(10, 6, bias=False)
+    m.weight = torch.nn.Parameter(TwoTensor(a.float(), b), requires_grad=False)
+    m.weight.a.data = a  # the stored tensors, as a quantized subclass keeps them
+    assert weight_bytes(m) == a.numel() * 1 + b.numel() * 4
+    assert weight_bytes(torch.nn.Linear(10, 6, bias=False)) == 60 * 4

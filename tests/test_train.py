@@ -314,3 +314,29 @@ def test_results_from_a_later_study_file(tmp_path):
     assert "| 2 4bit+qvit-attn | 90.25 |" in md and "90.50" not in md
     assert "../later/study_ptq.json" in md
     assert "| head | 90.90 | +0.10 |" in md
+
+
+def test_qat_recovery_lines_follow_the_preset_not_the_row_name(tmp_path):
+    """RESULTS.md's recovery lines list the QAT model's study rows that ran the preset it was finetuned for,
+    whatever that study named them: a session-8 QAT (w4a8) was evaluated on rows then called "2 4bit+..." /
+    "4 4bit+...", names the fp8 rows carry now; rows of another preset and the extra rows' variations are not
+    QAT results."""
+    import json
+
+    from qvit.train.compare import write_results
+    out = tmp_path / "run"
+    (out / "study").mkdir(parents=True)
+    (out / "qat-w4a8" / "study").mkdir(parents=True)
+    row = {"n": 10, "top5": 99.0, "macro_f1": 80.0}
+    json.dump({"variants": {"1 bf16": {**row, "top1": 91.0}}}, open(out / "study" / "study_ptq.json", "w"))
+    json.dump({"config": {"qat": "w4a8", "epochs": 8}}, open(out / "qat-w4a8" / "summary.json", "w"))
+    json.dump({"variants": {"1 bf16": {**row, "top1": 90.0, "preset": None},
+                            "2 4bit+qvit-attn": {**row, "top1": 90.77, "preset": "w4a8", "attn": "qvit",
+                                                 "int8_qk": True},
+                            "3 8bit+qvit-attn": {**row, "top1": 90.9, "preset": "w8a8", "attn": "qvit"},
+                            "x 4bit+qvit-attn, kept float": {**row, "top1": 90.8, "preset": "w4a8", "attn": "qvit"}}},
+              open(out / "qat-w4a8" / "study" / "study_ptq.json", "w"))
+    md = open(write_results(str(out), False)).read()
+    lines = [ln for ln in md.splitlines() if ln.startswith("- QAT")]
+    assert lines == ["- QAT w4a8 (8 epochs) then w4a8 linears, qvit attention, int8 Q/K (its study's row "
+                     "'2 4bit+qvit-attn'): top-1 90.77 (-0.23 vs bf16 baseline)"], lines

@@ -32,6 +32,13 @@ QAT_ROWS = ("1 bf16",) + tuple(k for k in ("x 4bit-int8+qvit-attn", "x 4bit-int8
 STAGES = ("train", "study", "qat", "qlora", "e2e", "report")
 
 
+def _qat_rows(variants: dict, preset: str) -> list[str]:
+    """The rows of a QAT model's study that ran the preset it was finetuned for, under the names that study gave
+    them (QAT_ROWS today; a study of session 8 named its w4a8 rows "2 4bit+..." / "4 4bit+...", which are now the
+    fp8 rows), without the extra rows' variations (", kept float", ", smoothquant")."""
+    return [k for k, r in variants.items() if k != "1 bf16" and "," not in k and r.get("preset") == preset]
+
+
 def _say(msg):
     print(f"qvit compare: {msg}", file=sys.stderr)
 
@@ -185,11 +192,14 @@ def write_results(out: str, tiny: bool, e2e_file: str | None = None, sizes_file:
         lines += ["## Recovery", ""]
         if qstudy:
             v = qstudy["variants"]
-            for k in QAT_ROWS[1:]:
-                if k in v and ref_acc:
+            for k in _qat_rows(v, qat["config"]["qat"] if qat else FOUR_BIT):
+                if ref_acc:
+                    r = v[k]
+                    how = f"{r.get('preset', '?')} linears, {r.get('attn', '?')} attention" + (
+                        ", int8 Q/K" if r.get("int8_qk") else "")
                     lines.append(f"- QAT {qat['config']['qat'] if qat else '?'} ({qat['config']['epochs'] if qat else '?'} "
-                                 f"epochs) then {k} ({v[k].get('preset', '?')}): top-1 "
-                                 f"{v[k]['top1']:.2f} ({v[k]['top1'] - ref_acc['top1']:+.2f} vs bf16 baseline)")
+                                 f"epochs) then {how} (its study's row '{k}'): top-1 "
+                                 f"{r['top1']:.2f} ({r['top1'] - ref_acc['top1']:+.2f} vs bf16 baseline)")
         if ql and "qlora" in ql:
             q = ql["qlora"]
             lines.append(f"- QLoRA rank {ql['config']['qlora_rank']} ({ql['config']['epochs']} epochs): before merge "

@@ -797,8 +797,18 @@ def load_quantized(path: str, device="cpu") -> ViT:
 
 
 def weight_bytes(model: nn.Module) -> int:
-    """Bytes of every parameter and buffer (what the model occupies on the GPU, activations aside)."""
-    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+    """Bytes of every parameter and buffer (what the model occupies on the GPU, activations aside). A tensor
+    subclass that stores other tensors (torchao's quantized weights: int8 data + scales behind a bf16 face) counts
+    the tensors it stores (`__tensor_flatten__`), not numel x its nominal dtype's size, which reported torchao's
+    int8 model at the bf16 model's 580.5 MiB (results/h200-gpu-15)."""
+    return sum(_stored_bytes(t) for t in list(model.parameters()) + list(model.buffers()))
+
+
+def _stored_bytes(t: torch.Tensor) -> int:
+    if hasattr(type(t), "__tensor_flatten__"):
+        names, _ = t.__tensor_flatten__()
+        return sum(_stored_bytes(getattr(t, n)) for n in names)
+    return t.numel() * t.element_size()
 
 
 __all__ = ["QuantConfig", "quantize", "save_quantized", "load_quantized", "Int8Linear", "Int4Linear", "Int4ProgLinear",
