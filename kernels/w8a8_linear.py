@@ -46,6 +46,13 @@ if triton is not None:
     # narrow K tiles, offered only for inputs with 32- or 64-channel scale groups (proj after the quantizing
     # attention epilogue: one group per head); the other calls are tuned over the same tiles as before
     _GROUP_ONLY = ((128, 128, 64), (64, 128, 64), (128, 128, 32), (64, 64, 32))
+    # narrow N tiles, offered only up to SPLITK_MAX_M tokens: at batch 1 (M = 197) the 64 x 64 tiles that the
+    # autotuner picked (timed in CUDA graphs, session 15) give proj / fc2 64 programs for 132 SMs, one 4-warp
+    # CTA on each busy SM: Nsight Compute measured proj 6.2 us and fc2 11.9 us at 6% achieved occupancy,
+    # SM / DRAM / L2 throughput all <= 15% (results/h200-gpu-15 call 4): latency with half the SMs idle.
+    # 32-wide N tiles double the programs (weights 64 rows x K per program stream from DRAM, activations
+    # re-read from L2)
+    _SMALL_M_ONLY = ((64, 32, 128, 4, 4), (64, 32, 256, 4, 3), (32, 32, 256, 4, 3))
 
     def _configs():
         if interpreting():
@@ -59,7 +66,7 @@ if triton is not None:
             # 4 stages of the 128 x 256 tile (192 KB of operands): the fp8 fast-accumulation GEMM's winners were
             # 128 x 256 at 3 stages (K tile 128) and 4 stages (K tile 64) at M = 12,608 (session 10)
             (128, 256, 128, 8, 4),
-        ] + [c + (4, 4) for c in _GROUP_ONLY]:
+        ] + [c + (4, 4) for c in _GROUP_ONLY] + list(_SMALL_M_ONLY):
             cfgs.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8},
                                       num_warps=w, num_stages=s))
         # the large tiles again with GELU's epilogue run on one half of the columns after the other (EPI_SPLIT):
@@ -111,6 +118,8 @@ if triton is not None:
             if (xg and (bk > xg or xg % bk)) or (qout and bn % qout):
                 continue
             if not xg and (bm, bn, bk) in _GROUP_ONLY:  # the narrow-K tiles are for group-scaled inputs
+                continue
+            if m > SPLITK_MAX_M and (bm, bn, bk, c.num_warps, c.num_stages) in _SMALL_M_ONLY:
                 continue
             out.append(c)
         if not out and (xg or qout):

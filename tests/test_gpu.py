@@ -954,3 +954,39 @@ def test_tune_bench_times_the_kernel_in_a_graph_gpu():
     out.zero_()
     tune_bench(lambda: torch.matmul(a, b, out=out))
     torch.testing.assert_close(out.float(), (a.float() @ b.float()), rtol=2 ** -6, atol=0.5)
+
+
+@pytest.mark.parametrize("idx", range(3))
+@pytest.mark.parametrize("k,n", SHAPES[:4])
+def test_w8a8_small_m_tiles_real_shapes_gpu(poison, monkeypatch, idx, k, n):
+    """The narrow tiles offered only up to 512 tokens (`_SMALL_M_ONLY`: 64 x 32 and 32 x 32 outputs), pinned at
+    M = 197 on the four ViT-L shapes: the int8 GEMM exact up to its float32 epilogue against the integer
+    reference, the fp8 fast-accumulation GEMM + bias + residual within its 2^-9 bar, fc1's GELU-tanh fp8
+    static output bracketed around the same config's pre-activation; and the autotuner never offers them at
+    M = 12,608."""
+    from conftest import TANH_APPROX_ERR, check_fp8_static_out_gelu_tanh
+    from qvit.kernels import w8a8_linear as L
+    bm, bn, bk, w, s = L._SMALL_M_ONLY[idx]
+    cfg = triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
+    assert any(c.kwargs == cfg.kwargs and c.num_stages == s for c in L._w8a8_kernel.configs)
+    big = {"M": 197 * 64, "N": n, "K": k, "XG": 0, "QOUT": 0, "GELU": False, "HAS_RES": False, "FP8": 2}
+    assert not any(c.kwargs == cfg.kwargs and c.num_stages == s for c in L._prune(L._w8a8_kernel.configs, big))
+    assert any(c.kwargs == cfg.kwargs and c.num_stages == s for c in L._prune(L._w8a8_kernel.configs,
+                                                                              dict(big, M=197)))
+    pin_config(monkeypatch, L._w8a8_kernel, cfg)
+    m = 197
+    x, wt = torch.randn(m, k, device=DEV), torch.randn(n, k, device=DEV) * 0.02
+    b, r = torch.randn(n, device=DEV), torch.randn(m, n, device=DEV, dtype=torch.bfloat16)
+    xq, xs = Q.quantize_int8_per_token(x)
+    wq, ws = Q.quantize_int8_per_channel(wt)
+    y = L.w8a8_linear(xq, xs, wq, ws, b, r, False, torch.float32)
+    torch.testing.assert_close(y, Q.int8_matmul_ref(xq, xs, wq, ws, b, torch.float32, residual=r), rtol=1e-5,
+                               atol=1e-5)  # exact int32 dot, float32 epilogue
+    fq, fs = Q.quantize_fp8_per_token(x)
+    f8, f8s = Q.quantize_fp8_per_channel(wt)
+    y = L.w8a8_linear_fp8_fast_accum(fq, fs, f8, f8s, b, r, False, torch.float32)
+    assert rel_err(y, Q.fp8_matmul_ref(fq, fs, f8, f8s, b, torch.float32, residual=r)) < 2 ** -9
+    y_pre = L.w8a8_linear_fp8_fast_accum(fq, fs, f8, f8s, b, None, False, torch.float32)
+    sc = (torch.nn.functional.gelu(y_pre, approximate="tanh").abs().max() / 448 * 0.8).float().reshape(())
+    check_fp8_static_out_gelu_tanh(L.w8a8_linear_fp8_static_out, y_pre, fq, fs, f8, f8s, b, sc, TANH_APPROX_ERR,
+                                   2 ** -21)

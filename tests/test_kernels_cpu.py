@@ -902,3 +902,18 @@ def test_model_fp8_static_mlp_on_triton(monkeypatch):
         y = static.half().set_backend(linear="triton", attn="sdpa")(x.half()).float()
     assert len(calls) == base.cfg.depth
     assert rel_err(y, flt) <= 1.5 * rel_err(y_dyn, flt) + 1e-3, (rel_err(y, flt), rel_err(y_dyn, flt))
+
+
+def test_small_m_tiles_offered_only_to_small_m():
+    """The narrow output tiles (`_SMALL_M_ONLY`, for batch 1's 197 tokens) reach the autotuner at M <= 512 and
+    never at M = 12,608, where they would only add tuning time (GPU tests run each one at M = 197)."""
+    import triton
+
+    from qvit.kernels import w8a8_linear as L
+    small = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
+             for bm, bn, bk, w, s in L._SMALL_M_ONLY]
+    usual = triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 8}, num_warps=4, num_stages=4)
+    args = {"N": 1024, "K": 4096, "XG": 0, "QOUT": 0, "GELU": False, "HAS_RES": True, "FP8": 2}
+    assert L._prune(small + [usual], dict(args, M=197)) == small + [usual]
+    assert L._prune(small + [usual], dict(args, M=512)) == small + [usual]
+    assert L._prune(small + [usual], dict(args, M=197 * 64)) == [usual]
