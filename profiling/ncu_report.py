@@ -14,6 +14,7 @@ import io
 import re
 import sys
 
+SOL_SECTION = "GPU Speed Of Light Throughput"
 COLUMNS = [("Duration", "duration"), ("Compute (SM) Throughput", "SM %"), ("Memory Throughput", "memory %"),
            ("DRAM Throughput", "DRAM %"), ("L1/TEX Cache Throughput", "L1 %"), ("L2 Cache Throughput", "L2 %")]
 
@@ -29,8 +30,11 @@ def parse(text: str) -> list[dict]:
         names = re.findall(r"<default domain>:([^:]+):", rng)
         d = launches.setdefault(r["ID"], {"range": names[-1] if names else "", "kernel": r["Kernel Name"],
                                           "grid": r["Grid Size"], "block": r["Block Size"]})
-        if r.get("Metric Name"):
-            d[r["Metric Name"]] = (r["Metric Value"].replace(",", ""), r.get("Metric Unit", ""))
+        name = r.get("Metric Name")
+        # one name in several sections ("Memory Throughput": % in Speed of Light, byte/s in Memory Workload
+        # Analysis): the Speed-of-Light value, which the table's columns mean
+        if name and (name not in d or r.get("Section Name") == SOL_SECTION):
+            d[name] = (r["Metric Value"].replace(",", ""), r.get("Metric Unit", ""))
     return list(launches.values())
 
 

@@ -99,3 +99,15 @@ def test_unknown_variant_name_is_an_error(tmp_path, capsys, module):
         importlib.import_module(module).main(["--out", str(tmp_path), "--variants", "x fp8s+qvit-atn"])
     err = capsys.readouterr().err
     assert "unknown variant(s) ['x fp8s+qvit-atn']" in err and "x fp8s+qvit-attn-fp16qk" in err
+
+
+def test_ncu_report_takes_speed_of_light_values_when_sections_share_a_name():
+    """With more sections than Speed of Light (session 15's batch-1 run), "Memory Throughput" is both a % (Speed of
+    Light) and a byte/s (Memory Workload Analysis): the table's "memory %" column is the former."""
+    import os
+
+    from qvit.profiling.ncu_report import parse
+    csv = os.path.join(os.path.dirname(__file__), "..", "results", "h200-gpu-15", "call4-ncu-m197", "ncu_m197.csv")
+    rows = {r["range"]: r for r in parse(open(csv).read())}
+    assert rows["fp8fast_fc2_res_M197"]["Memory Throughput"] == ("13.62", "%")
+    assert rows["fp8fast_fc2_res_M197"]["Duration"][0] == "11872"
