@@ -35,6 +35,7 @@ MODES = {"int4-sym": 0, "int4-asym": 1, "nf4": 2}
 
 if triton is not None:
     from qvit.kernels.w8a8_linear import _epilogue  # bias -> GELU -> + residual, one rounding, either layout
+    from qvit.kernels.w8a8_linear import _unpack_tile  # nibbles -> int32 (w4a8_linear imports it from here)
 
 
 if triton is not None:
@@ -76,15 +77,6 @@ if triton is not None:
 
     _prune = group_prune(triton.Config({"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 32, "SPLIT_K": 1, "SWAP_AB": False},
                                        num_warps=4))
-
-    @triton.jit
-    def _unpack_tile(p, NIBBLE_HI_FIRST: tl.constexpr):
-        """(BN, BK // 2) uint8 -> (BN, BK) nibbles as int32, in k order."""
-        lo = (p & 0xF).to(tl.int32)
-        hi = (p >> 4).to(tl.int32)
-        if NIBBLE_HI_FIRST:
-            return tl.interleave(hi, lo)
-        return tl.interleave(lo, hi)
 
     @triton.jit
     def _nf4_decode(u):

@@ -260,9 +260,8 @@ def expand_int4_progressive(packed: torch.Tensor, s2: torch.Tensor, group_size: 
 
 
 if triton is not None:
-    from qvit.kernels.layernorm_quant import _pdl_enter, _round_e4m3
-
-    _INTERP_POW2 = tl.constexpr(interpreting())
+    from qvit.kernels.layernorm_quant import _pdl_enter
+    from qvit.kernels.w8a8_linear import _pow2_values
 
     @triton.jit
     def _expand_pow2_kernel(p_ptr, e_ptr, w_ptr, N, K, GROUP: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -279,11 +278,7 @@ if triton is not None:
         p = tl.load(p_ptr + offs_n[:, None].to(tl.int64) * (K // 2) + offs_kh[None, :], mask=mask_n[:, None], other=0)
         e = tl.load(e_ptr + offs_n[:, None].to(tl.int64) * (K // GROUP) + offs_g[None, :], mask=mask_n[:, None],
                     other=0)
-        f = ((133 - e.to(tl.int32)) << 23).to(tl.float32, bitcast=True)  # 2^(6 - e): biased exponent 127 + 6 - e
-        q = (_unpack_tile(p, False) - 8).to(tl.float32)
-        w = tl.reshape(tl.reshape(q, (BLOCK_N, BLOCK_K // GROUP, GROUP)) * f[:, :, None], (BLOCK_N, BLOCK_K))
-        if _INTERP_POW2:  # the interpreter's cast rounds wrongly at binade edges: on the grid first (a no-op here)
-            w = _round_e4m3(w)
+        w = _pow2_values(p, e, BLOCK_N, BLOCK_K, GROUP)
         _pdl_enter(PDL)
         tl.store(w_ptr + offs_n[:, None].to(tl.int64) * K + offs_k[None, :], w.to(tl.float8e4nv), mask=mask_n[:, None])
 

@@ -24,6 +24,7 @@ import torch
 
 from qvit.backend import interpreting, pdl_kwargs, tune_bench, tune_shard
 from qvit.kernels._op import fast_custom_op
+from qvit.kernels import quant as Q
 from qvit.kernels.quant import check_gemm_operands
 
 try:
@@ -99,6 +100,7 @@ if triton is not None:
         qout = named_args.get("QOUT", kwargs.get("QOUT", 0))
         gelu = named_args.get("GELU", kwargs.get("GELU", False))
         has_res = named_args.get("HAS_RES", kwargs.get("HAS_RES", False))
+        w4 = named_args.get("W4", kwargs.get("W4", 0))
         out = []
         fp8 = named_args.get("FP8", kwargs.get("FP8", 0))
         for c in configs:
@@ -121,11 +123,15 @@ if triton is not None:
                 continue
             if m > SPLITK_MAX_M and (bm, bn, bk, c.num_warps, c.num_stages) in _SMALL_M_ONLY:
                 continue
+            if w4 and bk % w4:  # the 4-bit weight's K tiles hold whole exponent groups
+                continue
             out.append(c)
         if not out and (xg or qout):
             raise ValueError(f"w8a8_linear: no tile fits input group {xg} / output group {qout}")
+        if not out and w4 and not any(c.kwargs["BLOCK_K"] % w4 == 0 for c in configs):
+            raise ValueError(f"w4f8_linear: no K tile holds whole {w4}-weight groups")
         return out or [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"])
-                       not in _GROUP_ONLY and not c.kwargs.get("EPI_SPLIT")
+                       not in _GROUP_ONLY and not c.kwargs.get("EPI_SPLIT") and not (w4 and c.kwargs["BLOCK_K"] % w4)
                        and not c.kwargs.get("PREFETCH_RES") and c.kwargs.get("SPLIT_K", 1) == 1][-1:]
 
     _INTERP = tl.constexpr(interpreting())  # the interpreter cannot run inline PTX
@@ -321,11 +327,12 @@ if triton is not None:
         tl.store(s_ptr + m2 * (N // G) + offs_g[None, :], scale,
                  mask=mask_m[:, None] & (offs_g < N // G)[None, :])
 
-    @triton.autotune(configs=tune_shard(_configs()), key=["M", "N", "K", "HAS_RES", "GELU", "FP8", "XG", "QOUT"],
+    @triton.autotune(configs=tune_shard(_configs()),
+                     key=["M", "N", "K", "HAS_RES", "GELU", "FP8", "XG", "QOUT", "W4"],
                      prune_configs_by={"early_config_prune": _prune}, do_bench=tune_bench)
     @triton.jit
     def _w8a8_kernel(
-        x_ptr, xs_ptr, w_ptr, ws_ptr, b_ptr, r_ptr, y_ptr, ys_ptr, sv_ptr, part_ptr, cnt_ptr,
+        x_ptr, xs_ptr, w_ptr, ws_ptr, b_ptr, r_ptr, y_ptr, ys_ptr, sv_ptr, part_ptr, cnt_ptr, we_ptr,
         M, N, K,
         stride_xm, stride_wn, stride_rm, stride_ym,
         HAS_BIAS: tl.constexpr, GELU: tl.constexpr, HAS_RES: tl.constexpr, FP8: tl.constexpr,
@@ -333,6 +340,7 @@ if triton is not None:
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
         EPI_SPLIT: tl.constexpr = False, PREFETCH_RES: tl.constexpr = False, PDL: tl.constexpr = False,
         SPLIT_K: tl.constexpr = 1, HAS_PART: tl.constexpr = False, SPLIT_REV: tl.constexpr = False,
+        W4: tl.constexpr = 0,
     ):
         """XG > 0: x's scales are per token and per group of XG channels, xs (M, K // XG): each K tile's
         int32 product is scaled by its group's scale into a float32 accumulator. QOUT > 0: the output is
@@ -342,11 +350,15 @@ if triton is not None:
         column of tiles. SPLIT_K > 1 (fp8 fast accumulation): SPLIT_K programs per output tile, each over its
         share of K; each stores its float32 partial tile into part (SPLIT_K, M, N) and takes a ticket from the
         tile's counter (cnt, zero between calls); the last to arrive sums the partials in split order, resets the
-        counter and runs the epilogue."""
+        counter and runs the epilogue. W4 > 0 (fp8 only): the weight is the power-of-two 4-bit format
+        (`quantize_int4_pow2`, groups of W4 along K): w_ptr its nibbles (N, K // 2), we_ptr its group exponents
+        (N, K // W4); each K tile of it is expanded to e4m3 in registers (q4 * 2^(6 - e): exact, a conversion) and
+        fed to the same MMA, so the values are those of `expand_int4_pow2` + the plain fp8 GEMM, bit for bit."""
         # grouped tile order: GROUP_M row-tiles share one sweep over N, so W tiles stay in L2
         pid = tl.program_id(0)
         split = 0
         tl.static_assert(SPLIT_K == 1 or (FP8 == 2 and HAS_PART), "split-K: fp8 fast accumulation with a workspace")
+        tl.static_assert(W4 == 0 or (FP8 > 0 and BLOCK_K % W4 == 0), "4-bit weight: fp8 GEMM, whole groups per K tile")
         if SPLIT_K > 1:
             split = pid % SPLIT_K
             if SPLIT_REV:  # splits in the opposite program order (tests: the interpreter runs programs in order,
@@ -379,7 +391,12 @@ if triton is not None:
         _pdl_enter(PDL)
         # 64-bit row offsets: M * K overflows int32 beyond 2^31 elements
         x_ptrs = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm + (k_lo + offs_k)[None, :]
-        w_ptrs = w_ptr + offs_n[None, :].to(tl.int64) * stride_wn + (k_lo + offs_k)[:, None]
+        if W4 > 0:  # nibbles (BN, BK / 2) and group exponents (BN, BK / W4) of the 4-bit weight
+            w_ptrs = w_ptr + offs_n[:, None].to(tl.int64) * (K // 2) + (k_lo // 2 + tl.arange(0, BLOCK_K // 2))[None, :]
+            e_ptrs = we_ptr + offs_n[:, None].to(tl.int64) * (K // W4) + (k_lo // W4
+                                                                         + tl.arange(0, BLOCK_K // W4))[None, :]
+        else:
+            w_ptrs = w_ptr + offs_n[None, :].to(tl.int64) * stride_wn + (k_lo + offs_k)[:, None]
         if FP8 or XG > 0:  # e4m3 operands (fp8 tensor cores) or group-scaled int8 partial products
             acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         else:
@@ -390,7 +407,10 @@ if triton is not None:
         for k0 in range(k_lo, k_hi, BLOCK_K):
             kmask = (k0 + offs_k) < K
             a = tl.load(x_ptrs, mask=mask_m[:, None] & kmask[None, :], other=0.0 if FP8 else 0)
-            b = tl.load(w_ptrs, mask=kmask[:, None] & mask_n[None, :], other=0.0 if FP8 else 0)
+            if W4 > 0:
+                b = _w4_pow2_tile(w_ptrs, e_ptrs, mask_n, k0, K, BLOCK_N, BLOCK_K, W4)
+            else:
+                b = tl.load(w_ptrs, mask=kmask[:, None] & mask_n[None, :], other=0.0 if FP8 else 0)
             if FP8 == 2:
                 # the tensor cores' own accumulation, in place across the whole K (`w8a8_linear_fp8_fast_accum`)
                 acc = tl.dot(a, b, acc)
@@ -408,7 +428,11 @@ if triton is not None:
             else:
                 acc = tl.dot(a, b, acc, out_dtype=tl.int32)
             x_ptrs += BLOCK_K
-            w_ptrs += BLOCK_K
+            if W4 > 0:
+                w_ptrs += BLOCK_K // 2
+                e_ptrs += BLOCK_K // W4
+            else:
+                w_ptrs += BLOCK_K
 
         if SPLIT_K > 1:
             m2 = offs_m[:, None].to(tl.int64)
@@ -435,6 +459,39 @@ if triton is not None:
             _w8a8_finish(acc, offs_m, offs_n, mask_m, mask_n, pid_n, xs_ptr, ws_ptr, b_ptr, r_ptr, y_ptr, ys_ptr,
                          sv_ptr, N, K, stride_rm, stride_ym, HAS_BIAS, GELU, HAS_RES, XG, QOUT, BLOCK_M, BLOCK_N,
                          EPI_SPLIT)
+
+    @triton.jit
+    def _unpack_tile(p, NIBBLE_HI_FIRST: tl.constexpr):
+        """(BN, BK // 2) uint8 -> (BN, BK) nibbles as int32, in k order."""
+        lo = (p & 0xF).to(tl.int32)
+        hi = (p >> 4).to(tl.int32)
+        if NIBBLE_HI_FIRST:
+            return tl.interleave(hi, lo)
+        return tl.interleave(lo, hi)
+
+    @triton.jit
+    def _w4_pow2_tile(w_ptrs, e_ptrs, mask_n, k0, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                      GROUP: tl.constexpr):
+        """The (BK, BN) e4m3 operand of one K tile from the power-of-two 4-bit weight (`_expand_pow2_kernel`'s
+        arithmetic: q4 * 2^(6 - e), the power of two built from its exponent bits, so the cast is exact).
+        Columns past K (a partial last tile) are zero, as the plain load's mask makes them."""
+        kh = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+        p = tl.load(w_ptrs, mask=mask_n[:, None] & (kh < K // 2)[None, :], other=0x88)  # nibbles 8: q4 = 0
+        kg = k0 // GROUP + tl.arange(0, BLOCK_K // GROUP)
+        e = tl.load(e_ptrs, mask=mask_n[:, None] & (kg < K // GROUP)[None, :], other=0)
+        return tl.trans(_pow2_values(p, e, BLOCK_N, BLOCK_K, GROUP).to(tl.float8e4nv))
+
+    @triton.jit
+    def _pow2_values(p, e, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr):
+        """(BN, BK) float32 values q4 * 2^(6 - e) of the power-of-two 4-bit format from its nibbles p (BN, BK // 2)
+        and group exponents e (BN, BK // GROUP): the power of two built from its exponent bits, so every value lies
+        on the e4m3 grid and the cast that follows is a conversion."""
+        f = ((133 - e.to(tl.int32)) << 23).to(tl.float32, bitcast=True)  # 2^(6 - e): biased exponent 127 + 6 - e
+        q = (_unpack_tile(p, False) - 8).to(tl.float32)
+        w = tl.reshape(tl.reshape(q, (BLOCK_N, BLOCK_K // GROUP, GROUP)) * f[:, :, None], (BLOCK_N, BLOCK_K))
+        if _INTERP:  # the interpreter's cast rounds wrongly at binade edges: on the grid first (a no-op here)
+            w = _round_e4m3(w)
+        return w
 
     @triton.jit
     def _fence_gpu():
@@ -470,11 +527,18 @@ if triton is not None:
                       HAS_BIAS, GELU, HAS_RES, False, EPI_SPLIT)
 
 
-def _validate(xq, x_scale, wq, w_scale, bias, residual, out_dtype):
+def _validate(xq, x_scale, wq, w_scale, bias, residual, out_dtype, w4: bool = False):
+    """w4: wq is the 4-bit weight's nibbles (N, K // 2), which `_validate_w4` checked."""
     if triton is None:
         raise RuntimeError("w8a8_linear: triton is not installed")
     qdt = torch.float8_e4m3fn if isinstance(xq, torch.Tensor) and xq.dtype == torch.float8_e4m3fn else torch.int8
-    m, k, n = check_gemm_operands("w8a8_linear", xq, x_scale, wq, w_scale, qdt)
+    if w4:
+        for name, t in (("x_scale", x_scale), ("w_scale", w_scale)):
+            if not isinstance(t, torch.Tensor) or t.dtype != torch.float32:
+                raise TypeError(f"w8a8_linear: {name} must be a torch.float32 tensor, got {getattr(t, 'dtype', t)}")
+        (m, k), n = xq.shape, wq.shape[0]
+    else:
+        m, k, n = check_gemm_operands("w8a8_linear", xq, x_scale, wq, w_scale, qdt)
     if w_scale.shape != (n,):
         raise ValueError(f"w8a8_linear: w_scale must be ({n},), got {tuple(w_scale.shape)}")
     if x_scale.ndim == 2:  # group-wise activation scales (M, K // g)
@@ -533,8 +597,10 @@ def _split_counters(device) -> torch.Tensor:
     return _COUNTERS[key]
 
 
-def _launch(xq, x_scale, wq, w_scale, bias, residual, gelu, y, ys, qout, fp8_fast_accum=False, sv=None):
-    """qout < 0 (fp8 out at the static scale ys (1,)): sv (M,) float32 receives ys[0] per row."""
+def _launch(xq, x_scale, wq, w_scale, bias, residual, gelu, y, ys, qout, fp8_fast_accum=False, sv=None, we=None,
+            w4=0):
+    """qout < 0 (fp8 out at the static scale ys (1,)): sv (M,) float32 receives ys[0] per row. w4 > 0: wq is the
+    power-of-two 4-bit weight's nibbles (N, K // 2) and we its group exponents (N, K // w4)."""
     if qout < 0 and sv is None:
         raise ValueError("w8a8_linear: the fp8 static output needs its scale vector")
     m, k = xq.shape
@@ -551,11 +617,12 @@ def _launch(xq, x_scale, wq, w_scale, bias, residual, gelu, y, ys, qout, fp8_fas
     _w8a8_kernel[grid](
         xq, x_scale, wq, w_scale, bias if bias is not None else w_scale,
         residual if residual is not None else y, y, ys if ys is not None else w_scale,
-        sv if sv is not None else w_scale, part, cnt, m, n, k, xq.stride(0), wq.stride(0),
+        sv if sv is not None else w_scale, part, cnt, we if we is not None else w_scale, m, n, k, xq.stride(0),
+        wq.stride(0),
         residual.stride(0) if residual is not None else 0, y.stride(0),
         HAS_BIAS=bias is not None, GELU=gelu, HAS_RES=residual is not None,
         FP8=(2 if fp8_fast_accum else 1) if xq.dtype == torch.float8_e4m3fn else 0,
-        XG=xg, QOUT=qout, HAS_PART=part is not w_scale, **pdl_kwargs(xq.device),
+        XG=xg, QOUT=qout, HAS_PART=part is not w_scale, W4=w4, **pdl_kwargs(xq.device),
     )
 
 
@@ -623,6 +690,75 @@ def w8a8_linear_fp8_static_out(xq: torch.Tensor, x_scale: torch.Tensor, wq: torc
     mode = _gelu_mode("w8a8_linear_fp8_static_out", gelu, gelu_tanh)
     sv = torch.empty((m,), dtype=torch.float32, device=xq.device)  # written by the kernel
     _launch(xq, x_scale, wq, w_scale, bias, None, mode, q, out_scale.reshape(1), -1, fp8_fast_accum=True, sv=sv)
+    return q, sv
+
+
+def _validate_w4(name, xq, x_scale, packed, gexp, w_scale, group_size, bias, residual, out_dtype):
+    """The fused 4-bit fp8 GEMMs' checks: fp8 activations (M, K), the power-of-two 4-bit weight (nibbles (N, K // 2),
+    group exponents (N, K // g), g dividing 128 and a multiple of 16), then the fp8 GEMM's own checks."""
+    if triton is None:
+        raise RuntimeError(f"{name}: triton is not installed")
+    if not isinstance(xq, torch.Tensor) or xq.dtype != torch.float8_e4m3fn or xq.ndim != 2:
+        raise TypeError(f"{name}: xq must be 2-D float8_e4m3fn, got "
+                        f"{getattr(xq, 'dtype', type(xq).__name__)} {tuple(getattr(xq, 'shape', ()))}")
+    if group_size <= 0 or group_size % 16 or 128 % group_size:
+        raise ValueError(f"{name}: group_size={group_size} must divide 128 and be a multiple of 16")
+    if packed.dtype != torch.uint8 or packed.ndim != 2 or not packed.is_contiguous():
+        raise TypeError(f"{name}: packed must be contiguous 2-D uint8, got {packed.dtype} {tuple(packed.shape)}")
+    n, k = packed.shape[0], xq.shape[1]
+    if packed.shape[1] * 2 != k:
+        raise ValueError(f"{name}: packed {tuple(packed.shape)} holds K={packed.shape[1] * 2} weights per row, "
+                         f"xq has K={k}")
+    Q.check_group_size(k, group_size)
+    if gexp.dtype != torch.uint8 or tuple(gexp.shape) != (n, k // group_size) or not gexp.is_contiguous():
+        raise ValueError(f"{name}: group exponents must be contiguous uint8 {(n, k // group_size)}, got {gexp.dtype} "
+                         f"{tuple(gexp.shape)}")
+    if gexp.device != packed.device:
+        raise ValueError(f"{name}: packed and group exponents are on different devices")
+    _validate(xq, x_scale, packed, w_scale, bias, residual, out_dtype, w4=True)  # the rest as for the fp8 GEMM
+
+
+def _fake_w4(xq, x_scale, packed, gexp, w_scale, group_size, bias=None, residual=None, gelu=False,
+             out_dtype=torch.float16):
+    return xq.new_empty((xq.shape[0], packed.shape[0]), dtype=out_dtype)
+
+
+@fast_custom_op("qvit::w4f8_linear_fast_accum", _fake_w4)
+def w4f8_linear_fast_accum(xq: torch.Tensor, x_scale: torch.Tensor, packed: torch.Tensor, gexp: torch.Tensor,
+                           w_scale: torch.Tensor, group_size: int, bias: torch.Tensor | None = None,
+                           residual: torch.Tensor | None = None, gelu: bool = False,
+                           out_dtype: torch.dtype = torch.float16) -> torch.Tensor:
+    """`w8a8_linear_fp8_fast_accum` on the power-of-two 4-bit weight (`quantize_int4_pow2`: nibbles + a group
+    exponent, `Fp8W4Linear`) expanded to e4m3 inside the GEMM, tile by tile, instead of by `expand_int4_pow2`
+    into a (N, K) fp8 matrix first: the weight is read at 4.25 bits and never written out. Bit-identical to the
+    expansion followed by the fp8 GEMM with the same config (the same e4m3 operand, the same MMAs)."""
+    _validate_w4("w4f8_linear_fast_accum", xq, x_scale, packed, gexp, w_scale, group_size, bias, residual, out_dtype)
+    y = torch.empty((xq.shape[0], packed.shape[0]), dtype=out_dtype, device=xq.device)
+    _launch(xq, x_scale, packed, w_scale, bias, residual, gelu, y, None, 0, fp8_fast_accum=True, we=gexp,
+            w4=group_size)
+    return y
+
+
+def _fake_w4_static(xq, x_scale, packed, gexp, w_scale, group_size, bias, gelu, out_scale, gelu_tanh=False):
+    m, n = xq.shape[0], packed.shape[0]
+    return xq.new_empty((m, n), dtype=torch.float8_e4m3fn), xq.new_empty((m,), dtype=torch.float32)
+
+
+@fast_custom_op("qvit::w4f8_linear_fp8_static_out", _fake_w4_static)
+def w4f8_linear_fp8_static_out(xq: torch.Tensor, x_scale: torch.Tensor, packed: torch.Tensor, gexp: torch.Tensor,
+                               w_scale: torch.Tensor, group_size: int, bias: torch.Tensor | None, gelu: bool,
+                               out_scale: torch.Tensor, gelu_tanh: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """`w8a8_linear_fp8_static_out` on the power-of-two 4-bit weight expanded inside the GEMM (see
+    `w4f8_linear_fast_accum`): fc1 of the 4-bit fp8 rows."""
+    name = "w4f8_linear_fp8_static_out"
+    _validate_w4(name, xq, x_scale, packed, gexp, w_scale, group_size, bias, None, torch.float32)
+    from qvit.kernels.quant import check_static_scale
+    check_static_scale(name, out_scale, xq.device)
+    m, n = xq.shape[0], packed.shape[0]
+    q = torch.empty((m, n), dtype=torch.float8_e4m3fn, device=xq.device)
+    sv = torch.empty((m,), dtype=torch.float32, device=xq.device)  # written by the kernel
+    _launch(xq, x_scale, packed, w_scale, bias, None, _gelu_mode(name, gelu, gelu_tanh), q, out_scale.reshape(1), -1,
+            fp8_fast_accum=True, sv=sv, we=gexp, w4=group_size)
     return q, sv
 
 

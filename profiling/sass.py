@@ -7,7 +7,8 @@ PYTHONPATH).
 
     python -m qvit.profiling.sass [--kernel attention|w8a8|w8a8p|w4a16|w4a8|lnq] [--mode ...] [--match REGEX] [--sass DIR]
 
-Modes: attention fp16 | onchip | qout | int8 | fp8_static; w8a8 plain | gelu_res | qout | fp8 | fp8_fast | fp8_static;
+Modes: attention fp16 | onchip | qout | int8 | fp8_static; w8a8 plain | gelu_res | qout | fp8 | fp8_fast | fp8_static
+| fp8_static_tanh | fp8_splitk_res | w4f8_res | w4f8_static_tanh;
 w8a8p (persistent) plain | gelu_res | fp8 | fp8_gelu | fp8_res | fp8_static; w4a16 int4 | nf4_gelu_res;
 w4a8 gelu_res | plain | prog; lnq int8 | fp8 | fp8_static (LayerNorm + quantize, K = 1024).
 Instruction counts are static (each instruction once, loops not unrolled by count); `loops` gives each loop
@@ -57,7 +58,7 @@ def _w8a8():
     base = dict(HAS_BIAS=True, GELU=False, HAS_RES=False, FP8=0, XG=0, QOUT=0, GROUP_M=8)
     ptrs = {"x_ptr": "*i8", "xs_ptr": "*fp32", "w_ptr": "*i8", "ws_ptr": "*fp32", "b_ptr": "*fp32",
             "r_ptr": "*bf16", "y_ptr": "*bf16", "ys_ptr": "*fp32", "sv_ptr": "*fp32",
-            "part_ptr": "*fp32", "cnt_ptr": "*i32"}
+            "part_ptr": "*fp32", "cnt_ptr": "*i32", "we_ptr": "*u8"}
     return W._w8a8_kernel, {"plain": (base, ptrs), "gelu_res": ({**base, "GELU": True, "HAS_RES": True}, ptrs),
                             "qout": ({**base, "GELU": True, "QOUT": 128}, {**ptrs, "y_ptr": "*i8"}),
                             "fp8": ({**base, "FP8": 1}, {**ptrs, "x_ptr": "*fp8e4nv", "w_ptr": "*fp8e4nv"}),
@@ -69,7 +70,12 @@ def _w8a8():
                                                  "y_ptr": "*fp8e4nv"}),
                             # split-K over 4 programs per tile (QVIT_SPLITK): proj / fc2 at batch 1
                             "fp8_splitk_res": ({**base, "FP8": 2, "HAS_RES": True, "SPLIT_K": 4, "HAS_PART": True},
-                                               {**ptrs, "x_ptr": "*fp8e4nv", "w_ptr": "*fp8e4nv"})}, set()
+                                               {**ptrs, "x_ptr": "*fp8e4nv", "w_ptr": "*fp8e4nv"}),
+                            # the 4-bit power-of-two weight expanded in the GEMM (w4f8_linear_*, QVIT_W4_FUSED)
+                            "w4f8_res": ({**base, "FP8": 2, "HAS_RES": True, "W4": 32},
+                                         {**ptrs, "x_ptr": "*fp8e4nv", "w_ptr": "*u8"}),
+                            "w4f8_static_tanh": ({**base, "FP8": 2, "GELU": 2, "QOUT": -1, "W4": 32},
+                                                 {**ptrs, "x_ptr": "*fp8e4nv", "w_ptr": "*u8", "y_ptr": "*fp8e4nv"})}, set()
 
 
 def _w4a16():

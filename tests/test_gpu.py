@@ -990,3 +990,28 @@ def test_w8a8_small_m_tiles_real_shapes_gpu(poison, monkeypatch, idx, k, n):
     sc = (torch.nn.functional.gelu(y_pre, approximate="tanh").abs().max() / 448 * 0.8).float().reshape(())
     check_fp8_static_out_gelu_tanh(L.w8a8_linear_fp8_static_out, y_pre, fq, fs, f8, f8s, b, sc, TANH_APPROX_ERR,
                                    2 ** -21)
+
+
+@pytest.mark.parametrize("k,n", SHAPES[:4])
+def test_w4f8_fused_real_shapes_gpu(poison, monkeypatch, k, n):
+    """The 4-bit fp8 GEMM that expands its weight tile by tile (QVIT_W4_FUSED), at M = 197 on the four ViT-L
+    shapes: with one config pinned, bit-identical to `expand_int4_pow2` + the fp8 GEMM (float output + residual,
+    and fc1's GELU-tanh fp8 static output); autotuned, within the fp8 GEMM's 2^-9 bar of the reference on the
+    expanded weight."""
+    from qvit.kernels import w8a8_linear as L
+    from qvit.kernels.w4a8_linear import expand_int4_pow2
+    m = 197
+    packed, e, ws = Q.quantize_int4_pow2(torch.randn(n, k, device=DEV) * 0.02, 32)
+    w8 = expand_int4_pow2(packed, e, 32)
+    xq, xs = Q.quantize_fp8_per_token(torch.randn(m, k, device=DEV))
+    b, r = torch.randn(n, device=DEV), torch.randn(m, n, device=DEV, dtype=torch.bfloat16)
+    y = L.w4f8_linear_fast_accum(xq, xs, packed, e, ws, 32, b, r, False, torch.float32)
+    assert rel_err(y, Q.fp8_matmul_ref(xq, xs, w8, ws, b, torch.float32, residual=r)) < 2 ** -9
+    pin_config(monkeypatch, L._w8a8_kernel, triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 128,
+                                                           "GROUP_M": 8}, num_warps=4, num_stages=4))
+    y = L.w4f8_linear_fast_accum(xq, xs, packed, e, ws, 32, b, r, False, torch.float32)
+    assert torch.equal(y, L.w8a8_linear_fp8_fast_accum(xq, xs, w8, ws, b, r, False, torch.float32))
+    s = torch.tensor(0.01, device=DEV)
+    q, sv = L.w4f8_linear_fp8_static_out(xq, xs, packed, e, ws, 32, b, True, s, True)
+    q8, sv8 = L.w8a8_linear_fp8_static_out(xq, xs, w8, ws, b, True, s, True)
+    assert torch.equal(q.view(torch.uint8), q8.view(torch.uint8)) and torch.equal(sv, sv8)

@@ -675,6 +675,32 @@ def test_model_w4f8_on_triton_runs_the_expanded_fp8_weights(monkeypatch):
     assert torch.equal(y, y_plain)
 
 
+def test_model_w4f8_fused_same_logits_without_the_expansion(monkeypatch):
+    """QVIT_W4_FUSED=1: w4f8s2t's linears (head included) run the GEMM that expands the 4-bit weight tile by tile
+    up to W4_FUSED_MAX_M tokens: no `expand_int4_pow2` call and the same logits, bit for bit, as the expansion +
+    fp8 GEMM path (the same e4m3 operand in the same MMAs; the interpreter runs one config either way). Past
+    W4_FUSED_MAX_M tokens the expansion path runs again."""
+    import copy
+    import importlib
+
+    from qvit.vit import QuantConfig, ViT, quantize
+    QZ = importlib.import_module("qvit.vit.quantize")
+    torch.manual_seed(7)
+    base = ViT.from_name("vit_micro_patch4_32").eval()
+    m = quantize(copy.deepcopy(base), QuantConfig.preset("w4f8s2t", keep=()), calib=torch.randn(16, 3, 32, 32))
+    m = m.half().set_backend(linear="triton", attn="sdpa")
+    x = torch.randn(2, 3, 32, 32).half()
+    with torch.no_grad():
+        monkeypatch.setenv("QVIT_W4_FUSED", "0")
+        ref = m(x)
+        calls = spy(monkeypatch, "qvit.kernels.w4a8_linear", "expand_int4_pow2")
+        monkeypatch.setenv("QVIT_W4_FUSED", "1")
+        y = m(x)
+        assert calls == [] and torch.isfinite(ref).all() and torch.equal(y, ref)
+        monkeypatch.setattr(QZ, "W4_FUSED_MAX_M", 8)  # 2 images x 65 tokens: past it
+        assert torch.equal(m(x), ref) and len(calls) == 4 * base.cfg.depth
+
+
 def test_fp8_fast_accum_refuses_int8_operands():
     from qvit.kernels.w8a8_linear import w8a8_linear_fp8_fast_accum
     xq, xs = Q.quantize_int8_per_token(torch.randn(4, 32))
@@ -917,3 +943,52 @@ def test_small_m_tiles_offered_only_to_small_m():
     assert L._prune(small + [usual], dict(args, M=197)) == small + [usual]
     assert L._prune(small + [usual], dict(args, M=512)) == small + [usual]
     assert L._prune(small + [usual], dict(args, M=197 * 64)) == [usual]
+
+
+def _pow2_weight(n, k, group):
+    from qvit.kernels.w4a8_linear import expand_int4_pow2
+    packed, e, ws = Q.quantize_int4_pow2(torch.randn(n, k) * 0.05, group)
+    return packed, e, ws, expand_int4_pow2(packed, e, group)
+
+
+@pytest.mark.parametrize("split,rev", [(1, False), (2, False), (3, True)])
+@pytest.mark.parametrize("m,k,n,group,res,gelu", [(37, 160, 50, 32, True, False), (5, 192, 40, 64, False, True)])
+def test_w4f8_fused_equals_expand_then_fp8_gemm(poison, monkeypatch, split, rev, m, k, n, group, res, gelu):
+    """The 4-bit fp8 GEMM with the weight expanded inside it (`w4f8_linear_fast_accum`, fp8 static output too)
+    against `expand_int4_pow2` + the fp8 GEMM, same pinned config: bit-identical (the same e4m3 operand in the
+    same MMAs), a partial last K tile (160 = 2.5 x 64), 64-weight groups, split-K in both program orders; also
+    within the fp8 GEMM's bar of the float64 reference on the expanded weight."""
+    import triton
+
+    from conftest import pin_config
+    from qvit.kernels import w8a8_linear as L
+    cfg = triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 64, "GROUP_M": 4}, num_warps=4, num_stages=1)
+    pin_config(monkeypatch, L._w8a8_kernel, cfg, SPLIT_K=split, SPLIT_REV=rev)
+    packed, e, ws, w8 = _pow2_weight(n, k, group)
+    xq, xs = Q.quantize_fp8_per_token(torch.randn(m, k))
+    b, r = torch.randn(n), (torch.randn(m, n).half() if res else None)
+    y = L.w4f8_linear_fast_accum(xq, xs, packed, e, ws, group, b, r, gelu, torch.float32)
+    assert torch.equal(y, L.w8a8_linear_fp8_fast_accum(xq, xs, w8, ws, b, r, gelu, torch.float32))
+    assert rel_err(y, Q.fp8_matmul_ref(xq, xs, w8, ws, b, torch.float32, gelu=gelu, residual=r)) < 2 ** -10
+    s = torch.tensor(0.02)
+    q, sv = L.w4f8_linear_fp8_static_out(xq, xs, packed, e, ws, group, b, True, s, True)
+    q8, sv8 = L.w8a8_linear_fp8_static_out(xq, xs, w8, ws, b, True, s, True)
+    assert torch.equal(q.view(torch.uint8), q8.view(torch.uint8)) and torch.equal(sv, sv8)
+
+
+def test_w4f8_fused_refuses_bad_operands():
+    """Clear errors, before any launch, for what the fused 4-bit GEMM cannot read: int8 activations, a nibble
+    matrix of the wrong K, exponents of the wrong shape, a group size that does not divide 128."""
+    from qvit.kernels import w8a8_linear as L
+    packed, e, ws, _ = _pow2_weight(40, 64, 32)
+    xq, xs = Q.quantize_fp8_per_token(torch.randn(3, 64))
+    with pytest.raises(TypeError, match="xq must be 2-D float8_e4m3fn"):
+        L.w4f8_linear_fast_accum(Q.quantize_int8_per_token(torch.randn(3, 64))[0], xs, packed, e, ws, 32)
+    with pytest.raises(ValueError, match="holds K=32 weights per row, xq has K=64"):
+        L.w4f8_linear_fast_accum(xq, xs, packed[:, :16].contiguous(), e, ws, 32)
+    with pytest.raises(ValueError, match=r"group exponents must be contiguous uint8 \(40, 2\)"):
+        L.w4f8_linear_fast_accum(xq, xs, packed, e[:, :1].contiguous(), ws, 32)
+    with pytest.raises(ValueError, match="group_size=48 must divide 128"):
+        L.w4f8_linear_fast_accum(xq, xs, packed, e, ws, 48)
+    with pytest.raises(ValueError, match=r"w_scale must be \(40,\)"):
+        L.w4f8_linear_fast_accum(xq, xs, packed, e, ws[:5], 32)

@@ -40,6 +40,16 @@ def test_launches_4bit_fp8_expands_each_weight():
     assert r["per_block"] == 11 and r["syncs"] == []
 
 
+def test_launches_4bit_fp8_fused_expansion(monkeypatch):
+    """QVIT_W4_FUSED=1 (batch-1 sizes): the 4-bit row's GEMMs expand their weights themselves, so its block runs
+    the 8-bit row's 7 kernels instead of 11."""
+    monkeypatch.setenv("QVIT_W4_FUSED", "1")
+    r = _blocks("2 4bit+qvit-attn")
+    assert r["by_range"]["block/qkv"] == ["triton:_w8a8_kernel"]
+    assert r["by_range"]["block/mlp"] == ["triton:_w8a8_kernel"] * 2
+    assert r["per_block"] == 7 and r["syncs"] == []
+
+
 def test_launches_8bit_int8_fused_attention():
     """The int8 8-bit + qvit attention variant: LayerNorm+quantize, qkv GEMM, attention with Q/K quantized
     on chip, quantize of its output, proj GEMM (+ residual), LayerNorm+quantize, fc1 (+ GELU), quantize, fc2

@@ -258,6 +258,8 @@ class _QuantLinear(nn.Module):
 # kernel on every shape (qkv 81.8 vs 93.2 us, fc1 108.8 vs 123.7), at M = 197 it lost on every one (6.1 vs 5.2
 # us for qkv: fewer tiles than SMs, nothing to overlap). Sizes in between were not measured.
 PERSISTENT_MIN_TOKENS = 4096
+# the 4-bit fp8 layers' fused GEMM (QVIT_W4_FUSED=1) up to this many tokens: batch 1 (197) and 2 of ViT-L/16
+W4_FUSED_MAX_M = 512
 
 
 def _use_persistent(xq: torch.Tensor, xs: torch.Tensor) -> bool:
@@ -516,6 +518,38 @@ class Fp8W4Linear(Fp8Linear):
             from qvit.kernels.w4a8_linear import expand_int4_pow2
             return expand_int4_pow2(self.packed, self.gexp, self.group_size)
         return Q.expand_int4_pow2(self.packed, self.gexp, self.group_size)
+
+    def _fused_inputs(self, x):
+        """(fp8 activations, their scales) where this call runs the GEMM that expands the 4-bit weight tile by tile
+        (`w4f8_linear_*`: QVIT_W4_FUSED=1, Triton backend, fast accumulation, at most W4_FUSED_MAX_M tokens, where
+        the per-call expansion's write and re-read of the whole fp8 weight is not amortized over many rows),
+        else None. Off by default: built and CPU-tested, not yet measured on a GPU (NOTES.md, session 15)."""
+        if os.environ.get("QVIT_W4_FUSED", "0") != "1" or not self.fp8_fast_accum:
+            return None
+        if 128 % self.group_size or self.group_size % 16:
+            return None
+        m = x.q.shape[0] if isinstance(x, QAct) else x.shape[0]
+        backend = self._backend(x)
+        if backend is not Backend.TRITON or m > W4_FUSED_MAX_M:
+            return None
+        return (x.q, x.scale) if isinstance(x, QAct) else self._quantize_input(x, backend)
+
+    def _forward2d(self, x, gelu=False, residual=None):
+        xin = self._fused_inputs(x)
+        if xin is None:
+            return super()._forward2d(x, gelu, residual)
+        from qvit.kernels.w8a8_linear import w4f8_linear_fast_accum
+        return w4f8_linear_fast_accum(*xin, self.packed, self.gexp, self.w_scale, self.group_size, self.bias, residual,
+                                      gelu, x.dtype)
+
+    def forward_fp8_static(self, x, gelu: bool, scale: torch.Tensor, gelu_tanh: bool = False) -> QAct:
+        xin = self._fused_inputs(x if isinstance(x, QAct) else _as_2d(x))
+        if xin is None:
+            return super().forward_fp8_static(x, gelu, scale, gelu_tanh)
+        from qvit.kernels.w8a8_linear import w4f8_linear_fp8_static_out
+        q, s = w4f8_linear_fp8_static_out(*xin, self.packed, self.gexp, self.w_scale, self.group_size, self.bias, gelu,
+                                          scale, gelu_tanh)
+        return QAct(q, s, torch.Size(tuple(x.shape[:-1]) + (self.out_features,)), x.dtype)
 
     def layer_meta(self):
         return {**super().layer_meta(), "group_size": self.group_size}
