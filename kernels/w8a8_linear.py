@@ -387,7 +387,10 @@ if triton is not None:
             k_hi = tl.minimum(K, k_lo + k_share)
         # PDL: the weight rows this program reads (constants: its share of K) into L2 while the previous kernel
         # finishes, then wait for it
-        _prefetch_rows_l2(w_ptr + k_lo, offs_n, mask_n, stride_wn, k_hi - k_lo, PDL)
+        if W4 > 0:  # the nibbles: K // 2 bytes a row (the exponents, 1/16 of that, are left to the loads)
+            _prefetch_rows_l2(w_ptr + k_lo // 2, offs_n, mask_n, K // 2, (k_hi - k_lo) // 2, PDL)
+        else:
+            _prefetch_rows_l2(w_ptr + k_lo, offs_n, mask_n, stride_wn, k_hi - k_lo, PDL)
         _pdl_enter(PDL)
         # 64-bit row offsets: M * K overflows int32 beyond 2^31 elements
         x_ptrs = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm + (k_lo + offs_k)[None, :]

@@ -8,8 +8,8 @@ import re
 
 from qvit.profiling import sass as S
 
-CASES = [("w8a8", "fp8_static_tanh"), ("w8a8", "fp8_fast"), ("attention", "fp8_static"), ("lnq", "fp8_static"),
-         ("w8a8p", "fp8_static_tanh")]
+CASES = [("w8a8", "fp8_static_tanh"), ("w8a8", "fp8_fast"), ("w8a8", "w4f8_res"), ("attention", "fp8_static"),
+         ("lnq", "fp8_static"), ("w8a8p", "fp8_static_tanh")]
 
 
 def main():
