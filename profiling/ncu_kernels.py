@@ -23,7 +23,11 @@ import torch
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default=None, metavar="REGEX", help="profile only the kernels whose name matches")
+    ap.add_argument("--pin", action="append", default=[], metavar="CONFIG",
+                    help="also profile fc2 + residual at M = 197 with this W8A8 config pinned, e.g. "
+                         "'BLOCK_M=64,BLOCK_N=64,BLOCK_K=128,SPLIT_K=4,warps=4,stages=4' (repeatable)")
     args = ap.parse_args(argv)
+    pins = [parse_pin(p) for p in args.pin]  # bad specs fail before any GPU work
     if not torch.cuda.is_available():
         print("ncu_kernels: needs a CUDA GPU", file=sys.stderr)
         return 2
@@ -102,6 +106,11 @@ def main(argv: list[str] | None = None) -> int:
         "cublas_bf16_fc2_M197": lambda: torch.nn.functional.linear(h[:197], w2_bf16),
         "attention_B1_S197": lambda: attention(q[:1], kk[:1], v[:1]),
     }
+    from qvit.kernels import w8a8_linear as L
+    for spec, cfg in zip(args.pin, pins):
+        calls[f"fp8fast_fc2_res_M197@{spec}"] = (lambda c: lambda: _pinned(
+            L._w8a8_kernel, c, lambda: w8a8_linear_fp8_fast_accum(hf1, hfs1, f8w2, f8s2, b1k, r1, False,
+                                                                  torch.bfloat16)))(cfg)
     try:  # the hand-written CUDA kernel, where the extension is built
         layernorm_quant_cuda(x, lw, lb)
         calls["layernorm_quant_cuda_M12608"] = lambda: layernorm_quant_cuda(x, lw, lb)
@@ -114,6 +123,45 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     profile_launches(calls)
     return 0
+
+
+def parse_pin(spec: str):
+    """'BLOCK_M=64,BLOCK_N=64,BLOCK_K=128,SPLIT_K=4,warps=4,stages=4' -> a triton.Config (GROUP_M 8 unless
+    given); a clear error for a malformed spec."""
+    import triton
+    kw, warps, stages = {"GROUP_M": 8}, 4, 4
+    for item in spec.split(","):
+        key, sep, val = item.strip().partition("=")
+        if not sep or not val.strip().isdigit():
+            raise ValueError(f"ncu_kernels --pin {spec!r}: expected KEY=INT items separated by commas, got {item!r}")
+        if key == "warps":
+            warps = int(val)
+        elif key == "stages":
+            stages = int(val)
+        elif key in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "SPLIT_K"):
+            kw[key] = int(val)
+        else:
+            raise ValueError(f"ncu_kernels --pin {spec!r}: unknown key {key!r} (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, "
+                             f"SPLIT_K, warps, stages)")
+    missing = {"BLOCK_M", "BLOCK_N", "BLOCK_K"} - kw.keys()
+    if missing:
+        raise ValueError(f"ncu_kernels --pin {spec!r}: missing {', '.join(sorted(missing))}")
+    return triton.Config(kw, num_warps=warps, num_stages=stages)
+
+
+def _pinned(kernel, cfg, fn):
+    """fn() with the autotuned `kernel` running only `cfg` (its config list, tuning cache and pruning restored
+    afterwards)."""
+    saved = kernel.configs, kernel.cache, getattr(kernel, "early_config_prune", None)
+    kernel.configs, kernel.cache = [cfg], {}
+    if saved[2] is not None:
+        kernel.early_config_prune = None
+    try:
+        return fn()
+    finally:
+        kernel.configs, kernel.cache = saved[0], saved[1]
+        if saved[2] is not None:
+            kernel.early_config_prune = saved[2]
 
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str) -> torch.Tensor:

@@ -111,3 +111,20 @@ def test_ncu_report_takes_speed_of_light_values_when_sections_share_a_name():
     rows = {r["range"]: r for r in parse(open(csv).read())}
     assert rows["fp8fast_fc2_res_M197"]["Memory Throughput"] == ("13.62", "%")
     assert rows["fp8fast_fc2_res_M197"]["Duration"][0] == "11872"
+
+
+def test_ncu_kernels_pin_specs():
+    """`ncu_kernels --pin`: a config spec becomes the triton.Config the fc2 launch is pinned to; a malformed or
+    incomplete one is refused by name before any GPU work."""
+    import pytest
+
+    from qvit.profiling.ncu_kernels import parse_pin
+    c = parse_pin("BLOCK_M=64,BLOCK_N=32,BLOCK_K=128,SPLIT_K=4,warps=4,stages=3")
+    assert c.kwargs == {"GROUP_M": 8, "BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 128, "SPLIT_K": 4}
+    assert (c.num_warps, c.num_stages) == (4, 3)
+    with pytest.raises(ValueError, match="unknown key 'BLOCK_X'"):
+        parse_pin("BLOCK_M=64,BLOCK_X=3,BLOCK_K=128")
+    with pytest.raises(ValueError, match="missing BLOCK_N"):
+        parse_pin("BLOCK_M=64,BLOCK_K=128")
+    with pytest.raises(ValueError, match="KEY=INT"):
+        parse_pin("BLOCK_M=64;BLOCK_N=64")
