@@ -110,9 +110,19 @@ def _cmd_quantize(args) -> int:
     else:
         model = ViT.from_name(src)
     before = weight_bytes(model)
-    cfg = QuantConfig.preset(args.preset, group_size=args.group_size, keep=tuple(args.keep),
-                             keep_format=args.keep_format)
-    quantize(model.eval(), cfg)
+    overrides = {} if args.group_size is None else {"group_size": args.group_size}
+    cfg = QuantConfig.preset(args.preset, keep=tuple(args.keep), keep_format=args.keep_format, **overrides)
+    calib = None
+    if cfg.needs_calibration:
+        if args.calib is None:
+            raise SystemExit(f"qvit quantize: preset {args.preset} runs {', '.join(cfg.static_inputs())} at static fp8 "
+                             f"scales calibrated on images: pass --calib cifar10 (32 px models) or --calib FOLDER")
+        from qvit.vit.deploy import calibration_images
+        try:
+            calib = calibration_images(model, args.calib, args.calib_n)
+        except ValueError as e:
+            raise SystemExit(f"qvit quantize: {e}") from None
+    quantize(model.eval(), cfg, calib=calib)
     save_quantized(model, args.out)
     print(f"{src} -> {args.out}: {args.preset}, weights {before / 1e6:.1f} MB -> {weight_bytes(model) / 1e6:.1f} MB, "
           f"file {os.path.getsize(args.out) / 1e6:.1f} MB")
@@ -227,9 +237,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="quantize a float model into one safetensors file (export: the same command)")
     s.add_argument("--model", default="vit_small_patch4_32", help="config name, qvit float file, or timm checkpoint")
     s.add_argument("--config", default=None, help="config name when --model is a timm checkpoint")
-    s.add_argument("--preset", default="w8a8", choices=["w8a8", "w4a8", "w4a8p", "w4a16", "nf4", "fp8", "w8a8g", "w4a8pg"],
-                   help="w8a8g / w4a8pg: w8a8 / w4a8p with fc1's epilogue quantizing fc2's input (per 128 channels)")
-    s.add_argument("--group-size", type=int, default=128)
+    s.add_argument("--preset", default="w8a8", choices=["w8a8", "w4a8", "w4a8p", "w4a16", "nf4", "fp8", "w8a8g", "w4a8pg",
+                                                        "fp8s", "fp8s2", "fp8s2t", "w4f8s2t"],
+                   help="w8a8g / w4a8pg: w8a8 / w4a8p with fc1's epilogue quantizing fc2's input (per 128 channels); "
+                        "fp8s2t / w4f8s2t: the study's 8-bit / 4-bit rows (static fp8 scales: --calib)")
+    s.add_argument("--group-size", type=int, default=None, help="int4 group size (default: the preset's; 128, "
+                                                                   "w4f8s2t 32)")
+    s.add_argument("--calib", default=None, metavar="cifar10|FOLDER",
+                   help="calibration images for the presets with static fp8 scales: the first --calib-n CIFAR-10 "
+                        "training images (what `qvit study` uses) or image files of a folder")
+    s.add_argument("--calib-n", type=int, default=256)
     s.add_argument("--keep", nargs="*", default=["head", "blocks.0.", "blocks.-1."])
     s.add_argument("--keep-format", default="int8", choices=["float", "int8"],
                    help="format of the kept layers (head, first/last blocks): int8 (W8A8, the study's default) or float")

@@ -92,14 +92,11 @@ class Demo:
         if base.cfg.img_size != 32 or base.cfg.in_chans != 3:
             return None, (f"its static fp8 scales calibrate on CIFAR-10 training images (32 px), the model takes "
                           f"{base.cfg.img_size} px")
+        from qvit.vit.deploy import calibration_images
         try:
-            from qvit.train.data import load_cifar10
-            x, _ = load_cifar10("train")
+            return calibration_images(base, "cifar10", n), None
         except Exception as e:  # noqa: BLE001  (the other variants still run)
             return None, f"no CIFAR-10 training images to calibrate its static fp8 scales on ({e})"
-        from qvit.vit.deploy import model_norm
-        mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in model_norm(base))
-        return (x[:n].float().div(255) - mean) / std, None
 
     @staticmethod
     def _capture(pred):

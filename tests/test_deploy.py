@@ -70,6 +70,36 @@ def test_export_load_predict_round_trip(tmp_path, float_file, images, preset, ca
         assert r["top"][0]["label"] == ref.top[0][0] and r["top"][0]["p"] == pytest.approx(ref.top[0][1], abs=1e-5)
 
 
+@pytest.mark.parametrize("preset", ["fp8s2t", "w4f8s2t"])
+def test_export_calibrated_presets(tmp_path, float_file, images, preset):
+    """The study's 8-bit / 4-bit rows from the command line: `--calib FOLDER` calibrates the static fp8 scales on
+    that folder's images (resized as `qvit predict` resizes; the non-image file skipped), the file holds them, and
+    it equals the in-memory model quantized with the same batch (bit-exact logits on one backend); w4f8s2t keeps
+    its own group size (32). Without --calib, or with a folder of no images, the command says what is missing."""
+    from qvit.vit.deploy import calibration_images
+    m, fpath = float_file
+    folder = tmp_path  # img0..2.png and notes.txt
+    out = tmp_path / f"{preset}.safetensors"
+    assert cli(["export", "--model", str(fpath), "--preset", preset, "--calib", str(folder), "--out", str(out)]) == 0
+    calib = calibration_images(m, str(folder))
+    assert calib.shape == (3, 3, 32, 32)
+    mem = quantize(copy.deepcopy(m).eval(), QuantConfig.preset(preset, keep_format="int8"), calib=calib)
+    loaded = load_any(str(out))
+    assert float(loaded.blocks[1].mlp.fc2.x_static) == float(mem.blocks[1].mlp.fc2.x_static) > 0
+    if preset == "w4f8s2t":
+        assert loaded.blocks[1].mlp.fc1.group_size == 32
+    paths, _ = images
+    a = Predictor(loaded, "cpu", linear="torch", attn="torch")(paths)
+    b = Predictor(mem, "cpu", linear="torch", attn="torch")(paths)
+    assert all(torch.equal(ra.logits, rb.logits) for ra, rb in zip(a, b))
+    with pytest.raises(SystemExit, match="pass --calib cifar10"):
+        cli(["export", "--model", str(fpath), "--preset", preset, "--out", str(out)])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SystemExit, match="holds no image files"):
+        cli(["export", "--model", str(fpath), "--preset", preset, "--calib", str(empty), "--out", str(out)])
+
+
 def test_predict_all_bad_fails_and_refuses_non_models(tmp_path, float_file, images):
     _, fpath = float_file
     assert cli(["predict", images[1], "--model", str(fpath), "--device", "cpu"]) == 1

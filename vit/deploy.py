@@ -8,6 +8,7 @@ and the measured latency. Unreadable files are reported per file and do not stop
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
@@ -51,6 +52,46 @@ def class_names(model: ViT) -> list[str]:
     return [str(i) for i in range(model.cfg.num_classes)]
 
 
+CALIB_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def calibration_images(model: ViT, source: str, n: int = 256) -> torch.Tensor:
+    """The normalized float batch (N, 3, H, W) that `quantize(..., calib=)` computes static fp8 scales from
+    (the fp8s* and w4f8s2t presets). source "cifar10": the first n CIFAR-10 training images, what `qvit study`
+    and the demo calibrate on (32 px models only); a folder: its first n image files in name order, resized as
+    `qvit predict` resizes. Raises ValueError naming what is missing."""
+    if n <= 0:
+        raise ValueError(f"calibration: n must be positive, got {n}")
+    if source == "cifar10":
+        if model.cfg.img_size != 32 or model.cfg.in_chans != 3:
+            raise ValueError(f"calibration on CIFAR-10 needs a 32 px, 3-channel model; this one takes "
+                             f"{model.cfg.img_size} px: pass a folder of images instead")
+        from qvit.train.data import load_cifar10
+        x, _ = load_cifar10("train")
+        mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in model_norm(model))
+        return (x[:n].float().div(255) - mean) / std
+    if not os.path.isdir(source):
+        raise ValueError(f"calibration source {source!r}: not 'cifar10' and not a folder")
+    files = sorted(f for f in os.listdir(source) if f.lower().endswith(CALIB_EXTS))[:n]
+    if not files:
+        raise ValueError(f"calibration folder {source!r} holds no image files ({', '.join(CALIB_EXTS)})")
+    from qvit.train.data import load_image_u8
+    size, (mean, std) = model.cfg.img_size, model_norm(model)
+    return torch.cat([normalize_u8(load_image_u8(os.path.join(source, f), size, crop_pct(size)), mean, std)
+                      for f in files])
+
+
+def crop_pct(size: int) -> float:
+    """CIFAR-size models saw whole 32 px images; ImageNet-size ones the usual 0.875 center crop."""
+    return 1.0 if size <= 64 else 0.875
+
+
+def normalize_u8(x_u8: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 (3, H, W) at the model's size -> a normalized (1, 3, H, W) float batch."""
+    x = x_u8.float().div(255)
+    return ((x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1))[None]
+
+
 @dataclass
 class Prediction:
     path: str
@@ -70,13 +111,11 @@ class Predictor:
         self.mean, self.std = model_norm(model)
         self.classes = class_names(model)
         self.size = model.cfg.img_size
-        # CIFAR-size models saw whole 32 px images; ImageNet-size ones the usual 0.875 center crop
-        self.crop_pct = 1.0 if self.size <= 64 else 0.875
+        self.crop_pct = crop_pct(self.size)
 
     def normalize(self, x_u8: torch.Tensor) -> torch.Tensor:
         """uint8 (3, H, W) at the model's size -> a normalized (1, 3, H, W) float batch."""
-        x = x_u8.float().div(255)
-        return ((x - torch.tensor(self.mean).view(3, 1, 1)) / torch.tensor(self.std).view(3, 1, 1))[None]
+        return normalize_u8(x_u8, self.mean, self.std)
 
     def preprocess(self, path: str) -> torch.Tensor:
         from qvit.train.data import load_image_u8
