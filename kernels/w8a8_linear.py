@@ -87,7 +87,13 @@ if triton is not None:
             # split-K (fp8 fast accumulation, M <= SPLITK_MAX_M): at batch 1 (M = 197) a 128 x 128 tile grid has
             # 16-64 programs for 132 SMs and each walks all of K; SPLIT_K programs per tile walk K / SPLIT_K each
             # (128 x 128 left out: its reduction spilled 392 bytes, sm_90 Triton 3.6, `sass --mode fp8_splitk_res`)
-            for bm, bn, bk, w, s in [(64, 128, 128, 4, 4), (64, 64, 128, 4, 4), (128, 64, 128, 4, 4)]:
+            # Tall narrow tiles (256 / 128 x 32, 256 x 64): all of M = 197 in one or two row tiles, so that each
+            # program streams weight rows no other program reads. profiling/weight_stream (session 16 call 3):
+            # fc2's 4 MiB take 10.6 us from 64 reading programs and 4.0 us from 256; with 64-row tiles 4 row
+            # tiles read every weight tile, so split-K 4's 256 CTAs are 64 distinct weight streams (fc2 pinned
+            # 64 x 64 split 4: 11.8 us, unsplit 11.9, Nsight Compute call 2)
+            for bm, bn, bk, w, s in [(64, 128, 128, 4, 4), (64, 64, 128, 4, 4), (128, 64, 128, 4, 4),
+                                     (256, 32, 128, 4, 3), (128, 32, 128, 4, 4), (256, 64, 128, 8, 3)]:
                 for sk in (2, 4, 8):
                     cfgs.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8,
                                                "SPLIT_K": sk}, num_warps=w, num_stages=s))

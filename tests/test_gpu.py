@@ -905,7 +905,8 @@ def test_pdl_same_logits_eager_and_graphed_gpu(monkeypatch, variant):
     assert torch.isfinite(ref).all() and torch.equal(y, ref) and torch.equal(out, ref)
 
 
-@pytest.mark.parametrize("tile", [(64, 128, 128), (64, 64, 128), (128, 64, 128)])
+@pytest.mark.parametrize("tile", [(64, 128, 128, 4, 4), (64, 64, 128, 4, 4), (128, 64, 128, 4, 4), (256, 32, 128, 4, 3),
+                                  (128, 32, 128, 4, 4), (256, 64, 128, 8, 3)])
 @pytest.mark.parametrize("split", [2, 4, 8])
 @pytest.mark.parametrize("k,n", SHAPES[:4])
 def test_fp8_split_k_real_shapes_gpu(poison, monkeypatch, tile, split, k, n):
@@ -926,9 +927,9 @@ def test_fp8_split_k_real_shapes_gpu(poison, monkeypatch, tile, split, k, n):
     ref = Q.fp8_matmul_ref(xq, xs, wq, ws, b, torch.float32, residual=r)
     # a scale at which the largest outputs saturate (the bracket check wants some +-448 codes)
     s = (Q.fp8_matmul_ref(xq, xs, wq, ws, b, torch.float32, gelu=True).abs().max() / 448 * 0.8).float().reshape(())
-    bm, bn, bk = tile
+    bm, bn, bk, warps, stages = tile
     pin_config(monkeypatch, L._w8a8_kernel, triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8},
-                                                          num_warps=4, num_stages=4), SPLIT_K=split)
+                                                          num_warps=warps, num_stages=stages), SPLIT_K=split)
     ys = [L.w8a8_linear_fp8_fast_accum(xq, xs, wq, ws, b, r, False, torch.float32) for _ in range(3)]
     assert rel_err(ys[0], ref) < 2 ** -9 and torch.equal(ys[0], ys[1]) and torch.equal(ys[0], ys[2])
     y_pre = L.w8a8_linear_fp8_fast_accum(xq, xs, wq, ws, b, None, False, torch.float32)
