@@ -201,3 +201,8 @@ def test_pdl_off_unless_asked_and_never_on_cpu_or_interpreter(monkeypatch):
     assert pdl_kwargs(torch.device("cpu")) == {}
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert pdl_kwargs(torch.device("cuda", 0)) == {}
+    monkeypatch.setenv("QVIT_PDL", "late")
+    assert pdl_kwargs(torch.device("cpu")) == {}
+    monkeypatch.setenv("QVIT_PDL", "yes")
+    with pytest.raises(ValueError, match="QVIT_PDL='yes': expected one of 0, 1, late"):
+        pdl_kwargs(torch.device("cpu"))
