@@ -74,25 +74,14 @@ if triton is not None:
         return v
 
     @triton.jit
-    def _pdl_enter(PDL: tl.constexpr, RELEASE_LATER: tl.constexpr = False):
+    def _pdl_enter(PDL: tl.constexpr):
         """Programmatic dependent launch (`qvit.backend.pdl_kwargs`): wait until the previous kernel on the stream
         has finished and its writes are visible (griddepcontrol.wait), then let the next kernel launch
         (griddepcontrol.launch_dependents: it starts once every program here has passed this point, and waits in
         its own _pdl_enter). Every load of a previous kernel's output and every store of a kernel must come after
-        this call; loads of constants (weights) and L2 prefetches may come before. Nothing without PDL.
-        PDL == 2 (QVIT_PDL=late) in a kernel that passes RELEASE_LATER: only the wait here; the kernel lets the
-        next one launch later, with `_pdl_release` (the GEMM: after its main loop), so that the next kernel's
-        waiting programs do not take SM slots and shared memory while this one still has work to place.
-        Where the release goes changes timing only: the next kernel's wait is for this one's completion."""
+        this call; loads of constants (weights) and L2 prefetches may come before. Nothing without PDL."""
         if PDL:
             gdc_wait()
-            if not (RELEASE_LATER and PDL == 2):
-                gdc_launch_dependents()
-
-    @triton.jit
-    def _pdl_release(PDL: tl.constexpr):
-        """QVIT_PDL=late (PDL == 2): let the next kernel launch now (see `_pdl_enter`). Nothing otherwise."""
-        if PDL == 2:
             gdc_launch_dependents()
 
     @triton.jit

@@ -41,7 +41,7 @@ SPLITK_MAX_M, SPLITK_MAX, SPLITK_TILES = 512, 8, 4096
 if triton is not None:
     # one rounding rule for every quantizer
     from qvit.kernels.layernorm_quant import (_div_rn_fast, _fp8_static_codes, _int8_rn, _pdl_enter,
-                                              _pdl_release, _prefetch_rows_l2, _round_e4m3, _store_static_scale)
+                                              _prefetch_rows_l2, _round_e4m3, _store_static_scale)
 
     # narrow K tiles, offered only for inputs with 32- or 64-channel scale groups (proj after the quantizing
     # attention epilogue: one group per head); the other calls are tuned over the same tiles as before
@@ -396,7 +396,7 @@ if triton is not None:
             _prefetch_rows_l2(w_ptr + k_lo // 2, offs_n, mask_n, K // 2, (k_hi - k_lo) // 2, PDL)
         else:
             _prefetch_rows_l2(w_ptr + k_lo, offs_n, mask_n, stride_wn, k_hi - k_lo, PDL)
-        _pdl_enter(PDL, True)
+        _pdl_enter(PDL)
         # 64-bit row offsets: M * K overflows int32 beyond 2^31 elements
         x_ptrs = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm + (k_lo + offs_k)[None, :]
         if W4 > 0:  # nibbles (BN, BK / 2) and group exponents (BN, BK / W4) of the 4-bit weight
@@ -441,7 +441,6 @@ if triton is not None:
                 e_ptrs += BLOCK_K // W4
             else:
                 w_ptrs += BLOCK_K
-        _pdl_release(PDL)  # QVIT_PDL=late: the next kernel may launch once every program is past its main loop
 
         if SPLIT_K > 1:
             m2 = offs_m[:, None].to(tl.int64)

@@ -69,26 +69,22 @@ def _cc_major(index: int) -> int:
     return torch.cuda.get_device_capability(index)[0]
 
 
-_PDL_MODES = {"0": 0, "1": 1, "late": 2}
-
-
 def pdl_kwargs(device) -> dict:
-    """Launch keywords for qvit's Triton kernels: {"PDL": mode, "launch_pdl": True} where QVIT_PDL is 1 or late and
-    the device is sm_90 or newer (programmatic dependent launch: the kernel may start while the previous one on
-    the stream finishes; each kernel waits (griddepcontrol.wait) before it touches anything the previous one
-    wrote, and before any store), else {} (the kernels' PDL constexpr defaults to False). QVIT_PDL=1 (mode 1):
-    every kernel lets the next one launch right after its own wait; late (mode 2): the GEMMs only after their
-    main loop (`_pdl_release`). Never under the interpreter, which cannot run the griddepcontrol instructions.
-    Off by default: on the H200 (results/h200-gpu-16) mode 1 made the 4-bit row's batch 1 8% faster and the
-    8-bit row's 6% slower."""
+    """Launch keywords for qvit's Triton kernels: {"PDL": True, "launch_pdl": True} where QVIT_PDL=1 and the device
+    is sm_90 or newer (programmatic dependent launch: the kernel may start while the previous one on the stream
+    finishes; each kernel waits (griddepcontrol.wait) before it touches anything the previous one wrote, and
+    before any store), else {} (the kernels' PDL constexpr defaults to False). Never under the interpreter, which
+    cannot run the griddepcontrol instructions. Off by default: on the H200 its effect on batch 1 followed the
+    autotuner's decisions, -6% to +6% (results/h200-gpu-16, NOTES.md session 16). Any other value than 0 or 1 is
+    an error."""
     value = os.environ.get("QVIT_PDL", "0")
-    if value not in _PDL_MODES:
-        raise ValueError(f"QVIT_PDL={value!r}: expected one of {', '.join(_PDL_MODES)}")
-    if not _PDL_MODES[value] or interpreting() or device.type != "cuda":
+    if value not in ("0", "1"):
+        raise ValueError(f"QVIT_PDL={value!r}: expected 0 or 1")
+    if value == "0" or interpreting() or device.type != "cuda":
         return {}
     import torch
     index = device.index if device.index is not None else torch.cuda.current_device()
-    return {"PDL": _PDL_MODES[value], "launch_pdl": True} if _cc_major(index) >= 9 else {}
+    return {"PDL": True, "launch_pdl": True} if _cc_major(index) >= 9 else {}
 
 
 def tune_bench(kernel_call, quantiles=(0.5, 0.2, 0.8), trials: int = 7):
