@@ -296,9 +296,10 @@ def _ref_row(rows):
 def merge(paths: list[str]) -> dict:
     """One result from several bench_e2e runs of one commit on one kind of card (e.g. one per GPU of a
     machine, each measuring its own timm bf16 baseline): every row keeps the img/s of the baseline measured
-    in its own run (`ref_img_per_s`, `lane`), so each ratio stays a same-run ratio."""
+    in its own run (`ref_img_per_s`, `lane`), so each ratio stays a same-run ratio. The runs may measure
+    different batch sizes (the result's `batches` is their union; a row has only its own run's)."""
     runs = [json.load(open(p)) for p in paths]
-    for key in ("model", "batches"):
+    for key in ("model",):
         if len({json.dumps(r[key]) for r in runs}) != 1:
             raise ValueError(f"merge: the runs differ in {key}: " + ", ".join(f"{p}: {r[key]}" for p, r in zip(paths, runs)))
     for key in ("card", "commit", "torch", "triton"):
@@ -309,6 +310,7 @@ def merge(paths: list[str]) -> dict:
            "merged_from": [os.path.basename(os.path.dirname(os.path.abspath(p))) + "/" + os.path.basename(p)
                            for p in paths], "rows": [], "missing": {}}
     res["env"]["dates"] = [r["env"].get("date") for r in runs]
+    res["batches"] = sorted({b for r in runs for b in r["batches"]})
     for lane, run in enumerate(runs):
         ref = _ref_row(run["rows"])
         for r in run["rows"]:
@@ -351,7 +353,7 @@ def to_markdown(res: dict) -> str:
         g = b1.get("graphed_ms")
         cells = [r["variant"], f"{b1['eager_ms']['p50']:.3f}" if b1 else "-"]
         cells += [f"{g[k]:.3f}" for k in ("mean", "p50", "p95", "p99")] if g else ["-"] * 4
-        cells += [f"{r[f'batch{b}']['img_per_s']:.0f}" for b in bs if b != 1]
+        cells += [f"{r[f'batch{b}']['img_per_s']:.0f}" if f"batch{b}" in r else "-" for b in bs if b != 1]
         big = f"batch{max(bs)}"
         x = _ratio(r, ref, big)
         cells.append(f"{x:.2f}x" if x is not None else "-")

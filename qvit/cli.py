@@ -310,7 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stages", default=None, help="comma-separated subset of train,study,qat,qlora,e2e,report")
     s.add_argument("--tiny", action="store_true", help="tiny scale even on a GPU")
     s.add_argument("--device", default=None)
-    s.add_argument("--e2e", default=None, help="report: a bench_e2e.json from another run folder")
+    s.add_argument("--e2e", action="append", default=None,
+                   help="report: a bench_e2e.json from another run folder; repeatable (for each variant and batch "
+                        "size the last file that measured it wins; each ratio stays against its own run's baseline)")
     s.add_argument("--sizes", default=None, help="report: a `bench_e2e --sizes-only` JSON for the disk column")
     s.add_argument("--study", default=None, help="report: a study_ptq.json from another folder (a later study)")
     s.set_defaults(fn=_cmd_compare)

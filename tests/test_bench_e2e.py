@@ -83,6 +83,23 @@ def test_merge_keeps_each_runs_baseline(tmp_path):
         bench_e2e.merge([a, c])
 
 
+def test_merge_runs_of_different_batch_sizes(tmp_path):
+    """Lanes that measured different batch sizes (one lane's peers at batch 64 only): the merged result has the
+    union, a row shows '-' for a batch its run did not measure, and ratios stay against each run's baseline."""
+    a = _run(tmp_path, "gpu0", 100.0, {"3 8bit": 150.0})
+    b = _run(tmp_path, "gpu1", 200.0, {"torchao": 100.0})
+    d = json.loads(open(b).read())
+    d["batches"] = [4]
+    for r in d["rows"]:
+        del r["batch1"]
+    open(b, "w").write(json.dumps(d))
+    res = bench_e2e.merge([a, b])
+    assert res["batches"] == [1, 4]
+    md = bench_e2e.to_markdown(res)
+    line = next(ln for ln in md.splitlines() if ln.startswith("| torchao |"))
+    assert line.startswith("| torchao | - | - | - | - | - | 100 | 0.50x |"), line
+
+
 def test_peer_failure_is_one_error_row(tmp_path):
     """Peers run in processes of their own: one that cannot run (here timm has no such model) becomes an error
     row naming the reason, and the rows before it are kept."""

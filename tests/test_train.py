@@ -340,3 +340,41 @@ def test_qat_recovery_lines_follow_the_preset_not_the_row_name(tmp_path):
     lines = [ln for ln in md.splitlines() if ln.startswith("- QAT")]
     assert lines == ["- QAT w4a8 (8 epochs) then w4a8 linears, qvit attention, int8 Q/K (its study's row "
                      "'2 4bit+qvit-attn'): top-1 90.77 (-0.23 vs bf16 baseline)"], lines
+
+
+def test_results_from_several_e2e_files(tmp_path):
+    """`qvit compare --stages report --e2e A --e2e B`: for each variant and batch size the last file that measured
+    it wins (B's batch 1 and 64 over A's batch 1; A's batch 256 kept), every ratio is against its own run's
+    baseline (A's timm for batch 256, not B's), the size fields come from the run of the row's largest batch,
+    and the source line says which batches each file gave."""
+    import json
+
+    from qvit.train.compare import write_results
+    out = tmp_path / "run"
+    (out / "study").mkdir(parents=True)
+    row = {"n": 10, "top5": 99.0, "macro_f1": 80.0}
+    json.dump({"variants": {"1 bf16": {**row, "top1": 91.0}, "3 8bit+qvit-attn": {**row, "top1": 90.5}}},
+              open(out / "study" / "study_ptq.json", "w"))
+
+    def b1(ms):
+        return {"graphed_ms": {"mean": ms, "p50": ms, "p95": ms, "p99": ms}, "eager_ms": {"p50": 9.0}}
+
+    def e2e(name, rows, batches):
+        p = tmp_path / name / "bench_e2e.json"
+        p.parent.mkdir()
+        json.dump({"model": "vit_large_patch16_224", "batches": batches, "env": {"card": "H200"}, "rows": rows},
+                  open(p, "w"))
+        return str(p)
+
+    a = e2e("a", [{"variant": "timm bf16 (sdpa)", "batch1": b1(1.4), "batch256": {"img_per_s": 1000.0},
+                   "weight_bytes": 2 ** 20},
+                  {"variant": "3 8bit+qvit-attn", "batch1": b1(1.0), "batch256": {"img_per_s": 1700.0},
+                   "weight_bytes": 2 ** 20, "disk_bytes": 3 * 2 ** 20, "peak_mem_bytes": 2 * 2 ** 30}], [1, 256])
+    b = e2e("b", [{"variant": "timm bf16 (sdpa)", "batch1": b1(1.3), "batch64": {"img_per_s": 2000.0},
+                   "weight_bytes": 2 ** 20},
+                  {"variant": "3 8bit+qvit-attn", "batch1": b1(0.9), "batch64": {"img_per_s": 3600.0},
+                   "weight_bytes": 2 ** 20, "disk_bytes": 5 * 2 ** 20, "peak_mem_bytes": 2 ** 30}], [1, 64])
+    md = open(write_results(str(out), False, e2e_file=[a, b])).read()
+    line = next(ln for ln in md.splitlines() if ln.startswith("| 3 8bit+qvit-attn |"))
+    assert "| 0.900 | 0.900 | 0.900 | 0.900 | 3600 | 1700 | 1.70x | 3.0 | 2.00 |" in line, line
+    assert "../a/bench_e2e.json (b256)" in md and "../b/bench_e2e.json (b1, b64)" in md

@@ -125,7 +125,9 @@ def write_results(out: str, tiny: bool, e2e_file: str | None = None, sizes_file:
         ab = _load(os.path.join(out, "study", "ablation_from_log.json"))
         if ab is not None:
             st["ablation"] = ab
-    e2e = _load(e2e_file or os.path.join(out, "bench_e2e.json"))
+    e2e_files = [e2e_file] if isinstance(e2e_file, str) else list(e2e_file or [])
+    e2e = _combine_e2e(e2e_files) if len(e2e_files) > 1 else _load(
+        e2e_files[0] if e2e_files else os.path.join(out, "bench_e2e.json"))
     sizes = {r["variant"].split(" ")[0]: r for r in ((_load(sizes_file) or {}).get("rows", []) if sizes_file else [])
              if r.get("keep_format") == "int8" or r["variant"].startswith("1 ")}
     # the QAT of the study's 4-bit preset, else of the earlier one (w4a8: runs before w4a8p was the 4-bit row)
@@ -181,7 +183,9 @@ def write_results(out: str, tiny: bool, e2e_file: str | None = None, sizes_file:
               f"(batch-1 latency graphed where capturable; x bf16 = img/s at the largest batch over '{ref_name}' "
               "in the same run). Source files: train/summary.json, "
               f"{os.path.relpath(study_file, out) if study_file else 'study/study_ptq.json'}, "
-              f"{os.path.relpath(e2e_file, out) if e2e_file else 'bench_e2e.json'}"
+              + (", ".join(f"{os.path.relpath(f, out)} ({', '.join(f'b{b}' for b in bs) or 'nothing shown'})"
+                           for f, bs in _e2e_sources(e2e, e2e_files, main).items()) if len(e2e_files) > 1 else
+                 os.path.relpath(e2e_files[0], out) if e2e_files else "bench_e2e.json")
               + (f"; disk MiB where no e2e row has it: {os.path.relpath(sizes_file, out)} (safetensors files written on "
                  "a CPU; sizes depend only on shapes and formats)" if sizes else "") + ".", ""]
     if not any(k[0].isdigit() for k in e2e_rows) and not tiny:
@@ -227,6 +231,48 @@ def write_results(out: str, tiny: bool, e2e_file: str | None = None, sizes_file:
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     return path
+
+
+def _combine_e2e(paths: list[str]) -> dict:
+    """One e2e result from several bench_e2e runs of the same model, for the report's columns: for each variant
+    and batch size the last file that measured it wins; each batch entry keeps the img/s of its own run's
+    baseline (`ref_img_per_s`), so every ratio is a same-run ratio, and the weight / disk / peak-memory fields come
+    from the run that gave the row's largest batch. `won`: (variant, batch key) -> the file it came from."""
+    runs = [_load(p) for p in paths]
+    for p, r in zip(paths, runs):
+        if r is None:
+            raise FileNotFoundError(f"qvit compare --e2e {p}: no such file")
+    if len({r["model"] for r in runs}) != 1:
+        raise ValueError("qvit compare: the --e2e files measure different models: "
+                         + ", ".join(f"{p}: {r['model']}" for p, r in zip(paths, runs)))
+    rows, order, won = {}, [], {}
+    for p, run in zip(paths, runs):
+        ref = next((r for r in run["rows"] if r["variant"].startswith("timm bf16 (sdpa)") and "error" not in r), None)
+        for r in run["rows"]:
+            if "error" in r:
+                continue
+            key = r["variant"]
+            if key not in rows:
+                rows[key], _ = {"variant": key, "ref_img_per_s": {}}, order.append(key)
+            for b in (k for k in r if k.startswith("batch")):
+                base = (r.get("ref_img_per_s") or {}).get(b) or (ref or {}).get(b, {}).get("img_per_s")
+                rows[key][b] = r[b]
+                rows[key]["ref_img_per_s"][b] = base
+                won[key, b] = p
+            big = max(int(k[5:]) for k in rows[key] if k.startswith("batch"))
+            if f"batch{big}" in r:
+                rows[key].update({k: r[k] for k in ("weight_bytes", "disk_bytes", "peak_mem_bytes") if k in r})
+    return {"model": runs[0]["model"], "env": runs[-1]["env"], "rows": [rows[k] for k in order],
+            "batches": sorted({b for r in runs for b in r["batches"]}),
+            "won": won}
+
+
+def _e2e_sources(e2e: dict, paths: list[str], shown: list[str]) -> dict:
+    """{file: the batch sizes it gave the rows shown} of a `_combine_e2e` result (`shown`: the table's variants,
+    matched by their leading token as the table matches them)."""
+    tokens = {k.split(" ")[0] for k in shown}
+    return {p: sorted({int(b[5:]) for (v, b), q in e2e["won"].items() if q == p and v.split(" ")[0] in tokens})
+            for p in paths}
 
 
 def _plots(out, st, e2e_rows) -> list[str]:
