@@ -11,3 +11,13 @@ el() { echo "+$(( $(date +%s) - start ))s"; }
 QVIT_BUILD_CUDA=0 python3 -m pip install --no-build-isolation --no-deps -v -e . > "$OUT/install.log" 2>&1
 echo "install rc=$? at $(el)"
 mkdir -p ~/.triton/cache && tar xzf tools/triton-autotune.tgz -C ~/.triton/cache
+# e2e_b1 GPU NAME DEADLINE [ENV=VALUE ...]: batch 1 graphed of rows 3 / 2 with timm bf16 in one bench_e2e process on
+# GPU, under the given environment, output in $OUT/r/e2e-NAME (+ .log), cut at DEADLINE seconds after `start`
+# (the comparison every session-16 call repeated; one process per setting, each with its own baseline)
+e2e_b1() {
+  local gpu=$1 name=$2 dl=$3; shift 3
+  mkdir -p "$OUT/r"
+  env CUDA_VISIBLE_DEVICES=$gpu "$@" timeout $(( start + dl - $(date +%s) )) python3 -m qvit.profiling.bench_e2e \
+    --out "$OUT/r/e2e-$name" --only qvit,timm --batches 1 --iters 50 --warm 8 \
+    --variants "3 8bit+qvit-attn" "2 4bit+qvit-attn" > "$OUT/r/e2e-$name.log" 2>&1; echo "e2e $name rc=$? at $(el)"
+}
