@@ -1016,3 +1016,21 @@ def test_w4f8_fused_real_shapes_gpu(poison, monkeypatch, k, n):
     q, sv = L.w4f8_linear_fp8_static_out(xq, xs, packed, e, ws, 32, b, True, s, True)
     q8, sv8 = L.w8a8_linear_fp8_static_out(xq, xs, w8, ws, b, True, s, True)
     assert torch.equal(q.view(torch.uint8), q8.view(torch.uint8)) and torch.equal(sv, sv8)
+
+
+def test_tune_in_model_small_vit_gpu(tmp_path, monkeypatch):
+    """`qvit.profiling.tune_in_model` end to end on a small ViT at batch 1, measuring only (--no-save): every
+    recorded key has >= 2 candidates and its kept config among them, the descent's log starts from the
+    autotuners' choices, both medians are finite, and the kept set is the faster of the two re-timed sets."""
+    import json
+
+    from qvit.profiling import tune_in_model
+    monkeypatch.setenv("TRITON_CACHE_AUTOTUNING", "1")
+    rc = tune_in_model.main(["--out", str(tmp_path), "--model", "vit_micro_patch4_32", "--iters", "5",
+                             "--variants", "3 8bit+qvit-attn", "--no-save"])
+    assert rc == 0
+    v = json.load(open(tmp_path / "tune_in_model.json"))["variants"]["3 8bit+qvit-attn"]
+    assert v["keys"] and all(k["candidates"] >= 2 and k["chosen"] in k["in_model_ms"] and k["file"] is None
+                             for k in v["keys"])
+    assert "start" in v["log"][0] and all(math.isfinite(t) for t in v["check"]["autotuner_ms"] + v["check"]["descent_ms"])
+    assert v["kept"] == ("descent" if v["descent_ms"] < v["autotuner_ms"] else "autotuner")
