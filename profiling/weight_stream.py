@@ -11,7 +11,10 @@ columns of it, BLOCK_K at a time, with several loads in flight) and sums it, in 
 (`rows`), row-major with each row padded by 128 bytes (`padded`: the same tiles, stride no longer a power of
 two), and tiled (`tiled`: every (BLOCK_N, BLOCK_K) tile one contiguous block, in the order a program reads
 them), timed like the autotuner times kernels (`qvit.backend.tune_bench`: in a CUDA graph, after an L2 flush).
-Every kernel's sums are checked against torch's before it is timed.
+Then the same streams with the activation side added (`gemm_parts`: every program also loads all 197 tokens'
+tile of each K step; then the int32 MMA too, a split-K GEMM with no epilogue and no reduction), so that the gap
+between streaming and the GEMM can be split into its parts. Every kernel's result is checked against torch's
+before it is timed.
 
     python -m qvit.profiling.weight_stream --out results/RUN/weight_stream
 """
@@ -98,6 +101,73 @@ def stream_sums(storage: torch.Tensor, n: int, k: int, stride: int, layout: str,
     return out
 
 
+if triton is not None:
+    @triton.jit
+    def _gemm_kernel(x_ptr, w_ptr, out_ptr, M, N, K, stride_n, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_K: tl.constexpr, STEPS: tl.constexpr, DOT: tl.constexpr):
+        """The stream kernel plus the activation side of a batch-1 GEMM, program (n, s) over K chunk s: every
+        program also loads the (BLOCK_M >= M, BLOCK_K) activation tile of each step (all tokens: one program per
+        weight tile, as `_stream_kernel`). DOT: int32 tl.dot of the tiles into out[s] (M, N) (a split-K GEMM
+        with no epilogue and no reduction); else both tiles' sums, per weight row, into out[s, 0, rows]."""
+        pid_n, pid_s = tl.program_id(0), tl.program_id(1)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_m = tl.arange(0, BLOCK_M)
+        offs_k = tl.arange(0, BLOCK_K)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+        sums = tl.zeros((BLOCK_N,), dtype=tl.int32)
+        if DOT:  # a loop the compiler software-pipelines (num_stages), as it does the GEMM's
+            for i in range(STEPS):
+                k0 = (pid_s * STEPS + i) * BLOCK_K
+                w = tl.load(w_ptr + offs_n[:, None].to(tl.int64) * stride_n + (k0 + offs_k)[None, :],
+                            mask=(offs_n < N)[:, None], other=0)
+                x = tl.load(x_ptr + offs_m[:, None] * K + (k0 + offs_k)[None, :], mask=(offs_m < M)[:, None],
+                            other=0)
+                acc = tl.dot(x, tl.trans(w), acc, out_dtype=tl.int32)
+        else:  # every load issued up front, as the stream kernel's
+            for i in tl.static_range(STEPS):
+                k0 = (pid_s * STEPS + i) * BLOCK_K
+                w = tl.load(w_ptr + offs_n[:, None].to(tl.int64) * stride_n + (k0 + offs_k)[None, :],
+                            mask=(offs_n < N)[:, None], other=0)
+                x = tl.load(x_ptr + offs_m[:, None] * K + (k0 + offs_k)[None, :], mask=(offs_m < M)[:, None],
+                            other=0)
+                sums += tl.sum(w.to(tl.int32), axis=1) + tl.sum(x.to(tl.int32))
+        if DOT:
+            tl.store(out_ptr + pid_s * M * N + offs_m[:, None] * N + offs_n[None, :], acc,
+                     mask=(offs_m < M)[:, None] & (offs_n < N)[None, :])
+        else:
+            tl.store(out_ptr + pid_s * M * N + offs_n, sums, mask=offs_n < N)
+
+
+def gemm_parts(x: torch.Tensor, w: torch.Tensor, block_n: int, block_k: int, split: int, dot: bool) -> torch.Tensor:
+    """(split, M, N) int32: with dot, x (M, K) @ w (N, K).T per K chunk; else row 0 of each chunk holds the weight
+    rows' sums plus the whole activation chunk's sum (the loads without the MMA). One row tile holds all M."""
+    if triton is None:
+        raise RuntimeError("weight_stream: needs Triton")
+    (m, k), n = x.shape, w.shape[0]
+    if w.shape[1] != k or x.dtype != torch.int8 or w.dtype != torch.int8:
+        raise ValueError(f"weight_stream: expected int8 x (M, K) and w (N, K), got {tuple(x.shape)} {x.dtype} and "
+                         f"{tuple(w.shape)} {w.dtype}")
+    if k % (split * block_k):
+        raise ValueError(f"weight_stream: K={k} is not a multiple of split {split} x BLOCK_K {block_k}")
+    block_m = max(16, triton.next_power_of_2(m))
+    out = torch.zeros((split, m, n), dtype=torch.int32, device=x.device)
+    _gemm_kernel[(triton.cdiv(n, block_n), split)](x, w, out, m, n, k, w.stride(0), BLOCK_M=block_m,
+                                                   BLOCK_N=block_n, BLOCK_K=block_k, STEPS=k // (split * block_k),
+                                                   DOT=dot, num_warps=4, num_stages=3)
+    return out
+
+
+def gemm_parts_reference(x: torch.Tensor, w: torch.Tensor, split: int, dot: bool) -> torch.Tensor:
+    (m, k), n = x.shape, w.shape[0]
+    xc = x.to(torch.int64).reshape(m, split, k // split)
+    wc = w.to(torch.int64).reshape(n, split, k // split)
+    if dot:
+        return torch.einsum("msk,nsk->smn", xc, wc).to(torch.int32)
+    out = torch.zeros((split, m, n), dtype=torch.int32)
+    out[:, 0, :] = (wc.sum(-1).t() + xc.sum((0, 2))[:, None]).to(torch.int32)
+    return out
+
+
 # (name, N, K): ViT-L/16's four linears
 SHAPES = (("fc1", 4096, 1024), ("fc2", 1024, 4096), ("qkv", 3072, 1024), ("proj", 1024, 1024))
 
@@ -125,8 +195,29 @@ def run(out_dir: str, block_n: int = 64, block_k: int = 128, programs=(64, 128, 
                              "us_p20": p20 * 1e3, "us_p80": p80 * 1e3, "GBps": n * k / (p50 * 1e-3) / 1e9})
                 print(f"weight_stream: {name:4s} {layout:6s} {rows[-1]['programs']:4d} programs x "
                       f"{rows[-1]['steps']:2d} steps  {p50 * 1e3:7.2f} us  {rows[-1]['GBps']:7.0f} GB/s", flush=True)
+    # the same streams with the activation side of a batch-1 GEMM: all M = 197 tokens' tiles loaded too, then
+    # the int32 MMA (no epilogue, no split reduction): where the GEMM's 2.6x over streaming comes from
+    gemm_rows = []
+    for name, n, k in SHAPES:
+        w = torch.randint(-128, 128, (n, k), dtype=torch.int8, device=dev, generator=gen)
+        x = torch.randint(-128, 128, (197, k), dtype=torch.int8, device=dev, generator=gen)
+        for p in programs:
+            split = p // (n // block_n)
+            if split < 1 or k % (split * block_k):
+                continue
+            for dot in (False, True):
+                got = gemm_parts(x, w, block_n, block_k, split, dot)
+                if not torch.equal(got.cpu(), gemm_parts_reference(x.cpu(), w.cpu(), split, dot)):
+                    raise AssertionError(f"weight_stream: {name} split {split} dot {dot}: wrong result")
+                p50, p20, p80 = tune_bench(lambda: gemm_parts(x, w, block_n, block_k, split, dot))
+                gemm_rows.append({"shape": name, "N": n, "K": k, "M": 197, "mode": "mma" if dot else "loads",
+                                  "programs": (n // block_n) * split, "split": split,
+                                  "steps": k // (split * block_k), "us_p50": p50 * 1e3, "us_p20": p20 * 1e3,
+                                  "us_p80": p80 * 1e3})
+                print(f"weight_stream: {name:4s} {'mma' if dot else 'loads':6s} {gemm_rows[-1]['programs']:4d} "
+                      f"programs x {gemm_rows[-1]['steps']:2d} steps  {p50 * 1e3:7.2f} us", flush=True)
     props = torch.cuda.get_device_properties(dev)
-    res = {"device": props.name, "torch": torch.__version__, "triton": triton.__version__,
+    res = {"gemm_rows": gemm_rows, "device": props.name, "torch": torch.__version__, "triton": triton.__version__,
            "commit": os.environ.get("QVIT_COMMIT", ""), "block_n": block_n, "block_k": block_k,
            "timer": "qvit.backend.tune_bench (CUDA graph, L2 flushed before each launch), p50 of 7 replays",
            "rows": rows}
@@ -153,6 +244,20 @@ def to_markdown(res: dict) -> str:
             us = [f"{c[lay]['us_p50']:.2f}" if c[lay] else "" for lay in LAYOUTS]
             lines.append(f"| {name} | {n} x {k} | {p} | {c['rows']['steps']} | {' | '.join(us)} | "
                          f"{c['rows']['GBps']:.0f} | {c['tiled']['GBps'] if c['tiled'] else float('nan'):.0f} |")
+    if res.get("gemm_rows"):
+        lines += ["", "With the activation side (M = 197, all tokens in one row tile; row-major weights): the weight "
+                  "stream alone, plus the activation tiles' loads, plus the int32 MMA (no epilogue, no split "
+                  "reduction).", "",
+                  "| shape | programs | K steps each | stream us | + activation loads us | + MMA us |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        g = {(r["shape"], r["programs"], r["mode"]): r for r in res["gemm_rows"]}
+        for name, n, k in SHAPES:
+            for p in sorted({r["programs"] for r in res["gemm_rows"] if r["shape"] == name}):
+                st = cells.get((name, p, "rows"))
+                lo, mm = g.get((name, p, "loads")), g.get((name, p, "mma"))
+                lines.append(f"| {name} | {p} | {(lo or mm)['steps']} | {st['us_p50']:.2f} | "
+                             f"{lo['us_p50']:.2f} | {mm['us_p50']:.2f} |" if st and lo and mm else
+                             f"| {name} | {p} | | | | |")
     return "\n".join(lines) + "\n"
 
 

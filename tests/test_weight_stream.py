@@ -38,3 +38,25 @@ def test_pack_layouts():
         pack(w, "tiled", 3, 4)
     with pytest.raises(ValueError, match="not one of"):
         pack(w, "diagonal", 4, 3)
+
+
+@requires_interp
+@pytest.mark.parametrize("dot", [False, True])
+@pytest.mark.parametrize("m,n,k,split", [(20, 48, 96, 3), (7, 40, 64, 1)])
+def test_gemm_parts_match_torch(dot, m, n, k, split):
+    """The activation-side variants: int32 products per K chunk exact (the interpreter's int8 dot is exact), or
+    the weight rows' and activation chunk's sums; odd M (a partial row tile) and N not a multiple of the tile."""
+    from qvit.profiling.weight_stream import gemm_parts, gemm_parts_reference
+    torch.manual_seed(m + n + k)
+    x = torch.randint(-128, 128, (m, k), dtype=torch.int8)
+    w = torch.randint(-128, 128, (n, k), dtype=torch.int8)
+    assert torch.equal(gemm_parts(x, w, 16, 32, split, dot), gemm_parts_reference(x, w, split, dot))
+
+
+def test_gemm_parts_refuses_bad_operands():
+    from qvit.profiling.weight_stream import gemm_parts
+    x = torch.randint(-128, 128, (4, 64), dtype=torch.int8)
+    with pytest.raises(ValueError, match="expected int8 x"):
+        gemm_parts(x.float(), torch.zeros(16, 64, dtype=torch.int8), 16, 32, 1, True)
+    with pytest.raises(ValueError, match="not a multiple of split 3"):
+        gemm_parts(x, torch.zeros(16, 64, dtype=torch.int8), 16, 32, 3, True)
