@@ -91,7 +91,8 @@ if triton is not None:
             # program streams weight rows no other program reads. profiling/weight_stream (session 16 call 3):
             # fc2's 4 MiB take 10.6 us from 64 reading programs and 4.0 us from 256; with 64-row tiles 4 row
             # tiles read every weight tile, so split-K 4's 256 CTAs are 64 distinct weight streams (fc2 pinned
-            # 64 x 64 split 4: 11.8 us, unsplit 11.9, Nsight Compute call 2)
+            # 64 x 64 split 4: 11.8 us, unsplit 11.9, Nsight Compute call 2). Measured slower still (call 4:
+            # 256 x 32 split 4 / 8 13.3 / 18.6 us, 128 x 32 split 4 12.3): the split reduction is serial
             for bm, bn, bk, w, s in [(64, 128, 128, 4, 4), (64, 64, 128, 4, 4), (128, 64, 128, 4, 4),
                                      (256, 32, 128, 4, 3), (128, 32, 128, 4, 4), (256, 64, 128, 8, 3)]:
                 for sk in (2, 4, 8):

@@ -127,24 +127,19 @@ def save_decision(tuner, key, configs, best, timings: dict) -> str:
     return cache.put(json.dumps({"key": key, "configs_timings": rows}), name, binary=False)
 
 
+def _p50(ms) -> float:
+    from qvit.profiling.bench_e2e import _stats
+    return _stats(list(ms))["p50"]
+
+
 def _graph_time(model, x, iters: int) -> float:
-    from qvit.profiling.bench_e2e import capture_graph
-    got, why = capture_graph(model, x)
-    if got is None:
+    """p50 ms of `iters` replays of the forward captured now (bench_e2e's capture and per-replay event timing)."""
+    from qvit.profiling.bench_e2e import _graphed, _time_iters
+    replay, why = _graphed(model, x)
+    if replay is None:
         raise RuntimeError(f"tune_in_model: the forward could not be captured: {why}")
-    g = got[0]
-    for _ in range(3):
-        g.replay()
-    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    ms = []
-    for _ in range(iters):
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        ms.append(a.elapsed_time(b))
-    del got, g
-    return sorted(ms)[len(ms) // 2]
+    _time_iters(replay, 3, x.device)  # warm replays
+    return _p50(_time_iters(replay, iters, x.device))
 
 
 def tune(model, x, iters: int, rounds: int, decided: set, log: list, checks: int = 3) -> tuple[dict, dict]:
@@ -177,8 +172,8 @@ def tune(model, x, iters: int, rounds: int, decided: set, log: list, checks: int
     for _ in range(checks):
         check["autotuner_ms"].append(run_with(initial, record=False))
         check["descent_ms"].append(run_with(chosen, record=False))
-    med = {k: sorted(v)[len(v) // 2] for k, v in check.items()}
-    check["kept"] = "descent" if med["descent_ms"] < med["autotuner_ms"] else "autotuner"
+    check["autotuner_p50"], check["descent_p50"] = _p50(check["autotuner_ms"]), _p50(check["descent_ms"])
+    check["kept"] = "descent" if check["descent_p50"] < check["autotuner_p50"] else "autotuner"
     keep = chosen if check["kept"] == "descent" else initial
     for n, (tuner, key, _) in todo.items():
         tuner.cache[key] = keep[n]
@@ -221,15 +216,14 @@ def main(argv=None) -> int:
         log: list = []
         t0 = time.time()
         res, check = tune(model, x, args.iters, args.rounds, decided, log)
-        before = sorted(check["autotuner_ms"])[len(check["autotuner_ms"]) // 2]
-        after = sorted(check["descent_ms"])[len(check["descent_ms"]) // 2]
+        before, after = check["autotuner_p50"], check["descent_p50"]
         keys = []
         for n, (tuner, key, cands, best, times) in res.items():
             decided.add(n)
             save = not args.no_save and check["kept"] == "descent"
             path = save_decision(tuner, key, cands, best, times) if save else None
             keys.append({"kernel": n[0], "key": str(key), "candidates": len(cands), "chosen": str(best),
-                         "in_model_ms": {str(c): sorted(t)[len(t) // 2] for c, t in times.items()}, "file": path})
+                         "in_model_ms": {str(c): _p50(t) for c, t in times.items()}, "file": path})
         report["variants"][name] = {"autotuner_ms": before, "descent_ms": after, "kept": check["kept"],
                                     "check": check, "seconds": time.time() - t0, "keys": keys, "log": log}
         print(f"tune_in_model: {name}: batch 1 graphed p50, the autotuners' choices {before:.3f} ms, the descent's "
