@@ -6,17 +6,18 @@
 // x (M, K) half / bfloat16 / float, K contiguous, rows 16-byte aligned; q int8 (M, K); scale float (M,).
 // Each lane keeps its slice of the row in registers (16-byte vector loads, at most 4 per lane: rows wider than
 // 32 x 4 vectors are split over 2 or 4 warps), so x is read once and q written once: the 3 bytes per element
-// (fp16 in) that bound this op. The kernel is bound by issued instructions, not bytes (results/h200-gpu-4/-5:
-// 2.3-2.6 TB/s at K = 1024 against a 4.15 TB/s copy), so the quantizer is branch-free and short (quant_bits:
-// four instructions per element and three byte permutes per four, against ~12 with the near-tie branch it
-// replaces, sm_90a SASS).
+// (fp16 in) that bound this op. It was bound by issued instructions, not bytes (results/h200-gpu-4/-5: 2.3-2.6
+// TB/s at K = 1024 against a 4.15 TB/s copy), so the quantizer is branch-free and short (quant_bits: four
+// instructions per element and three byte permutes per four, against ~12 with the near-tie branch it replaced;
+// sm_90a SASS 1,696 -> 1,016 per thread at fp16, K = 1024): 3.22 / 3.41 / 3.27 TB/s, 77-82% of the copy
+// (results/h200-gpu-17 call 2). A one-wave variant loading the next row before this row's reductions measured
+// slower (2.91 / 3.06 / 3.26 TB/s, same run) and was removed.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cfloat>
 #include <cstdint>
-#include <cstdlib>
 
 namespace qvit {
 namespace {
@@ -142,10 +143,6 @@ __device__ __forceinline__ void row_body(const uint4 (&raw)[MAXV], const Reduce&
   if (owner) *s_row = scale;
 }
 
-struct WarpReduce {  // a row within one warp: shuffles only
-  __device__ __forceinline__ float operator()(float x, bool is_max) const { return is_max ? warp_max(x) : warp_sum(x); }
-};
-
 // One row per WPR warps (WPR = 1 for K up to 32 * VEC * MAXV, more for wider rows, so that a lane never
 // holds more than MAXV vectors: 32 values at MAXV = 4, no spills); VEC elements of T per 16-byte load.
 template <typename T, int MAXV, int WPR>
@@ -179,38 +176,6 @@ layernorm_quant_kernel(const T* __restrict__ x, const T* __restrict__ w, const T
                          K / (16 / (int)sizeof(T)), K, t0, eps, norm, valid, lane == 0 && warp % WPR == 0);
 }
 
-// Rows of one warp each (K up to 32 * VEC * MAXV), a grid of at most one wave, each warp striding over the rows
-// by the grid's warp count with the next row's vectors loaded before this row's reductions start: the loads of
-// one row overlap the arithmetic of the one before, where layernorm_quant_kernel leaves a warp idle from its
-// loads to its reductions (16 more registers per thread for the next row).
-template <typename T, int MAXV>
-__global__ void __launch_bounds__(kWarpsPerBlock * 32)
-layernorm_quant_rows_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b,
-                            int8_t* __restrict__ q, float* __restrict__ s, int64_t M, int K, int64_t stride_x,
-                            float eps, bool norm) {
-  const int lane = threadIdx.x & 31;
-  const int nvec = K / (16 / (int)sizeof(T));
-  const int64_t step = (int64_t)gridDim.x * kWarpsPerBlock;
-  int64_t row = (int64_t)blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
-  uint4 cur[MAXV], nxt[MAXV];
-  load_row<T, MAXV, 1>(cur, x + (row < M ? row : 0) * stride_x, nvec, lane, row < M);
-  for (; row < M; row += step) {
-    const int64_t nrow = row + step;
-    load_row<T, MAXV, 1>(nxt, x + (nrow < M ? nrow : 0) * stride_x, nvec, lane, nrow < M);
-    row_body<T, MAXV, 1>(cur, WarpReduce{}, w, b, q + row * (int64_t)K, s + row, nvec, K, lane, eps, norm, true,
-                         lane == 0);
-#pragma unroll
-    for (int i = 0; i < MAXV; ++i) cur[i] = nxt[i];
-  }
-}
-
-// 0: layernorm_quant_kernel; 1: layernorm_quant_rows_kernel where a row fits one warp (QVIT_LNQ_ROWS=1, read at
-// each launch: the A/B switch of the benchmark)
-int rows_variant() {
-  const char* e = std::getenv("QVIT_LNQ_ROWS");
-  return e != nullptr && e[0] == '1';
-}
-
 template <typename T>
 cudaError_t launch(const void* x, const void* w, const void* b, int8_t* q, float* s, int64_t M, int K,
                    int64_t stride_x, float eps, cudaStream_t stream) {
@@ -220,19 +185,6 @@ cudaError_t launch(const void* x, const void* w, const void* b, int8_t* q, float
   const T* wp = reinterpret_cast<const T*>(w);
   const T* bp = reinterpret_cast<const T*>(b);
   const dim3 block(kWarpsPerBlock * 32);
-  if (per_lane <= 4 && rows_variant()) {
-    int dev = 0, sms = 0, per_sm = 0;
-    cudaError_t e = cudaGetDevice(&dev);
-    if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-    if (e == cudaSuccess)
-      e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, layernorm_quant_rows_kernel<T, 4>, block.x, 0);
-    if (e != cudaSuccess) return e;
-    const int64_t blocks = (M + kWarpsPerBlock - 1) / kWarpsPerBlock;
-    const int64_t wave = (int64_t)sms * (per_sm > 0 ? per_sm : 1);
-    layernorm_quant_rows_kernel<T, 4><<<dim3((unsigned)(blocks < wave ? blocks : wave)), block, 0, stream>>>(
-        xp, wp, bp, q, s, M, K, stride_x, eps, w != nullptr);
-    return cudaGetLastError();
-  }
 #define QVIT_LNQ(WPR)                                                                                  \
   layernorm_quant_kernel<T, 4, WPR><<<dim3((unsigned)((M + kWarpsPerBlock / WPR - 1) / (kWarpsPerBlock / WPR))), \
                                       block, 0, stream>>>(xp, wp, bp, q, s, M, K, stride_x, eps, w != nullptr)

@@ -359,21 +359,6 @@ def bench_linears(res, quick, providers=None, layers=None, ms=None):
 
 
 # ----------------------------------------------------------------------------- layernorm + quant
-def _with_env(fn, env: dict, *args):
-    """fn(*args) with os.environ updated by env for the call (a variant the library reads at launch time; a CUDA
-    graph keeps the variant it was captured with)."""
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        return fn(*args)
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def bench_lnq(res):
     from qvit import _ext
     from qvit.kernels.layernorm_quant import layernorm_quant, layernorm_quant_fp8, layernorm_quant_ref
@@ -389,7 +374,6 @@ def bench_lnq(res):
         if _ext.load_error() is None:
             from qvit.kernels.layernorm_quant import layernorm_quant_cuda
             provs["qvit cuda"] = lambda: layernorm_quant_cuda(x, w, b)
-            provs["qvit cuda rows"] = lambda: _with_env(layernorm_quant_cuda, {"QVIT_LNQ_ROWS": "1"}, x, w, b)
         for pname, fn in _select(provs).items():
             try:
                 q, s = fn()

@@ -384,15 +384,13 @@ def test_w4a16_swapped_configs_gpu(poison, monkeypatch, idx):
 
 
 @pytest.mark.parametrize("m,k", [(197, 1024), (197 * 64, 1024), (197 * 64, 4096), (7, 72)])
-@pytest.mark.parametrize("impl", ["triton", "cuda", "cuda-rows"])
-def test_layernorm_quant_gpu(poison, monkeypatch, m, k, impl):
+@pytest.mark.parametrize("impl", ["triton", "cuda"])
+def test_layernorm_quant_gpu(poison, m, k, impl):
     from qvit.kernels.layernorm_quant import layernorm_quant, layernorm_quant_ref
     x = torch.randn(m, k, device=DEV, dtype=torch.float16) * 2 + 0.5
     w = torch.randn(k, device=DEV, dtype=torch.float16)
     b = torch.randn(k, device=DEV, dtype=torch.float16)
-    if impl.startswith("cuda"):
-        # cuda-rows: the prefetching one-wave kernel (rows of one warp, K <= 1024 at fp16; K = 4096 keeps the other)
-        monkeypatch.setenv("QVIT_LNQ_ROWS", "1" if impl == "cuda-rows" else "0")
+    if impl == "cuda":
         from qvit import _ext
         if _ext.load_error():
             pytest.fail(f"CUDA extension not loaded on a GPU machine: {_ext.load_error()}")
@@ -406,44 +404,44 @@ def test_layernorm_quant_gpu(poison, monkeypatch, m, k, impl):
     assert int(d.max()) <= 1 and float(d.float().mean()) < 1e-3  # summation order only: rare one-step flips
 
 
-@pytest.mark.parametrize("rows", ["0", "1"])
 @pytest.mark.parametrize("dtype,k", [(torch.float16, 1024), (torch.float16, 72), (torch.float32, 1000),
                                      (torch.bfloat16, 4096)])
-def test_cuda_quantizer_exact_gpu(poison, monkeypatch, rows, dtype, k):
+def test_cuda_quantizer_exact_gpu(poison, dtype, k):
     """The CUDA kernel without weight (the plain per-token quantizer) is the reference bit for bit: codes (the
     Markstein-corrected quotient, rounded by the magic-number add, packed from the float's low byte) and scales.
     Rows of random magnitudes, and rows whose amax is 127 (scale exactly 1) holding every half -126.5 .. 126.5, the
     integers, and (float32 rows) their neighbours: ties to even, each element in its own byte; an odd row count
-    (the one-wave kernel's last stride partial); outputs poisoned."""
+    (a block's rows partly past M); outputs poisoned. The reference runs on the CPU: torch's CUDA
+    `tensor / 127` multiplies by the reciprocal (one ulp off the quotient in ~4.5% of rows: session 17 call 2,
+    where this test first compared against it), the CPU divides, as the definition and the kernel do."""
     from qvit import _ext
     from qvit.kernels.layernorm_quant import layernorm_quant_cuda
     from qvit.kernels.quant import quantize_int8_per_token
     if _ext.load_error():
         pytest.fail(f"CUDA extension not loaded on a GPU machine: {_ext.load_error()}")
-    monkeypatch.setenv("QVIT_LNQ_ROWS", rows)
-    halves = torch.arange(-253, 254, device=DEV, dtype=torch.float32) / 2  # -126.5 .. 126.5
+    g = torch.Generator().manual_seed(k)
+    halves = torch.arange(-253, 254, dtype=torch.float32) / 2  # -126.5 .. 126.5
     vals = torch.cat([halves, halves.nextafter(torch.full_like(halves, 1e4)),
                       halves.nextafter(torch.full_like(halves, -1e4))]).to(dtype)  # fp16 / bf16: ties again
     n_tie = (vals.numel() + k - 2) // (k - 1)
-    tie = torch.cat([vals, (torch.rand(n_tie * (k - 1) - vals.numel(), device=DEV) * 254 - 127).to(dtype)])
-    tie = tie[torch.randperm(tie.numel(), device=DEV)].view(n_tie, k - 1).clamp(-127, 127)
-    tie = torch.cat([tie, torch.full((n_tie, 1), 127.0, device=DEV, dtype=dtype)], 1)
-    rnd = torch.randn(1501, k, device=DEV) * torch.rand(1501, 1, device=DEV).mul(8).exp2()
-    rows = [tie, rnd.to(dtype)]
+    tie = torch.cat([vals, (torch.rand(n_tie * (k - 1) - vals.numel(), generator=g) * 254 - 127).to(dtype)])
+    tie = tie[torch.randperm(tie.numel(), generator=g)].view(n_tie, k - 1).clamp(-127, 127)
+    tie = torch.cat([tie, torch.full((n_tie, 1), 127.0, dtype=dtype)], 1)
+    rnd = torch.randn(1501, k, generator=g) * torch.rand(1501, 1, generator=g).mul(8).exp2()
+    parts = [tie, rnd.to(dtype)]
     if dtype == torch.float32:
         # quotients within two ulps of a tie at scales that are not powers of two: x * (1 / scale) alone rounds
         # ~6% of these to the wrong integer (float64-emulated check on the CPU); the remainder correction must not
-        amax = torch.rand(64, 1, device=DEV) + 1
-        scale = amax / 127
-        near = (torch.randint(-126, 126, (64, k - 1), device=DEV) + 0.5) * scale
-        near = (near.view(torch.int32) + torch.randint(-2, 3, near.shape, device=DEV, dtype=torch.int32)).view(torch.float32)
-        rows.append(torch.cat([near, amax], 1))
-    x = torch.cat(rows)
-    x = x[torch.randperm(x.shape[0], device=DEV)].contiguous()
-    q, s = layernorm_quant_cuda(x)
+        amax = torch.rand(64, 1, generator=g) + 1
+        near = (torch.randint(-126, 126, (64, k - 1), generator=g) + 0.5) * (amax / 127)
+        near = (near.view(torch.int32) + torch.randint(-2, 3, near.shape, generator=g, dtype=torch.int32)).view(torch.float32)
+        parts.append(torch.cat([near, amax], 1))
+    x = torch.cat(parts)
+    x = x[torch.randperm(x.shape[0], generator=g)].contiguous()
+    q, s = layernorm_quant_cuda(x.to(DEV))
     qr, sr = quantize_int8_per_token(x)
-    assert torch.equal(s, sr)
-    assert torch.equal(q, qr), f"{int((q != qr).sum())} codes differ"
+    assert torch.equal(s.cpu(), sr), f"{int((s.cpu() != sr).sum())} of {sr.numel()} scales differ"
+    assert torch.equal(q.cpu(), qr), f"{int((q.cpu() != qr).sum())} codes differ"
 
 
 @triton.jit

@@ -1,14 +1,12 @@
 """Runs one launch of each hand-written CUDA kernel on small odd shapes, for `compute-sanitizer` (memcheck,
 racecheck): every W8A8 GEMM tile config with and without split-K (partial tiles in M, N and K; the sm_90a configs'
 split-K in clusters of up to 8), the LayerNorm+quantize kernel in every dtype, with and without the LayerNorm, on a
-row-strided view too, and with QVIT_LNQ_ROWS=1 (the one-wave kernel; 4,099 rows: more than one wave, a
-partial last stride).
+row-strided view too.
 
     compute-sanitizer --tool memcheck --error-exitcode 9 python tools/sanitize_cuda.py [lnq]
 
 `lnq`: the LayerNorm+quantize launches only.
 """
-import os
 import sys
 
 import torch
@@ -35,16 +33,14 @@ def main() -> int:
             for s in sorted({1, _normalize_splits(k, 2), _normalize_splits(k, top)}):
                 w8a8_linear_cuda(xq, xs, wq, ws, b, r, True, torch.bfloat16, cfg, s)
                 n_launch += 1
-    for rows in ("0", "1"):  # QVIT_LNQ_ROWS=1: the one-wave prefetching kernel where a row fits one warp
-        os.environ["QVIT_LNQ_ROWS"] = rows
-        for d in (torch.float16, torch.bfloat16, torch.float32):
-            for m, k in ((197, 1024 if d != torch.float32 else 512), (77, 4096 if d != torch.float32 else 2048),
-                         (5, 72), (3, 8), (4099, 1024 if d != torch.float32 else 512)):
-                x = torch.randn(m, 2 * k, device="cuda", dtype=d)
-                w, b = torch.randn(k, device="cuda", dtype=d), torch.randn(k, device="cuda", dtype=d)
-                layernorm_quant_cuda(x[:, :k], w, b)  # rows of k inside rows of 2k
-                layernorm_quant_cuda(x[:, :k].contiguous())
-                n_launch += 2
+    for d in (torch.float16, torch.bfloat16, torch.float32):
+        for m, k in ((197, 1024 if d != torch.float32 else 512), (77, 4096 if d != torch.float32 else 2048),
+                     (5, 72), (3, 8)):
+            x = torch.randn(m, 2 * k, device="cuda", dtype=d)
+            w, b = torch.randn(k, device="cuda", dtype=d), torch.randn(k, device="cuda", dtype=d)
+            layernorm_quant_cuda(x[:, :k], w, b)  # rows of k inside rows of 2k
+            layernorm_quant_cuda(x[:, :k].contiguous())
+            n_launch += 2
     torch.cuda.synchronize()
     print(f"sanitize_cuda: {n_launch} launches ran")
     return 0
