@@ -44,8 +44,9 @@ def test_pack_layouts():
 @pytest.mark.parametrize("dot", [False, True])
 @pytest.mark.parametrize("m,n,k,split", [(20, 48, 96, 3), (7, 40, 64, 1)])
 def test_gemm_parts_match_torch(dot, m, n, k, split):
-    """The activation-side variants: int32 products per K chunk exact (the interpreter's int8 dot is exact), or
-    the weight rows' and activation chunk's sums; odd M (a partial row tile) and N not a multiple of the tile."""
+    """The activation-side variants: the int32 products' column sums per K chunk exact (the interpreter's int8
+    dot is exact), or the weight rows' and activation chunk's sums; odd M (a partial row tile) and N not a multiple
+    of the tile."""
     from qvit.profiling.weight_stream import gemm_parts, gemm_parts_reference
     torch.manual_seed(m + n + k)
     x = torch.randint(-128, 128, (m, k), dtype=torch.int8)
