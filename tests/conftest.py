@@ -9,6 +9,12 @@ if not _HAS_NVIDIA:
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from qvit._shadow import installed_kernels_first  # noqa: E402
+
+# before any test module imports peft (-> transformers -> Hugging Face's `kernels`): `python -m pytest` puts the
+# repository root on sys.path, where kernels/ would be found under that name (qvit/_shadow.py)
+installed_kernels_first()
+
 GPU = torch.cuda.is_available()
 INTERP = os.environ.get("TRITON_INTERPRET") == "1"
 

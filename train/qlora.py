@@ -21,6 +21,8 @@ from qvit.vit.quantize import QuantConfig, _expand_keep, _set, default_filter
 def prepare_qlora(model: ViT, rank: int = 8, alpha: float | None = None, keep=("head", "blocks.0.", "blocks.-1."),
                   compute_dtype=torch.bfloat16):
     """Returns (peft model, names of the NF4 + LoRA layers). Call before moving the model to its device."""
+    from qvit._shadow import installed_kernels_first
+    installed_kernels_first()  # peft -> transformers imports Hugging Face's `kernels`, not this repository's folder
     try:
         import bitsandbytes as bnb
         from peft import LoraConfig, get_peft_model
