@@ -455,20 +455,31 @@ __device__ __forceinline__ void fence_regs(int (&acc)[1][N][4]) {
 }
 #endif  // sm_90a
 
-template <typename T, int BN, int STAGES, bool OVERLAP>
+// TOK = 0: the output tile is 64 tokens x BN channels, tokens in the MMA's M (A = activations, B = weights).
+// TOK > 0, tokens in the MMA's N ("swap AB"): the output tile is TOK tokens x 64 channels (BN = 64), A = the tile's
+// 64 weight rows, B = its TOK token rows, so at M = 197 one CTA (TOK = 208) holds every token and reads each weight
+// tile once: a 64 x 64 tiling has 4 row tiles per weight tile, i.e. four CTAs streaming the same weights
+// (NOTES session 16: the number of distinct weight streams sets a batch-1 GEMM's time). The accumulator tile is
+// channels x tokens; it goes to shared memory transposed, so the epilogue is the same as for TOK = 0.
+template <typename T, int BN, int STAGES, bool OVERLAP, int TOK>
 __global__ void __launch_bounds__(128, 1) w8a8_wgmma_kernel(const W8A8Args p) {
 #ifdef QVIT_HAS_WGMMA
-  constexpr int BM = 64, BK = 128, NT = BN / 8;
-  constexpr unsigned kStageA = BM * BK, kStageB = BN * BK;
-  constexpr int kAIt = BM / 16, kBIt = BN / 16;  // 16-byte copies per thread and stage
-  static_assert(BN % 16 == 0, "two rows of copies per 8 threads");
+  constexpr bool kSwap = TOK > 0;
+  static_assert(!kSwap || BN == 64, "tokens in N: the A operand is one m64 tile of weight rows");
+  constexpr int BK = 128;
+  constexpr int RA = 64, RB = kSwap ? TOK : BN;          // rows of the A and B tiles of a stage (RB: the MMA's N)
+  constexpr int TM = kSwap ? TOK : 64, TN = kSwap ? 64 : BN;  // the output tile: tokens x channels
+  constexpr int NT = RB / 8;
+  constexpr unsigned kStageA = RA * BK, kStageB = RB * BK;
+  constexpr int kAIt = RA / 16, kBIt = RB / 16;  // 16-byte copies per thread and stage
+  static_assert(RB % 16 == 0, "two rows of copies per 8 threads");
   extern __shared__ __align__(128) int8_t smem[];
   const unsigned s_base = (static_cast<unsigned>(__cvta_generic_to_shared(smem)) + 1023u) & ~1023u;
   const unsigned s_b = s_base + STAGES * kStageA;
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t4 = lane & 3;
-  const int n0 = blockIdx.x * BN, m0 = blockIdx.y * BM, split = blockIdx.z;
+  const int n0 = blockIdx.x * TN, m0 = blockIdx.y * TM, split = blockIdx.z;
   const int k_begin = split * p.kt_per_split * kSplitUnit;
   const int k_end = min(p.K, k_begin + p.kt_per_split * kSplitUnit);
   const int nkt = k_end > k_begin ? (k_end - k_begin + BK - 1) / BK : 0;
@@ -478,17 +489,23 @@ __global__ void __launch_bounds__(128, 1) w8a8_wgmma_kernel(const W8A8Args p) {
   const int8_t* ga[kAIt];
   const int8_t* gb[kBIt];
   unsigned a_ok = 0, b_ok = 0;
+  {
+    const int8_t* const src_a = kSwap ? p.w : p.x;
+    const int8_t* const src_b = kSwap ? p.x : p.w;
+    const long long st_a = kSwap ? p.sw : p.sx, st_b = kSwap ? p.sx : p.sw;
+    const int r0a = kSwap ? n0 : m0, r0b = kSwap ? m0 : n0, lim_a = kSwap ? p.N : p.M, lim_b = kSwap ? p.M : p.N;
 #pragma unroll
-  for (int i = 0; i < kAIt; ++i) {
-    const int r = m0 + lr + 16 * i;
-    ga[i] = p.x + (long long)min(r, p.M - 1) * p.sx + k_begin + lk;
-    a_ok |= (r < p.M ? 1u : 0u) << i;
-  }
+    for (int i = 0; i < kAIt; ++i) {
+      const int r = r0a + lr + 16 * i;
+      ga[i] = src_a + (long long)min(r, lim_a - 1) * st_a + k_begin + lk;
+      a_ok |= (r < lim_a ? 1u : 0u) << i;
+    }
 #pragma unroll
-  for (int i = 0; i < kBIt; ++i) {
-    const int r = n0 + lr + 16 * i;
-    gb[i] = p.w + (long long)min(r, p.N - 1) * p.sw + k_begin + lk;
-    b_ok |= (r < p.N ? 1u : 0u) << i;
+    for (int i = 0; i < kBIt; ++i) {
+      const int r = r0b + lr + 16 * i;
+      gb[i] = src_b + (long long)min(r, lim_b - 1) * st_b + k_begin + lk;
+      b_ok |= (r < lim_b ? 1u : 0u) << i;
+    }
   }
   const unsigned s_cp = lr * BK + ((lc ^ (lr & 7)) << 4);
   // called for kt = 0, 1, 2, ... in order: the source pointers advance by one stage per call (kept in registers:
@@ -533,10 +550,15 @@ __global__ void __launch_bounds__(128, 1) w8a8_wgmma_kernel(const W8A8Args p) {
   // the epilogue's scales and bias for the tile, fetched into shared memory (in registers they would cost
   // 2 x BN / 4 + 2 per thread through the K loop: spills at BN >= 96), after the first stages' copies are issued
   // so that this global round trip overlaps the pipeline's fill instead of delaying it
-  __shared__ float s_xs[BM], s_ws[BN], s_bias[BN];
-  if (tid < BM) s_xs[tid] = p.xs[min(m0 + tid, p.M - 1)];
+  __shared__ float s_xs[TM], s_ws[TN], s_bias[TN];
+  if constexpr (TM <= 128) {
+    if (tid < TM) s_xs[tid] = p.xs[min(m0 + tid, p.M - 1)];
+  } else {
 #pragma unroll
-  for (int c = tid; c < BN; c += 128) {
+    for (int r = tid; r < TM; r += 128) s_xs[r] = p.xs[min(m0 + r, p.M - 1)];
+  }
+#pragma unroll
+  for (int c = tid; c < TN; c += 128) {
     const int col = min(n0 + c, p.N - 1);
     s_ws[c] = p.ws[col];
     s_bias[c] = p.bias ? p.bias[col] : 0.f;
@@ -555,7 +577,7 @@ __global__ void __launch_bounds__(128, 1) w8a8_wgmma_kernel(const W8A8Args p) {
     fence_regs(acc);
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
-    for (int kk = 0; kk < BK / 32; ++kk) wgmma_s8<BN>(&acc[0][0][0], sw128_desc(sa + kk * 32), sw128_desc(sb + kk * 32));
+    for (int kk = 0; kk < BK / 32; ++kk) wgmma_s8<RB>(&acc[0][0][0], sw128_desc(sa + kk * 32), sw128_desc(sb + kk * 32));
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
     if (OVERLAP) {
       asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");  // step i - 1's MMAs are done (this warp)
@@ -576,26 +598,37 @@ __global__ void __launch_bounds__(128, 1) w8a8_wgmma_kernel(const W8A8Args p) {
   // banks), then a rolled loop over 4-column groups: coalesced 16-byte reads of the tile, the residual and the
   // output, and a small kernel body (the fully unrolled per-fragment epilogue measured 1.5 "no instruction"
   // stall cycles per issue against Triton's 0.25: instruction-cache misses)
-  constexpr int kLdt = BN + 8;
+  // tokens in N: the fragment (channel warp * 16 + g + 8h, token nt * 8 + 2 t4 + j) is stored transposed, one word
+  // at a time; a row stride of 68 words puts a warp's 32 stores (g = 0-7, t4 = 0-3: 8 t4 + g mod 32) on distinct banks
+  constexpr int kLdt = kSwap ? TN + 4 : TN + 8;
+  static_assert(TM * kLdt * 4 <= STAGES * (kStageA + kStageB), "the output tile reuses the pipeline's memory");
   int* tile = reinterpret_cast<int*>(smem + (s_base - static_cast<unsigned>(__cvta_generic_to_shared(smem))));
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-    for (int h = 0; h < 2; ++h)
-      *reinterpret_cast<int2*>(tile + (warp * 16 + g + 8 * h) * kLdt + nt * 8 + 2 * t4) =
-          make_int2(acc[0][nt][2 * h], acc[0][nt][2 * h + 1]);
+    for (int h = 0; h < 2; ++h) {
+      if constexpr (kSwap) {
+        int* col = tile + (nt * 8 + 2 * t4) * kLdt + warp * 16 + g + 8 * h;
+        col[0] = acc[0][nt][2 * h];
+        col[kLdt] = acc[0][nt][2 * h + 1];
+      } else {
+        *reinterpret_cast<int2*>(tile + (warp * 16 + g + 8 * h) * kLdt + nt * 8 + 2 * t4) =
+            make_int2(acc[0][nt][2 * h], acc[0][nt][2 * h + 1]);
+      }
+    }
   __syncthreads();
-  finish_tile<T, BM, BN, kLdt>(p, tile, s_xs, s_ws, s_bias, m0, n0);
+  finish_tile<T, TM, TN, kLdt>(p, tile, s_xs, s_ws, s_bias, m0, n0);
 #else
   __trap();  // built without sm_90a code: the host side refuses these configs before launching (launch_wgmma)
 #endif
 }
 
-template <typename T, int BN, int STAGES, bool OVERLAP>
+template <typename T, int BN, int STAGES, bool OVERLAP, int TOK>
 cudaError_t launch_wgmma(const W8A8Args& a, cudaStream_t stream) {
-  constexpr int smem = STAGES * (64 + BN) * 128 + 1024;  // + the 1024-byte alignment of the swizzled tiles
-  static_assert(smem <= 227 * 1024, "shared memory over the sm_90 limit");
-  auto kern = w8a8_wgmma_kernel<T, BN, STAGES, OVERLAP>;
+  constexpr int RB = TOK > 0 ? TOK : BN, TM = TOK > 0 ? TOK : 64;
+  constexpr int smem = STAGES * (64 + RB) * 128 + 1024;  // + the 1024-byte alignment of the swizzled tiles
+  static_assert(smem + 8 * (TM + BN) <= 227 * 1024, "shared memory over the sm_90 limit");
+  auto kern = w8a8_wgmma_kernel<T, BN, STAGES, OVERLAP, TOK>;
   int dev = 0, major = 0, minor = 0;
   cudaError_t e = cudaGetDevice(&dev);
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
@@ -611,7 +644,7 @@ cudaError_t launch_wgmma(const W8A8Args& a, cudaStream_t stream) {
   W8A8Args args = a;
   args.cluster = a.splits > 1;  // split-K through a (1, 1, splits) cluster: no workspace
   cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3((a.N + BN - 1) / BN, (a.M + 63) / 64, a.splits);
+  cfg.gridDim = dim3((a.N + BN - 1) / BN, (a.M + TM - 1) / TM, a.splits);
   cfg.blockDim = dim3(128);
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
@@ -656,18 +689,23 @@ cudaError_t launch(const W8A8Args& a, cudaStream_t stream) {
   X(3, 32, 64, 128, 1, 4, 4)   \
   X(4, 64, 64, 256, 2, 2, 3)   \
   X(5, 128, 128, 64, 2, 4, 4)
-// the wgmma configs (sm_90 only): {index, BN, STAGES, OVERLAP}, BM = 64, BK = 128
+// the wgmma configs (sm_90 only): {index, BN, STAGES, OVERLAP, TOK}, BK = 128; TOK = 0: 64 x BN tiles, else
+// TOK x 64 (tokens in the MMA's N)
 #define QVIT_W8A8_WGMMA_CONFIGS(X) \
-  X(6, 32, 4, false)               \
-  X(7, 64, 4, false)               \
-  X(8, 96, 4, false)               \
-  X(9, 128, 4, false)              \
-  X(10, 32, 8, false)              \
-  X(11, 64, 6, false)              \
-  X(12, 32, 6, true)               \
-  X(13, 64, 5, true)               \
-  X(14, 96, 5, true)               \
-  X(15, 32, 8, true)
+  X(6, 32, 4, false, 0)            \
+  X(7, 64, 4, false, 0)            \
+  X(8, 96, 4, false, 0)            \
+  X(9, 128, 4, false, 0)           \
+  X(10, 32, 8, false, 0)           \
+  X(11, 64, 6, false, 0)           \
+  X(12, 32, 6, true, 0)            \
+  X(13, 64, 5, true, 0)            \
+  X(14, 96, 5, true, 0)            \
+  X(15, 32, 8, true, 0)            \
+  X(16, 64, 4, false, 208)         \
+  X(17, 64, 6, true, 208)          \
+  X(18, 64, 3, false, 208)         \
+  X(19, 64, 6, true, 112)
 
 template <typename T>
 cudaError_t dispatch(int cfg, const W8A8Args& a, cudaStream_t stream) {
@@ -676,8 +714,8 @@ cudaError_t dispatch(int cfg, const W8A8Args& a, cudaStream_t stream) {
   case i: return launch<T, bm, bn, bk, wm, wn, st>(a, stream);
     QVIT_W8A8_CONFIGS(QVIT_CASE)
 #undef QVIT_CASE
-#define QVIT_WCASE(i, bn, st, ov) \
-  case i: return launch_wgmma<T, bn, st, ov>(a, stream);
+#define QVIT_WCASE(i, bn, st, ov, tok) \
+  case i: return launch_wgmma<T, bn, st, ov, tok>(a, stream);
     QVIT_W8A8_WGMMA_CONFIGS(QVIT_WCASE)
 #undef QVIT_WCASE
     default: return cudaErrorInvalidValue;
@@ -688,7 +726,7 @@ cudaError_t dispatch(int cfg, const W8A8Args& a, cudaStream_t stream) {
 
 bool w8a8_gemm_cluster_splits(int cfg) {  // the configs whose split-K runs in a cluster (at most 8 slices)
   switch (cfg) {
-#define QVIT_WCL(i, bn, st, ov) \
+#define QVIT_WCL(i, bn, st, ov, tok) \
   case i:                   \
     return true;
     QVIT_W8A8_WGMMA_CONFIGS(QVIT_WCL)
@@ -703,8 +741,8 @@ int w8a8_gemm_tile(int cfg, int* bm, int* bn) {
   case i: *bm = tbm; *bn = tbn; return 0;
     QVIT_W8A8_CONFIGS(QVIT_TILE)
 #undef QVIT_TILE
-#define QVIT_WTILE(i, tbn, st, ov) \
-  case i: *bm = 64; *bn = tbn; return 0;
+#define QVIT_WTILE(i, tbn, st, ov, tok) \
+  case i: *bm = tok > 0 ? tok : 64; *bn = tbn; return 0;
     QVIT_W8A8_WGMMA_CONFIGS(QVIT_WTILE)
 #undef QVIT_WTILE
     default: return 1;

@@ -8,7 +8,9 @@ The int32 dot is exact and split-K sums int32 partials, so every tile shape and 
 
 Two kernels behind one op: on sm_90 (H100/H200) the warpgroup-MMA kernel (WGMMA_CONFIGS: `wgmma.mma_async` int8
 from 128-byte-swizzled shared memory, one warpgroup per 64 x BN tile, BN down to 32 so that M = 197 fills the
-132 SMs, split-K inside a (1, 1, splits) thread-block cluster reduced through distributed shared memory); on
+132 SMs, or per 208 x 64 / 112 x 64 tile with the tokens in the MMA's N (the weights its A operand), so that at
+M = 197 each weight tile has one reader; split-K inside a (1, 1, splits) thread-block cluster reduced through
+distributed shared memory); on
 sm_80+ the `mma.sync` kernel (split-K through atomic int32 adds into an (M, N) workspace with one counter per
 tile, both zero between launches and kept per (device, stream)).
 
@@ -38,8 +40,9 @@ from qvit.kernels.quant import check_gemm_operands
 # gives each its K stage width, warps and pipeline depth)
 CONFIGS = ((64, 64), (64, 128), (32, 128), (32, 64), (64, 64), (128, 128),  # mma.sync (sm_80+)
            (64, 32), (64, 64), (64, 96), (64, 128), (64, 32), (64, 64),  # wgmma (sm_90a: QVIT_W8A8_WGMMA_CONFIGS)
-           (64, 32), (64, 64), (64, 96), (64, 32))  # wgmma, MMAs overlapped with the next step's wait
-WGMMA_CONFIGS = range(6, 16)  # their split-K runs in a thread-block cluster: at most 8 slices, no workspace
+           (64, 32), (64, 64), (64, 96), (64, 32),  # wgmma, MMAs overlapped with the next step's wait
+           (208, 64), (208, 64), (208, 64), (112, 64))  # wgmma, tokens in the MMA's N: one CTA per weight tile
+WGMMA_CONFIGS = range(6, 20)  # their split-K runs in a thread-block cluster: at most 8 slices, no workspace
 _MAX_CLUSTER = 8
 SPLITS = (1, 2, 3, 4, 6, 8, 12, 16)
 _BK = 64  # K bytes: split-K slices are whole multiples of this unit, whatever the config's stage width
@@ -164,6 +167,7 @@ def _run(xq, x_scale, wq, w_scale, bias, residual, gelu, y, cfg, splits):
 
 _TUNE_REPS = 20
 _tune_streams: dict = {}
+_tune_times: dict = {}  # {shape key: {(config, splits): ms of _TUNE_REPS graphed launches}}: the tuner's table
 
 
 def _graph_times(dev, fns: dict) -> dict:
@@ -208,6 +212,7 @@ def _tune(key, args, m, n, k):
     times = _graph_times(dev, fns)
     best = min(times, key=times.get)
     _choice[key] = best
+    _tune_times[key] = times
     return best
 
 

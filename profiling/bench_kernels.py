@@ -339,6 +339,11 @@ def bench_linears(res, quick, providers=None, layers=None, ms=None):
                         picks = [v for key, v in w8a8_cuda._choice.items() if key[:3] == (m, n, k)]
                         entry["cuda_config"] = {"tile": w8a8_cuda.CONFIGS[picks[-1][0]], "splits": picks[-1][1]} \
                             if picks else None
+                        table = [t for key, t in w8a8_cuda._tune_times.items() if key[:3] == (m, n, k)]
+                        if table:  # the tuner's ten fastest (config, splits), us per launch
+                            top = sorted(table[-1].items(), key=lambda kv: kv[1])[:10]
+                            entry["cuda_tuner_top"] = [{"config": c, "tile": w8a8_cuda.CONFIGS[c], "splits": sp,
+                                                        "us": ms * 1e3 / w8a8_cuda._TUNE_REPS} for (c, sp), ms in top]
                     if "persistent" in pname:  # the autotuner's pick for this call (re-tuned per process: no disk cache)
                         from qvit.kernels.w8a8_persistent import _w8a8_persistent_kernel
                         entry["config"] = _config_str(getattr(_w8a8_persistent_kernel, "best_config", None))

@@ -118,6 +118,28 @@ def test_cuda_w8a8_split_plan_and_cpu_refusal():
         w8a8_linear_cuda(xq[:, :24].contiguous(), xs, wq[:, :24].contiguous(), ws)
 
 
+def test_cuda_w8a8_config_table_mirrors_the_kernel():
+    """kernels/w8a8_cuda.CONFIGS (the tiles the tuner counts CTAs with and the tests walk) is the C table of
+    csrc/w8a8_gemm.cu, read from its X-macros: same indices, same (BLOCK_M, BLOCK_N), the wgmma ones flagged."""
+    import re
+    from pathlib import Path
+
+    from qvit.kernels.w8a8_cuda import CONFIGS, WGMMA_CONFIGS
+    src = (Path(__file__).resolve().parents[1] / "csrc" / "w8a8_gemm.cu").read_text()
+
+    def table(name):
+        body = re.search(rf"#define {name}\(X\)((?:[^\n]*\\\n)*[^\n]*)", src).group(1)  # the continued lines
+        return [tuple(int(v) if v.strip().lstrip("-").isdigit() else v.strip() for v in row.split(","))
+                for row in re.findall(r"X\(([^)]*)\)", body)]
+
+    tiles = {row[0]: (row[1], row[2]) for row in table("QVIT_W8A8_CONFIGS")}  # {i: (BM, BN)}
+    wg = table("QVIT_W8A8_WGMMA_CONFIGS")  # (i, BN, STAGES, OVERLAP, TOK)
+    tiles.update({row[0]: (row[4] if row[4] > 0 else 64, row[1]) for row in wg})
+    assert sorted(tiles) == list(range(len(CONFIGS)))
+    assert [tiles[i] for i in range(len(CONFIGS))] == list(CONFIGS)
+    assert sorted(row[0] for row in wg) == list(WGMMA_CONFIGS)
+
+
 def test_tune_shard_splits_every_config_exactly_once(monkeypatch):
     """n warm processes (QVIT_TUNE_SHARD=i/n) between them compile each autotuner config exactly once, and
     every process keeps at least one config; a malformed value is refused by name."""

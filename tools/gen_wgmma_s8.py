@@ -6,7 +6,7 @@ B from shared-memory descriptors). An asm statement needs every register named, 
 """
 import os
 
-NS = (32, 64, 96, 128)
+NS = (32, 64, 96, 112, 128, 208)
 
 
 def one(n: int) -> str:

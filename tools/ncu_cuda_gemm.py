@@ -2,14 +2,22 @@
 M = 197, inside NVTX ranges `profile/<name>`, for Nsight Compute:
 
     ncu --clock-control none --nvtx --nvtx-include "profile/" --section SpeedOfLight --section WarpStateStats \\
-        --csv python tools/ncu_cuda_gemm.py
+        --csv python tools/ncu_cuda_gemm.py [--pinned 16:1,17:4]
+
+--pinned: the (config:splits) pairs to launch instead of the default set.
 """
 import sys
 
 import torch
 
 
+PINNED = ((6, 1), (10, 1), (10, 2), (7, 1), (11, 1), (12, 1), (12, 2), (13, 1), (14, 1), (15, 1), (15, 2))
+
+
 def main() -> int:
+    global PINNED
+    if sys.argv[1:2] == ["--pinned"]:  # e.g. --pinned 16:2,17:4 (config:splits)
+        PINNED = tuple(tuple(int(v) for v in p.split(":")) for p in sys.argv[2].split(","))
     from qvit.kernels import quant as Q
     from qvit.kernels.w8a8_cuda import w8a8_linear_cuda
     from qvit.kernels.w8a8_linear import w8a8_linear
@@ -20,7 +28,7 @@ def main() -> int:
         xq, xs = Q.quantize_int8_per_token(torch.randn(197, k, device="cuda"))
         wq, ws = Q.quantize_int8_per_channel(torch.randn(n, k, device="cuda"))
         b = torch.randn(n, device="cuda")
-        for cfg, s in ((6, 1), (10, 1), (10, 2), (7, 1), (11, 1), (12, 1), (12, 2), (13, 1), (14, 1), (15, 1), (15, 2)):
+        for cfg, s in PINNED:
             calls[f"{name}_cfg{cfg}_s{s}"] = (lambda xq=xq, xs=xs, wq=wq, ws=ws, b=b, cfg=cfg, s=s:
                                               w8a8_linear_cuda(xq, xs, wq, ws, b, None, False, torch.bfloat16, cfg, s))
         # the Triton kernel on the same operands (its autotuned config), for comparison

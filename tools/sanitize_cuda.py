@@ -5,7 +5,8 @@ row-strided view too.
 
     compute-sanitizer --tool memcheck --error-exitcode 9 python tools/sanitize_cuda.py [lnq]
 
-`lnq`: the LayerNorm+quantize launches only.
+`lnq`: the LayerNorm+quantize launches only. `configs=16,17`: the GEMM launches of those tile configs only (and
+no LayerNorm+quantize).
 """
 import sys
 
@@ -22,18 +23,27 @@ def main() -> int:
         return 2
     torch.manual_seed(0)
     n_launch = 0
-    gemm_shapes = () if sys.argv[1:] == ["lnq"] else ((37, 1040, 200), (1, 64, 24), (70, 256, 130), (5, 48, 33))
+    args = sys.argv[1:]
+    only = None
+    if args and args[0].startswith("configs="):
+        only = {int(c) for c in args[0].split("=", 1)[1].split(",")}
+        unknown = only - set(configs_for())
+        if unknown:
+            print(f"sanitize_cuda: configs {sorted(unknown)} do not run on this device", file=sys.stderr)
+            return 2
+    gemm_shapes = () if args == ["lnq"] else ((37, 1040, 200), (1, 64, 24), (70, 256, 130), (5, 48, 33),
+                                            (213, 160, 72))  # M = 213: two row tiles of the 208- and 112-token configs
     for m, k, n in gemm_shapes:
         xq, xs = Q.quantize_int8_per_token(torch.randn(m, k, device="cuda"))
         wq, ws = Q.quantize_int8_per_channel(torch.randn(n, k, device="cuda"))
         b = torch.randn(n, device="cuda")
         r = torch.randn(m, n, device="cuda", dtype=torch.bfloat16)
-        for cfg in configs_for():
+        for cfg in (c for c in configs_for() if only is None or c in only):
             top = 8 if cfg in WGMMA_CONFIGS else 16  # split-K in a cluster: at most 8 slices
             for s in sorted({1, _normalize_splits(k, 2), _normalize_splits(k, top)}):
                 w8a8_linear_cuda(xq, xs, wq, ws, b, r, True, torch.bfloat16, cfg, s)
                 n_launch += 1
-    for d in (torch.float16, torch.bfloat16, torch.float32):
+    for d in (torch.float16, torch.bfloat16, torch.float32) if only is None else ():
         for m, k in ((197, 1024 if d != torch.float32 else 512), (77, 4096 if d != torch.float32 else 2048),
                      (5, 72), (3, 8)):
             x = torch.randn(m, 2 * k, device="cuda", dtype=d)
