@@ -456,23 +456,32 @@ __device__ __forceinline__ void fence_regs(int (&acc)[1][N][4]) {
 #endif  // sm_90a
 
 // TOK = 0: the output tile is 64 tokens x BN channels, tokens in the MMA's M (A = activations, B = weights).
-// TOK > 0, tokens in the MMA's N ("swap AB"): the output tile is TOK tokens x 64 channels (BN = 64), A = the tile's
-// 64 weight rows, B = its TOK token rows, so at M = 197 one CTA (TOK = 208) holds every token and reads each weight
-// tile once: a 64 x 64 tiling has 4 row tiles per weight tile, i.e. four CTAs streaming the same weights
-// (NOTES session 16: the number of distinct weight streams sets a batch-1 GEMM's time). The accumulator tile is
-// channels x tokens; it goes to shared memory transposed, so the epilogue is the same as for TOK = 0.
+// TOK > 0, tokens in the MMA's N ("swap AB"): the output tile is TOK tokens x BN channels (BN = 64 per warpgroup),
+// A = the tile's weight rows (one m64 tile per warpgroup), B = its TOK token rows, shared by the warpgroups; at
+// M = 197 one CTA (TOK = 208) holds every token and reads each weight tile once: a 64 x 64 tiling has 4 row tiles per
+// weight tile, i.e. four CTAs streaming the same weights (NOTES session 16: the number of distinct weight streams
+// sets a batch-1 GEMM's time). The accumulator tile is channels x tokens; it goes to shared memory transposed, so
+// the epilogue is the same as for TOK = 0.
+template <int BN, int TOK>
+constexpr int wgmma_threads() {
+  return TOK > 0 ? 2 * BN : 128;  // one warpgroup per 64 weight rows when tokens are in N, else one
+}
+
 template <typename T, int BN, int STAGES, bool OVERLAP, int TOK>
-__global__ void __launch_bounds__(128, 1) w8a8_wgmma_kernel(const W8A8Args p) {
+__global__ void __launch_bounds__(wgmma_threads<BN, TOK>(), 1) w8a8_wgmma_kernel(const W8A8Args p) {
 #ifdef QVIT_HAS_WGMMA
   constexpr bool kSwap = TOK > 0;
-  static_assert(!kSwap || BN == 64, "tokens in N: the A operand is one m64 tile of weight rows");
+  static_assert(!kSwap || BN % 64 == 0, "tokens in N: the A operand is one m64 tile of weight rows per warpgroup");
+  constexpr int kThreads = wgmma_threads<BN, TOK>();
   constexpr int BK = 128;
-  constexpr int RA = 64, RB = kSwap ? TOK : BN;          // rows of the A and B tiles of a stage (RB: the MMA's N)
-  constexpr int TM = kSwap ? TOK : 64, TN = kSwap ? 64 : BN;  // the output tile: tokens x channels
+  constexpr int RA = kSwap ? BN : 64, RB = kSwap ? TOK : BN;  // rows of the A and B tiles of a stage (RB: the MMA's N)
+  constexpr int TM = kSwap ? TOK : 64, TN = BN;               // the output tile: tokens x channels
   constexpr int NT = RB / 8;
   constexpr unsigned kStageA = RA * BK, kStageB = RB * BK;
-  constexpr int kAIt = RA / 16, kBIt = RB / 16;  // 16-byte copies per thread and stage
-  static_assert(RB % 16 == 0, "two rows of copies per 8 threads");
+  constexpr int kPass = kThreads / 8;  // rows one round of 16-byte copies covers (8 threads per 128-byte row)
+  constexpr int kAIt = RA / kPass, kBIt = (RB + kPass - 1) / kPass;  // 16-byte copies per thread and stage
+  constexpr bool kBFull = RB % kPass == 0;  // else the last round's threads past row RB copy nothing
+  static_assert(RA % kPass == 0 && RB % 8 == 0, "whole rounds of A rows; B rows in whole 8-row swizzle groups");
   extern __shared__ __align__(128) int8_t smem[];
   const unsigned s_base = (static_cast<unsigned>(__cvta_generic_to_shared(smem)) + 1023u) & ~1023u;
   const unsigned s_b = s_base + STAGES * kStageA;
@@ -484,7 +493,7 @@ __global__ void __launch_bounds__(128, 1) w8a8_wgmma_kernel(const W8A8Args p) {
   const int k_end = min(p.K, k_begin + p.kt_per_split * kSplitUnit);
   const int nkt = k_end > k_begin ? (k_end - k_begin + BK - 1) / BK : 0;
 
-  // copies: thread -> chunk tid % 8 of rows tid / 8 + 16 i, stored swizzled (row % 8 is tid / 8 % 8 for every i)
+  // copies: thread -> chunk tid % 8 of rows tid / 8 + kPass i, stored swizzled (row % 8 is tid / 8 % 8 for every i)
   const int lr = tid >> 3, lc = tid & 7, lk = lc * 16;
   const int8_t* ga[kAIt];
   const int8_t* gb[kBIt];
@@ -496,13 +505,13 @@ __global__ void __launch_bounds__(128, 1) w8a8_wgmma_kernel(const W8A8Args p) {
     const int r0a = kSwap ? n0 : m0, r0b = kSwap ? m0 : n0, lim_a = kSwap ? p.N : p.M, lim_b = kSwap ? p.M : p.N;
 #pragma unroll
     for (int i = 0; i < kAIt; ++i) {
-      const int r = r0a + lr + 16 * i;
+      const int r = r0a + lr + kPass * i;
       ga[i] = src_a + (long long)min(r, lim_a - 1) * st_a + k_begin + lk;
       a_ok |= (r < lim_a ? 1u : 0u) << i;
     }
 #pragma unroll
     for (int i = 0; i < kBIt; ++i) {
-      const int r = r0b + lr + 16 * i;
+      const int r = r0b + lr + kPass * i;
       gb[i] = src_b + (long long)min(r, lim_b - 1) * st_b + k_begin + lk;
       b_ok |= (r < lim_b ? 1u : 0u) << i;
     }
@@ -510,20 +519,23 @@ __global__ void __launch_bounds__(128, 1) w8a8_wgmma_kernel(const W8A8Args p) {
   const unsigned s_cp = lr * BK + ((lc ^ (lr & 7)) << 4);
   // called for kt = 0, 1, 2, ... in order: the source pointers advance by one stage per call (kept in registers:
   // rebuilt from the row index per copy they cost ~120 of the ~190 instructions of a K step, h200-gpu-7 call 3)
+  const bool b_last_mine = kBFull || lr + kPass * (kBIt - 1) < RB;  // this thread has a row in the last round
   auto load_stage = [&](int slot, int kt) {
     const unsigned da = s_base + slot * kStageA + s_cp, db = s_b + slot * kStageB + s_cp;
     if (k_begin + (kt + 1) * BK <= k_end) {  // a whole stage: only the row bounds
 #pragma unroll
-      for (int i = 0; i < kAIt; ++i) cp_async16(da + i * 16 * BK, ga[i], (a_ok >> i) & 1u);
+      for (int i = 0; i < kAIt; ++i) cp_async16(da + i * kPass * BK, ga[i], (a_ok >> i) & 1u);
 #pragma unroll
-      for (int i = 0; i < kBIt; ++i) cp_async16(db + i * 16 * BK, gb[i], (b_ok >> i) & 1u);
+      for (int i = 0; i < kBIt; ++i)
+        if (i < kBIt - 1 || b_last_mine) cp_async16(db + i * kPass * BK, gb[i], (b_ok >> i) & 1u);
     } else {  // the slice's last, partial stage: chunks past k_end are zero-filled, their address the row's start
       const bool k_ok = k_begin + kt * BK + lk < k_end;
       const int back = k_ok ? 0 : k_begin + kt * BK + lk;
 #pragma unroll
-      for (int i = 0; i < kAIt; ++i) cp_async16(da + i * 16 * BK, ga[i] - back, k_ok && ((a_ok >> i) & 1u));
+      for (int i = 0; i < kAIt; ++i) cp_async16(da + i * kPass * BK, ga[i] - back, k_ok && ((a_ok >> i) & 1u));
 #pragma unroll
-      for (int i = 0; i < kBIt; ++i) cp_async16(db + i * 16 * BK, gb[i] - back, k_ok && ((b_ok >> i) & 1u));
+      for (int i = 0; i < kBIt; ++i)
+        if (i < kBIt - 1 || b_last_mine) cp_async16(db + i * kPass * BK, gb[i] - back, k_ok && ((b_ok >> i) & 1u));
     }
 #pragma unroll
     for (int i = 0; i < kAIt; ++i) ga[i] += BK;
@@ -551,14 +563,14 @@ __global__ void __launch_bounds__(128, 1) w8a8_wgmma_kernel(const W8A8Args p) {
   // 2 x BN / 4 + 2 per thread through the K loop: spills at BN >= 96), after the first stages' copies are issued
   // so that this global round trip overlaps the pipeline's fill instead of delaying it
   __shared__ float s_xs[TM], s_ws[TN], s_bias[TN];
-  if constexpr (TM <= 128) {
+  if constexpr (TM <= kThreads) {
     if (tid < TM) s_xs[tid] = p.xs[min(m0 + tid, p.M - 1)];
   } else {
 #pragma unroll
-    for (int r = tid; r < TM; r += 128) s_xs[r] = p.xs[min(m0 + r, p.M - 1)];
+    for (int r = tid; r < TM; r += kThreads) s_xs[r] = p.xs[min(m0 + r, p.M - 1)];
   }
 #pragma unroll
-  for (int c = tid; c < TN; c += 128) {
+  for (int c = tid; c < TN; c += kThreads) {
     const int col = min(n0 + c, p.N - 1);
     s_ws[c] = p.ws[col];
     s_bias[c] = p.bias ? p.bias[col] : 0.f;
@@ -573,7 +585,8 @@ __global__ void __launch_bounds__(128, 1) w8a8_wgmma_kernel(const W8A8Args p) {
       if (i + PF < nkt) load_stage(fill, i + PF);
       cp_async_commit();
     }
-    const unsigned sa = s_base + slot * kStageA, sb = s_b + slot * kStageB;
+    const unsigned sa = s_base + slot * kStageA + (warp >> 2) * 64 * BK, sb = s_b + slot * kStageB;  // A: this
+    // warpgroup's 64 rows (tokens in N; one warpgroup otherwise)
     fence_regs(acc);
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
@@ -599,7 +612,8 @@ __global__ void __launch_bounds__(128, 1) w8a8_wgmma_kernel(const W8A8Args p) {
   // output, and a small kernel body (the fully unrolled per-fragment epilogue measured 1.5 "no instruction"
   // stall cycles per issue against Triton's 0.25: instruction-cache misses)
   // tokens in N: the fragment (channel warp * 16 + g + 8h, token nt * 8 + 2 t4 + j) is stored transposed, one word
-  // at a time; a row stride of 68 words puts a warp's 32 stores (g = 0-7, t4 = 0-3: 8 t4 + g mod 32) on distinct banks
+  // at a time; a row stride of BN + 4 words (BN a multiple of 64) puts a warp's 32 stores (g = 0-7, t4 = 0-3:
+  // 8 t4 + g mod 32) on distinct banks
   constexpr int kLdt = kSwap ? TN + 4 : TN + 8;
   static_assert(TM * kLdt * 4 <= STAGES * (kStageA + kStageB), "the output tile reuses the pipeline's memory");
   int* tile = reinterpret_cast<int*>(smem + (s_base - static_cast<unsigned>(__cvta_generic_to_shared(smem))));
@@ -608,7 +622,7 @@ __global__ void __launch_bounds__(128, 1) w8a8_wgmma_kernel(const W8A8Args p) {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       if constexpr (kSwap) {
-        int* col = tile + (nt * 8 + 2 * t4) * kLdt + warp * 16 + g + 8 * h;
+        int* col = tile + (nt * 8 + 2 * t4) * kLdt + warp * 16 + g + 8 * h;  // warp * 16: its warpgroup's 64 rows too
         col[0] = acc[0][nt][2 * h];
         col[kLdt] = acc[0][nt][2 * h + 1];
       } else {
@@ -625,8 +639,8 @@ __global__ void __launch_bounds__(128, 1) w8a8_wgmma_kernel(const W8A8Args p) {
 
 template <typename T, int BN, int STAGES, bool OVERLAP, int TOK>
 cudaError_t launch_wgmma(const W8A8Args& a, cudaStream_t stream) {
-  constexpr int RB = TOK > 0 ? TOK : BN, TM = TOK > 0 ? TOK : 64;
-  constexpr int smem = STAGES * (64 + RB) * 128 + 1024;  // + the 1024-byte alignment of the swizzled tiles
+  constexpr int RA = TOK > 0 ? BN : 64, RB = TOK > 0 ? TOK : BN, TM = TOK > 0 ? TOK : 64;
+  constexpr int smem = STAGES * (RA + RB) * 128 + 1024;  // + the 1024-byte alignment of the swizzled tiles
   static_assert(smem + 8 * (TM + BN) <= 227 * 1024, "shared memory over the sm_90 limit");
   auto kern = w8a8_wgmma_kernel<T, BN, STAGES, OVERLAP, TOK>;
   int dev = 0, major = 0, minor = 0;
@@ -645,7 +659,7 @@ cudaError_t launch_wgmma(const W8A8Args& a, cudaStream_t stream) {
   args.cluster = a.splits > 1;  // split-K through a (1, 1, splits) cluster: no workspace
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3((a.N + BN - 1) / BN, (a.M + TM - 1) / TM, a.splits);
-  cfg.blockDim = dim3(128);
+  cfg.blockDim = dim3(wgmma_threads<BN, TOK>());
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
   cudaLaunchAttribute attr[1];
@@ -690,7 +704,7 @@ cudaError_t launch(const W8A8Args& a, cudaStream_t stream) {
   X(4, 64, 64, 256, 2, 2, 3)   \
   X(5, 128, 128, 64, 2, 4, 4)
 // the wgmma configs (sm_90 only): {index, BN, STAGES, OVERLAP, TOK}, BK = 128; TOK = 0: 64 x BN tiles, else
-// TOK x 64 (tokens in the MMA's N)
+// TOK x BN (tokens in the MMA's N, BN / 64 warpgroups)
 #define QVIT_W8A8_WGMMA_CONFIGS(X) \
   X(6, 32, 4, false, 0)            \
   X(7, 64, 4, false, 0)            \
@@ -705,7 +719,9 @@ cudaError_t launch(const W8A8Args& a, cudaStream_t stream) {
   X(16, 64, 4, false, 208)         \
   X(17, 64, 6, true, 208)          \
   X(18, 64, 3, false, 208)         \
-  X(19, 64, 6, true, 112)
+  X(19, 64, 6, true, 112)          \
+  X(20, 128, 4, true, 208)         \
+  X(21, 128, 5, true, 208)
 
 template <typename T>
 cudaError_t dispatch(int cfg, const W8A8Args& a, cudaStream_t stream) {

@@ -9,7 +9,7 @@ The int32 dot is exact and split-K sums int32 partials, so every tile shape and 
 Two kernels behind one op: on sm_90 (H100/H200) the warpgroup-MMA kernel (WGMMA_CONFIGS: `wgmma.mma_async` int8
 from 128-byte-swizzled shared memory, one warpgroup per 64 x BN tile, BN down to 32 so that M = 197 fills the
 132 SMs, or per 208 x 64 / 112 x 64 tile with the tokens in the MMA's N (the weights its A operand), so that at
-M = 197 each weight tile has one reader; split-K inside a (1, 1, splits) thread-block cluster reduced through
+M = 197 each weight tile has one reader (208 x 128: two warpgroups sharing the tokens' tile); split-K inside a (1, 1, splits) thread-block cluster reduced through
 distributed shared memory); on
 sm_80+ the `mma.sync` kernel (split-K through atomic int32 adds into an (M, N) workspace with one counter per
 tile, both zero between launches and kept per (device, stream)).
@@ -41,8 +41,9 @@ from qvit.kernels.quant import check_gemm_operands
 CONFIGS = ((64, 64), (64, 128), (32, 128), (32, 64), (64, 64), (128, 128),  # mma.sync (sm_80+)
            (64, 32), (64, 64), (64, 96), (64, 128), (64, 32), (64, 64),  # wgmma (sm_90a: QVIT_W8A8_WGMMA_CONFIGS)
            (64, 32), (64, 64), (64, 96), (64, 32),  # wgmma, MMAs overlapped with the next step's wait
-           (208, 64), (208, 64), (208, 64), (112, 64))  # wgmma, tokens in the MMA's N: one CTA per weight tile
-WGMMA_CONFIGS = range(6, 20)  # their split-K runs in a thread-block cluster: at most 8 slices, no workspace
+           (208, 64), (208, 64), (208, 64), (112, 64),  # wgmma, tokens in the MMA's N: one CTA per weight tile
+           (208, 128), (208, 128))  # the same with two warpgroups sharing the token tile
+WGMMA_CONFIGS = range(6, 22)  # their split-K runs in a thread-block cluster: at most 8 slices, no workspace
 _MAX_CLUSTER = 8
 SPLITS = (1, 2, 3, 4, 6, 8, 12, 16)
 _BK = 64  # K bytes: split-K slices are whole multiples of this unit, whatever the config's stage width
