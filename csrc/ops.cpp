@@ -62,21 +62,25 @@ int qvit_layernorm_quant(int dtype, const void* x, const void* w, const void* b,
 }
 
 // W8A8 GEMM for small M (csrc/w8a8_gemm.cu). dtype: output (and residual) 0 float16, 1 bfloat16, 2 float32.
+// fp8: 0 xq and wq int8, 1 both float8_e4m3fn (sm_90a wgmma configs only).
 // xq (M, K) int8 row stride sx; wq (N, K) int8 row stride sw; x_scale (M,), w_scale (N,), bias (N,) float32
 // (bias, residual may be null); y (M, N) row stride sy; residual row stride sr. cfg: tile shape (0-3); splits:
 // K slices (>= 1) of whole 64-byte units; with splits > 1, part (M, N) int32 workspace and counters (one
 // uint32 per output tile), all zero; the kernel leaves them zero. Returns 0, 1 (bad argument) or the CUDA error of the launch.
 int qvit_w8a8_gemm(int dtype, int cfg, int splits, const void* xq, const void* xs, const void* wq, const void* ws,
                    const void* bias, const void* res, void* y, void* part, void* counters, int64_t M, int64_t N,
-                   int64_t K, int64_t sx, int64_t sw, int64_t sr, int64_t sy, int gelu, void* stream) {
+                   int64_t K, int64_t sx, int64_t sw, int64_t sr, int64_t sy, int gelu, int fp8, void* stream) {
   g_err[0] = 0;
   const char* op = "qvit_cuda.w8a8_gemm";
   if (dtype < 0 || dtype > 2) return fail(1, "%s: unsupported output dtype code %d", op, dtype);
+  if (fp8 != 0 && fp8 != 1) return fail(1, "%s: unsupported operand format code %d", op, fp8);
   int bm = 0, bn = 0;
   if (qvit::w8a8_gemm_tile(cfg, &bm, &bn)) return fail(1, "%s: unknown tile config %d", op, cfg);
+  if (fp8 && !qvit::w8a8_gemm_cluster_splits(cfg))
+    return fail(1, "%s: tile config %d has no float8_e4m3fn form (the sm_90a wgmma configs do)", op, cfg);
   if (M < 0 || N <= 0 || K <= 0) return fail(1, "%s: bad shape M=%lld N=%lld K=%lld", op, (long long)M, (long long)N, (long long)K);
   if (K % 16) return fail(1, "%s: K=%lld must be a multiple of 16 (16-byte loads)", op, (long long)K);
-  if (K > 133000) return fail(1, "%s: K=%lld could overflow the int32 accumulator", op, (long long)K);
+  if (!fp8 && K > 133000) return fail(1, "%s: K=%lld could overflow the int32 accumulator", op, (long long)K);
   if (M > INT32_MAX || N > INT32_MAX) return fail(1, "%s: M or N exceeds int32", op);
   if (!xq || !xs || !wq || !ws || !y) return fail(1, "%s: null pointer", op);
   if (reinterpret_cast<uintptr_t>(xq) % 16 || reinterpret_cast<uintptr_t>(wq) % 16 || sx % 16 || sw % 16)
@@ -104,7 +108,8 @@ int qvit_w8a8_gemm(int dtype, int cfg, int splits, const void* xq, const void* x
                    static_cast<const float*>(ws), static_cast<const float*>(bias), res, y, static_cast<int*>(part),
                    static_cast<unsigned*>(counters), (int)M, (int)N, (int)K, (long long)sx, (long long)sw,
                    (long long)sr, (long long)sy, splits, (int)per, gelu ? 1 : 0, pair ? 1 : 0, 0};
-  const cudaError_t e = qvit::w8a8_gemm_launch(dtype, cfg, a, static_cast<cudaStream_t>(stream));
+  const cudaError_t e = fp8 ? qvit::w8a8_gemm_launch_fp8(dtype, cfg, a, static_cast<cudaStream_t>(stream))
+                            : qvit::w8a8_gemm_launch(dtype, cfg, a, static_cast<cudaStream_t>(stream));
   if (e != cudaSuccess) return fail((int)e, "%s: launch failed: %s", op, cudaGetErrorString(e));
   return 0;
 }

@@ -24,6 +24,8 @@ struct W8A8Args {
 };
 
 cudaError_t w8a8_gemm_launch(int dtype, int cfg, const W8A8Args& a, cudaStream_t stream);
+// x and w as float8_e4m3fn codes (the same argument layout; sm_90a warpgroup-MMA configs only)
+cudaError_t w8a8_gemm_launch_fp8(int dtype, int cfg, const W8A8Args& a, cudaStream_t stream);
 int w8a8_gemm_tile(int cfg, int* bm, int* bn);
 bool w8a8_gemm_cluster_splits(int cfg);
 

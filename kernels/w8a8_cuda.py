@@ -5,12 +5,15 @@
 xq int8 (M, K), K a multiple of 16; x_scale float32 (M,) (per token; group-wise scales are a Triton-only path);
 wq int8 (N, K); w_scale float32 (N,); bias float32 (N,) or None; residual (M, N) in the output dtype or None.
 The int32 dot is exact and split-K sums int32 partials, so every tile shape and split gives the same bits.
+xq and wq may instead both be float8_e4m3fn (sm_90 wgmma configs only): float32 accumulators, the products summed
+by the tensor cores in place over each K slice (cuBLAS's "fast accumulation", as `w8a8_linear_fp8_fast_accum`),
+the slices' float32 partials added in a fixed order; reference `qvit.kernels.quant.fp8_matmul_ref`.
 
 Two kernels behind one op: on sm_90 (H100/H200) the warpgroup-MMA kernel (WGMMA_CONFIGS: `wgmma.mma_async` int8
 from 128-byte-swizzled shared memory, one warpgroup per 64 x BN tile, BN down to 32 so that M = 197 fills the
 132 SMs, or per 208 x 64 / 112 x 64 tile with the tokens in the MMA's N (the weights its A operand), so that at
-M = 197 each weight tile has one reader (208 x 128: two warpgroups sharing the tokens' tile); split-K inside a (1, 1, splits) thread-block cluster reduced through
-distributed shared memory); on
+M = 197 each weight tile has one reader (208 x 128: two warpgroups sharing the tokens' tile); split-K inside a
+(1, 1, splits) thread-block cluster reduced through distributed shared memory); on
 sm_80+ the `mma.sync` kernel (split-K through atomic int32 adds into an (M, N) workspace with one counter per
 tile, both zero between launches and kept per (device, stream)).
 
@@ -36,7 +39,7 @@ import torch
 from qvit.kernels._op import fast_custom_op
 from qvit.kernels.quant import check_gemm_operands
 
-# (BLOCK_M, BLOCK_N) of the kernel's tile configs, by index (csrc/w8a8_gemm.cu QVIT_W8A8_CONFIGS, which also
+# (BLOCK_M, BLOCK_N) of the kernel's tile configs, by index (csrc/w8a8_gemm_kernels.cuh QVIT_W8A8_CONFIGS, which also
 # gives each its K stage width, warps and pipeline depth)
 CONFIGS = ((64, 64), (64, 128), (32, 128), (32, 64), (64, 64), (128, 128),  # mma.sync (sm_80+)
            (64, 32), (64, 64), (64, 96), (64, 128), (64, 32), (64, 64),  # wgmma (sm_90a: QVIT_W8A8_WGMMA_CONFIGS)
@@ -73,10 +76,13 @@ def configs_for(device=None) -> list[int]:
     return [c for c in range(len(CONFIGS)) if c not in WGMMA_CONFIGS or cap == (9, 0)]
 
 
-def candidates(m: int, n: int, k: int, configs=None) -> list[tuple[int, int]]:
-    """(config, splits) pairs worth timing for this shape (configs: the device's, default the mma.sync ones)."""
+def candidates(m: int, n: int, k: int, configs=None, fp8: bool = False) -> list[tuple[int, int]]:
+    """(config, splits) pairs worth timing for this shape (configs: the device's, default the mma.sync ones;
+    fp8: only the wgmma configs, the ones with an e4m3 form)."""
     out = []
     for cfg in (configs if configs is not None else [c for c in range(len(CONFIGS)) if c not in WGMMA_CONFIGS]):
+        if fp8 and cfg not in WGMMA_CONFIGS:
+            continue
         tiles = _tiles(m, n, cfg)
         for s in SPLITS:
             s2 = _normalize_splits(k, s)
@@ -88,12 +94,16 @@ def candidates(m: int, n: int, k: int, configs=None) -> list[tuple[int, int]]:
     return out
 
 
-def heuristic(m: int, n: int, k: int) -> tuple[int, int]:
-    """Used only inside a CUDA-graph capture before any timing: enough CTAs for ~2 per SM of a 132-SM GPU."""
-    cfg = 0 if m > 32 else 3
+def heuristic(m: int, n: int, k: int, fp8: bool = False) -> tuple[int, int]:
+    """Used only inside a CUDA-graph capture before any timing: enough CTAs for ~2 per SM of a 132-SM GPU
+    (fp8: the 64 x 32 wgmma tile, split-K capped by its cluster)."""
+    if fp8:
+        cfg, top = WGMMA_CONFIGS[0], _MAX_CLUSTER
+    else:
+        cfg, top = (0 if m > 32 else 3), 16
     tiles = _tiles(m, n, cfg)
     s = 1
-    while (tiles * s < 264 and s < 16 and _normalize_splits(k, s * 2) == s * 2 and tiles <= _MAX_COUNTERS
+    while (tiles * s < 264 and s < top and _normalize_splits(k, s * 2) == s * 2 and tiles <= _MAX_COUNTERS
            and m * n <= _MAX_SPLIT_MN):
         s *= 2
     return cfg, s
@@ -101,7 +111,8 @@ def heuristic(m: int, n: int, k: int) -> tuple[int, int]:
 
 def _validate(xq, x_scale, wq, w_scale, bias, residual, out_dtype):
     op = "w8a8_linear_cuda"
-    m, k, n = check_gemm_operands(op, xq, x_scale, wq, w_scale, torch.int8)
+    qdtype = torch.float8_e4m3fn if isinstance(xq, torch.Tensor) and xq.dtype == torch.float8_e4m3fn else torch.int8
+    m, k, n = check_gemm_operands(op, xq, x_scale, wq, w_scale, qdtype)
     if k % 16:
         raise ValueError(f"{op}: K={k} must be a multiple of 16 (the kernel loads 16-byte chunks)")
     if x_scale.shape != (m,):
@@ -162,7 +173,7 @@ def _run(xq, x_scale, wq, w_scale, bias, residual, gelu, y, cfg, splits):
         bias.data_ptr() if bias is not None else None, residual.data_ptr() if residual is not None else None,
         y.data_ptr(), part.data_ptr() if part is not None else None, cnt.data_ptr() if cnt is not None else None,
         m, n, k, xq.stride(0), wq.stride(0), residual.stride(0) if residual is not None else 0, y.stride(0),
-        int(bool(gelu)), ctypes.c_void_p(stream))
+        int(bool(gelu)), int(xq.dtype == torch.float8_e4m3fn), ctypes.c_void_p(stream))
     _ext.check(rc, "w8a8_linear_cuda")
 
 
@@ -209,7 +220,9 @@ def _tune(key, args, m, n, k):
     """Time every candidate (config, splits) on these very tensors (_graph_times); remember and return the
     fastest."""
     dev = args[0].device
-    fns = {(cfg, s): (lambda cfg=cfg, s=s: _run(*args, cfg, s)) for cfg, s in candidates(m, n, k, configs_for(dev))}
+    fp8 = args[0].dtype == torch.float8_e4m3fn
+    fns = {(cfg, s): (lambda cfg=cfg, s=s: _run(*args, cfg, s))
+           for cfg, s in candidates(m, n, k, configs_for(dev), fp8)}
     times = _graph_times(dev, fns)
     best = min(times, key=times.get)
     _choice[key] = best
@@ -231,7 +244,10 @@ def prefer_cuda(xq, x_scale, wq, w_scale, bias, residual, gelu, out_dtype) -> bo
         return False
     m, k = xq.shape
     n = wq.shape[0]
-    key = (m, n, k, out_dtype, bool(gelu), residual is not None, bias is not None, xq.device.index)
+    fp8 = xq.dtype == torch.float8_e4m3fn
+    if x_scale.shape != (m,) or xq.dtype not in (torch.int8, torch.float8_e4m3fn) or wq.dtype != xq.dtype:
+        return False  # one scale for all tokens, or operands this kernel does not take: the Triton kernel's
+    key = (m, n, k, out_dtype, bool(gelu), residual is not None, bias is not None, xq.device.index, xq.dtype)
     got = _prefer.get(key)
     if got is not None:
         return got
@@ -241,9 +257,10 @@ def prefer_cuda(xq, x_scale, wq, w_scale, bias, residual, gelu, out_dtype) -> bo
     if _ext.load_error() or torch.cuda.get_device_capability(xq.device) != (9, 0):
         _prefer[key] = False
         return False
-    from qvit.kernels.w8a8_linear import w8a8_linear
+    from qvit.kernels.w8a8_linear import w8a8_linear, w8a8_linear_fp8_fast_accum
     args = (xq, x_scale, wq, w_scale, bias, residual, gelu, out_dtype)
-    times = _graph_times(xq.device, {"triton": lambda: w8a8_linear(*args), "cuda": lambda: w8a8_linear_cuda(*args)})
+    triton = w8a8_linear_fp8_fast_accum if fp8 else w8a8_linear  # fp8: the same in-place accumulation
+    times = _graph_times(xq.device, {"triton": lambda: triton(*args), "cuda": lambda: w8a8_linear_cuda(*args)})
     _prefer[key] = times["cuda"] < times["triton"]
     return _prefer[key]
 
@@ -268,7 +285,7 @@ def w8a8_linear_cuda(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, 
     if m == 0:
         return y
     args = (xq, x_scale, wq, w_scale, bias, residual, gelu, y)
-    key = (m, n, k, out_dtype, bool(gelu), residual is not None, bias is not None, xq.device.index)
+    key = (m, n, k, out_dtype, bool(gelu), residual is not None, bias is not None, xq.device.index, xq.dtype)
     with torch.cuda.device(xq.device):
         cfg, s = _plan(args, key, config, splits)
         _run(*args, cfg, s)
@@ -278,8 +295,9 @@ def w8a8_linear_cuda(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, 
 def _plan(args, key, config, splits):
     """(tile config, splits): pinned by the caller, else remembered or timed for this shape (key[:3] = M, N, K)."""
     m, n, k = key[:3]
+    fp8 = len(key) > 8 and key[8] == torch.float8_e4m3fn
     if config >= 0 or splits > 0:
-        cfg = config if config >= 0 else heuristic(m, n, k)[0]
+        cfg = config if config >= 0 else heuristic(m, n, k, fp8)[0]
         if not 0 <= cfg < len(CONFIGS):
             raise ValueError(f"w8a8_linear_cuda: config={config} is not one of 0..{len(CONFIGS) - 1}")
         s = splits if splits > 0 else 1
@@ -289,12 +307,15 @@ def _plan(args, key, config, splits):
         if cfg in WGMMA_CONFIGS and s > _MAX_CLUSTER:
             raise ValueError(f"w8a8_linear_cuda: splits={s} exceeds {_MAX_CLUSTER} for the wgmma config {cfg} "
                              f"(its K slices meet in one thread-block cluster)")
+        if fp8 and cfg not in WGMMA_CONFIGS:
+            raise ValueError(f"w8a8_linear_cuda: config={cfg} has no float8_e4m3fn form; the wgmma configs "
+                             f"{WGMMA_CONFIGS.start}..{WGMMA_CONFIGS.stop - 1} do")
         if args is not None and cfg not in configs_for(args[0].device):
             raise ValueError(f"w8a8_linear_cuda: config={cfg} is a wgmma config: it needs an sm_90 GPU, got "
                              f"compute capability {torch.cuda.get_device_capability(args[0].device)}")
     else:
         choice = _choice.get(key)
         if choice is None:
-            choice = heuristic(m, n, k) if torch.cuda.is_current_stream_capturing() else _tune(key, args, m, n, k)
+            choice = heuristic(m, n, k, fp8) if torch.cuda.is_current_stream_capturing() else _tune(key, args, m, n, k)
         cfg, s = choice
     return cfg, s

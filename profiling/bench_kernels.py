@@ -197,6 +197,8 @@ def linear_providers(x, lin, k, n):
         P["qvit-cuda w8a8 (int8 in)"] = lambda: w8a8_linear_cuda(xq, xs, wq, ws, bias, None, False, torch.bfloat16)
     fq, fs = Q.quantize_fp8_per_channel(w)
     xf, xfs = Q.quantize_fp8_per_token(x)
+    if "qvit-cuda w8a8 (int8 in)" in P and torch.cuda.get_device_capability() == (9, 0):  # its e4m3 form: sm_90
+        P["qvit-cuda w8a8 fp8 (fp8 in)"] = lambda: w8a8_linear_cuda(xf, xfs, fq, fs, bias, None, False, torch.bfloat16)
     P["qvit w8a8 fp8 (fp8 in)"] = lambda: w8a8_linear(xf, xfs, fq, fs, bias, None, False, torch.bfloat16)
     P["qvit w8a8 fp8 fast accum (fp8 in)"] = lambda: w8a8_linear_fp8_fast_accum(xf, xfs, fq, fs, bias, None, False,
                                                                              torch.bfloat16)
@@ -273,6 +275,7 @@ def linear_providers(x, lin, k, n):
         xq, xs, Q.expand_int4_progressive(pp, g2, 128), s1, bias, torch.float32)
     refs["qvit w4a8p g128 (fused, int8 in)"] = refs["qvit w4a8p g128 (expand + w8a8, int8 in)"]
     refs["qvit-cuda w8a8 (int8 in)"] = refs["qvit w8a8 (int8 in)"]
+    refs["qvit-cuda w8a8 fp8 (fp8 in)"] = lambda: Q.fp8_matmul_ref(xf, xfs, fq, fs, bias, torch.float32)
     refs["qvit w8a8 fp8 (fp8 in)"] = lambda: Q.fp8_matmul_ref(xf, xfs, fq, fs, bias, torch.float32)
     refs["qvit w8a8 fp8 fast accum (fp8 in)"] = refs["qvit w8a8 fp8 (fp8 in)"]
     refs["qvit w8a8 persistent (int8 in)"] = refs["qvit w8a8 (int8 in)"]
@@ -336,10 +339,11 @@ def bench_linears(res, quick, providers=None, layers=None, ms=None):
                         entry["rel_err"] = rel_err(y, refs[pname]())
                     if pname.startswith("qvit-cuda w8a8"):  # the tuner's pick: (tile config, K splits)
                         from qvit.kernels import w8a8_cuda
-                        picks = [v for key, v in w8a8_cuda._choice.items() if key[:3] == (m, n, k)]
+                        qd = torch.float8_e4m3fn if "fp8" in pname else torch.int8
+                        picks = [v for key, v in w8a8_cuda._choice.items() if key[:3] == (m, n, k) and key[8] == qd]
                         entry["cuda_config"] = {"tile": w8a8_cuda.CONFIGS[picks[-1][0]], "splits": picks[-1][1]} \
                             if picks else None
-                        table = [t for key, t in w8a8_cuda._tune_times.items() if key[:3] == (m, n, k)]
+                        table = [t for key, t in w8a8_cuda._tune_times.items() if key[:3] == (m, n, k) and key[8] == qd]
                         if table:  # the tuner's ten fastest (config, splits), us per launch
                             top = sorted(table[-1].items(), key=lambda kv: kv[1])[:10]
                             entry["cuda_tuner_top"] = [{"config": c, "tile": w8a8_cuda.CONFIGS[c], "splits": sp,

@@ -120,12 +120,12 @@ def test_cuda_w8a8_split_plan_and_cpu_refusal():
 
 def test_cuda_w8a8_config_table_mirrors_the_kernel():
     """kernels/w8a8_cuda.CONFIGS (the tiles the tuner counts CTAs with and the tests walk) is the C table of
-    csrc/w8a8_gemm.cu, read from its X-macros: same indices, same (BLOCK_M, BLOCK_N), the wgmma ones flagged."""
+    csrc/w8a8_gemm_kernels.cuh, read from its X-macros: same indices, same (BLOCK_M, BLOCK_N), the wgmma ones flagged."""
     import re
     from pathlib import Path
 
     from qvit.kernels.w8a8_cuda import CONFIGS, WGMMA_CONFIGS
-    src = (Path(__file__).resolve().parents[1] / "csrc" / "w8a8_gemm.cu").read_text()
+    src = (Path(__file__).resolve().parents[1] / "csrc" / "w8a8_gemm_kernels.cuh").read_text()
 
     def table(name):
         body = re.search(rf"#define {name}\(X\)((?:[^\n]*\\\n)*[^\n]*)", src).group(1)  # the continued lines

@@ -584,6 +584,36 @@ def test_w8a8_cuda_odd_shapes(poison, m, k, n):
             assert rel_err(y, ref) < 2 ** -8, (cfg, s)
 
 
+@pytest.mark.parametrize("m,k,n", [(197, 1024, 3072), (197, 4096, 1024), (1, 1024, 1024), (213, 1040, 201)])
+def test_w8a8_cuda_fp8_every_wgmma_config(poison, m, k, n):
+    """The float8_e4m3fn form of the wgmma configs (sm_90): every config and several K splits against the float64
+    reference within the in-place accumulation's bound (the Triton fast-accumulation kernel's test bar, 2^-9),
+    the same bits again at a repeat of a (config, splits) (the slices' float32 partials are added in a fixed
+    order), the bf16 epilogue (bias, GELU, residual) of the tuned choice to one bf16 rounding; the mma.sync
+    configs are refused by name."""
+    _cuda_ext_or_fail()
+    from qvit.kernels.w8a8_cuda import WGMMA_CONFIGS, _normalize_splits, configs_for, w8a8_linear_cuda
+    if WGMMA_CONFIGS[0] not in configs_for():
+        pytest.skip("the e4m3 GEMM is the sm_90 wgmma kernel's")
+    xq, xs = Q.quantize_fp8_per_token(torch.randn(m, k, device=DEV) * torch.rand(1, k, device=DEV) * 3)
+    wq, ws = Q.quantize_fp8_per_channel(torch.randn(n, k, device=DEV) * 0.02)
+    b = torch.randn(n, device=DEV)
+    r = torch.randn(m, n, device=DEV, dtype=torch.bfloat16)
+    ref32 = Q.fp8_matmul_ref(xq, xs, wq, ws)
+    for cfg in WGMMA_CONFIGS:
+        for s in sorted({1, 2, _normalize_splits(k, 3), _normalize_splits(k, 8)}):
+            y32 = w8a8_linear_cuda(xq, xs, wq, ws, None, None, False, torch.float32, cfg, s)
+            assert rel_err(y32, ref32) < 2 ** -9, (cfg, s)
+            assert torch.equal(y32, w8a8_linear_cuda(xq, xs, wq, ws, None, None, False, torch.float32, cfg, s))
+    ref = Q.fp8_matmul_ref(xq, xs, wq, ws, b, torch.float32, gelu=True, residual=r)
+    y = w8a8_linear_cuda(xq, xs, wq, ws, b, r, True, torch.bfloat16)
+    assert rel_err(y, ref) < 2 ** -8
+    with pytest.raises(ValueError, match="no float8_e4m3fn form"):
+        w8a8_linear_cuda(xq, xs, wq, ws, None, None, False, torch.float32, 0, 1)
+    with pytest.raises(TypeError, match="wq must be torch.float8_e4m3fn"):
+        w8a8_linear_cuda(xq, xs, wq.view(torch.int8), ws)
+
+
 def test_w8a8_cuda_errors_graphs_and_compile():
     """Bad input is refused by name; split-K re-arms its tile counters, so CUDA-graph replays and repeated calls
     stay right; the op is one node under torch.compile(fullgraph=True)."""
@@ -811,7 +841,7 @@ def test_model_cuda_backend_matches_torch_backend(preset):
     torch.testing.assert_close(yg.float(), y, rtol=0, atol=0)  # same kernels, same choices: the same bits
 
 
-@pytest.mark.parametrize("preset", ["w8a8", "w4a8p"])
+@pytest.mark.parametrize("preset", ["w8a8", "w4a8p", "fp8", "fp8s2t"])
 def test_model_auto_backend_picks_per_shape(preset):
     """`auto` times the Triton and the CUDA W8A8 GEMM once per shape and runs the faster: the choices are cached
     bools, a CUDA-graph replay gives the eager bits, and the output matches the Triton-only model's to bf16-level

@@ -1,7 +1,7 @@
 """Runs one launch of each hand-written CUDA kernel on small odd shapes, for `compute-sanitizer` (memcheck,
 racecheck): every W8A8 GEMM tile config with and without split-K (partial tiles in M, N and K; the sm_90a configs'
-split-K in clusters of up to 8), the LayerNorm+quantize kernel in every dtype, with and without the LayerNorm, on a
-row-strided view too.
+split-K in clusters of up to 8; their float8_e4m3fn form too), the LayerNorm+quantize kernel in every dtype, with
+and without the LayerNorm, on a row-strided view too.
 
     compute-sanitizer --tool memcheck --error-exitcode 9 python tools/sanitize_cuda.py [lnq]
 
@@ -36,6 +36,8 @@ def main() -> int:
     for m, k, n in gemm_shapes:
         xq, xs = Q.quantize_int8_per_token(torch.randn(m, k, device="cuda"))
         wq, ws = Q.quantize_int8_per_channel(torch.randn(n, k, device="cuda"))
+        xf, xfs = Q.quantize_fp8_per_token(torch.randn(m, k, device="cuda"))
+        wf, wfs = Q.quantize_fp8_per_channel(torch.randn(n, k, device="cuda"))
         b = torch.randn(n, device="cuda")
         r = torch.randn(m, n, device="cuda", dtype=torch.bfloat16)
         for cfg in (c for c in configs_for() if only is None or c in only):
@@ -43,6 +45,9 @@ def main() -> int:
             for s in sorted({1, _normalize_splits(k, 2), _normalize_splits(k, top)}):
                 w8a8_linear_cuda(xq, xs, wq, ws, b, r, True, torch.bfloat16, cfg, s)
                 n_launch += 1
+                if cfg in WGMMA_CONFIGS:  # and its float8_e4m3fn form
+                    w8a8_linear_cuda(xf, xfs, wf, wfs, b, r, True, torch.bfloat16, cfg, s)
+                    n_launch += 1
     for d in (torch.float16, torch.bfloat16, torch.float32) if only is None else ():
         for m, k in ((197, 1024 if d != torch.float32 else 512), (77, 4096 if d != torch.float32 else 2048),
                      (5, 72), (3, 8)):

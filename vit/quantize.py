@@ -352,20 +352,21 @@ class Int8Linear(_QuantLinear):
     def _forward2d(self, x, gelu=False, residual=None):
         out_dtype = x.dtype
         backend, xq, xs, wq = self._gemm_inputs(x)
-        if backend is Backend.TRITON and self.act_format == "int8" and self._auto_backend():
-            # `auto`: the hand-written CUDA GEMM where it measured faster for this shape (kernels/w8a8_cuda.py)
+        fast = self.act_format == "fp8" and self.fp8_fast_accum
+        if backend is Backend.TRITON and (self.act_format == "int8" or fast) and self._auto_backend():
+            # `auto`: the hand-written CUDA GEMM where it measured faster for this shape (kernels/w8a8_cuda.py;
+            # fp8: against the Triton kernel of the same in-place accumulation)
             from qvit.kernels.w8a8_cuda import prefer_cuda
             if prefer_cuda(xq, xs, wq, self.w_scale, self.bias, residual, gelu, out_dtype):
                 backend = Backend.CUDA
         if backend is Backend.TRITON:
             from qvit.kernels.w8a8_linear import w8a8_linear, w8a8_linear_fp8_fast_accum
-            fast = self.act_format == "fp8" and self.fp8_fast_accum
             if (fast or self.act_format == "int8") and _use_persistent(xq, xs):
                 from qvit.kernels.w8a8_persistent import w8a8_linear_persistent
                 return w8a8_linear_persistent(xq, xs, wq, self.w_scale, self.bias, residual, gelu, out_dtype)
             gemm = w8a8_linear_fp8_fast_accum if fast else w8a8_linear
             return gemm(xq, xs, wq, self.w_scale, self.bias, residual, gelu, out_dtype)
-        if backend is Backend.CUDA:  # csrc/w8a8_gemm.cu: mma.sync + split-K, tuned per shape
+        if backend is Backend.CUDA:  # csrc/w8a8_gemm*.cu: wgmma (sm_90) or mma.sync, split-K, tuned per shape
             from qvit.kernels.w8a8_cuda import w8a8_linear_cuda
             return w8a8_linear_cuda(xq, xs, wq, self.w_scale, self.bias, residual, gelu, out_dtype)
         return _finish(self._matmul_torch(xq, xs, wq, out_dtype), gelu, residual)
