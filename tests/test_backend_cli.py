@@ -110,6 +110,15 @@ def test_cuda_w8a8_split_plan_and_cpu_refusal():
     with pytest.raises(ValueError, match="exceeds 8 for the wgmma config"):
         _plan(None, (197, 1024, 4096), WGMMA_CONFIGS[0], 16)
     assert _plan(None, (197, 1024, 4096), WGMMA_CONFIGS[0], 8) == (WGMMA_CONFIGS[0], 8)
+    # float8_e4m3fn operands: the wgmma configs only, their split-K within one cluster, refused by name otherwise
+    for m, n, k in [(197, 3072, 1024), (197, 1024, 4096), (1, 1000, 1024), (5, 16, 16)]:
+        plans = candidates(m, n, k, range(len(CONFIGS)), fp8=True) + [heuristic(m, n, k, fp8=True)]
+        assert plans and all(cfg in WGMMA_CONFIGS and s <= 8 for cfg, s in plans)
+        assert {cfg for cfg, _ in plans[:-1]} == set(WGMMA_CONFIGS)
+    fp8_key = (197, 1024, 4096, torch.bfloat16, False, False, True, 0, torch.float8_e4m3fn)
+    with pytest.raises(ValueError, match="config=0 has no float8_e4m3fn form"):
+        _plan(None, fp8_key, 0, 1)
+    assert _plan(None, fp8_key, -1, 4)[0] in WGMMA_CONFIGS  # the capture-time heuristic's config for fp8
     xq, xs = Q.quantize_int8_per_token(torch.randn(3, 32))
     wq, ws = Q.quantize_int8_per_channel(torch.randn(8, 32))
     with pytest.raises(ValueError, match="must be a CUDA tensor"):
