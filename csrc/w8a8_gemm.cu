@@ -50,12 +50,7 @@ int w8a8_gemm_tile(int cfg, int* bm, int* bn) {
 }
 
 cudaError_t w8a8_gemm_launch(int dtype, int cfg, const W8A8Args& a, cudaStream_t stream) {
-  switch (dtype) {
-    case 0: return dispatch<__half>(cfg, a, stream);
-    case 1: return dispatch<__nv_bfloat16>(cfg, a, stream);
-    case 2: return dispatch<float>(cfg, a, stream);
-    default: return cudaErrorInvalidValue;
-  }
+  return by_out_dtype(dtype, [&](auto t) { return dispatch<typename decltype(t)::type>(cfg, a, stream); });
 }
 
 }  // namespace qvit

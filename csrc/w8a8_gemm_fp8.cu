@@ -21,12 +21,7 @@ cudaError_t dispatch_fp8(int cfg, const W8A8Args& a, cudaStream_t stream) {
 }  // namespace
 
 cudaError_t w8a8_gemm_launch_fp8(int dtype, int cfg, const W8A8Args& a, cudaStream_t stream) {
-  switch (dtype) {
-    case 0: return dispatch_fp8<__half>(cfg, a, stream);
-    case 1: return dispatch_fp8<__nv_bfloat16>(cfg, a, stream);
-    case 2: return dispatch_fp8<float>(cfg, a, stream);
-    default: return cudaErrorInvalidValue;
-  }
+  return by_out_dtype(dtype, [&](auto t) { return dispatch_fp8<typename decltype(t)::type>(cfg, a, stream); });
 }
 
 }  // namespace qvit

@@ -746,5 +746,20 @@ cudaError_t launch(const W8A8Args& a, cudaStream_t stream) {
   X(20, 128, 4, true, 208)         \
   X(21, 128, 5, true, 208)
 
+// the output dtype code (0 float16, 1 bfloat16, 2 float32) -> f called with that type's tag (the launchers' switch)
+template <typename T>
+struct OutType {
+  using type = T;
+};
+template <typename F>
+cudaError_t by_out_dtype(int dtype, F&& f) {
+  switch (dtype) {
+    case 0: return f(OutType<__half>{});
+    case 1: return f(OutType<__nv_bfloat16>{});
+    case 2: return f(OutType<float>{});
+    default: return cudaErrorInvalidValue;
+  }
+}
+
 }  // namespace
 }  // namespace qvit
