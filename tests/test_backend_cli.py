@@ -89,7 +89,7 @@ def test_test_shards_partition_the_suite():
     assert rc != 0
 
 
-def test_cuda_w8a8_split_plan_and_cpu_refusal():
+def test_cuda_w8a8_split_plan_and_cpu_refusal(monkeypatch):
     """The CUDA GEMM's launch plan (pure Python, no GPU): every timed candidate and the capture-time heuristic
     give K slices that are all non-empty, and CPU tensors are refused by name before the library is touched."""
     import torch
@@ -110,6 +110,14 @@ def test_cuda_w8a8_split_plan_and_cpu_refusal():
     with pytest.raises(ValueError, match="exceeds 8 for the wgmma config"):
         _plan(None, (197, 1024, 4096), WGMMA_CONFIGS[0], 16)
     assert _plan(None, (197, 1024, 4096), WGMMA_CONFIGS[0], 8) == (WGMMA_CONFIGS[0], 8)
+    # the session-18 configs join the tuner only when asked for (not yet measured on a GPU)
+    from qvit.kernels.w8a8_cuda import UNMEASURED_CONFIGS
+    monkeypatch.setenv("QVIT_CUDA_UNMEASURED", "0")
+    assert not {cfg for cfg, _ in candidates(197, 1024, 4096, range(len(CONFIGS)))} & set(UNMEASURED_CONFIGS)
+    monkeypatch.setenv("QVIT_CUDA_UNMEASURED", "2")
+    with pytest.raises(ValueError, match="QVIT_CUDA_UNMEASURED must be 0 or 1"):
+        candidates(197, 1024, 4096, range(len(CONFIGS)))
+    monkeypatch.setenv("QVIT_CUDA_UNMEASURED", "1")
     # float8_e4m3fn operands: the wgmma configs only, their split-K within one cluster, refused by name otherwise
     for m, n, k in [(197, 3072, 1024), (197, 1024, 4096), (1, 1000, 1024), (5, 16, 16)]:
         plans = candidates(m, n, k, range(len(CONFIGS)), fp8=True) + [heuristic(m, n, k, fp8=True)]

@@ -842,13 +842,14 @@ def test_model_cuda_backend_matches_torch_backend(preset):
 
 
 @pytest.mark.parametrize("preset", ["w8a8", "w4a8p", "fp8", "fp8s2t"])
-def test_model_auto_backend_picks_per_shape(preset):
+def test_model_auto_backend_picks_per_shape(monkeypatch, preset):
     """`auto` times the Triton and the CUDA W8A8 GEMM once per shape and runs the faster: the choices are cached
     bools, a CUDA-graph replay gives the eager bits, and the output matches the Triton-only model's to bf16-level
     rounding (the two kernels' epilogues round alike; int32 dots are exact)."""
     import copy
 
     _cuda_ext_or_fail()
+    monkeypatch.setenv("QVIT_CUDA_UNMEASURED", "1")  # fp8 layers and the tokens-in-N tiles in `auto` (session 18)
     from qvit.kernels import w8a8_cuda
     from qvit.vit import QuantConfig, ViT, quantize
     torch.manual_seed(0)
