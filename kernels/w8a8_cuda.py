@@ -33,6 +33,7 @@ h200-gpu-6) took 14.8-25.5 us at M = 197.
 from __future__ import annotations
 
 import ctypes
+import os
 
 import torch
 
@@ -52,14 +53,6 @@ _MAX_CLUSTER = 8
 # candidates, and `auto` times fp8 layers on this kernel, only with QVIT_CUDA_UNMEASURED=1. Pinned configs and
 # explicit fp8 calls run regardless (the GPU tests and the sanitizer pin them).
 UNMEASURED_CONFIGS = range(16, 22)
-
-
-def _unmeasured_on() -> bool:
-    import os
-    v = os.environ.get("QVIT_CUDA_UNMEASURED", "0")
-    if v not in ("0", "1"):
-        raise ValueError(f"QVIT_CUDA_UNMEASURED must be 0 or 1, got {v!r}")
-    return v == "1"
 SPLITS = (1, 2, 3, 4, 6, 8, 12, 16)
 _BK = 64  # K bytes: split-K slices are whole multiples of this unit, whatever the config's stage width
 _MAX_COUNTERS = 1 << 15  # output tiles a split-K launch may have (split-K only pays when tiles are few)
@@ -67,6 +60,13 @@ _MAX_SPLIT_MN = 1 << 23  # M * N a split-K launch may have: its int32 workspace 
 _OUT_CODE = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}
 _counters: dict = {}
 _choice: dict = {}
+
+
+def _unmeasured_on() -> bool:
+    v = os.environ.get("QVIT_CUDA_UNMEASURED", "0")
+    if v not in ("0", "1"):
+        raise ValueError(f"QVIT_CUDA_UNMEASURED must be 0 or 1, got {v!r}")
+    return v == "1"
 
 
 def _normalize_splits(k: int, splits: int) -> int:
