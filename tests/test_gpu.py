@@ -845,7 +845,8 @@ def test_model_cuda_backend_matches_torch_backend(preset):
 def test_model_auto_backend_picks_per_shape(monkeypatch, preset):
     """`auto` times the Triton and the CUDA W8A8 GEMM once per shape and runs the faster: the choices are cached
     bools, a CUDA-graph replay gives the eager bits, and the output matches the Triton-only model's to bf16-level
-    rounding (the two kernels' epilogues round alike; int32 dots are exact)."""
+    rounding (the two kernels' epilogues round alike; int32 dots are exact, fp8 dots accumulate in place on the
+    tensor cores in both, in different K orders)."""
     import copy
 
     _cuda_ext_or_fail()
