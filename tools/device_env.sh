@@ -4,12 +4,16 @@
 #                                   start, for `timeout $(( start + N - $(date +%s) ))` deadlines), qvit installed
 #                                   without the CUDA build (log: $OUT/install.log), the committed autotune cache
 #                                   unpacked into ~/.triton/cache
+#   QVIT_ENV_NO_INSTALL=1 . tools/device_env.sh  -> the same without the CUDA-less install (a script that builds
+#                                   the CUDA extension installs qvit itself)
 # The full runner (CUDA build, every test, every benchmark) is tools/gpu_run.sh.
 export PYTHONPATH=$PWD/.gpu/peers${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 QVIT_COMMIT=$(cat .gpu/commit 2>/dev/null)
 start=$(date +%s)
 el() { echo "+$(( $(date +%s) - start ))s"; }
-QVIT_BUILD_CUDA=0 python3 -m pip install --no-build-isolation --no-deps -v -e . > "$OUT/install.log" 2>&1
-echo "install rc=$? at $(el)"
+if [ "${QVIT_ENV_NO_INSTALL:-0}" != 1 ]; then
+  QVIT_BUILD_CUDA=0 python3 -m pip install --no-build-isolation --no-deps -v -e . > "$OUT/install.log" 2>&1
+  echo "install rc=$? at $(el)"
+fi
 mkdir -p ~/.triton/cache && tar xzf tools/triton-autotune.tgz -C ~/.triton/cache
 # e2e_b1 GPU NAME DEADLINE [ENV=VALUE ...]: batch 1 graphed of rows 3 / 2 with timm bf16 in one bench_e2e process on
 # GPU, under the given environment, output in $OUT/r/e2e-NAME (+ .log), cut at DEADLINE seconds after `start`
