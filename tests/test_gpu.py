@@ -854,7 +854,9 @@ def test_model_auto_backend_picks_per_shape(monkeypatch, preset):
     from qvit.kernels import w8a8_cuda
     from qvit.vit import QuantConfig, ViT, quantize
     torch.manual_seed(0)
-    m = quantize(ViT.from_name("vit_base_patch16_224", depth=3).eval(), QuantConfig.preset(preset)).to(DEV).half()
+    cfg = QuantConfig.preset(preset)
+    calib = torch.randn(8, 3, 224, 224) if cfg.needs_calibration else None  # fp8s2t: static proj / fc2 inputs
+    m = quantize(ViT.from_name("vit_base_patch16_224", depth=3).eval(), cfg, calib=calib).to(DEV).half()
     x = torch.randn(1, 3, 224, 224, device=DEV, dtype=torch.float16)
     with torch.no_grad():
         ref = copy.deepcopy(m).set_backend(linear="triton", attn="sdpa")(x).float()
