@@ -110,14 +110,14 @@ def test_cuda_w8a8_split_plan_and_cpu_refusal(monkeypatch):
     with pytest.raises(ValueError, match="exceeds 8 for the wgmma config"):
         _plan(None, (197, 1024, 4096), WGMMA_CONFIGS[0], 16)
     assert _plan(None, (197, 1024, 4096), WGMMA_CONFIGS[0], 8) == (WGMMA_CONFIGS[0], 8)
-    # the session-18 configs join the tuner only when asked for (not yet measured on a GPU)
-    from qvit.kernels.w8a8_cuda import UNMEASURED_CONFIGS
-    monkeypatch.setenv("QVIT_CUDA_UNMEASURED", "0")
-    assert not {cfg for cfg, _ in candidates(197, 1024, 4096, range(len(CONFIGS)))} & set(UNMEASURED_CONFIGS)
-    monkeypatch.setenv("QVIT_CUDA_UNMEASURED", "2")
-    with pytest.raises(ValueError, match="QVIT_CUDA_UNMEASURED must be 0 or 1"):
+    # the session-18 configs join the tuner only when asked for (measured slower at M = 197, session 19)
+    from qvit.kernels.w8a8_cuda import OPT_IN_CONFIGS
+    monkeypatch.setenv("QVIT_CUDA_OPT_IN", "0")
+    assert not {cfg for cfg, _ in candidates(197, 1024, 4096, range(len(CONFIGS)))} & set(OPT_IN_CONFIGS)
+    monkeypatch.setenv("QVIT_CUDA_OPT_IN", "2")
+    with pytest.raises(ValueError, match="QVIT_CUDA_OPT_IN must be 0 or 1"):
         candidates(197, 1024, 4096, range(len(CONFIGS)))
-    monkeypatch.setenv("QVIT_CUDA_UNMEASURED", "1")
+    monkeypatch.setenv("QVIT_CUDA_OPT_IN", "1")
     # float8_e4m3fn operands: the wgmma configs only, their split-K within one cluster, refused by name otherwise
     for m, n, k in [(197, 3072, 1024), (197, 1024, 4096), (1, 1000, 1024), (5, 16, 16)]:
         plans = candidates(m, n, k, range(len(CONFIGS)), fp8=True) + [heuristic(m, n, k, fp8=True)]

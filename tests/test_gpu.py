@@ -850,7 +850,7 @@ def test_model_auto_backend_picks_per_shape(monkeypatch, preset):
     import copy
 
     _cuda_ext_or_fail()
-    monkeypatch.setenv("QVIT_CUDA_UNMEASURED", "1")  # fp8 layers and the tokens-in-N tiles in `auto` (session 18)
+    monkeypatch.setenv("QVIT_CUDA_OPT_IN", "1")  # fp8 layers and the tokens-in-N tiles in `auto` (opt-in)
     from qvit.kernels import w8a8_cuda
     from qvit.vit import QuantConfig, ViT, quantize
     torch.manual_seed(0)
