@@ -585,14 +585,14 @@ def test_w8a8_cuda_odd_shapes(poison, m, k, n):
 
 
 @pytest.mark.parametrize("m,k,n", [(197, 1024, 3072), (197, 4096, 1024), (1, 1024, 1024), (213, 1040, 201)])
-def test_w8a8_cuda_fp8_every_wgmma_config(poison, m, k, n):
+def test_w8a8_cuda_fp8_every_wgmma_config(poison, monkeypatch, m, k, n):
     """The float8_e4m3fn form of the wgmma configs (sm_90): every config and several K splits against the float64
     reference within the in-place accumulation's bound (the Triton fast-accumulation kernel's test bar, 2^-9),
     the same bits again at a repeat of a (config, splits) (the slices' float32 partials are added in a fixed
     order), the bf16 epilogue (bias, GELU, residual) of the tuned choice to one bf16 rounding; the mma.sync
-    configs are refused by name."""
+    configs are refused by name; without QVIT_CUDA_OPT_IN=1, `auto` does not consider the form."""
     _cuda_ext_or_fail()
-    from qvit.kernels.w8a8_cuda import WGMMA_CONFIGS, _normalize_splits, configs_for, w8a8_linear_cuda
+    from qvit.kernels.w8a8_cuda import WGMMA_CONFIGS, _normalize_splits, configs_for, prefer_cuda, w8a8_linear_cuda
     if WGMMA_CONFIGS[0] not in configs_for():
         pytest.skip("the e4m3 GEMM is the sm_90 wgmma kernel's")
     xq, xs = Q.quantize_fp8_per_token(torch.randn(m, k, device=DEV) * torch.rand(1, k, device=DEV) * 3)
@@ -612,6 +612,8 @@ def test_w8a8_cuda_fp8_every_wgmma_config(poison, m, k, n):
         w8a8_linear_cuda(xq, xs, wq, ws, None, None, False, torch.float32, 0, 1)
     with pytest.raises(TypeError, match="wq must be torch.float8_e4m3fn"):
         w8a8_linear_cuda(xq, xs, wq.view(torch.int8), ws)
+    monkeypatch.setenv("QVIT_CUDA_OPT_IN", "0")  # by default `auto` leaves fp8 layers to Triton (measured faster)
+    assert not prefer_cuda(xq, xs, wq, ws, b, r, True, torch.bfloat16)
 
 
 def test_w8a8_cuda_errors_graphs_and_compile():
