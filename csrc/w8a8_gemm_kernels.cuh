@@ -691,7 +691,7 @@ cudaError_t launch_wgmma(const W8A8Args& a, cudaStream_t stream) {
   attr[0].val.clusterDim.y = 1;
   attr[0].val.clusterDim.z = a.splits;
   cfg.attrs = attr;
-  cfg.numAttrs = 1;
+  cfg.numAttrs = a.splits > 1 ? 1 : 0;  // unsplit: a plain launch (no cluster scheduling for a 1-CTA cluster)
   e = cudaLaunchKernelEx(&cfg, kern, args);
   if (e != cudaSuccess) return e;
   return cudaGetLastError();

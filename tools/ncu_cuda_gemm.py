@@ -1,5 +1,5 @@
-"""One launch of the CUDA W8A8 GEMM (csrc/w8a8_gemm.cu) per pinned (tile config, splits) at ViT-L proj, qkv and fc2,
-M = 197, inside NVTX ranges `profile/<name>`, for Nsight Compute:
+"""One launch of the CUDA W8A8 GEMM (csrc/w8a8_gemm.cu) per pinned (tile config, splits) at ViT-L proj, qkv,
+fc1 (without its GELU) and fc2, M = 197, inside NVTX ranges `profile/<name>`, for Nsight Compute:
 
     ncu --clock-control none --nvtx --nvtx-include "profile/" --section SpeedOfLight --section WarpStateStats \\
         --csv python tools/ncu_cuda_gemm.py [--pinned 16:1,17:4]
@@ -24,7 +24,7 @@ def main() -> int:
     from qvit.profiling.ncu_kernels import profile_launches
     torch.manual_seed(0)
     calls = {}
-    for name, k, n in (("proj", 1024, 1024), ("qkv", 1024, 3072), ("fc2", 4096, 1024)):
+    for name, k, n in (("proj", 1024, 1024), ("qkv", 1024, 3072), ("fc1", 1024, 4096), ("fc2", 4096, 1024)):
         xq, xs = Q.quantize_int8_per_token(torch.randn(197, k, device="cuda"))
         wq, ws = Q.quantize_int8_per_channel(torch.randn(n, k, device="cuda"))
         b = torch.randn(n, device="cuda")
