@@ -485,14 +485,17 @@ __host__ __device__ constexpr int wgmma_threads() {
 
 // F8: x and w hold float8_e4m3fn codes (float32 accumulators, `wgmma ... f32.e4m3.e4m3`, products summed by the
 // tensor cores in place over all of K: cuBLAS's "fast accumulation"); else int8 (int32 accumulators, exact).
-template <typename T, int BN, int STAGES, bool OVERLAP, int TOK, bool F8>
+// BK: K bytes per pipeline stage, 128 or 256; a 256-byte stage is two 128-byte swizzled sub-tiles (A's, then B's),
+// so each K step moves twice the bytes behind one barrier (Triton's M = 197 winners at proj / fc2 use 256).
+template <typename T, int BN, int STAGES, bool OVERLAP, int TOK, bool F8, int BK>
 __global__ void __launch_bounds__(wgmma_threads<BN, TOK>(), 1) w8a8_wgmma_kernel(const W8A8Args p) {
 #ifdef QVIT_HAS_WGMMA
   using Acc = std::conditional_t<F8, float, int>;
   constexpr bool kSwap = TOK > 0;
   static_assert(!kSwap || BN % 64 == 0, "tokens in N: the A operand is one m64 tile of weight rows per warpgroup");
   constexpr int kThreads = wgmma_threads<BN, TOK>();
-  constexpr int BK = 128;
+  static_assert(BK == 128 || BK == 256, "stage width: one or two 128-byte swizzled sub-tiles");
+  constexpr int kSub = BK / 128;  // sub-tiles per stage: rows of 128 bytes, RA (A) or RB (B) rows each
   constexpr int RA = kSwap ? BN : 64, RB = kSwap ? TOK : BN;  // rows of the A and B tiles of a stage (RB: the MMA's N)
   constexpr int TM = kSwap ? TOK : 64, TN = BN;               // the output tile: tokens x channels
   constexpr int NT = RB / 8;
@@ -535,7 +538,7 @@ __global__ void __launch_bounds__(wgmma_threads<BN, TOK>(), 1) w8a8_wgmma_kernel
       b_ok |= (r < lim_b ? 1u : 0u) << i;
     }
   }
-  const unsigned s_cp = lr * BK + ((lc ^ (lr & 7)) << 4);
+  const unsigned s_cp = lr * 128 + ((lc ^ (lr & 7)) << 4);
   // called for kt = 0, 1, 2, ... in order: the source pointers advance by one stage per call (kept in registers:
   // rebuilt from the row index per copy they cost ~120 of the ~190 instructions of a K step, h200-gpu-7 call 3)
   const bool b_last_mine = kBFull || lr + kPass * (kBIt - 1) < RB;  // this thread has a row in the last round
@@ -543,18 +546,28 @@ __global__ void __launch_bounds__(wgmma_threads<BN, TOK>(), 1) w8a8_wgmma_kernel
     const unsigned da = s_base + slot * kStageA + s_cp, db = s_b + slot * kStageB + s_cp;
     if (k_begin + (kt + 1) * BK <= k_end) {  // a whole stage: only the row bounds
 #pragma unroll
-      for (int i = 0; i < kAIt; ++i) cp_async16(da + i * kPass * BK, ga[i], (a_ok >> i) & 1u);
+      for (int h = 0; h < kSub; ++h) {
 #pragma unroll
-      for (int i = 0; i < kBIt; ++i)
-        if (i < kBIt - 1 || b_last_mine) cp_async16(db + i * kPass * BK, gb[i], (b_ok >> i) & 1u);
+        for (int i = 0; i < kAIt; ++i) cp_async16(da + h * RA * 128 + i * kPass * 128, ga[i] + h * 128, (a_ok >> i) & 1u);
+#pragma unroll
+        for (int i = 0; i < kBIt; ++i)
+          if (i < kBIt - 1 || b_last_mine)
+            cp_async16(db + h * RB * 128 + i * kPass * 128, gb[i] + h * 128, (b_ok >> i) & 1u);
+      }
     } else {  // the slice's last, partial stage: chunks past k_end are zero-filled, their address the row's start
-      const bool k_ok = k_begin + kt * BK + lk < k_end;
-      const int back = k_ok ? 0 : k_begin + kt * BK + lk;
 #pragma unroll
-      for (int i = 0; i < kAIt; ++i) cp_async16(da + i * kPass * BK, ga[i] - back, k_ok && ((a_ok >> i) & 1u));
+      for (int h = 0; h < kSub; ++h) {
+        const int kc = k_begin + kt * BK + h * 128 + lk;  // this thread's chunk of sub-tile h
+        const bool k_ok = kc < k_end;
+        const int back = k_ok ? 0 : kc;
 #pragma unroll
-      for (int i = 0; i < kBIt; ++i)
-        if (i < kBIt - 1 || b_last_mine) cp_async16(db + i * kPass * BK, gb[i] - back, k_ok && ((b_ok >> i) & 1u));
+        for (int i = 0; i < kAIt; ++i)
+          cp_async16(da + h * RA * 128 + i * kPass * 128, ga[i] + h * 128 - back, k_ok && ((a_ok >> i) & 1u));
+#pragma unroll
+        for (int i = 0; i < kBIt; ++i)
+          if (i < kBIt - 1 || b_last_mine)
+            cp_async16(db + h * RB * 128 + i * kPass * 128, gb[i] + h * 128 - back, k_ok && ((b_ok >> i) & 1u));
+      }
     }
 #pragma unroll
     for (int i = 0; i < kAIt; ++i) ga[i] += BK;
@@ -604,14 +617,15 @@ __global__ void __launch_bounds__(wgmma_threads<BN, TOK>(), 1) w8a8_wgmma_kernel
       if (i + PF < nkt) load_stage(fill, i + PF);
       cp_async_commit();
     }
-    const unsigned sa = s_base + slot * kStageA + (warp >> 2) * 64 * BK, sb = s_b + slot * kStageB;  // A: this
+    const unsigned sa = s_base + slot * kStageA + (warp >> 2) * 64 * 128, sb = s_b + slot * kStageB;  // A: this
     // warpgroup's 64 rows (tokens in N; one warpgroup otherwise)
     fence_regs(acc);
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
-    for (int kk = 0; kk < BK / 32; ++kk) {
-      if constexpr (F8) wgmma_e4m3<RB>(&acc[0][0][0], sw128_desc(sa + kk * 32), sw128_desc(sb + kk * 32));
-      else wgmma_s8<RB>(&acc[0][0][0], sw128_desc(sa + kk * 32), sw128_desc(sb + kk * 32));
+    for (int kk = 0; kk < BK / 32; ++kk) {  // sub-tile kk / 4, its 32-byte step kk % 4
+      const unsigned oa = (kk >> 2) * RA * 128 + (kk & 3) * 32, ob = (kk >> 2) * RB * 128 + (kk & 3) * 32;
+      if constexpr (F8) wgmma_e4m3<RB>(&acc[0][0][0], sw128_desc(sa + oa), sw128_desc(sb + ob));
+      else wgmma_s8<RB>(&acc[0][0][0], sw128_desc(sa + oa), sw128_desc(sb + ob));
     }
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
     if (OVERLAP) {
@@ -660,12 +674,12 @@ __global__ void __launch_bounds__(wgmma_threads<BN, TOK>(), 1) w8a8_wgmma_kernel
 #endif
 }
 
-template <typename T, int BN, int STAGES, bool OVERLAP, int TOK, bool F8>
+template <typename T, int BN, int STAGES, bool OVERLAP, int TOK, bool F8, int BK>
 cudaError_t launch_wgmma(const W8A8Args& a, cudaStream_t stream) {
   constexpr int RA = TOK > 0 ? BN : 64, RB = TOK > 0 ? TOK : BN, TM = TOK > 0 ? TOK : 64;
-  constexpr int smem = STAGES * (RA + RB) * 128 + 1024;  // + the 1024-byte alignment of the swizzled tiles
+  constexpr int smem = STAGES * (RA + RB) * BK + 1024;  // + the 1024-byte alignment of the swizzled tiles
   static_assert(smem + 8 * (TM + BN) <= 227 * 1024, "shared memory over the sm_90 limit");
-  auto kern = w8a8_wgmma_kernel<T, BN, STAGES, OVERLAP, TOK, F8>;
+  auto kern = w8a8_wgmma_kernel<T, BN, STAGES, OVERLAP, TOK, F8, BK>;
   int dev = 0, major = 0, minor = 0;
   cudaError_t e = cudaGetDevice(&dev);
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
@@ -725,26 +739,31 @@ cudaError_t launch(const W8A8Args& a, cudaStream_t stream) {
   X(2, 32, 128, 128, 1, 4, 4)  \
   X(3, 32, 64, 128, 1, 4, 4)   \
   X(4, 64, 64, 256, 2, 2, 3)   \
-  X(5, 128, 128, 64, 2, 4, 4)
-// the wgmma configs (sm_90 only): {index, BN, STAGES, OVERLAP, TOK}, BK = 128; TOK = 0: 64 x BN tiles, else
+  X(5, 128, 128, 64, 2, 4, 4)  \
+  X(26, 32, 64, 256, 1, 4, 3)
+// the wgmma configs (sm_90 only): {index, BN, STAGES, OVERLAP, TOK, BK}; TOK = 0: 64 x BN tiles, else
 // TOK x BN (tokens in the MMA's N, BN / 64 warpgroups)
 #define QVIT_W8A8_WGMMA_CONFIGS(X) \
-  X(6, 32, 4, false, 0)            \
-  X(7, 64, 4, false, 0)            \
-  X(8, 96, 4, false, 0)            \
-  X(9, 128, 4, false, 0)           \
-  X(10, 32, 8, false, 0)           \
-  X(11, 64, 6, false, 0)           \
-  X(12, 32, 6, true, 0)            \
-  X(13, 64, 5, true, 0)            \
-  X(14, 96, 5, true, 0)            \
-  X(15, 32, 8, true, 0)            \
-  X(16, 64, 4, false, 208)         \
-  X(17, 64, 6, true, 208)          \
-  X(18, 64, 3, false, 208)         \
-  X(19, 64, 6, true, 112)          \
-  X(20, 128, 4, true, 208)         \
-  X(21, 128, 5, true, 208)
+  X(6, 32, 4, false, 0, 128)     \
+  X(7, 64, 4, false, 0, 128)     \
+  X(8, 96, 4, false, 0, 128)     \
+  X(9, 128, 4, false, 0, 128)    \
+  X(10, 32, 8, false, 0, 128)    \
+  X(11, 64, 6, false, 0, 128)    \
+  X(12, 32, 6, true, 0, 128)     \
+  X(13, 64, 5, true, 0, 128)     \
+  X(14, 96, 5, true, 0, 128)     \
+  X(15, 32, 8, true, 0, 128)     \
+  X(16, 64, 4, false, 208, 128)  \
+  X(17, 64, 6, true, 208, 128)   \
+  X(18, 64, 3, false, 208, 128)  \
+  X(19, 64, 6, true, 112, 128)   \
+  X(20, 128, 4, true, 208, 128)  \
+  X(21, 128, 5, true, 208, 128)  \
+  X(22, 32, 3, false, 0, 256)    \
+  X(23, 64, 3, false, 0, 256)    \
+  X(24, 32, 4, true, 0, 256)     \
+  X(25, 64, 4, true, 0, 256)
 
 // the output dtype code (0 float16, 1 bfloat16, 2 float32) -> f called with that type's tag (the launchers' switch)
 template <typename T>
