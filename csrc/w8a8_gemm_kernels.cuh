@@ -441,9 +441,10 @@ __device__ __forceinline__ void finish_tile(const W8A8Args& p, const Acc* tile, 
 // from shared memory: no ldmatrix, four MMA instructions per 128-byte K stage). One warpgroup (4 warps) per CTA and
 // a 64 x BN tile; BN is any multiple of 8 that a wrapper exists for (32, 64, 96, 128: csrc/wgmma_s8.inc), so the
 // grid can be sized to the 132 SMs (proj/fc2 N = 1024 at BN = 32 and qkv N = 3072 at BN = 96 are 128 CTAs at
-// M = 197). Operands in the canonical K-major 128-byte-swizzled layout: rows of 128 bytes (one K stage), 16-byte
-// chunk c of row r stored at chunk c ^ (r % 8), 8-row groups 1024 bytes apart, every tile 1024-byte aligned; the
-// descriptor of the k-th 32-byte step is the tile's with its start address advanced by 32 k bytes.
+// M = 197). Operands in the canonical K-major 128-byte-swizzled layout: rows of 128 bytes (one sub-tile; a K stage
+// is one or two of them), 16-byte chunk c of row r stored at chunk c ^ (r % 8), 8-row groups 1024 bytes apart,
+// every sub-tile 1024-byte aligned; the descriptor of the k-th 32-byte step is the sub-tile's with its start
+// address advanced by 32 k bytes.
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define QVIT_HAS_WGMMA 1
 #include "wgmma_s8.inc"
