@@ -14,8 +14,8 @@ cudaError_t dispatch(int cfg, const W8A8Args& a, cudaStream_t stream) {
   case i: return launch<T, bm, bn, bk, wm, wn, st>(a, stream);
     QVIT_W8A8_CONFIGS(QVIT_CASE)
 #undef QVIT_CASE
-#define QVIT_WCASE(i, bn, st, ov, tok, bk) \
-  case i: return launch_wgmma<T, bn, st, ov, tok, false, bk>(a, stream);
+#define QVIT_WCASE(i, bn, st, ov, tok, bk, tma) \
+  case i: return launch_wgmma<T, bn, st, ov, tok, false, bk, tma>(a, stream);
     QVIT_W8A8_WGMMA_CONFIGS(QVIT_WCASE)
 #undef QVIT_WCASE
     default: return cudaErrorInvalidValue;
@@ -26,7 +26,7 @@ cudaError_t dispatch(int cfg, const W8A8Args& a, cudaStream_t stream) {
 
 bool w8a8_gemm_cluster_splits(int cfg) {  // the configs whose split-K runs in a cluster (at most 8 slices)
   switch (cfg) {
-#define QVIT_WCL(i, bn, st, ov, tok, bk) \
+#define QVIT_WCL(i, bn, st, ov, tok, bk, tma) \
   case i:                   \
     return true;
     QVIT_W8A8_WGMMA_CONFIGS(QVIT_WCL)
@@ -41,7 +41,7 @@ int w8a8_gemm_tile(int cfg, int* bm, int* bn) {
   case i: *bm = tbm; *bn = tbn; return 0;
     QVIT_W8A8_CONFIGS(QVIT_TILE)
 #undef QVIT_TILE
-#define QVIT_WTILE(i, tbn, st, ov, tok, bk) \
+#define QVIT_WTILE(i, tbn, st, ov, tok, bk, tma) \
   case i: *bm = tok > 0 ? tok : 64; *bn = tbn; return 0;
     QVIT_W8A8_WGMMA_CONFIGS(QVIT_WTILE)
 #undef QVIT_WTILE

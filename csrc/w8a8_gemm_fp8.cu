@@ -10,8 +10,8 @@ namespace {
 template <typename T>
 cudaError_t dispatch_fp8(int cfg, const W8A8Args& a, cudaStream_t stream) {
   switch (cfg) {
-#define QVIT_WCASE(i, bn, st, ov, tok, bk) \
-  case i: return launch_wgmma<T, bn, st, ov, tok, true, bk>(a, stream);
+#define QVIT_WCASE(i, bn, st, ov, tok, bk, tma) \
+  case i: return launch_wgmma<T, bn, st, ov, tok, true, bk, tma>(a, stream);
     QVIT_W8A8_WGMMA_CONFIGS(QVIT_WCASE)
 #undef QVIT_WCASE
     default: return cudaErrorInvalidValue;

@@ -37,7 +37,9 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cooperative_groups.h>
+#include <cuda.h>  // CUtensorMap (the TMA configs' operand descriptors; encoded through the runtime's driver entry point)
 #include <cuda_runtime.h>
+#include <cudaTypedefs.h>
 
 #include <cstdint>
 #include <type_traits>
@@ -470,6 +472,33 @@ __device__ __forceinline__ void fence_regs(float (&acc)[1][N][4]) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(acc[0][i][e])::"memory");
 }
+// TMA + mbarrier pipeline (the TMA configs): one thread issues each stage's two tensor copies (A rows, B rows: 128-byte
+// boxes written in the same 128-byte swizzle the wgmma descriptors read), which complete on the stage's `full`
+// barrier with their byte count; every warp arrives on the stage's `empty` barrier once its MMAs that read it are
+// done, and the issuing thread waits for all four before reusing the slot. No cp.async, no __syncthreads per step.
+__device__ __forceinline__ void mbar_init(unsigned bar, unsigned count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_expect_tx(unsigned bar, unsigned bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(unsigned bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
+  asm volatile(
+      "{\n.reg .pred P1;\nWAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 P1, [%0], %1;\n"
+      "@P1 bra DONE;\nbra WAIT;\nDONE:\n}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+}
+__device__ __forceinline__ void tma_load_2d(unsigned dst, const CUtensorMap* map, unsigned bar, int k, int row) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];\n" ::"r"(dst),
+      "l"(reinterpret_cast<unsigned long long>(map)), "r"(bar), "r"(k), "r"(row)
+      : "memory");
+}
 #endif  // sm_90a
 
 // TOK = 0: the output tile is 64 tokens x BN channels, tokens in the MMA's M (A = activations, B = weights).
@@ -488,8 +517,12 @@ __host__ __device__ constexpr int wgmma_threads() {
 // tensor cores in place over all of K: cuBLAS's "fast accumulation"); else int8 (int32 accumulators, exact).
 // BK: K bytes per pipeline stage, 128 or 256; a 256-byte stage is two 128-byte swizzled sub-tiles (A's, then B's),
 // so each K step moves twice the bytes behind one barrier (Triton's M = 197 winners at proj / fc2 use 256).
-template <typename T, int BN, int STAGES, bool OVERLAP, int TOK, bool F8, int BK>
-__global__ void __launch_bounds__(wgmma_threads<BN, TOK>(), 1) w8a8_wgmma_kernel(const W8A8Args p) {
+// TMA: operands through the tensor-memory accelerator (tx: x as (M, K) bytes, tw: w as (N, K), boxes of 128 bytes x
+// 64 / BN rows, zero-filled past M, N and K) with an mbarrier pipeline, MMAs overlapped with the next step, loads
+// STAGES - 1 steps ahead; TOK = 0 and BK = 128 only. Otherwise tx and tw are unused.
+template <typename T, int BN, int STAGES, bool OVERLAP, int TOK, bool F8, int BK, bool TMA>
+__global__ void __launch_bounds__(wgmma_threads<BN, TOK>(), 1)
+    w8a8_wgmma_kernel(const W8A8Args p, const __grid_constant__ CUtensorMap tx, const __grid_constant__ CUtensorMap tw) {
 #ifdef QVIT_HAS_WGMMA
   using Acc = std::conditional_t<F8, float, int>;
   constexpr bool kSwap = TOK > 0;
@@ -582,63 +615,123 @@ __global__ void __launch_bounds__(wgmma_threads<BN, TOK>(), 1) w8a8_wgmma_kernel
 #pragma unroll
     for (int e = 0; e < 4; ++e) acc[0][j][e] = 0;
 
-  // OVERLAP: step i's MMAs stay in flight through step i + 1's wait and barrier (wgmma.wait_group 1), so a slot is
-  // free again only two steps later and the loads run STAGES - 2 stages ahead; otherwise every step waits for its
-  // MMAs and the loads run STAGES - 1 ahead
-  constexpr int PF = OVERLAP ? STAGES - 2 : STAGES - 1;
-  static_assert(PF >= 1, "pipeline too shallow");
-#pragma unroll
-  for (int s = 0; s < PF; ++s) {
-    if (s < nkt) load_stage(s, s);
-    cp_async_commit();
-  }
   // the epilogue's scales and bias for the tile, fetched into shared memory (in registers they would cost
   // 2 x BN / 4 + 2 per thread through the K loop: spills at BN >= 96), after the first stages' copies are issued
   // so that this global round trip overlaps the pipeline's fill instead of delaying it
   __shared__ float s_xs[TM], s_ws[TN], s_bias[TN];
-  if constexpr (TM <= kThreads) {
-    if (tid < TM) s_xs[tid] = p.xs[min(m0 + tid, p.M - 1)];
-  } else {
+  auto load_scales = [&]() {
+    if constexpr (TM <= kThreads) {
+      if (tid < TM) s_xs[tid] = p.xs[min(m0 + tid, p.M - 1)];
+    } else {
 #pragma unroll
-    for (int r = tid; r < TM; r += kThreads) s_xs[r] = p.xs[min(m0 + r, p.M - 1)];
-  }
-#pragma unroll
-  for (int c = tid; c < TN; c += kThreads) {
-    const int col = min(n0 + c, p.N - 1);
-    s_ws[c] = p.ws[col];
-    s_bias[c] = p.bias ? p.bias[col] : 0.f;
-  }
-  int slot = 0, fill = PF % STAGES;  // the slots of stage i and of stage i + PF
-#pragma unroll 1
-  for (int i = 0; i < nkt; ++i) {
-    cp_async_wait<PF - 1>();  // stage i has landed (this thread's copies)
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // cp.async's writes, seen by the tensor cores
-    __syncthreads();  // everyone's stage i is in; everyone's MMAs that read slot `fill` are done (waited earlier)
-    if (!OVERLAP) {
-      if (i + PF < nkt) load_stage(fill, i + PF);
-      cp_async_commit();
+      for (int r = tid; r < TM; r += kThreads) s_xs[r] = p.xs[min(m0 + r, p.M - 1)];
     }
+#pragma unroll
+    for (int c = tid; c < TN; c += kThreads) {
+      const int col = min(n0 + c, p.N - 1);
+      s_ws[c] = p.ws[col];
+      s_bias[c] = p.bias ? p.bias[col] : 0.f;
+    }
+  };
+  // one K step's MMAs on the stage in `slot`: KK of its 32-byte steps (BK / 32, or fewer for a TMA stage that runs
+  // past its K slice into the next one's bytes), then the group committed
+  auto mma_step = [&](int slot, auto kk_steps) {
+    constexpr int KK = decltype(kk_steps)::value;
     const unsigned sa = s_base + slot * kStageA + (warp >> 2) * 64 * 128, sb = s_b + slot * kStageB;  // A: this
     // warpgroup's 64 rows (tokens in N; one warpgroup otherwise)
     fence_regs(acc);
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
-    for (int kk = 0; kk < BK / 32; ++kk) {  // sub-tile kk / 4, its 32-byte step kk % 4
+    for (int kk = 0; kk < KK; ++kk) {  // sub-tile kk / 4, its 32-byte step kk % 4
       const unsigned oa = (kk >> 2) * RA * 128 + (kk & 3) * 32, ob = (kk >> 2) * RB * 128 + (kk & 3) * 32;
       if constexpr (F8) wgmma_e4m3<RB>(&acc[0][0][0], sw128_desc(sa + oa), sw128_desc(sb + ob));
       else wgmma_s8<RB>(&acc[0][0][0], sw128_desc(sa + oa), sw128_desc(sb + ob));
     }
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-    if (OVERLAP) {
-      asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");  // step i - 1's MMAs are done (this warp)
-      if (i + PF < nkt) load_stage(fill, i + PF);  // slot of step i - 2: every warp finished it before the barrier
-      cp_async_commit();
-    } else {
-      asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-      fence_regs(acc);
+  };
+  using AllSteps = std::integral_constant<int, BK / 32>;
+
+  if constexpr (TMA) {
+    static_assert(!kSwap && BK == 128 && OVERLAP && STAGES >= 2, "TMA configs: 64 x BN tiles, 128-byte stages, overlap");
+    // full[s]: stage s's bytes have landed (one arrival with the byte count, then the copies' completions);
+    // empty[s]: every warp's MMAs that read slot s are done (one arrival per warp)
+    __shared__ __align__(8) unsigned long long s_bar[2 * STAGES];
+    const unsigned bar0 = static_cast<unsigned>(__cvta_generic_to_shared(s_bar));
+    if (tid == 0) {
+#pragma unroll
+      for (int s = 0; s < STAGES; ++s) {
+        mbar_init(bar0 + 8u * s, 1);
+        mbar_init(bar0 + 8u * (STAGES + s), kThreads / 32);
+      }
+      asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
-    slot = slot == STAGES - 1 ? 0 : slot + 1;
-    fill = fill == STAGES - 1 ? 0 : fill + 1;
+    __syncthreads();
+    auto issue = [&](int slot, int kt) {  // thread 0: stage kt's A and B boxes into `slot`
+      const unsigned full = bar0 + 8u * slot;
+      mbar_expect_tx(full, kStageA + kStageB);  // whole boxes count, their zero-filled parts included
+      tma_load_2d(s_base + slot * kStageA, &tx, full, k_begin + kt * BK, m0);
+      tma_load_2d(s_b + slot * kStageB, &tw, full, k_begin + kt * BK, n0);
+    };
+    if (tid == 0) {
+#pragma unroll 1
+      for (int s = 0; s < STAGES && s < nkt; ++s) issue(s, s);
+    }
+    load_scales();
+    int slot = 0;
+    unsigned phase = 0;
+#pragma unroll 1
+    for (int i = 0; i < nkt; ++i) {
+      mbar_wait(bar0 + 8u * slot, phase);
+      // a box is 128 bytes of K: one that runs past this slice's end (a multiple of 64 bytes) but not past K holds
+      // the next slice's bytes, so only this slice's half is multiplied; past K the box is zero-filled
+      if (k_end == p.K || k_begin + (i + 1) * BK <= k_end) mma_step(slot, AllSteps{});
+      else mma_step(slot, std::integral_constant<int, 2>{});
+      asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");  // step i - 1's MMAs are done (this warp)
+      const int prev = slot == 0 ? STAGES - 1 : slot - 1;
+      if (i > 0) {
+        if (lane == 0) mbar_arrive(bar0 + 8u * (STAGES + prev));
+        if (tid == 0 && i - 1 + STAGES < nkt) {  // slot `prev` refilled once every warp is done with step i - 1
+          mbar_wait(bar0 + 8u * (STAGES + prev), ((i - 1) / STAGES) & 1);
+          issue(prev, i - 1 + STAGES);
+        }
+        __syncwarp();
+      }
+      if (++slot == STAGES) slot = 0, phase ^= 1u;
+    }
+  } else {
+    // OVERLAP: step i's MMAs stay in flight through step i + 1's wait and barrier (wgmma.wait_group 1), so a slot is
+    // free again only two steps later and the loads run STAGES - 2 stages ahead; otherwise every step waits for its
+    // MMAs and the loads run STAGES - 1 ahead
+    constexpr int PF = OVERLAP ? STAGES - 2 : STAGES - 1;
+    static_assert(PF >= 1, "pipeline too shallow");
+#pragma unroll
+    for (int s = 0; s < PF; ++s) {
+      if (s < nkt) load_stage(s, s);
+      cp_async_commit();
+    }
+    load_scales();
+    int slot = 0, fill = PF % STAGES;  // the slots of stage i and of stage i + PF
+#pragma unroll 1
+    for (int i = 0; i < nkt; ++i) {
+      cp_async_wait<PF - 1>();  // stage i has landed (this thread's copies)
+      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // cp.async's writes, seen by the tensor cores
+      __syncthreads();  // everyone's stage i is in; everyone's MMAs that read slot `fill` are done (waited earlier)
+      if (!OVERLAP) {
+        if (i + PF < nkt) load_stage(fill, i + PF);
+        cp_async_commit();
+      }
+      mma_step(slot, AllSteps{});
+      if (OVERLAP) {
+        asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");  // step i - 1's MMAs are done (this warp)
+        if (i + PF < nkt) load_stage(fill, i + PF);  // slot of step i - 2: every warp finished it before the barrier
+        cp_async_commit();
+      } else {
+        asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+        fence_regs(acc);
+      }
+      slot = slot == STAGES - 1 ? 0 : slot + 1;
+      fill = fill == STAGES - 1 ? 0 : fill + 1;
+    }
   }
   asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
   fence_regs(acc);
@@ -675,12 +768,33 @@ __global__ void __launch_bounds__(wgmma_threads<BN, TOK>(), 1) w8a8_wgmma_kernel
 #endif
 }
 
-template <typename T, int BN, int STAGES, bool OVERLAP, int TOK, bool F8, int BK>
+// a 2-D tensor map over a row-major (rows, K) byte matrix with row stride `stride` bytes: boxes of 128 bytes x
+// `box_rows` rows, 128-byte swizzle (the layout the wgmma descriptors read), zero fill past the matrix
+inline cudaError_t tensor_map_2d(CUtensorMap* map, const void* base, int rows, int K, long long stride, int box_rows) {
+  static PFN_cuTensorMapEncodeTiled_v12000 encode = nullptr;  // a benign race: every thread stores the same pointer
+  if (!encode) {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
+    const cudaError_t e = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q);
+    if (e != cudaSuccess) return e;
+    if (q != cudaDriverEntryPointSuccess || !fn) return cudaErrorNotSupported;
+    encode = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  }
+  const cuuint64_t dims[2] = {(cuuint64_t)K, (cuuint64_t)rows};
+  const cuuint64_t strides[1] = {(cuuint64_t)stride};
+  const cuuint32_t box[2] = {128, (cuuint32_t)box_rows}, elem[2] = {1, 1};
+  const CUresult r = encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<void*>(base), dims, strides, box, elem,
+                            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
+
+template <typename T, int BN, int STAGES, bool OVERLAP, int TOK, bool F8, int BK, bool TMA>
 cudaError_t launch_wgmma(const W8A8Args& a, cudaStream_t stream) {
   constexpr int RA = TOK > 0 ? BN : 64, RB = TOK > 0 ? TOK : BN, TM = TOK > 0 ? TOK : 64;
   constexpr int smem = STAGES * (RA + RB) * BK + 1024;  // + the 1024-byte alignment of the swizzled tiles
   static_assert(smem + 8 * (TM + BN) <= 227 * 1024, "shared memory over the sm_90 limit");
-  auto kern = w8a8_wgmma_kernel<T, BN, STAGES, OVERLAP, TOK, F8, BK>;
+  auto kern = w8a8_wgmma_kernel<T, BN, STAGES, OVERLAP, TOK, F8, BK, TMA>;
   int dev = 0, major = 0, minor = 0;
   cudaError_t e = cudaGetDevice(&dev);
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
@@ -695,6 +809,12 @@ cudaError_t launch_wgmma(const W8A8Args& a, cudaStream_t stream) {
   }
   W8A8Args args = a;
   args.cluster = a.splits > 1;  // split-K through a (1, 1, splits) cluster: no workspace
+  CUtensorMap tx{}, tw{};
+  if constexpr (TMA) {
+    e = tensor_map_2d(&tx, a.x, a.M, a.K, a.sx, 64);
+    if (e == cudaSuccess) e = tensor_map_2d(&tw, a.w, a.N, a.K, a.sw, BN);
+    if (e != cudaSuccess) return e;
+  }
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3((a.N + BN - 1) / BN, (a.M + TM - 1) / TM, a.splits);
   cfg.blockDim = dim3(wgmma_threads<BN, TOK>());
@@ -707,7 +827,7 @@ cudaError_t launch_wgmma(const W8A8Args& a, cudaStream_t stream) {
   attr[0].val.clusterDim.z = a.splits;
   cfg.attrs = attr;
   cfg.numAttrs = a.splits > 1 ? 1 : 0;  // unsplit: a plain launch (no cluster scheduling for a 1-CTA cluster)
-  e = cudaLaunchKernelEx(&cfg, kern, args);
+  e = cudaLaunchKernelEx(&cfg, kern, args, tx, tw);
   if (e != cudaSuccess) return e;
   return cudaGetLastError();
 }
@@ -741,30 +861,34 @@ cudaError_t launch(const W8A8Args& a, cudaStream_t stream) {
   X(3, 32, 64, 128, 1, 4, 4)   \
   X(4, 64, 64, 256, 2, 2, 3)   \
   X(5, 128, 128, 64, 2, 4, 4)  \
-  X(26, 32, 64, 256, 1, 4, 3)
-// the wgmma configs (sm_90 only): {index, BN, STAGES, OVERLAP, TOK, BK}; TOK = 0: 64 x BN tiles, else
-// TOK x BN (tokens in the MMA's N, BN / 64 warpgroups)
-#define QVIT_W8A8_WGMMA_CONFIGS(X) \
-  X(6, 32, 4, false, 0, 128)     \
-  X(7, 64, 4, false, 0, 128)     \
-  X(8, 96, 4, false, 0, 128)     \
-  X(9, 128, 4, false, 0, 128)    \
-  X(10, 32, 8, false, 0, 128)    \
-  X(11, 64, 6, false, 0, 128)    \
-  X(12, 32, 6, true, 0, 128)     \
-  X(13, 64, 5, true, 0, 128)     \
-  X(14, 96, 5, true, 0, 128)     \
-  X(15, 32, 8, true, 0, 128)     \
-  X(16, 64, 4, false, 208, 128)  \
-  X(17, 64, 6, true, 208, 128)   \
-  X(18, 64, 3, false, 208, 128)  \
-  X(19, 64, 6, true, 112, 128)   \
-  X(20, 128, 4, true, 208, 128)  \
-  X(21, 128, 5, true, 208, 128)  \
-  X(22, 32, 3, false, 0, 256)    \
-  X(23, 64, 3, false, 0, 256)    \
-  X(24, 32, 4, true, 0, 256)     \
-  X(25, 64, 4, true, 0, 256)
+  X(30, 32, 64, 256, 1, 4, 3)
+// the wgmma configs (sm_90 only): {index, BN, STAGES, OVERLAP, TOK, BK, TMA}; TOK = 0: 64 x BN tiles, else
+// TOK x BN (tokens in the MMA's N, BN / 64 warpgroups); TMA: operands by tensor copies into an mbarrier pipeline
+#define QVIT_W8A8_WGMMA_CONFIGS(X)      \
+  X(6, 32, 4, false, 0, 128, false)     \
+  X(7, 64, 4, false, 0, 128, false)     \
+  X(8, 96, 4, false, 0, 128, false)     \
+  X(9, 128, 4, false, 0, 128, false)    \
+  X(10, 32, 8, false, 0, 128, false)    \
+  X(11, 64, 6, false, 0, 128, false)    \
+  X(12, 32, 6, true, 0, 128, false)     \
+  X(13, 64, 5, true, 0, 128, false)     \
+  X(14, 96, 5, true, 0, 128, false)     \
+  X(15, 32, 8, true, 0, 128, false)     \
+  X(16, 64, 4, false, 208, 128, false)  \
+  X(17, 64, 6, true, 208, 128, false)   \
+  X(18, 64, 3, false, 208, 128, false)  \
+  X(19, 64, 6, true, 112, 128, false)   \
+  X(20, 128, 4, true, 208, 128, false)  \
+  X(21, 128, 5, true, 208, 128, false)  \
+  X(22, 32, 3, false, 0, 256, false)    \
+  X(23, 64, 3, false, 0, 256, false)    \
+  X(24, 32, 4, true, 0, 256, false)     \
+  X(25, 64, 4, true, 0, 256, false)     \
+  X(26, 32, 6, true, 0, 128, true)      \
+  X(27, 64, 5, true, 0, 128, true)      \
+  X(28, 32, 8, true, 0, 128, true)      \
+  X(29, 64, 4, true, 0, 128, true)
 
 // the output dtype code (0 float16, 1 bfloat16, 2 float32) -> f called with that type's tag (the launchers' switch)
 template <typename T>
