@@ -110,7 +110,7 @@ def test_cuda_w8a8_split_plan_and_cpu_refusal(monkeypatch):
     with pytest.raises(ValueError, match="exceeds 8 for the wgmma config"):
         _plan(None, (197, 1024, 4096), WGMMA_CONFIGS[0], 16)
     assert _plan(None, (197, 1024, 4096), WGMMA_CONFIGS[0], 8) == (WGMMA_CONFIGS[0], 8)
-    # the session-18 configs join the tuner only when asked for (measured slower at M = 197, session 19)
+    # the opt-in configs join the tuner only when asked for (measured slower at M = 197, sessions 19-20)
     from qvit.kernels.w8a8_cuda import OPT_IN_CONFIGS
     monkeypatch.setenv("QVIT_CUDA_OPT_IN", "0")
     assert not {cfg for cfg, _ in candidates(197, 1024, 4096, range(len(CONFIGS)))} & set(OPT_IN_CONFIGS)
@@ -137,11 +137,12 @@ def test_cuda_w8a8_split_plan_and_cpu_refusal(monkeypatch):
 
 def test_cuda_w8a8_config_table_mirrors_the_kernel():
     """kernels/w8a8_cuda.CONFIGS (the tiles the tuner counts CTAs with and the tests walk) is the C table of
-    csrc/w8a8_gemm_kernels.cuh, read from its X-macros: same indices, same (BLOCK_M, BLOCK_N), the wgmma ones flagged."""
+    csrc/w8a8_gemm_kernels.cuh, read from its X-macros: same indices, same (BLOCK_M, BLOCK_N), the wgmma ones flagged;
+    the opt-in set is exactly the configs the table marks as tokens-in-N or TMA-fed (measured slower, sessions 19-20)."""
     import re
     from pathlib import Path
 
-    from qvit.kernels.w8a8_cuda import CONFIGS, WGMMA_CONFIGS
+    from qvit.kernels.w8a8_cuda import CONFIGS, OPT_IN_CONFIGS, WGMMA_CONFIGS
     src = (Path(__file__).resolve().parents[1] / "csrc" / "w8a8_gemm_kernels.cuh").read_text()
 
     def table(name):
@@ -150,11 +151,12 @@ def test_cuda_w8a8_config_table_mirrors_the_kernel():
                 for row in re.findall(r"X\(([^)]*)\)", body)]
 
     tiles = {row[0]: (row[1], row[2]) for row in table("QVIT_W8A8_CONFIGS")}  # {i: (BM, BN)}
-    wg = table("QVIT_W8A8_WGMMA_CONFIGS")  # (i, BN, STAGES, OVERLAP, TOK)
+    wg = table("QVIT_W8A8_WGMMA_CONFIGS")  # (i, BN, STAGES, OVERLAP, TOK, BK, TMA)
     tiles.update({row[0]: (row[4] if row[4] > 0 else 64, row[1]) for row in wg})
     assert sorted(tiles) == list(range(len(CONFIGS)))
     assert [tiles[i] for i in range(len(CONFIGS))] == list(CONFIGS)
     assert sorted(row[0] for row in wg) == list(WGMMA_CONFIGS)
+    assert sorted(OPT_IN_CONFIGS) == sorted(row[0] for row in wg if row[4] > 0 or row[6] == "true")
 
 
 def test_tune_shard_splits_every_config_exactly_once(monkeypatch):
