@@ -35,6 +35,17 @@ bool w8a8_gemm_cluster_splits(int cfg) {  // the configs whose split-K runs in a
   }
 }
 
+bool w8a8_gemm_epi_config(int cfg) {  // the configs csrc/w8a8_gemm_epi.inc instantiates fixed epilogues for
+  switch (cfg) {
+#define QVIT_WEPI(i, bn, st, ov, tok, bk, tma) \
+  case i:                                     \
+    return tok == 0;
+    QVIT_W8A8_WGMMA_CONFIGS(QVIT_WEPI)
+#undef QVIT_WEPI
+    default: return false;
+  }
+}
+
 int w8a8_gemm_tile(int cfg, int* bm, int* bn) {
   switch (cfg) {
 #define QVIT_TILE(i, tbm, tbn, bk, wm, wn, st) \

@@ -357,15 +357,20 @@ __global__ void __launch_bounds__(WM* WN * 32) w8a8_gemm_kernel(const W8A8Args p
 // their tiles into the (M, N) workspace (int32 only); the last CTA of the tile reads the sums back (and re-zeroes
 // them) instead of its own tile. xs, ws, bias: the tile's per-row scales and per-column scales and bias, in shared
 // memory.
-template <typename T, typename Acc, int BM, int BN, int LDT>
+// EPI: kEpiRuntime, or a fixed epilogue (one slice, pairs, N % 4 == 0, bias, and the residual or GELU or neither).
+template <typename T, typename Acc, int BM, int BN, int LDT, int EPI = kEpiRuntime>
 __device__ __forceinline__ void finish_tile(const W8A8Args& p, const Acc* tile, const float* xs, const float* ws,
                                             const float* bias, int m0, int n0) {
   constexpr bool kF8 = std::is_same_v<Acc, float>;
+  constexpr bool kFixed = EPI != kEpiRuntime;
   using V4 = std::conditional_t<kF8, float4, int4>;
   constexpr int kGroups = BM * BN / 4;
   const int tid = threadIdx.x;
+  const int splits = kFixed ? 1 : p.splits;
+  const bool has_bias = kFixed || p.bias, gelu = kFixed ? EPI == kEpiBiasGelu : p.gelu != 0;
+  const bool pair = kFixed || p.pair;
   int first = tid, step = blockDim.x, n_tiles = 1;
-  if (p.splits > 1 && p.cluster) {
+  if (splits > 1 && p.cluster) {
     // split-K inside a thread-block cluster (sm_90): the `splits` CTAs of one output tile are one cluster; each
     // sums every CTA's int32 tile through distributed shared memory for an interleaved share of the 4-column
     // groups and runs their epilogue. No workspace, no atomics, no counters.
@@ -375,7 +380,7 @@ __device__ __forceinline__ void finish_tile(const W8A8Args& p, const Acc* tile, 
     n_tiles = p.splits;
     first = tid + (int)cluster.block_rank() * blockDim.x;
     step = blockDim.x * p.splits;
-  } else if (!kF8 && p.splits > 1) {  // (the float32 tiles' split-K always runs in a cluster)
+  } else if (!kF8 && splits > 1) {  // (the float32 tiles' split-K always runs in a cluster)
     int* wsp = p.part;  // (M, N) int32, zero between launches
 #pragma unroll 2
     for (int idx = tid; idx < kGroups; idx += blockDim.x) {
@@ -387,7 +392,7 @@ __device__ __forceinline__ void finish_tile(const W8A8Args& p, const Acc* tile, 
     }
     if (!last_slice_of_tile(p)) return;
   }
-  const T* res = static_cast<const T*>(p.res);
+  const T* res = kFixed && EPI != kEpiBiasRes ? nullptr : static_cast<const T*>(p.res);
   T* y = static_cast<T*>(p.y);
 #pragma unroll 2
   for (int idx = first; idx < kGroups; idx += step) {
@@ -406,7 +411,7 @@ __device__ __forceinline__ void finish_tile(const W8A8Args& p, const Acc* tile, 
     } else if (kF8) {
       const V4 t = *reinterpret_cast<const V4*>(tile + r * LDT + c);
       a[0] = t.x, a[1] = t.y, a[2] = t.z, a[3] = t.w;
-    } else if (p.splits > 1) {  // the sums of every slice, then the workspace re-zeroed for the next launch
+    } else if (splits > 1) {  // the sums of every slice, then the workspace re-zeroed for the next launch
 #pragma unroll
       for (int e = 0; e < 4; ++e) a[e] = col + e < p.N ? __ldcg(p.part + row * p.N + col + e) : 0;
 #pragma unroll
@@ -416,25 +421,29 @@ __device__ __forceinline__ void finish_tile(const W8A8Args& p, const Acc* tile, 
       const V4 t = *reinterpret_cast<const V4*>(tile + r * LDT + c);
       a[0] = t.x, a[1] = t.y, a[2] = t.z, a[3] = t.w;
     }
+    // every operation rounded on its own (no contraction into FMAs, which the compiler may choose differently for
+    // each instantiation): the fixed and run-time epilogues give the same bits (the GPU tests compare them)
     float v[4];
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      v[e] = static_cast<float>(a[e]) * xs[r] * ws[c + e];  // Triton's order
-      if (p.bias) v[e] += bias[c + e];
-      if (p.gelu) v[e] = 0.5f * v[e] * (1.0f + erff(v[e] * 0.7071067811865476f));
+      v[e] = __fmul_rn(__fmul_rn(static_cast<float>(a[e]), xs[r]), ws[c + e]);  // Triton's order
+      if (has_bias) v[e] = __fadd_rn(v[e], bias[c + e]);
+      if (gelu) v[e] = __fmul_rn(__fmul_rn(0.5f, v[e]), __fadd_rn(1.0f, erff(__fmul_rn(v[e], 0.7071067811865476f))));
     }
-    if (p.pair && col + 3 < p.N) {  // pair: N, the strides and the pointers even, so two aligned pairs
+    if (pair && (kFixed || col + 3 < p.N)) {  // pair: N, the strides and the pointers even, so two aligned pairs
+      // (fixed epilogues: N % 4 == 0, so col < N holds the whole group)
       if (res) {
         const float2 r0 = load_f2(res + (long long)row * p.sr + col), r1 = load_f2(res + (long long)row * p.sr + col + 2);
-        v[0] += r0.x, v[1] += r0.y, v[2] += r1.x, v[3] += r1.y;
+        v[0] = __fadd_rn(v[0], r0.x), v[1] = __fadd_rn(v[1], r0.y), v[2] = __fadd_rn(v[2], r1.x);
+        v[3] = __fadd_rn(v[3], r1.y);
       }
       store_f2(y + (long long)row * p.sy + col, v[0], v[1]);
       store_f2(y + (long long)row * p.sy + col + 2, v[2], v[3]);
-    } else {
+    } else if constexpr (!kFixed) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         if (col + e >= p.N) continue;
-        if (res) v[e] += load_f(res + (long long)row * p.sr + col + e);
+        if (res) v[e] = __fadd_rn(v[e], load_f(res + (long long)row * p.sr + col + e));
         store_f(y + (long long)row * p.sy + col + e, v[e]);
       }
     }
@@ -524,7 +533,8 @@ __host__ __device__ constexpr int wgmma_threads() {
 // TMA: operands through the tensor-memory accelerator (tx: x as (M, K) bytes, tw: w as (N, K), boxes of 128 bytes x
 // 64 / BN rows, zero-filled past M, N and K) with an mbarrier pipeline, MMAs overlapped with the next step, loads
 // STAGES - 1 steps ahead; TOK = 0 and BK = 128 only. Otherwise tx and tw are unused.
-template <typename T, int BN, int STAGES, bool OVERLAP, int TOK, bool F8, int BK, bool TMA>
+// EPI: the epilogue, kEpiRuntime or a fixed one (finish_tile; fixed ones run one K slice).
+template <typename T, int BN, int STAGES, bool OVERLAP, int TOK, bool F8, int BK, bool TMA, int EPI = kEpiRuntime>
 __global__ void __launch_bounds__(wgmma_threads<BN, TOK>(), 1)
     w8a8_wgmma_kernel(const W8A8Args p, const __grid_constant__ CUtensorMap tx, const __grid_constant__ CUtensorMap tw) {
 #ifdef QVIT_HAS_WGMMA
@@ -548,9 +558,11 @@ __global__ void __launch_bounds__(wgmma_threads<BN, TOK>(), 1)
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t4 = lane & 3;
-  const int n0 = blockIdx.x * TN, m0 = blockIdx.y * TM, split = blockIdx.z;
+  constexpr bool kFixed = EPI != kEpiRuntime;
+  static_assert(!kFixed || std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>, "fixed epilogues: pairs");
+  const int n0 = blockIdx.x * TN, m0 = blockIdx.y * TM, split = kFixed ? 0 : blockIdx.z;
   const int k_begin = split * p.kt_per_split * kSplitUnit;
-  const int k_end = min(p.K, k_begin + p.kt_per_split * kSplitUnit);
+  const int k_end = kFixed ? p.K : min(p.K, k_begin + p.kt_per_split * kSplitUnit);
   const int nkt = k_end > k_begin ? (k_end - k_begin + BK - 1) / BK : 0;
 
   // copies: thread -> chunk tid % 8 of rows tid / 8 + kPass i, stored swizzled (row % 8 is tid / 8 % 8 for every i)
@@ -634,7 +646,7 @@ __global__ void __launch_bounds__(wgmma_threads<BN, TOK>(), 1)
     for (int c = tid; c < TN; c += kThreads) {
       const int col = min(n0 + c, p.N - 1);
       s_ws[c] = p.ws[col];
-      s_bias[c] = p.bias ? p.bias[col] : 0.f;
+      s_bias[c] = kFixed || p.bias ? p.bias[col] : 0.f;
     }
   };
   // one K step's MMAs on the stage in `slot`: KK of its 32-byte steps (BK / 32, or fewer for a TMA stage that runs
@@ -766,7 +778,7 @@ __global__ void __launch_bounds__(wgmma_threads<BN, TOK>(), 1)
       }
     }
   __syncthreads();
-  finish_tile<T, Acc, TM, TN, kLdt>(p, tile, s_xs, s_ws, s_bias, m0, n0);
+  finish_tile<T, Acc, TM, TN, kLdt, EPI>(p, tile, s_xs, s_ws, s_bias, m0, n0);
 #else
   __trap();  // built without sm_90a code: the host side refuses these configs before launching (launch_wgmma)
 #endif
@@ -793,12 +805,12 @@ inline cudaError_t tensor_map_2d(CUtensorMap* map, const void* base, int rows, i
   return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
 
-template <typename T, int BN, int STAGES, bool OVERLAP, int TOK, bool F8, int BK, bool TMA>
+template <typename T, int BN, int STAGES, bool OVERLAP, int TOK, bool F8, int BK, bool TMA, int EPI = kEpiRuntime>
 cudaError_t launch_wgmma(const W8A8Args& a, cudaStream_t stream) {
   constexpr int RA = TOK > 0 ? BN : 64, RB = TOK > 0 ? TOK : BN, TM = TOK > 0 ? TOK : 64;
   constexpr int smem = STAGES * (RA + RB) * BK + 1024;  // + the 1024-byte alignment of the swizzled tiles
   static_assert(smem + 8 * (TM + BN) <= 227 * 1024, "shared memory over the sm_90 limit");
-  auto kern = w8a8_wgmma_kernel<T, BN, STAGES, OVERLAP, TOK, F8, BK, TMA>;
+  auto kern = w8a8_wgmma_kernel<T, BN, STAGES, OVERLAP, TOK, F8, BK, TMA, EPI>;
   int dev = 0, major = 0, minor = 0;
   cudaError_t e = cudaGetDevice(&dev);
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);

@@ -193,8 +193,23 @@ def linear_providers(x, lin, k, n):
     P["qvit w8a8 (+act quant)"] = lambda: w8a8_linear(*layernorm_quant(x), wq, ws, bias, None, False, torch.bfloat16)
     from qvit import _ext
     if _ext.load_error() is None:  # the hand-written CUDA GEMM (csrc/w8a8_gemm.cu), tuned per shape at its first call
-        from qvit.kernels.w8a8_cuda import w8a8_linear_cuda
+        from qvit.kernels.w8a8_cuda import runtime_epilogue, w8a8_linear_cuda
+
+        def cuda_rt(*a):  # the kernel that reads its epilogue's choices at run time (no fixed-epilogue instantiation)
+            with runtime_epilogue():
+                return w8a8_linear_cuda(*a)
         P["qvit-cuda w8a8 (int8 in)"] = lambda: w8a8_linear_cuda(xq, xs, wq, ws, bias, None, False, torch.bfloat16)
+        P["qvit-cuda w8a8 (int8 in, run-time epilogue)"] = lambda: cuda_rt(xq, xs, wq, ws, bias, None, False,
+                                                                           torch.bfloat16)
+        if n == 4 * k:
+            P["qvit-cuda w8a8 (+gelu)"] = lambda: w8a8_linear_cuda(xq, xs, wq, ws, bias, None, True, torch.bfloat16)
+            P["qvit-cuda w8a8 (+gelu, run-time epilogue)"] = lambda: cuda_rt(xq, xs, wq, ws, bias, None, True,
+                                                                             torch.bfloat16)
+        if n == 1024:
+            P["qvit-cuda w8a8 (+residual)"] = lambda: w8a8_linear_cuda(xq, xs, wq, ws, bias, res_in, False,
+                                                                       torch.bfloat16)
+            P["qvit-cuda w8a8 (+residual, run-time epilogue)"] = lambda: cuda_rt(xq, xs, wq, ws, bias, res_in, False,
+                                                                                 torch.bfloat16)
     fq, fs = Q.quantize_fp8_per_channel(w)
     xf, xfs = Q.quantize_fp8_per_token(x)
     if "qvit-cuda w8a8 (int8 in)" in P and torch.cuda.get_device_capability() == (9, 0):  # its e4m3 form: sm_90
@@ -275,6 +290,10 @@ def linear_providers(x, lin, k, n):
         xq, xs, Q.expand_int4_progressive(pp, g2, 128), s1, bias, torch.float32)
     refs["qvit w4a8p g128 (fused, int8 in)"] = refs["qvit w4a8p g128 (expand + w8a8, int8 in)"]
     refs["qvit-cuda w8a8 (int8 in)"] = refs["qvit w8a8 (int8 in)"]
+    refs["qvit-cuda w8a8 (int8 in, run-time epilogue)"] = refs["qvit w8a8 (int8 in)"]
+    for ep in ("+gelu", "+residual"):
+        if f"qvit w8a8 ({ep})" in refs:
+            refs[f"qvit-cuda w8a8 ({ep})"] = refs[f"qvit-cuda w8a8 ({ep}, run-time epilogue)"] = refs[f"qvit w8a8 ({ep})"]
     refs["qvit-cuda w8a8 fp8 (fp8 in)"] = lambda: Q.fp8_matmul_ref(xf, xfs, fq, fs, bias, torch.float32)
     refs["qvit w8a8 fp8 (fp8 in)"] = lambda: Q.fp8_matmul_ref(xf, xfs, fq, fs, bias, torch.float32)
     refs["qvit w8a8 fp8 fast accum (fp8 in)"] = refs["qvit w8a8 fp8 (fp8 in)"]
@@ -339,11 +358,17 @@ def bench_linears(res, quick, providers=None, layers=None, ms=None):
                         entry["rel_err"] = rel_err(y, refs[pname]())
                     if pname.startswith("qvit-cuda w8a8"):  # the tuner's pick: (tile config, K splits)
                         from qvit.kernels import w8a8_cuda
-                        qd = torch.float8_e4m3fn if "fp8" in pname else torch.int8
-                        picks = [v for key, v in w8a8_cuda._choice.items() if key[:3] == (m, n, k) and key[8] == qd]
-                        entry["cuda_config"] = {"tile": w8a8_cuda.CONFIGS[picks[-1][0]], "splits": picks[-1][1]} \
-                            if picks else None
-                        table = [t for key, t in w8a8_cuda._tune_times.items() if key[:3] == (m, n, k) and key[8] == qd]
+                        # the tuner's key for this provider: (M, N, K, out, gelu, residual, bias, device, operand
+                        # dtype, fixed epilogues allowed)
+                        want = (m, n, k, torch.bfloat16, "+gelu" in pname, "+residual" in pname, True,
+                                torch.cuda.current_device(), torch.float8_e4m3fn if "fp8" in pname else torch.int8,
+                                "run-time epilogue" not in pname)
+                        pick = w8a8_cuda._choice.get(want)
+                        entry["cuda_config"] = {"config": pick[0], "tile": w8a8_cuda.CONFIGS[pick[0]], "splits": pick[1],
+                                                "fixed_epilogue": w8a8_cuda.fixed_epilogue(
+                                                    m, n, pick[0], pick[1], torch.bfloat16, True, want[5], want[4])} \
+                            if pick else None
+                        table = [w8a8_cuda._tune_times[want]] if want in w8a8_cuda._tune_times else []
                         if table:  # the tuner's ten fastest (config, splits), us per launch
                             top = sorted(table[-1].items(), key=lambda kv: kv[1])[:10]
                             entry["cuda_tuner_top"] = [{"config": c, "tile": w8a8_cuda.CONFIGS[c], "splits": sp,

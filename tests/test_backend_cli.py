@@ -138,11 +138,13 @@ def test_cuda_w8a8_split_plan_and_cpu_refusal(monkeypatch):
 def test_cuda_w8a8_config_table_mirrors_the_kernel():
     """kernels/w8a8_cuda.CONFIGS (the tiles the tuner counts CTAs with and the tests walk) is the C table of
     csrc/w8a8_gemm_kernels.cuh, read from its X-macros: same indices, same (BLOCK_M, BLOCK_N), the wgmma ones flagged;
-    the opt-in set is exactly the configs the table marks as tokens-in-N or TMA-fed (measured slower, sessions 19-20)."""
+    the opt-in set is exactly the configs the table marks as tokens-in-N or TMA-fed (measured slower, sessions 19-20);
+    the fixed-epilogue set is exactly the configs with tokens in M (TOK = 0: the ones csrc/w8a8_gemm_epi.inc
+    instantiates them for)."""
     import re
     from pathlib import Path
 
-    from qvit.kernels.w8a8_cuda import CONFIGS, OPT_IN_CONFIGS, WGMMA_CONFIGS
+    from qvit.kernels.w8a8_cuda import CONFIGS, FIXED_EPI_CONFIGS, OPT_IN_CONFIGS, WGMMA_CONFIGS
     src = (Path(__file__).resolve().parents[1] / "csrc" / "w8a8_gemm_kernels.cuh").read_text()
 
     def table(name):
@@ -157,6 +159,27 @@ def test_cuda_w8a8_config_table_mirrors_the_kernel():
     assert [tiles[i] for i in range(len(CONFIGS))] == list(CONFIGS)
     assert sorted(row[0] for row in wg) == list(WGMMA_CONFIGS)
     assert sorted(OPT_IN_CONFIGS) == sorted(row[0] for row in wg if row[4] > 0 or row[6] == "true")
+    assert sorted(FIXED_EPI_CONFIGS) == sorted(row[0] for row in wg if row[4] == 0)
+    epi = (Path(__file__).resolve().parents[1] / "csrc" / "w8a8_gemm_epi.inc").read_text()
+    assert "if constexpr (tok == 0)" in epi and "QVIT_W8A8_WGMMA_CONFIGS(QVIT_ECASE)" in epi
+
+
+def test_cuda_w8a8_fixed_epilogue_rule():
+    """Which launches take a fixed-epilogue kernel (bfloat16 out, one slice, pairs with N % 4 == 0, a bias, at most
+    one of residual / GELU, a tokens-in-M wgmma config) and that `runtime_epilogue()` turns it off and back on, also
+    when its body raises."""
+    from qvit.kernels import w8a8_cuda as W
+    ok = dict(m=197, n=1024, cfg=25, splits=1, out_dtype=torch.bfloat16, bias=True, residual=True, gelu=False)
+    assert W.fixed_epilogue(**ok)
+    assert W.fixed_epilogue(**{**ok, "residual": False}) and W.fixed_epilogue(**{**ok, "residual": False, "gelu": True})
+    for bad in ({"splits": 2}, {"out_dtype": torch.float16}, {"out_dtype": torch.float32}, {"n": 1022},
+                {"bias": False}, {"gelu": True}, {"cfg": 16}, {"cfg": 30}, {"cfg": 3}, {"pair": False}):
+        assert not W.fixed_epilogue(**{**ok, **bad}), bad
+    with pytest.raises(KeyError):
+        with W.runtime_epilogue():
+            assert not W.fixed_epilogue(**ok)
+            raise KeyError("x")
+    assert W.fixed_epilogue(**ok)
 
 
 def test_tune_shard_splits_every_config_exactly_once(monkeypatch):

@@ -616,6 +616,43 @@ def test_w8a8_cuda_fp8_every_wgmma_config(poison, monkeypatch, m, k, n):
     assert not prefer_cuda(xq, xs, wq, ws, b, r, True, torch.bfloat16)
 
 
+@pytest.mark.parametrize("m,k,n", [(197, 1024, 3072), (197, 4096, 1024), (213, 1040, 200), (5, 48, 36)])
+def test_w8a8_cuda_fixed_epilogues(poison, m, k, n):
+    """The kernels with an epilogue fixed at compile time (bias; bias + residual; bias + GELU: the qkv, proj / fc2 and
+    fc1 launches) at every config that has them, int8 and e4m3: the same bits as the run-time-epilogue kernel of the
+    same config (every epilogue operation is rounded on its own in both), the exact reference to one bf16 rounding,
+    a row-strided residual (even stride: still a fixed launch) included; launches the rule sends to the run-time
+    kernel (split-K, float16 out, residual and GELU together) stay right."""
+    _cuda_ext_or_fail()
+    from qvit.kernels.w8a8_cuda import (FIXED_EPI_CONFIGS, _normalize_splits, configs_for, fixed_epilogue,
+                                        runtime_epilogue, w8a8_linear_cuda)
+    cfgs = [c for c in FIXED_EPI_CONFIGS if c in configs_for()]
+    if not cfgs:
+        pytest.skip("the fixed epilogues are the sm_90 wgmma kernel's")
+    x = torch.randn(m, k, device=DEV) * torch.rand(1, k, device=DEV) * 3
+    w = torch.randn(n, k, device=DEV) * 0.02
+    b = torch.randn(n, device=DEV)
+    r = torch.randn(m, n + 2, device=DEV, dtype=torch.bfloat16)[:, :n]  # row stride n + 2: even, so pairs
+    for xq, xs, wq, ws, ref_fn in ((*Q.quantize_int8_per_token(x), *Q.quantize_int8_per_channel(w), Q.int8_matmul_ref),
+                                   (*Q.quantize_fp8_per_token(x), *Q.quantize_fp8_per_channel(w), Q.fp8_matmul_ref)):
+        for res, gelu in ((None, False), (r, False), (None, True)):
+            ref = ref_fn(xq, xs, wq, ws, b, torch.float32, gelu=gelu, residual=res)
+            for cfg in cfgs:
+                assert fixed_epilogue(m, n, cfg, 1, torch.bfloat16, True, res is not None, gelu)
+                y = w8a8_linear_cuda(xq, xs, wq, ws, b, res, gelu, torch.bfloat16, cfg, 1)
+                with runtime_epilogue():
+                    y_rt = w8a8_linear_cuda(xq, xs, wq, ws, b, res, gelu, torch.bfloat16, cfg, 1)
+                assert torch.equal(y, y_rt), (xq.dtype, cfg, res is not None, gelu)
+                assert rel_err(y, ref) < 2 ** -8, (xq.dtype, cfg, res is not None, gelu)
+        s2 = _normalize_splits(k, 2)
+        for res, gelu, dt, s in ((r, True, torch.bfloat16, 1), (r, False, torch.bfloat16, s2),
+                                 (None, False, torch.float16, 1)):
+            assert not fixed_epilogue(m, n, cfgs[0], s, dt, True, res is not None, gelu) or s2 == 1
+            y = w8a8_linear_cuda(xq, xs, wq, ws, b, res.to(dt) if res is not None else None, gelu, dt, cfgs[0], s)
+            ref = ref_fn(xq, xs, wq, ws, b, torch.float32, gelu=gelu, residual=res)
+            assert rel_err(y, ref) < 2 ** -8, (xq.dtype, res is not None, gelu, dt, s)
+
+
 def test_w8a8_cuda_errors_graphs_and_compile():
     """Bad input is refused by name; split-K re-arms its tile counters, so CUDA-graph replays and repeated calls
     stay right; the op is one node under torch.compile(fullgraph=True)."""

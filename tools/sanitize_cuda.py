@@ -1,7 +1,7 @@
 """Runs one launch of each hand-written CUDA kernel on small odd shapes, for `compute-sanitizer` (memcheck,
 racecheck): every W8A8 GEMM tile config with and without split-K (partial tiles in M, N and K; the sm_90a configs'
-split-K in clusters of up to 8; their float8_e4m3fn form too), the LayerNorm+quantize kernel in every dtype, with
-and without the LayerNorm, on a row-strided view too.
+split-K in clusters of up to 8; their float8_e4m3fn form too; their fixed-epilogue kernels where N % 4 == 0), the
+LayerNorm+quantize kernel in every dtype, with and without the LayerNorm, on a row-strided view too.
 
     compute-sanitizer --tool memcheck --error-exitcode 9 python tools/sanitize_cuda.py [lnq]
 
@@ -17,7 +17,8 @@ def main() -> int:
     from qvit import _ext
     from qvit.kernels import quant as Q
     from qvit.kernels.layernorm_quant import layernorm_quant_cuda
-    from qvit.kernels.w8a8_cuda import WGMMA_CONFIGS, _normalize_splits, configs_for, w8a8_linear_cuda
+    from qvit.kernels.w8a8_cuda import (FIXED_EPI_CONFIGS, WGMMA_CONFIGS, _normalize_splits, configs_for,
+                                        fixed_epilogue, w8a8_linear_cuda)
     if _ext.load_error():
         print(f"sanitize_cuda: {_ext.load_error()}", file=sys.stderr)
         return 2
@@ -48,6 +49,12 @@ def main() -> int:
                 if cfg in WGMMA_CONFIGS:  # and its float8_e4m3fn form
                     w8a8_linear_cuda(xf, xfs, wf, wfs, b, r, True, torch.bfloat16, cfg, s)
                     n_launch += 1
+            if cfg in FIXED_EPI_CONFIGS and n % 4 == 0:  # its fixed-epilogue kernels: bias; + residual; + GELU
+                for rr, gelu in ((None, False), (r, False), (None, True)):
+                    for a in ((xq, xs, wq, ws), (xf, xfs, wf, wfs)):
+                        assert fixed_epilogue(m, n, cfg, 1, torch.bfloat16, True, rr is not None, gelu)
+                        w8a8_linear_cuda(*a, b, rr, gelu, torch.bfloat16, cfg, 1)
+                        n_launch += 1
     for d in (torch.float16, torch.bfloat16, torch.float32) if only is None else ():
         for m, k in ((197, 1024 if d != torch.float32 else 512), (77, 4096 if d != torch.float32 else 2048),
                      (5, 72), (3, 8)):
