@@ -67,9 +67,9 @@ int qvit_layernorm_quant(int dtype, const void* x, const void* w, const void* b,
 // (bias, residual may be null); y (M, N) row stride sy; residual row stride sr. cfg: tile shape (0-3); splits:
 // K slices (>= 1) of whole 64-byte units; with splits > 1, part (M, N) int32 workspace and counters (one
 // uint32 per output tile), all zero; the kernel leaves them zero. fixed_epi: 1 runs a kernel whose epilogue is fixed
-// at compile time where the call matches one (bfloat16 output, one K slice, paired stores with N % 4 == 0, a bias,
-// the residual or GELU or neither; csrc/w8a8_gemm_epi.inc), 0 always the run-time epilogue (the same bits: the GPU
-// tests compare the two). Returns 0, 1 (bad argument) or the CUDA error of the launch.
+// at compile time where the call matches one (bfloat16 output, paired stores with N % 4 == 0, a bias, and one K slice
+// with the residual or GELU or neither, or split-K with the residual; csrc/w8a8_gemm_epi.inc), 0 always the run-time
+// epilogue (the same bits: the GPU tests compare the two). Returns 0, 1 (bad argument) or the CUDA error of the launch.
 int qvit_w8a8_gemm(int dtype, int cfg, int splits, const void* xq, const void* xs, const void* wq, const void* ws,
                    const void* bias, const void* res, void* y, void* part, void* counters, int64_t M, int64_t N,
                    int64_t K, int64_t sx, int64_t sw, int64_t sr, int64_t sy, int gelu, int fp8, int fixed_epi,
@@ -113,9 +113,10 @@ int qvit_w8a8_gemm(int dtype, int cfg, int splits, const void* xq, const void* x
                    static_cast<const float*>(ws), static_cast<const float*>(bias), res, y, static_cast<int*>(part),
                    static_cast<unsigned*>(counters), (int)M, (int)N, (int)K, (long long)sx, (long long)sw,
                    (long long)sr, (long long)sy, splits, (int)per, gelu ? 1 : 0, pair ? 1 : 0, 0, qvit::kEpiRuntime};
-  if (fixed_epi && dtype == 1 && splits == 1 && pair && N % 4 == 0 && bias && !(gelu && res) &&
-      qvit::w8a8_gemm_epi_config(cfg))
-    a.epi = res ? qvit::kEpiBiasRes : gelu ? qvit::kEpiBiasGelu : qvit::kEpiBias;
+  if (fixed_epi && dtype == 1 && pair && N % 4 == 0 && bias && qvit::w8a8_gemm_epi_config(cfg)) {
+    if (splits == 1 && !(gelu && res)) a.epi = res ? qvit::kEpiBiasRes : gelu ? qvit::kEpiBiasGelu : qvit::kEpiBias;
+    if (splits > 1 && res && !gelu) a.epi = qvit::kEpiBiasResSplit;  // (the epi configs split in a cluster)
+  }
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
   const cudaError_t e = a.epi ? (fp8 ? qvit::w8a8_gemm_launch_epi_fp8(cfg, a, st) : qvit::w8a8_gemm_launch_epi(cfg, a, st))
                               : (fp8 ? qvit::w8a8_gemm_launch_fp8(dtype, cfg, a, st) : qvit::w8a8_gemm_launch(dtype, cfg, a, st));

@@ -8,12 +8,13 @@ namespace qvit {
 
 // Compile-time epilogues of the wgmma kernel (template argument EPI, W8A8Args::epi chosen in ops.cpp, applied in
 // finish_tile of csrc/w8a8_gemm_kernels.cuh). kEpiRuntime reads every epilogue choice from the arguments at run time
-// (any split, bias or not, GELU, residual, paired stores or not); the others fix them: one K slice, paired stores
-// with N % 4 == 0, a bias, and one of {nothing, the residual, GELU} -- the qkv, proj / fc2 and fc1 launches of ViT-L.
+// (any split, bias or not, GELU, residual, paired stores or not); the others fix them: paired stores with N % 4 == 0,
+// a bias, and one K slice with one of {nothing, the residual, GELU} -- the qkv, proj / fc2 and fc1 launches of
+// ViT-L -- or split-K in a cluster with the residual (fc2, K = 4096, where the tuner takes 2 slices).
 // Why: session 20 measured 9-21% of the CUDA kernels' stall samples as instruction-cache misses, in kernels of
 // 1,856-2,376 SASS instructions; a fixed epilogue drops the unused branches (split-K through the cluster and the
 // workspace, unpaired and scalar stores, GELU) from the body.
-enum : int { kEpiRuntime = 0, kEpiBias = 1, kEpiBiasRes = 2, kEpiBiasGelu = 3 };
+enum : int { kEpiRuntime = 0, kEpiBias = 1, kEpiBiasRes = 2, kEpiBiasGelu = 3, kEpiBiasResSplit = 4 };
 
 struct W8A8Args {
   const int8_t* x;

@@ -357,7 +357,8 @@ __global__ void __launch_bounds__(WM* WN * 32) w8a8_gemm_kernel(const W8A8Args p
 // their tiles into the (M, N) workspace (int32 only); the last CTA of the tile reads the sums back (and re-zeroes
 // them) instead of its own tile. xs, ws, bias: the tile's per-row scales and per-column scales and bias, in shared
 // memory.
-// EPI: kEpiRuntime, or a fixed epilogue (one slice, pairs, N % 4 == 0, bias, and the residual or GELU or neither).
+// EPI: kEpiRuntime, or a fixed epilogue (pairs, N % 4 == 0, bias; one slice and the residual or GELU or neither, or
+// split-K in a cluster and the residual).
 template <typename T, typename Acc, int BM, int BN, int LDT, int EPI = kEpiRuntime>
 __device__ __forceinline__ void finish_tile(const W8A8Args& p, const Acc* tile, const float* xs, const float* ws,
                                             const float* bias, int m0, int n0) {
@@ -366,11 +367,13 @@ __device__ __forceinline__ void finish_tile(const W8A8Args& p, const Acc* tile, 
   using V4 = std::conditional_t<kF8, float4, int4>;
   constexpr int kGroups = BM * BN / 4;
   const int tid = threadIdx.x;
-  const int splits = kFixed ? 1 : p.splits;
+  constexpr bool kSplit = EPI == kEpiBiasResSplit;  // fixed, with split-K in a cluster (2 to 8 slices at run time)
+  const int splits = kSplit || !kFixed ? p.splits : 1;
   const bool has_bias = kFixed || p.bias, gelu = kFixed ? EPI == kEpiBiasGelu : p.gelu != 0;
   const bool pair = kFixed || p.pair;
+  const bool in_cluster = kSplit || (!kFixed && splits > 1 && p.cluster);  // the slices' tiles summed through DSMEM
   int first = tid, step = blockDim.x, n_tiles = 1;
-  if (splits > 1 && p.cluster) {
+  if (in_cluster) {
     // split-K inside a thread-block cluster (sm_90): the `splits` CTAs of one output tile are one cluster; each
     // sums every CTA's int32 tile through distributed shared memory for an interleaved share of the 4-column
     // groups and runs their epilogue. No workspace, no atomics, no counters.
@@ -380,7 +383,7 @@ __device__ __forceinline__ void finish_tile(const W8A8Args& p, const Acc* tile, 
     n_tiles = p.splits;
     first = tid + (int)cluster.block_rank() * blockDim.x;
     step = blockDim.x * p.splits;
-  } else if (!kF8 && splits > 1) {  // (the float32 tiles' split-K always runs in a cluster)
+  } else if (!kFixed && !kF8 && splits > 1) {  // (the float32 tiles' split-K always runs in a cluster)
     int* wsp = p.part;  // (M, N) int32, zero between launches
 #pragma unroll 2
     for (int idx = tid; idx < kGroups; idx += blockDim.x) {
@@ -392,14 +395,14 @@ __device__ __forceinline__ void finish_tile(const W8A8Args& p, const Acc* tile, 
     }
     if (!last_slice_of_tile(p)) return;
   }
-  const T* res = kFixed && EPI != kEpiBiasRes ? nullptr : static_cast<const T*>(p.res);
+  const T* res = kFixed && EPI != kEpiBiasRes && !kSplit ? nullptr : static_cast<const T*>(p.res);
   T* y = static_cast<T*>(p.y);
 #pragma unroll 2
   for (int idx = first; idx < kGroups; idx += step) {
     const int r = idx / (BN / 4), c = idx % (BN / 4) * 4, row = m0 + r, col = n0 + c;
     if (row >= p.M || col >= p.N) continue;
     Acc a[4];
-    if (n_tiles > 1) {  // cluster split-K: the slices' tiles, summed in rank order (exact for integers; for float32
+    if (in_cluster) {  // cluster split-K: the slices' tiles, summed in rank order (exact for integers; for float32
       // the same order at every launch, so a config and split give the same bits every time)
       Acc* own = const_cast<Acc*>(tile) + r * LDT + c;
       V4 t = *reinterpret_cast<const V4*>(cooperative_groups::this_cluster().map_shared_rank(own, 0));
@@ -411,7 +414,7 @@ __device__ __forceinline__ void finish_tile(const W8A8Args& p, const Acc* tile, 
     } else if (kF8) {
       const V4 t = *reinterpret_cast<const V4*>(tile + r * LDT + c);
       a[0] = t.x, a[1] = t.y, a[2] = t.z, a[3] = t.w;
-    } else if (splits > 1) {  // the sums of every slice, then the workspace re-zeroed for the next launch
+    } else if (!kFixed && splits > 1) {  // the sums of every slice, then the workspace re-zeroed for the next launch
 #pragma unroll
       for (int e = 0; e < 4; ++e) a[e] = col + e < p.N ? __ldcg(p.part + row * p.N + col + e) : 0;
 #pragma unroll
@@ -448,7 +451,7 @@ __device__ __forceinline__ void finish_tile(const W8A8Args& p, const Acc* tile, 
       }
     }
   }
-  if (n_tiles > 1) cooperative_groups::this_cluster().sync();  // no CTA leaves while others read its tile
+  if (in_cluster) cooperative_groups::this_cluster().sync();  // no CTA leaves while others read its tile
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -533,7 +536,7 @@ __host__ __device__ constexpr int wgmma_threads() {
 // TMA: operands through the tensor-memory accelerator (tx: x as (M, K) bytes, tw: w as (N, K), boxes of 128 bytes x
 // 64 / BN rows, zero-filled past M, N and K) with an mbarrier pipeline, MMAs overlapped with the next step, loads
 // STAGES - 1 steps ahead; TOK = 0 and BK = 128 only. Otherwise tx and tw are unused.
-// EPI: the epilogue, kEpiRuntime or a fixed one (finish_tile; fixed ones run one K slice).
+// EPI: the epilogue, kEpiRuntime or a fixed one (finish_tile; fixed ones run one K slice, except kEpiBiasResSplit).
 template <typename T, int BN, int STAGES, bool OVERLAP, int TOK, bool F8, int BK, bool TMA, int EPI = kEpiRuntime>
 __global__ void __launch_bounds__(wgmma_threads<BN, TOK>(), 1)
     w8a8_wgmma_kernel(const W8A8Args p, const __grid_constant__ CUtensorMap tx, const __grid_constant__ CUtensorMap tw) {
@@ -560,9 +563,10 @@ __global__ void __launch_bounds__(wgmma_threads<BN, TOK>(), 1)
   const int g = lane >> 2, t4 = lane & 3;
   constexpr bool kFixed = EPI != kEpiRuntime;
   static_assert(!kFixed || std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>, "fixed epilogues: pairs");
-  const int n0 = blockIdx.x * TN, m0 = blockIdx.y * TM, split = kFixed ? 0 : blockIdx.z;
+  constexpr bool kOneSlice = kFixed && EPI != kEpiBiasResSplit;
+  const int n0 = blockIdx.x * TN, m0 = blockIdx.y * TM, split = kOneSlice ? 0 : blockIdx.z;
   const int k_begin = split * p.kt_per_split * kSplitUnit;
-  const int k_end = kFixed ? p.K : min(p.K, k_begin + p.kt_per_split * kSplitUnit);
+  const int k_end = kOneSlice ? p.K : min(p.K, k_begin + p.kt_per_split * kSplitUnit);
   const int nkt = k_end > k_begin ? (k_end - k_begin + BK - 1) / BK : 0;
 
   // copies: thread -> chunk tid % 8 of rows tid / 8 + kPass i, stored swizzled (row % 8 is tid / 8 % 8 for every i)

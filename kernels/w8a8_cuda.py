@@ -69,8 +69,9 @@ _MAX_SPLIT_MN = 1 << 23  # M * N a split-K launch may have: its int32 workspace 
 _OUT_CODE = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}
 _counters: dict = {}
 _choice: dict = {}
-# Fixed epilogues (csrc/w8a8_gemm_epi.inc): where a launch matches one -- bfloat16 output, one K slice, a wgmma config
-# with tokens in M (FIXED_EPI_CONFIGS), N % 4 == 0 and even strides, a bias, and the residual or GELU or neither --
+# Fixed epilogues (csrc/w8a8_gemm_epi.inc): where a launch matches one -- bfloat16 output, a wgmma config with tokens
+# in M (FIXED_EPI_CONFIGS), N % 4 == 0 and even strides, a bias, and one K slice with the residual or GELU or neither,
+# or split-K with the residual --
 # the kernel instantiated for that epilogue runs instead of the one that reads the choices at run time (the same
 # bits; a body of ~500-1,500 SASS instructions instead of ~1,800-2,500). `runtime_epilogue()` turns it off, for the
 # tests that compare the two and the benchmark that times both.
@@ -101,8 +102,8 @@ def fixed_epilogue(m: int, n: int, cfg: int, splits: int, out_dtype, bias: bool,
                    pair: bool = True) -> bool:
     """Whether a launch of these arguments runs a fixed-epilogue kernel (the rule of csrc/ops.cpp; pair: the output
     and residual row strides and pointers even)."""
-    return (_fixed_epi[0] and out_dtype == torch.bfloat16 and splits == 1 and pair and n % 4 == 0 and bias
-            and not (gelu and residual) and cfg in FIXED_EPI_CONFIGS)
+    return (_fixed_epi[0] and out_dtype == torch.bfloat16 and pair and n % 4 == 0 and bias and cfg in FIXED_EPI_CONFIGS
+            and ((splits == 1 and not (gelu and residual)) or (splits > 1 and residual and not gelu)))
 
 
 def _normalize_splits(k: int, splits: int) -> int:

@@ -293,7 +293,8 @@ def linear_providers(x, lin, k, n):
     refs["qvit-cuda w8a8 (int8 in, run-time epilogue)"] = refs["qvit w8a8 (int8 in)"]
     for ep in ("+gelu", "+residual"):
         if f"qvit w8a8 ({ep})" in refs:
-            refs[f"qvit-cuda w8a8 ({ep})"] = refs[f"qvit-cuda w8a8 ({ep}, run-time epilogue)"] = refs[f"qvit w8a8 ({ep})"]
+            ref_ep = refs[f"qvit w8a8 ({ep})"]
+            refs[f"qvit-cuda w8a8 ({ep})"] = refs[f"qvit-cuda w8a8 ({ep}, run-time epilogue)"] = ref_ep
     refs["qvit-cuda w8a8 fp8 (fp8 in)"] = lambda: Q.fp8_matmul_ref(xf, xfs, fq, fs, bias, torch.float32)
     refs["qvit w8a8 fp8 (fp8 in)"] = lambda: Q.fp8_matmul_ref(xf, xfs, fq, fs, bias, torch.float32)
     refs["qvit w8a8 fp8 fast accum (fp8 in)"] = refs["qvit w8a8 fp8 (fp8 in)"]
@@ -364,10 +365,10 @@ def bench_linears(res, quick, providers=None, layers=None, ms=None):
                                 torch.cuda.current_device(), torch.float8_e4m3fn if "fp8" in pname else torch.int8,
                                 "run-time epilogue" not in pname)
                         pick = w8a8_cuda._choice.get(want)
-                        entry["cuda_config"] = {"config": pick[0], "tile": w8a8_cuda.CONFIGS[pick[0]], "splits": pick[1],
-                                                "fixed_epilogue": w8a8_cuda.fixed_epilogue(
-                                                    m, n, pick[0], pick[1], torch.bfloat16, True, want[5], want[4])} \
-                            if pick else None
+                        entry["cuda_config"] = None if pick is None else {
+                            "config": pick[0], "tile": w8a8_cuda.CONFIGS[pick[0]], "splits": pick[1],
+                            "fixed_epilogue": w8a8_cuda.fixed_epilogue(m, n, pick[0], pick[1], torch.bfloat16, True,
+                                                                       want[5], want[4])}
                         table = [w8a8_cuda._tune_times[want]] if want in w8a8_cuda._tune_times else []
                         if table:  # the tuner's ten fastest (config, splits), us per launch
                             top = sorted(table[-1].items(), key=lambda kv: kv[1])[:10]

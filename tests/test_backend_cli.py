@@ -165,14 +165,16 @@ def test_cuda_w8a8_config_table_mirrors_the_kernel():
 
 
 def test_cuda_w8a8_fixed_epilogue_rule():
-    """Which launches take a fixed-epilogue kernel (bfloat16 out, one slice, pairs with N % 4 == 0, a bias, at most
-    one of residual / GELU, a tokens-in-M wgmma config) and that `runtime_epilogue()` turns it off and back on, also
-    when its body raises."""
+    """Which launches take a fixed-epilogue kernel (bfloat16 out, pairs with N % 4 == 0, a bias, a tokens-in-M wgmma
+    config; one slice with at most one of residual / GELU, or split-K with the residual) and that `runtime_epilogue()`
+    turns it off and back on, also when its body raises."""
     from qvit.kernels import w8a8_cuda as W
     ok = dict(m=197, n=1024, cfg=25, splits=1, out_dtype=torch.bfloat16, bias=True, residual=True, gelu=False)
     assert W.fixed_epilogue(**ok)
     assert W.fixed_epilogue(**{**ok, "residual": False}) and W.fixed_epilogue(**{**ok, "residual": False, "gelu": True})
-    for bad in ({"splits": 2}, {"out_dtype": torch.float16}, {"out_dtype": torch.float32}, {"n": 1022},
+    assert W.fixed_epilogue(**{**ok, "splits": 2})  # split-K in a cluster: with the residual only
+    for bad in ({"splits": 2, "residual": False}, {"splits": 2, "gelu": True}, {"out_dtype": torch.float16},
+                {"out_dtype": torch.float32}, {"n": 1022},
                 {"bias": False}, {"gelu": True}, {"cfg": 16}, {"cfg": 30}, {"cfg": 3}, {"pair": False}):
         assert not W.fixed_epilogue(**{**ok, **bad}), bad
     with pytest.raises(KeyError):

@@ -619,10 +619,11 @@ def test_w8a8_cuda_fp8_every_wgmma_config(poison, monkeypatch, m, k, n):
 @pytest.mark.parametrize("m,k,n", [(197, 1024, 3072), (197, 4096, 1024), (213, 1040, 200), (5, 48, 36)])
 def test_w8a8_cuda_fixed_epilogues(poison, m, k, n):
     """The kernels with an epilogue fixed at compile time (bias; bias + residual; bias + GELU: the qkv, proj / fc2 and
-    fc1 launches) at every config that has them, int8 and e4m3: the same bits as the run-time-epilogue kernel of the
-    same config (every epilogue operation is rounded on its own in both), the exact reference to one bf16 rounding,
-    a row-strided residual (even stride: still a fixed launch) included; launches the rule sends to the run-time
-    kernel (split-K, float16 out, residual and GELU together) stay right."""
+    fc1 launches; bias + residual with split-K in a cluster, 2 and 8 slices: fc2) at every config that has them, int8
+    and e4m3: the same bits as the run-time-epilogue kernel of the same config and split (every epilogue operation
+    is rounded on its own in both), the exact reference to one bf16 rounding, a row-strided residual (even stride:
+    still a fixed launch) included; launches the rule sends to the run-time kernel (residual and GELU together,
+    split-K without the residual, float16 out) stay right."""
     _cuda_ext_or_fail()
     from qvit.kernels.w8a8_cuda import (FIXED_EPI_CONFIGS, _normalize_splits, configs_for, fixed_epilogue,
                                         runtime_epilogue, w8a8_linear_cuda)
@@ -635,17 +636,19 @@ def test_w8a8_cuda_fixed_epilogues(poison, m, k, n):
     r = torch.randn(m, n + 2, device=DEV, dtype=torch.bfloat16)[:, :n]  # row stride n + 2: even, so pairs
     for xq, xs, wq, ws, ref_fn in ((*Q.quantize_int8_per_token(x), *Q.quantize_int8_per_channel(w), Q.int8_matmul_ref),
                                    (*Q.quantize_fp8_per_token(x), *Q.quantize_fp8_per_channel(w), Q.fp8_matmul_ref)):
-        for res, gelu in ((None, False), (r, False), (None, True)):
+        s2, s8 = _normalize_splits(k, 2), _normalize_splits(k, 8)
+        for res, gelu, s in ((None, False, 1), (r, False, 1), (None, True, 1), (r, False, s2), (r, False, s8)):
+            if s > 1 and s2 == 1:
+                continue  # (K too short to split)
             ref = ref_fn(xq, xs, wq, ws, b, torch.float32, gelu=gelu, residual=res)
             for cfg in cfgs:
-                assert fixed_epilogue(m, n, cfg, 1, torch.bfloat16, True, res is not None, gelu)
-                y = w8a8_linear_cuda(xq, xs, wq, ws, b, res, gelu, torch.bfloat16, cfg, 1)
+                assert fixed_epilogue(m, n, cfg, s, torch.bfloat16, True, res is not None, gelu)
+                y = w8a8_linear_cuda(xq, xs, wq, ws, b, res, gelu, torch.bfloat16, cfg, s)
                 with runtime_epilogue():
-                    y_rt = w8a8_linear_cuda(xq, xs, wq, ws, b, res, gelu, torch.bfloat16, cfg, 1)
-                assert torch.equal(y, y_rt), (xq.dtype, cfg, res is not None, gelu)
-                assert rel_err(y, ref) < 2 ** -8, (xq.dtype, cfg, res is not None, gelu)
-        s2 = _normalize_splits(k, 2)
-        for res, gelu, dt, s in ((r, True, torch.bfloat16, 1), (r, False, torch.bfloat16, s2),
+                    y_rt = w8a8_linear_cuda(xq, xs, wq, ws, b, res, gelu, torch.bfloat16, cfg, s)
+                assert torch.equal(y, y_rt), (xq.dtype, cfg, s, res is not None, gelu)
+                assert rel_err(y, ref) < 2 ** -8, (xq.dtype, cfg, s, res is not None, gelu)
+        for res, gelu, dt, s in ((r, True, torch.bfloat16, 1), (None, False, torch.bfloat16, s2),
                                  (None, False, torch.float16, 1)):
             assert not fixed_epilogue(m, n, cfgs[0], s, dt, True, res is not None, gelu) or s2 == 1
             y = w8a8_linear_cuda(xq, xs, wq, ws, b, res.to(dt) if res is not None else None, gelu, dt, cfgs[0], s)

@@ -49,11 +49,13 @@ def main() -> int:
                 if cfg in WGMMA_CONFIGS:  # and its float8_e4m3fn form
                     w8a8_linear_cuda(xf, xfs, wf, wfs, b, r, True, torch.bfloat16, cfg, s)
                     n_launch += 1
-            if cfg in FIXED_EPI_CONFIGS and n % 4 == 0:  # its fixed-epilogue kernels: bias; + residual; + GELU
-                for rr, gelu in ((None, False), (r, False), (None, True)):
+            if cfg in FIXED_EPI_CONFIGS and n % 4 == 0:  # its fixed-epilogue kernels: bias; + residual; + GELU;
+                s2 = _normalize_splits(k, 2)  # + residual with split-K in a cluster
+                plans = ((None, False, 1), (r, False, 1), (None, True, 1)) + (((r, False, s2),) if s2 > 1 else ())
+                for rr, gelu, s in plans:
                     for a in ((xq, xs, wq, ws), (xf, xfs, wf, wfs)):
-                        assert fixed_epilogue(m, n, cfg, 1, torch.bfloat16, True, rr is not None, gelu)
-                        w8a8_linear_cuda(*a, b, rr, gelu, torch.bfloat16, cfg, 1)
+                        assert fixed_epilogue(m, n, cfg, s, torch.bfloat16, True, rr is not None, gelu)
+                        w8a8_linear_cuda(*a, b, rr, gelu, torch.bfloat16, cfg, s)
                         n_launch += 1
     for d in (torch.float16, torch.bfloat16, torch.float32) if only is None else ():
         for m, k in ((197, 1024 if d != torch.float32 else 512), (77, 4096 if d != torch.float32 else 2048),
