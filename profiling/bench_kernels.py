@@ -367,8 +367,8 @@ def bench_linears(res, quick, providers=None, layers=None, ms=None):
                         pick = w8a8_cuda._choice.get(want)
                         entry["cuda_config"] = None if pick is None else {
                             "config": pick[0], "tile": w8a8_cuda.CONFIGS[pick[0]], "splits": pick[1],
-                            "fixed_epilogue": w8a8_cuda.fixed_epilogue(m, n, pick[0], pick[1], torch.bfloat16, True,
-                                                                       want[5], want[4])}
+                            "fixed_epilogue": want[9] and w8a8_cuda.fixed_epilogue(  # (false for run-time providers)
+                                m, n, pick[0], pick[1], torch.bfloat16, True, want[5], want[4])}
                         table = [w8a8_cuda._tune_times[want]] if want in w8a8_cuda._tune_times else []
                         if table:  # the tuner's ten fastest (config, splits), us per launch
                             top = sorted(table[-1].items(), key=lambda kv: kv[1])[:10]
