@@ -188,7 +188,7 @@ def _klass(op: str) -> str:
 def instructions(sass: str) -> list[tuple[int, str, str]]:
     """(address, opcode with its suffixes, operands) of each instruction in a cuobjdump -sass listing."""
     return [(int(a, 16), op, rest) for a, op, rest in
-            re.findall(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);", sass)]
+            re.findall(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Za-z0-9_.]*)([^;]*);", sass)]
 
 
 def analyse(kernel, tool: str) -> dict:

@@ -128,3 +128,38 @@ def test_ncu_kernels_pin_specs():
         parse_pin("BLOCK_M=64,BLOCK_K=128")
     with pytest.raises(ValueError, match="KEY=INT"):
         parse_pin("BLOCK_M=64;BLOCK_N=64")
+
+
+def test_sass_cuda_splits_a_listing_per_kernel():
+    """tools/sass_cuda.py on a synthetic cuobjdump listing: one entry per `Function :` header with its own
+    instructions only, registers from -res-usage, and the short name without namespaces or parameter list."""
+    import importlib.util
+    import shutil
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "tools" / "sass_cuda.py"
+    spec = importlib.util.spec_from_file_location("sass_cuda", path)
+    S = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(S)
+    from qvit.profiling.sass import instructions
+    listing = """
+        code for sm_90a
+                Function : _Z1aILi1EEvv
+        .headerflags    @"EF_CUDA_SM90"
+        /*0000*/                   LDC R1, c[0x0][0x28] ;                    /* 0x00000a00ff017b82 */
+        /*0010*/                   IGMMA.64x32x32.S8.S8 R24, gdesc[UR4], RZ ;  /* 0x0000000000187b82 */
+        /*0020*/                   EXIT ;                                      /* 0x000000000000794d */
+                ..........
+                Function : _Z1bv
+        /*0000*/              @!P0 BRA 0x40 ;                                  /* 0x0000000000008947 */
+        /*0010*/                   EXIT ;                                      /* 0x000000000000794d */
+"""
+    f = S.functions(listing)
+    assert list(f) == ["_Z1aILi1EEvv", "_Z1bv"]
+    assert [op for _, op, _ in instructions(f["_Z1aILi1EEvv"])] == ["LDC", "IGMMA.64x32x32.S8.S8", "EXIT"]
+    assert [op for _, op, _ in instructions(f["_Z1bv"])] == ["BRA", "EXIT"]
+    res = " Function _Z1aILi1EEvv:\n REG:80 STACK:0 SHARED:1024 LOCAL:0\n Function _Z1bv:\n REG:12 STACK:0"
+    assert S.registers(res) == {"_Z1aILi1EEvv": 80, "_Z1bv": 12}
+    if shutil.which("c++filt"):
+        assert S.short_name("_ZN4qvit12_GLOBAL__N_117w8a8_wgmma_kernelI13__nv_bfloat16Li64ELi4ELb1ELi0ELb0ELi256ELb0"
+                            "ELi1EEEvNS_8W8A8ArgsE14CUtensorMap_stS4_") == \
+            "w8a8_wgmma_kernel<__nv_bfloat16, 64, 4, true, 0, false, 256, false, 1>"
