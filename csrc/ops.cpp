@@ -118,8 +118,9 @@ int qvit_w8a8_gemm(int dtype, int cfg, int splits, const void* xq, const void* x
     if (splits > 1 && res && !gelu) a.epi = qvit::kEpiBiasResSplit;  // (the epi configs split in a cluster)
   }
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
-  const cudaError_t e = a.epi ? (fp8 ? qvit::w8a8_gemm_launch_epi_fp8(cfg, a, st) : qvit::w8a8_gemm_launch_epi(cfg, a, st))
-                              : (fp8 ? qvit::w8a8_gemm_launch_fp8(dtype, cfg, a, st) : qvit::w8a8_gemm_launch(dtype, cfg, a, st));
+  cudaError_t e;
+  if (a.epi) e = fp8 ? qvit::w8a8_gemm_launch_epi_fp8(cfg, a, st) : qvit::w8a8_gemm_launch_epi(cfg, a, st);
+  else e = fp8 ? qvit::w8a8_gemm_launch_fp8(dtype, cfg, a, st) : qvit::w8a8_gemm_launch(dtype, cfg, a, st);
   if (e != cudaSuccess) return fail((int)e, "%s: launch failed: %s", op, cudaGetErrorString(e));
   return 0;
 }

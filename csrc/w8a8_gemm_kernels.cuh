@@ -38,6 +38,10 @@
 //   4.7 / 7.1 / 8.1 us against Triton's 5.1 / 3.8 / 5.2 / 7.8); the TMA-fed configs are slower than the cp.async one of
 //   the same tile; ncu: 9-21% of the stall samples are instruction-cache misses (these kernels are 1,856-2,376 SASS
 //   instructions: the epilogue branches at run time), 0-7% for Triton's.
+// - H100, session 21 (results/h200-gpu-21): epilogues fixed at compile time (kEpi*, csrc/w8a8_gemm.h) and the fill
+//   loop rolled: 520-1,440 instructions, "no instruction" 2-9% of the stalls; 5.7 / 3.8 / 6.0 / 7.2 us with the bias
+//   epilogue (run-time epilogue 6.4 / 4.4 / 7.0 / 7.8; Triton 5.1 / 4.2 / 5.2 / 7.7; cuBLAS bf16 5.3 / 4.4 / 6.8 /
+//   11.0).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cooperative_groups.h>

@@ -71,10 +71,10 @@ _counters: dict = {}
 _choice: dict = {}
 # Fixed epilogues (csrc/w8a8_gemm_epi.inc): where a launch matches one -- bfloat16 output, a wgmma config with tokens
 # in M (FIXED_EPI_CONFIGS), N % 4 == 0 and even strides, a bias, and one K slice with the residual or GELU or neither,
-# or split-K with the residual --
-# the kernel instantiated for that epilogue runs instead of the one that reads the choices at run time (the same
-# bits; a body of ~500-1,500 SASS instructions instead of ~1,800-2,500). `runtime_epilogue()` turns it off, for the
-# tests that compare the two and the benchmark that times both.
+# or split-K with the residual -- the kernel instantiated for that epilogue runs instead of the one that reads the
+# choices at run time (the same bits; 520-1,440 SASS instructions instead of 1,776-2,104, tools/sass_cuda.py; 0.6-1.3
+# us faster at every M = 197 ViT-L shape on an H100, results/h200-gpu-21). `runtime_epilogue()` turns it off, for
+# the tests that compare the two and the benchmark that times both.
 FIXED_EPI_CONFIGS = tuple(c for c in WGMMA_CONFIGS if CONFIGS[c][0] == 64)
 _fixed_epi = [True]
 
