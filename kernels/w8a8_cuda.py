@@ -106,6 +106,14 @@ def fixed_epilogue(m: int, n: int, cfg: int, splits: int, out_dtype, bias: bool,
             and ((splits == 1 and not (gelu and residual)) or (splits > 1 and residual and not gelu)))
 
 
+def shape_key(m: int, n: int, k: int, out_dtype, gelu: bool, residual: bool, bias: bool, device_index: int, qdtype,
+              fixed: bool | None = None) -> tuple:
+    """The key the tuner (`_choice`, `_tune_times`) and `prefer_cuda` keep a shape's choice under; fixed: whether
+    fixed epilogues are allowed (default: as now, outside or inside `runtime_epilogue()`)."""
+    return (m, n, k, out_dtype, bool(gelu), bool(residual), bool(bias), device_index, qdtype,
+            _fixed_epi[0] if fixed is None else bool(fixed))
+
+
 def _normalize_splits(k: int, splits: int) -> int:
     """The split count the kernel runs for K (no empty K slice): ceil(KT / ceil(KT / splits))."""
     kt = -(-k // _BK)
@@ -299,8 +307,7 @@ def prefer_cuda(xq, x_scale, wq, w_scale, bias, residual, gelu, out_dtype) -> bo
         return False  # the e4m3 form is opt-in: slower than the Triton kernel at M = 197 (OPT_IN_CONFIGS' note)
     if x_scale.shape != (m,) or xq.dtype not in (torch.int8, torch.float8_e4m3fn) or wq.dtype != xq.dtype:
         return False  # one scale for all tokens, or operands this kernel does not take: the Triton kernel's
-    key = (m, n, k, out_dtype, bool(gelu), residual is not None, bias is not None, xq.device.index, xq.dtype,
-           _fixed_epi[0])
+    key = shape_key(m, n, k, out_dtype, gelu, residual is not None, bias is not None, xq.device.index, xq.dtype)
     got = _prefer.get(key)
     if got is not None:
         return got
@@ -338,8 +345,7 @@ def w8a8_linear_cuda(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, 
     if m == 0:
         return y
     args = (xq, x_scale, wq, w_scale, bias, residual, gelu, y)
-    key = (m, n, k, out_dtype, bool(gelu), residual is not None, bias is not None, xq.device.index, xq.dtype,
-           _fixed_epi[0])
+    key = shape_key(m, n, k, out_dtype, gelu, residual is not None, bias is not None, xq.device.index, xq.dtype)
     with torch.cuda.device(xq.device):
         cfg, s = _plan(args, key, config, splits)
         _run(*args, cfg, s)

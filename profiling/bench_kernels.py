@@ -359,16 +359,15 @@ def bench_linears(res, quick, providers=None, layers=None, ms=None):
                         entry["rel_err"] = rel_err(y, refs[pname]())
                     if pname.startswith("qvit-cuda w8a8"):  # the tuner's pick: (tile config, K splits)
                         from qvit.kernels import w8a8_cuda
-                        # the tuner's key for this provider: (M, N, K, out, gelu, residual, bias, device, operand
-                        # dtype, fixed epilogues allowed)
-                        want = (m, n, k, torch.bfloat16, "+gelu" in pname, "+residual" in pname, True,
-                                torch.cuda.current_device(), torch.float8_e4m3fn if "fp8" in pname else torch.int8,
-                                "run-time epilogue" not in pname)
+                        gelu, res, fixed = "+gelu" in pname, "+residual" in pname, "run-time epilogue" not in pname
+                        qd = torch.float8_e4m3fn if "fp8" in pname else torch.int8
+                        want = w8a8_cuda.shape_key(m, n, k, torch.bfloat16, gelu, res, True,
+                                                   torch.cuda.current_device(), qd, fixed)
                         pick = w8a8_cuda._choice.get(want)
                         entry["cuda_config"] = None if pick is None else {
                             "config": pick[0], "tile": w8a8_cuda.CONFIGS[pick[0]], "splits": pick[1],
-                            "fixed_epilogue": want[9] and w8a8_cuda.fixed_epilogue(  # (false for run-time providers)
-                                m, n, pick[0], pick[1], torch.bfloat16, True, want[5], want[4])}
+                            "fixed_epilogue": fixed and w8a8_cuda.fixed_epilogue(m, n, pick[0], pick[1],
+                                                                                 torch.bfloat16, True, res, gelu)}
                         table = [w8a8_cuda._tune_times[want]] if want in w8a8_cuda._tune_times else []
                         if table:  # the tuner's ten fastest (config, splits), us per launch
                             top = sorted(table[-1].items(), key=lambda kv: kv[1])[:10]

@@ -167,7 +167,7 @@ def test_cuda_w8a8_config_table_mirrors_the_kernel():
 def test_cuda_w8a8_fixed_epilogue_rule():
     """Which launches take a fixed-epilogue kernel (bfloat16 out, pairs with N % 4 == 0, a bias, a tokens-in-M wgmma
     config; one slice with at most one of residual / GELU, or split-K with the residual) and that `runtime_epilogue()`
-    turns it off and back on, also when its body raises."""
+    turns it off and back on, also when its body raises; the tuner's shape key carries the flag."""
     from qvit.kernels import w8a8_cuda as W
     ok = dict(m=197, n=1024, cfg=25, splits=1, out_dtype=torch.bfloat16, bias=True, residual=True, gelu=False)
     assert W.fixed_epilogue(**ok)
@@ -177,11 +177,13 @@ def test_cuda_w8a8_fixed_epilogue_rule():
                 {"out_dtype": torch.float32}, {"n": 1022},
                 {"bias": False}, {"gelu": True}, {"cfg": 16}, {"cfg": 30}, {"cfg": 3}, {"pair": False}):
         assert not W.fixed_epilogue(**{**ok, **bad}), bad
+    key = (197, 1024, 4096, torch.bfloat16, False, True, True, 0, torch.int8)
     with pytest.raises(KeyError):
         with W.runtime_epilogue():
             assert not W.fixed_epilogue(**ok)
+            assert W.shape_key(*key) == key + (False,)  # the tuner keeps the two kernels' choices apart
             raise KeyError("x")
-    assert W.fixed_epilogue(**ok)
+    assert W.fixed_epilogue(**ok) and W.shape_key(*key) == key + (True,)
 
 
 def test_tune_shard_splits_every_config_exactly_once(monkeypatch):

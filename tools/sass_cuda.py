@@ -49,7 +49,6 @@ def _tool(name: str) -> str:
         if c and os.path.exists(c):
             return c
     if name == "cuobjdump":
-        sys.path.insert(0, ROOT)
         from qvit.profiling.sass import cuobjdump
         return cuobjdump()
     raise FileNotFoundError(f"{name}: not found (PATH, $CUDA_HOME/bin)")
