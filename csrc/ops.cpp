@@ -68,7 +68,8 @@ int qvit_layernorm_quant(int dtype, const void* x, const void* w, const void* b,
 // K slices (>= 1) of whole 64-byte units; with splits > 1, part (M, N) int32 workspace and counters (one
 // uint32 per output tile), all zero; the kernel leaves them zero. fixed_epi: 1 runs a kernel whose epilogue is fixed
 // at compile time where the call matches one (bfloat16 output, paired stores with N % 4 == 0, a bias, and one K slice
-// with the residual or GELU or neither, or split-K with the residual; csrc/w8a8_gemm_epi.inc), 0 always the run-time
+// with the residual (rows 8-byte aligned) or GELU or neither, or split-K with the residual; csrc/w8a8_gemm_epi.inc),
+// 0 always the run-time
 // epilogue (the same bits: the GPU tests compare the two). Returns 0, 1 (bad argument) or the CUDA error of the launch.
 int qvit_w8a8_gemm(int dtype, int cfg, int splits, const void* xq, const void* xs, const void* wq, const void* ws,
                    const void* bias, const void* res, void* y, void* part, void* counters, int64_t M, int64_t N,
@@ -114,7 +115,11 @@ int qvit_w8a8_gemm(int dtype, int cfg, int splits, const void* xq, const void* x
                    static_cast<unsigned*>(counters), (int)M, (int)N, (int)K, (long long)sx, (long long)sw,
                    (long long)sr, (long long)sy, splits, (int)per, gelu ? 1 : 0, pair ? 1 : 0, 0, qvit::kEpiRuntime};
   if (fixed_epi && dtype == 1 && pair && N % 4 == 0 && bias && qvit::w8a8_gemm_epi_config(cfg)) {
-    if (splits == 1 && !(gelu && res)) a.epi = res ? qvit::kEpiBiasRes : gelu ? qvit::kEpiBiasGelu : qvit::kEpiBias;
+    // (kEpiBiasRes stages the residual by 8-byte copies: its rows must start on 8-byte boundaries)
+    const bool res_vec = res && reinterpret_cast<uintptr_t>(res) % 8 == 0 && sr % 4 == 0;
+    if (splits == 1 && !gelu && !res) a.epi = qvit::kEpiBias;
+    if (splits == 1 && gelu && !res) a.epi = qvit::kEpiBiasGelu;
+    if (splits == 1 && !gelu && res_vec) a.epi = qvit::kEpiBiasRes;
     if (splits > 1 && res && !gelu) a.epi = qvit::kEpiBiasResSplit;  // (the epi configs split in a cluster)
   }
   const cudaStream_t st = static_cast<cudaStream_t>(stream);

@@ -173,9 +173,12 @@ def test_cuda_w8a8_fixed_epilogue_rule():
     assert W.fixed_epilogue(**ok)
     assert W.fixed_epilogue(**{**ok, "residual": False}) and W.fixed_epilogue(**{**ok, "residual": False, "gelu": True})
     assert W.fixed_epilogue(**{**ok, "splits": 2})  # split-K in a cluster: with the residual only
+    assert W.fixed_epilogue(**{**ok, "splits": 2, "res_vec": False})  # (only the unsplit form stages the residual)
+    assert W.fixed_epilogue(**{**ok, "residual": False, "res_vec": False})
     for bad in ({"splits": 2, "residual": False}, {"splits": 2, "gelu": True}, {"out_dtype": torch.float16},
                 {"out_dtype": torch.float32}, {"n": 1022},
-                {"bias": False}, {"gelu": True}, {"cfg": 16}, {"cfg": 30}, {"cfg": 3}, {"pair": False}):
+                {"bias": False}, {"gelu": True}, {"cfg": 16}, {"cfg": 30}, {"cfg": 3}, {"pair": False},
+                {"res_vec": False}):
         assert not W.fixed_epilogue(**{**ok, **bad}), bad
     key = (197, 1024, 4096, torch.bfloat16, False, True, True, 0, torch.int8)
     with pytest.raises(KeyError):

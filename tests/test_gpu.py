@@ -623,7 +623,7 @@ def test_w8a8_cuda_fixed_epilogues(poison, m, k, n):
     and e4m3: the same bits as the run-time-epilogue kernel of the same config and split (every epilogue operation
     is rounded on its own in both), the exact reference to one bf16 rounding, a row-strided residual (even stride:
     still a fixed launch) included; launches the rule sends to the run-time kernel (residual and GELU together,
-    split-K without the residual, float16 out) stay right."""
+    split-K without the residual, float16 out, a residual whose rows are not 8-byte aligned) stay right."""
     _cuda_ext_or_fail()
     from qvit.kernels.w8a8_cuda import (FIXED_EPI_CONFIGS, _normalize_splits, configs_for, fixed_epilogue,
                                         runtime_epilogue, w8a8_linear_cuda)
@@ -633,7 +633,7 @@ def test_w8a8_cuda_fixed_epilogues(poison, m, k, n):
     x = torch.randn(m, k, device=DEV) * torch.rand(1, k, device=DEV) * 3
     w = torch.randn(n, k, device=DEV) * 0.02
     b = torch.randn(n, device=DEV)
-    r = torch.randn(m, n + 2, device=DEV, dtype=torch.bfloat16)[:, :n]  # row stride n + 2: even, so pairs
+    r = torch.randn(m, n + 4, device=DEV, dtype=torch.bfloat16)[:, :n]  # row stride n + 4: 8-byte rows, so fixed
     for xq, xs, wq, ws, ref_fn in ((*Q.quantize_int8_per_token(x), *Q.quantize_int8_per_channel(w), Q.int8_matmul_ref),
                                    (*Q.quantize_fp8_per_token(x), *Q.quantize_fp8_per_channel(w), Q.fp8_matmul_ref)):
         s2, s8 = _normalize_splits(k, 2), _normalize_splits(k, 8)
@@ -648,9 +648,10 @@ def test_w8a8_cuda_fixed_epilogues(poison, m, k, n):
                     y_rt = w8a8_linear_cuda(xq, xs, wq, ws, b, res, gelu, torch.bfloat16, cfg, s)
                 assert torch.equal(y, y_rt), (xq.dtype, cfg, s, res is not None, gelu)
                 assert rel_err(y, ref) < 2 ** -8, (xq.dtype, cfg, s, res is not None, gelu)
+        r2 = torch.randn(m, n + 2, device=DEV, dtype=torch.bfloat16)[:, :n]  # rows 4-byte aligned only
         for res, gelu, dt, s in ((r, True, torch.bfloat16, 1), (None, False, torch.bfloat16, s2),
-                                 (None, False, torch.float16, 1)):
-            assert not fixed_epilogue(m, n, cfgs[0], s, dt, True, res is not None, gelu) or s2 == 1
+                                 (None, False, torch.float16, 1), (r2, False, torch.bfloat16, 1)):
+            assert not fixed_epilogue(m, n, cfgs[0], s, dt, True, res is not None, gelu, True, res is not r2) or s2 == 1
             y = w8a8_linear_cuda(xq, xs, wq, ws, b, res.to(dt) if res is not None else None, gelu, dt, cfgs[0], s)
             ref = ref_fn(xq, xs, wq, ws, b, torch.float32, gelu=gelu, residual=res)
             assert rel_err(y, ref) < 2 ** -8, (xq.dtype, res is not None, gelu, dt, s)
