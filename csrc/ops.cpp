@@ -61,16 +61,43 @@ int qvit_layernorm_quant(int dtype, const void* x, const void* w, const void* b,
   return 0;
 }
 
+}  // extern "C"
+
+// Whether the W8A8 epilogue stores pairs of elements: N and the output's and residual's row strides even, their
+// pointers aligned to two elements.
+static bool w8a8_pair(int dtype, int64_t N, const void* y, int64_t sy, const void* res, int64_t sr) {
+  const int esize = dtype == 2 ? 4 : 2;
+  return N % 2 == 0 && sy % 2 == 0 && reinterpret_cast<uintptr_t>(y) % (2 * esize) == 0 &&
+         (!res || (sr % 2 == 0 && reinterpret_cast<uintptr_t>(res) % (2 * esize) == 0));
+}
+
+// The epilogue a W8A8 launch of these arguments runs (qvit::kEpi*, csrc/w8a8_gemm.h): a fixed one where the call
+// matches one (fixed_epi 1, bfloat16 output, paired stores with N % 4 == 0, a bias, a config with fixed forms, and one
+// K slice with the residual (rows 8-byte aligned: kEpiBiasRes stages them by 8-byte copies) or GELU or neither, or
+// split-K with the residual), else kEpiRuntime. One rule: qvit_w8a8_gemm applies it, qvit_w8a8_gemm_epilogue reports it.
+static int w8a8_epilogue(int dtype, int cfg, int splits, const void* bias, const void* res, const void* y, int64_t N,
+                         int64_t sr, int64_t sy, int gelu, int fixed_epi) {
+  if (!(fixed_epi == 1 && dtype == 1 && w8a8_pair(dtype, N, y, sy, res, sr) && N % 4 == 0 && bias &&
+        qvit::w8a8_gemm_epi_config(cfg)))
+    return qvit::kEpiRuntime;
+  const bool res_vec = res && reinterpret_cast<uintptr_t>(res) % 8 == 0 && sr % 4 == 0;
+  if (splits == 1 && !gelu && !res) return qvit::kEpiBias;
+  if (splits == 1 && gelu && !res) return qvit::kEpiBiasGelu;
+  if (splits == 1 && !gelu && res_vec) return qvit::kEpiBiasRes;
+  if (splits > 1 && res && !gelu) return qvit::kEpiBiasResSplit;  // (the epi configs split in a cluster)
+  return qvit::kEpiRuntime;
+}
+
+extern "C" {
+
 // W8A8 GEMM for small M (csrc/w8a8_gemm.cu). dtype: output (and residual) 0 float16, 1 bfloat16, 2 float32.
 // fp8: 0 xq and wq int8, 1 both float8_e4m3fn (sm_90a wgmma configs only).
 // xq (M, K) int8 row stride sx; wq (N, K) int8 row stride sw; x_scale (M,), w_scale (N,), bias (N,) float32
 // (bias, residual may be null); y (M, N) row stride sy; residual row stride sr. cfg: tile shape (0-3); splits:
 // K slices (>= 1) of whole 64-byte units; with splits > 1, part (M, N) int32 workspace and counters (one
 // uint32 per output tile), all zero; the kernel leaves them zero. fixed_epi: 1 runs a kernel whose epilogue is fixed
-// at compile time where the call matches one (bfloat16 output, paired stores with N % 4 == 0, a bias, and one K slice
-// with the residual (rows 8-byte aligned) or GELU or neither, or split-K with the residual; csrc/w8a8_gemm_epi.inc),
-// 0 always the run-time
-// epilogue (the same bits: the GPU tests compare the two). Returns 0, 1 (bad argument) or the CUDA error of the launch.
+// at compile time where the call matches one (w8a8_epilogue, above), 0 always the run-time epilogue (the same bits:
+// the GPU tests compare the two). Returns 0, 1 (bad argument) or the CUDA error of the launch.
 int qvit_w8a8_gemm(int dtype, int cfg, int splits, const void* xq, const void* xs, const void* wq, const void* ws,
                    const void* bias, const void* res, void* y, void* part, void* counters, int64_t M, int64_t N,
                    int64_t K, int64_t sx, int64_t sw, int64_t sr, int64_t sy, int gelu, int fp8, int fixed_epi,
@@ -107,21 +134,12 @@ int qvit_w8a8_gemm(int dtype, int cfg, int splits, const void* xq, const void* x
   if (tiles_m > 65535) return fail(1, "%s: M=%lld needs more than 65535 row tiles", op, (long long)M);
   if (M == 0) return 0;
   (void)tiles_n;
-  const int esize = dtype == 2 ? 4 : 2;
-  const bool pair = N % 2 == 0 && sy % 2 == 0 && reinterpret_cast<uintptr_t>(y) % (2 * esize) == 0 &&
-                    (!res || (sr % 2 == 0 && reinterpret_cast<uintptr_t>(res) % (2 * esize) == 0));
+  const bool pair = w8a8_pair(dtype, N, y, sy, res, sr);
   qvit::W8A8Args a{static_cast<const int8_t*>(xq), static_cast<const float*>(xs), static_cast<const int8_t*>(wq),
                    static_cast<const float*>(ws), static_cast<const float*>(bias), res, y, static_cast<int*>(part),
                    static_cast<unsigned*>(counters), (int)M, (int)N, (int)K, (long long)sx, (long long)sw,
-                   (long long)sr, (long long)sy, splits, (int)per, gelu ? 1 : 0, pair ? 1 : 0, 0, qvit::kEpiRuntime};
-  if (fixed_epi && dtype == 1 && pair && N % 4 == 0 && bias && qvit::w8a8_gemm_epi_config(cfg)) {
-    // (kEpiBiasRes stages the residual by 8-byte copies: its rows must start on 8-byte boundaries)
-    const bool res_vec = res && reinterpret_cast<uintptr_t>(res) % 8 == 0 && sr % 4 == 0;
-    if (splits == 1 && !gelu && !res) a.epi = qvit::kEpiBias;
-    if (splits == 1 && gelu && !res) a.epi = qvit::kEpiBiasGelu;
-    if (splits == 1 && !gelu && res_vec) a.epi = qvit::kEpiBiasRes;
-    if (splits > 1 && res && !gelu) a.epi = qvit::kEpiBiasResSplit;  // (the epi configs split in a cluster)
-  }
+                   (long long)sr, (long long)sy, splits, (int)per, gelu ? 1 : 0, pair ? 1 : 0, 0,
+                   w8a8_epilogue(dtype, cfg, splits, bias, res, y, N, sr, sy, gelu, fixed_epi)};
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
   cudaError_t e;
   if (a.epi) e = fp8 ? qvit::w8a8_gemm_launch_epi_fp8(cfg, a, st) : qvit::w8a8_gemm_launch_epi(cfg, a, st);
@@ -131,6 +149,13 @@ int qvit_w8a8_gemm(int dtype, int cfg, int splits, const void* xq, const void* x
 }
 
 int qvit_w8a8_gemm_tile(int cfg, int* bm, int* bn) { return qvit::w8a8_gemm_tile(cfg, bm, bn); }
+
+// The epilogue qvit_w8a8_gemm runs for these arguments (qvit::kEpi*; the pointers' values are only looked at), so
+// that a test can hold the Python mirror, kernels/w8a8_cuda.fixed_epilogue, to the rule the launch applies.
+int qvit_w8a8_gemm_epilogue(int dtype, int cfg, int splits, const void* bias, const void* res, const void* y,
+                            int64_t N, int64_t sr, int64_t sy, int gelu, int fixed_epi) {
+  return w8a8_epilogue(dtype, cfg, splits, bias, res, y, N, sr, sy, gelu, fixed_epi);
+}
 
 }  // extern "C"
 

@@ -37,6 +37,9 @@ def _load():
         lib.qvit_w8a8_gemm.restype = ctypes.c_int
         lib.qvit_w8a8_gemm.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 9 + [ctypes.c_int64] * 7 + [
             ctypes.c_int] * 3 + [ctypes.c_void_p]
+        lib.qvit_w8a8_gemm_epilogue.restype = ctypes.c_int
+        lib.qvit_w8a8_gemm_epilogue.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3 + [
+            ctypes.c_int] * 2
     except (ImportError, OSError, AttributeError) as e:
         _state["err"] = f"qvit._C exists but failed to load: {type(e).__name__}: {e}"
         return

@@ -1,5 +1,6 @@
 """GPU tests: every kernel at real ViT-L shapes against its reference, the CUDA extension, and
 the bitsandbytes NF4 conversion on bitsandbytes' own GPU quantizer. Skipped without a GPU."""
+import itertools
 import math
 
 import pytest
@@ -655,6 +656,42 @@ def test_w8a8_cuda_fixed_epilogues(poison, m, k, n):
             y = w8a8_linear_cuda(xq, xs, wq, ws, b, res.to(dt) if res is not None else None, gelu, dt, cfgs[0], s)
             ref = ref_fn(xq, xs, wq, ws, b, torch.float32, gelu=gelu, residual=res)
             assert rel_err(y, ref) < 2 ** -8, (xq.dtype, res is not None, gelu, dt, s)
+
+
+def test_w8a8_cuda_epilogue_rule_is_the_launchs():
+    """The Python mirror of the fixed-epilogue rule (kernels/w8a8_cuda.fixed_epilogue, which the benchmark labels its
+    rows by) against the rule the launch applies, queried from the library (qvit_w8a8_gemm_epilogue, the function
+    qvit_w8a8_gemm calls): every output dtype, config, split, N parity, bias, GELU and residual / output alignment
+    (pointer values only: nothing runs), and which fixed epilogue each fixed launch gets; none with fixed_epi 0."""
+    _cuda_ext_or_fail()
+    from qvit import _ext
+    from qvit.kernels.w8a8_cuda import CONFIGS, fixed_epilogue, runtime_epilogue
+    fn = _ext.lib().qvit_w8a8_gemm_epilogue
+    codes = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}
+    base = 1 << 20  # a 256-byte-aligned address; the cases below offset it
+    seen = set()
+    for dt, code in codes.items():
+        es = torch.empty(0, dtype=dt).element_size()
+        for cfg, splits, n, bias, gelu in itertools.product(range(len(CONFIGS) + 1), (1, 2), (1024, 1026, 1023),
+                                                           (False, True), (False, True)):
+            for y_off, res_off, sr in ((0, None, n), (2, None, n), (0, 0, n + 4), (0, 0, n + 2), (0, 4, n + 4),
+                                       (0, 2 * es, n + 4), (0, 0, n + 1)):
+                y, res = base + y_off * es, None if res_off is None else base + res_off * es
+                pair = (n % 2 == 0 and y % (2 * es) == 0  # (the output row stride is n)
+                        and (res is None or (sr % 2 == 0 and res % (2 * es) == 0)))
+                res_vec = res is not None and res % 8 == 0 and sr % 4 == 0
+                args = (code, cfg, splits, base if bias else None, res, y, n, sr, n, int(gelu))
+                want = fixed_epilogue(1, n, cfg, splits, dt, bias, res is not None, gelu, pair, res_vec)
+                got = fn(*args, 1)
+                assert (got != 0) == want, (dt, cfg, splits, n, bias, gelu, y_off, res_off, sr, got)
+                if got:
+                    kind = 4 if splits > 1 else 2 if res is not None else 3 if gelu else 1
+                    assert got == kind, (dt, cfg, splits, n, bias, gelu, res_off, got)
+                    seen.add(got)
+                assert fn(*args, 0) == 0
+                with runtime_epilogue():
+                    assert not fixed_epilogue(1, n, cfg, splits, dt, bias, res is not None, gelu, pair, res_vec)
+    assert seen == {1, 2, 3, 4}
 
 
 def test_w8a8_cuda_errors_graphs_and_compile():
