@@ -73,8 +73,7 @@ static bool w8a8_pair(int dtype, int64_t N, const void* y, int64_t sy, const voi
 
 // The epilogue a W8A8 launch of these arguments runs (qvit::kEpi*, csrc/w8a8_gemm.h): a fixed one where the call
 // matches one (fixed_epi 1, bfloat16 output, paired stores with N % 4 == 0, a bias, a config with fixed forms, and one
-// K slice with the residual (rows 8-byte aligned: kept for the staged form of branch residual-staging, not yet run on
-// a GPU; the kernel on main reads the residual after the K loop) or GELU or neither, or
+// K slice with the residual (rows 8-byte aligned: kEpiBiasRes stages them by 8-byte copies) or GELU or neither, or
 // split-K with the residual), else kEpiRuntime. One rule: qvit_w8a8_gemm applies it, qvit_w8a8_gemm_epilogue reports it.
 static int w8a8_epilogue(int dtype, int cfg, int splits, const void* bias, const void* res, const void* y, int64_t N,
                          int64_t sr, int64_t sy, int gelu, int fixed_epi) {

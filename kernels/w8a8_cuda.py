@@ -102,8 +102,7 @@ def fixed_epilogue(m: int, n: int, cfg: int, splits: int, out_dtype, bias: bool,
                    pair: bool = True, res_vec: bool = True) -> bool:
     """Whether a launch of these arguments runs a fixed-epilogue kernel (the rule of csrc/ops.cpp; pair: the output
     and residual row strides and pointers even; res_vec: the residual's row stride a multiple of 4 elements and its
-    pointer 8-byte aligned: the condition of the staged residual epilogue of branch residual-staging, kept so that the
-    rule does not change when it lands; main's kernel reads the residual after the K loop)."""
+    pointer 8-byte aligned, for the unsplit residual epilogue's staging copies)."""
     return (_fixed_epi[0] and out_dtype == torch.bfloat16 and pair and n % 4 == 0 and bias and cfg in FIXED_EPI_CONFIGS
             and ((splits == 1 and not residual) or (splits == 1 and residual and res_vec and not gelu)
                  or (splits > 1 and residual and not gelu)))
