@@ -173,7 +173,7 @@ def test_cuda_w8a8_fixed_epilogue_rule():
     assert W.fixed_epilogue(**ok)
     assert W.fixed_epilogue(**{**ok, "residual": False}) and W.fixed_epilogue(**{**ok, "residual": False, "gelu": True})
     assert W.fixed_epilogue(**{**ok, "splits": 2})  # split-K in a cluster: with the residual only
-    assert W.fixed_epilogue(**{**ok, "splits": 2, "res_vec": False})  # (only the unsplit residual form asks for 8-byte rows)
+    assert W.fixed_epilogue(**{**ok, "splits": 2, "res_vec": False})  # (only the unsplit form stages the residual)
     assert W.fixed_epilogue(**{**ok, "residual": False, "res_vec": False})
     for bad in ({"splits": 2, "residual": False}, {"splits": 2, "gelu": True}, {"out_dtype": torch.float16},
                 {"out_dtype": torch.float32}, {"n": 1022},
