@@ -574,6 +574,12 @@ __global__ void __launch_bounds__(wgmma_threads<BN, TOK>(), 1)
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t4 = lane & 3;
+  if constexpr (TMA) {  // the two tensor maps' 128 bytes fetched now, not by the first tensor copies that use them
+    if (tid == 0) {
+      asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<unsigned long long>(&tx)) : "memory");
+      asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<unsigned long long>(&tw)) : "memory");
+    }
+  }
   constexpr bool kFixed = EPI != kEpiRuntime;
   static_assert(!kFixed || std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>, "fixed epilogues: pairs");
   constexpr bool kOneSlice = kFixed && EPI != kEpiBiasResSplit;
@@ -582,28 +588,22 @@ __global__ void __launch_bounds__(wgmma_threads<BN, TOK>(), 1)
   const int k_end = kOneSlice ? p.K : min(p.K, k_begin + p.kt_per_split * kSplitUnit);
   const int nkt = k_end > k_begin ? (k_end - k_begin + BK - 1) / BK : 0;
 
-  // copies: thread -> chunk tid % 8 of rows tid / 8 + kPass i, stored swizzled (row % 8 is tid / 8 % 8 for every i)
+  // copies: thread -> chunk tid % 8 of rows tid / 8 + kPass i, stored swizzled (row % 8 is tid / 8 % 8 for every i).
+  // A row past M (or N) is copied from the last row instead of being zero-filled: its products land only in
+  // accumulator rows (columns) that the epilogue never stores, and the copies need no per-row predicate (session
+  // 21's ncu: ~150 instructions per K step, a fifth of them re-deriving the row predicates and MMA descriptors)
   const int lr = tid >> 3, lc = tid & 7, lk = lc * 16;
   const int8_t* ga[kAIt];
   const int8_t* gb[kBIt];
-  unsigned a_ok = 0, b_ok = 0;
   {
     const int8_t* const src_a = kSwap ? p.w : p.x;
     const int8_t* const src_b = kSwap ? p.x : p.w;
     const long long st_a = kSwap ? p.sw : p.sx, st_b = kSwap ? p.sx : p.sw;
     const int r0a = kSwap ? n0 : m0, r0b = kSwap ? m0 : n0, lim_a = kSwap ? p.N : p.M, lim_b = kSwap ? p.M : p.N;
 #pragma unroll
-    for (int i = 0; i < kAIt; ++i) {
-      const int r = r0a + lr + kPass * i;
-      ga[i] = src_a + (long long)min(r, lim_a - 1) * st_a + k_begin + lk;
-      a_ok |= (r < lim_a ? 1u : 0u) << i;
-    }
+    for (int i = 0; i < kAIt; ++i) ga[i] = src_a + (long long)min(r0a + lr + kPass * i, lim_a - 1) * st_a + k_begin + lk;
 #pragma unroll
-    for (int i = 0; i < kBIt; ++i) {
-      const int r = r0b + lr + kPass * i;
-      gb[i] = src_b + (long long)min(r, lim_b - 1) * st_b + k_begin + lk;
-      b_ok |= (r < lim_b ? 1u : 0u) << i;
-    }
+    for (int i = 0; i < kBIt; ++i) gb[i] = src_b + (long long)min(r0b + lr + kPass * i, lim_b - 1) * st_b + k_begin + lk;
   }
   const unsigned s_cp = lr * 128 + ((lc ^ (lr & 7)) << 4);
   // called for kt = 0, 1, 2, ... in order: the source pointers advance by one stage per call (kept in registers:
@@ -615,11 +615,10 @@ __global__ void __launch_bounds__(wgmma_threads<BN, TOK>(), 1)
 #pragma unroll
       for (int h = 0; h < kSub; ++h) {
 #pragma unroll
-        for (int i = 0; i < kAIt; ++i) cp_async16(da + h * RA * 128 + i * kPass * 128, ga[i] + h * 128, (a_ok >> i) & 1u);
+        for (int i = 0; i < kAIt; ++i) cp_async16(da + h * RA * 128 + i * kPass * 128, ga[i] + h * 128, true);
 #pragma unroll
         for (int i = 0; i < kBIt; ++i)
-          if (i < kBIt - 1 || b_last_mine)
-            cp_async16(db + h * RB * 128 + i * kPass * 128, gb[i] + h * 128, (b_ok >> i) & 1u);
+          if (i < kBIt - 1 || b_last_mine) cp_async16(db + h * RB * 128 + i * kPass * 128, gb[i] + h * 128, true);
       }
     } else {  // the slice's last, partial stage: chunks past k_end are zero-filled, their address the row's start
 #pragma unroll
@@ -628,12 +627,10 @@ __global__ void __launch_bounds__(wgmma_threads<BN, TOK>(), 1)
         const bool k_ok = kc < k_end;
         const int back = k_ok ? 0 : kc;
 #pragma unroll
-        for (int i = 0; i < kAIt; ++i)
-          cp_async16(da + h * RA * 128 + i * kPass * 128, ga[i] + h * 128 - back, k_ok && ((a_ok >> i) & 1u));
+        for (int i = 0; i < kAIt; ++i) cp_async16(da + h * RA * 128 + i * kPass * 128, ga[i] + h * 128 - back, k_ok);
 #pragma unroll
         for (int i = 0; i < kBIt; ++i)
-          if (i < kBIt - 1 || b_last_mine)
-            cp_async16(db + h * RB * 128 + i * kPass * 128, gb[i] + h * 128 - back, k_ok && ((b_ok >> i) & 1u));
+          if (i < kBIt - 1 || b_last_mine) cp_async16(db + h * RB * 128 + i * kPass * 128, gb[i] + h * 128 - back, k_ok);
       }
     }
 #pragma unroll
@@ -659,26 +656,37 @@ __global__ void __launch_bounds__(wgmma_threads<BN, TOK>(), 1)
 #pragma unroll
       for (int r = tid; r < TM; r += kThreads) s_xs[r] = p.xs[min(m0 + r, p.M - 1)];
     }
+    if constexpr (TN <= kThreads) {  // (every config: one column per thread, no loop)
+      if (tid < TN) {
+        const int col = min(n0 + tid, p.N - 1);
+        s_ws[tid] = p.ws[col];
+        s_bias[tid] = kFixed || p.bias ? p.bias[col] : 0.f;
+      }
+    } else {
 #pragma unroll
-    for (int c = tid; c < TN; c += kThreads) {
-      const int col = min(n0 + c, p.N - 1);
-      s_ws[c] = p.ws[col];
-      s_bias[c] = kFixed || p.bias ? p.bias[col] : 0.f;
+      for (int c = tid; c < TN; c += kThreads) {
+        const int col = min(n0 + c, p.N - 1);
+        s_ws[c] = p.ws[col];
+        s_bias[c] = kFixed || p.bias ? p.bias[col] : 0.f;
+      }
     }
   };
   // one K step's MMAs on the stage in `slot`: KK of its 32-byte steps (BK / 32, or fewer for a TMA stage that runs
   // past its K slice into the next one's bytes), then the group committed
+  // the descriptors of slot 0 (A: this warpgroup's 64 rows when tokens are in N; one warpgroup otherwise), built
+  // once: a descriptor's low 14 bits are its shared address / 16 and every address here is below 2^18 (the 227-KiB
+  // limit), so another slot's or K step's descriptor is this one plus its byte offset / 16, with no carry
+  const unsigned long long desc_a = sw128_desc(s_base + (warp >> 2) * 64 * 128), desc_b = sw128_desc(s_b);
   auto mma_step = [&](int slot, auto kk_steps) {
     constexpr int KK = decltype(kk_steps)::value;
-    const unsigned sa = s_base + slot * kStageA + (warp >> 2) * 64 * 128, sb = s_b + slot * kStageB;  // A: this
-    // warpgroup's 64 rows (tokens in N; one warpgroup otherwise)
+    const unsigned long long da = desc_a + slot * (kStageA >> 4), db = desc_b + slot * (kStageB >> 4);
     fence_regs(acc);
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
     for (int kk = 0; kk < KK; ++kk) {  // sub-tile kk / 4, its 32-byte step kk % 4
-      const unsigned oa = (kk >> 2) * RA * 128 + (kk & 3) * 32, ob = (kk >> 2) * RB * 128 + (kk & 3) * 32;
-      if constexpr (F8) wgmma_e4m3<RB>(&acc[0][0][0], sw128_desc(sa + oa), sw128_desc(sb + ob));
-      else wgmma_s8<RB>(&acc[0][0][0], sw128_desc(sa + oa), sw128_desc(sb + ob));
+      const unsigned oa = ((kk >> 2) * RA * 128 + (kk & 3) * 32) >> 4, ob = ((kk >> 2) * RB * 128 + (kk & 3) * 32) >> 4;
+      if constexpr (F8) wgmma_e4m3<RB>(&acc[0][0][0], da + oa, db + ob);
+      else wgmma_s8<RB>(&acc[0][0][0], da + oa, db + ob);
     }
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
   };
