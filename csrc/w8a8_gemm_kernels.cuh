@@ -678,7 +678,8 @@ __global__ void __launch_bounds__(wgmma_threads<BN, TOK>(), 1)
   // the descriptors of slot 0 (A: this warpgroup's 64 rows when tokens are in N; one warpgroup otherwise), built
   // once: a descriptor's low 14 bits are its shared address / 16 and every address here is below 2^18 (the 227-KiB
   // limit), so another slot's or K step's descriptor is this one plus its byte offset / 16, with no carry
-  const unsigned long long desc_a = sw128_desc(s_base + (warp >> 2) * 64 * 128), desc_b = sw128_desc(s_b);
+  const unsigned long long desc_a = sw128_desc(s_base + (kSwap ? (warp >> 2) * 64 * 128 : 0)), desc_b = sw128_desc(s_b);
+  // (kSwap ? ... : 0): with one warpgroup the offset is 0, and saying so keeps the descriptors warp-uniform
   auto mma_step = [&](int slot, auto kk_steps) {
     constexpr int KK = decltype(kk_steps)::value;
     const unsigned long long da = desc_a + slot * (kStageA >> 4), db = desc_b + slot * (kStageB >> 4);
