@@ -406,9 +406,7 @@ __device__ __forceinline__ void finish_tile(const W8A8Args& p, const Acc* tile, 
   }
   const T* res = kFixed && !kSplit ? nullptr : static_cast<const T*>(p.res);  // (kEpiBiasRes: res_s)
   T* y = static_cast<T*>(p.y);
-  // GELU: four groups (16 erff) per trip instead of two, for more independent work between the dependent
-  // steps of erff (session 23: GELU cost this epilogue +0.9 us at fc1, Triton's +0.4)
-#pragma unroll(EPI == kEpiBiasGelu ? 4 : 2)
+#pragma unroll 2
   for (int idx = first; idx < kGroups; idx += step) {
     const int r = idx / (BN / 4), c = idx % (BN / 4) * 4, row = m0 + r, col = n0 + c;
     if (row >= p.M || col >= p.N) continue;
@@ -590,30 +588,41 @@ __global__ void __launch_bounds__(wgmma_threads<BN, TOK>(), 1)
   const int k_end = kOneSlice ? p.K : min(p.K, k_begin + p.kt_per_split * kSplitUnit);
   const int nkt = k_end > k_begin ? (k_end - k_begin + BK - 1) / BK : 0;
 
-  // copies: thread -> chunk tid % 8 of rows tid / 8 + kPass i, stored swizzled (row % 8 is tid / 8 % 8 for every i).
-  // A row past M (or N) is copied from the last row instead of being zero-filled: its products land only in
-  // accumulator rows (columns) that the epilogue never stores, and the copies need no per-row predicate (session
-  // 21's ncu: ~150 instructions per K step, a fifth of them re-deriving the row predicates and MMA descriptors)
+  // copies: thread -> chunk tid % 8 of rows tid / 8 + kPass i, stored swizzled (row % 8 is tid / 8 % 8 for every i)
   const int lr = tid >> 3, lc = tid & 7, lk = lc * 16;
   const int8_t* ga[kAIt];
   const int8_t* gb[kBIt];
+  unsigned a_ok = 0, b_ok = 0;
+  bool tile_in;  // the CTA's A and B rows all lie inside M and N (all but the last row / column tiles): no row bounds
   {
     const int8_t* const src_a = kSwap ? p.w : p.x;
     const int8_t* const src_b = kSwap ? p.x : p.w;
     const long long st_a = kSwap ? p.sw : p.sx, st_b = kSwap ? p.sx : p.sw;
     const int r0a = kSwap ? n0 : m0, r0b = kSwap ? m0 : n0, lim_a = kSwap ? p.N : p.M, lim_b = kSwap ? p.M : p.N;
 #pragma unroll
-    for (int i = 0; i < kAIt; ++i) ga[i] = src_a + (long long)min(r0a + lr + kPass * i, lim_a - 1) * st_a + k_begin + lk;
+    for (int i = 0; i < kAIt; ++i) {
+      const int r = r0a + lr + kPass * i;
+      ga[i] = src_a + (long long)min(r, lim_a - 1) * st_a + k_begin + lk;
+      a_ok |= (r < lim_a ? 1u : 0u) << i;
+    }
 #pragma unroll
-    for (int i = 0; i < kBIt; ++i) gb[i] = src_b + (long long)min(r0b + lr + kPass * i, lim_b - 1) * st_b + k_begin + lk;
+    for (int i = 0; i < kBIt; ++i) {
+      const int r = r0b + lr + kPass * i;
+      gb[i] = src_b + (long long)min(r, lim_b - 1) * st_b + k_begin + lk;
+      b_ok |= (r < lim_b ? 1u : 0u) << i;
+    }
+    tile_in = r0a + RA <= lim_a && r0b + RB <= lim_b;
   }
   const unsigned s_cp = lr * 128 + ((lc ^ (lr & 7)) << 4);
   // called for kt = 0, 1, 2, ... in order: the source pointers advance by one stage per call (kept in registers:
-  // rebuilt from the row index per copy they cost ~120 of the ~190 instructions of a K step, h200-gpu-7 call 3)
+  // rebuilt from the row index per copy they cost ~120 of the ~190 instructions of a K step, h200-gpu-7 call 3).
+  // Rows past M / N are zero-filled, not read: copying them from the last row instead (no predicates at all) made
+  // the 59 padded rows of M = 197's last row tile one L2 hot spot, 1.3-4x slower cp.async configs (h200-gpu-24 call 1)
   const bool b_last_mine = kBFull || lr + kPass * (kBIt - 1) < RB;  // this thread has a row in the last round
   auto load_stage = [&](int slot, int kt) {
     const unsigned da = s_base + slot * kStageA + s_cp, db = s_b + slot * kStageB + s_cp;
-    if (k_begin + (kt + 1) * BK <= k_end) {  // a whole stage: only the row bounds
+    const bool whole = k_begin + (kt + 1) * BK <= k_end;
+    if (whole && tile_in) {  // a whole stage inside M and N: no predicates
 #pragma unroll
       for (int h = 0; h < kSub; ++h) {
 #pragma unroll
@@ -622,17 +631,20 @@ __global__ void __launch_bounds__(wgmma_threads<BN, TOK>(), 1)
         for (int i = 0; i < kBIt; ++i)
           if (i < kBIt - 1 || b_last_mine) cp_async16(db + h * RB * 128 + i * kPass * 128, gb[i] + h * 128, true);
       }
-    } else {  // the slice's last, partial stage: chunks past k_end are zero-filled, their address the row's start
+    } else {  // the last row / column tiles, and the slice's last, partial stage: rows past M / N and chunks past
+      // k_end are zero-filled, a chunk past k_end with the row's start as its address
 #pragma unroll
       for (int h = 0; h < kSub; ++h) {
         const int kc = k_begin + kt * BK + h * 128 + lk;  // this thread's chunk of sub-tile h
-        const bool k_ok = kc < k_end;
+        const bool k_ok = whole || kc < k_end;
         const int back = k_ok ? 0 : kc;
 #pragma unroll
-        for (int i = 0; i < kAIt; ++i) cp_async16(da + h * RA * 128 + i * kPass * 128, ga[i] + h * 128 - back, k_ok);
+        for (int i = 0; i < kAIt; ++i)
+          cp_async16(da + h * RA * 128 + i * kPass * 128, ga[i] + h * 128 - back, k_ok && ((a_ok >> i) & 1u));
 #pragma unroll
         for (int i = 0; i < kBIt; ++i)
-          if (i < kBIt - 1 || b_last_mine) cp_async16(db + h * RB * 128 + i * kPass * 128, gb[i] + h * 128 - back, k_ok);
+          if (i < kBIt - 1 || b_last_mine)
+            cp_async16(db + h * RB * 128 + i * kPass * 128, gb[i] + h * 128 - back, k_ok && ((b_ok >> i) & 1u));
       }
     }
 #pragma unroll
