@@ -6,7 +6,8 @@
 #                                   unpacked into ~/.triton/cache
 #   QVIT_ENV_NO_INSTALL=1 . tools/device_env.sh  -> the same without the CUDA-less install (a script that builds
 #                                   the CUDA extension installs qvit itself: `cuda_setup SCRIPT`, below)
-# The full runner (CUDA build, every test, every benchmark) is tools/gpu_run.sh.
+# The full runner (CUDA build, every test, every benchmark) is tools/gpu_run.sh. Helpers for the one-off scripts:
+# e2e_b1, cuda_setup, linear_m197, ncu_gemm (below).
 export PYTHONPATH=$PWD/.gpu/peers${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 QVIT_COMMIT=$(cat .gpu/commit 2>/dev/null)
 start=$(date +%s)
 el() { echo "+$(( $(date +%s) - start ))s"; }
@@ -39,4 +40,33 @@ cuda_setup() {
   QVIT_BUILD_CUDA=1 QVIT_CUDA_ARCHS=90a MAX_JOBS=16 python3 -m pip install --no-build-isolation --no-deps -v -e . \
     > "$OUT/r/install-cuda.log" 2>&1; echo "cuda build rc=$? in $(( $(date +%s) - t0 ))s at $(el)"
   python3 -c "from qvit import _ext; print('ext:', _ext.load_error() or 'loaded')"
+}
+# linear_m197 NAME DEADLINE: the M = 197 linear benchmark of the CUDA W8A8 GEMM (int8 and e4m3, fixed and run-time
+# epilogues) against the Triton kernels of the same epilogue and cuBLAS bf16, QVIT_CUDA_OPT_IN=1 (the tuner sees every
+# config), into $OUT/r/NAME (+ .log), cut at DEADLINE seconds after `start`
+linear_m197() {
+  local name=$1 dl=$2
+  local p='qvit w8a8 \(int8 in\)$|qvit w8a8 \(\+gelu\)$|qvit w8a8 \(\+residual\)$'
+  p+='|qvit-cuda w8a8 |qvit w8a8 fp8 fast accum \(fp8 in\)$'
+  mkdir -p "$OUT/r"
+  QVIT_CUDA_OPT_IN=1 timeout $(( start + dl - $(date +%s) )) python3 -m qvit.profiling.bench_kernels \
+    --out "$OUT/r/$name" --only linear --ms 197 --providers "$p" > "$OUT/r/$name.log" 2>&1; echo "$name rc=$? at $(el)"
+  grep -E "^linear" "$OUT/r/$name.log" | cut -c1-400
+}
+# ncu_gemm PIN DEADLINE: Nsight Compute of the CUDA GEMM at the pinned config:splits list (e.g. 23:1,13:1) and of the
+# Triton kernel at the four M = 197 shapes (tools/ncu_cuda_gemm.py): $OUT/r/gemm.md (durations, occupancy) and
+# gemm_source.md (stall samples by instruction); the report itself is left in $OUT/r/gemm.ncu-rep
+ncu_gemm() {
+  local pin=$1 dl=$2
+  mkdir -p "$OUT/r"
+  timeout $(( start + dl - $(date +%s) )) ncu --clock-control none --nvtx --nvtx-include "profile/" \
+    --section SpeedOfLight --section WarpStateStats --section LaunchStats --section Occupancy --section SourceCounters \
+    -o "$OUT/r/gemm" python3 tools/ncu_cuda_gemm.py --pinned "$pin" > "$OUT/r/ncu.log" 2>&1; echo "ncu rc=$? at $(el)"
+  [ -f "$OUT/r/gemm.ncu-rep" ] || return 0
+  ncu -i "$OUT/r/gemm.ncu-rep" --page details --csv > "$OUT/r/gemm_details.csv" 2>/dev/null
+  ncu -i "$OUT/r/gemm.ncu-rep" --page source --csv --print-source sass > "$OUT/r/gemm_source.csv" \
+    2> "$OUT/r/ncu_src.err"
+  python3 tools/ncu_table.py "$OUT/r/gemm_details.csv" > "$OUT/r/gemm.md" 2>&1; head -40 "$OUT/r/gemm.md" | cut -c1-250
+  python3 -m qvit.profiling.ncu_source "$OUT/r/gemm_source.csv" --top 12 --out "$OUT/r/gemm_source.md" > /dev/null 2>&1
+  rm -f "$OUT/r/gemm_source.csv"
 }
