@@ -621,7 +621,7 @@ __global__ void __launch_bounds__(wgmma_threads<BN, TOK>(), 1)
   // called for kt = 0, 1, 2, ... in order: the source pointers advance by one stage per call (kept in registers:
   // rebuilt from the row index per copy they cost ~120 of the ~190 instructions of a K step, h200-gpu-7 call 3).
   // Rows past M / N are zero-filled, not read: copying them from the last row instead (no predicates at all) made
-  // the 59 padded rows of M = 197's last row tile one L2 hot spot, 1.3-4x slower cp.async configs (h200-gpu-24 call 1)
+  // the 59 padded rows of M = 197's last row tile one L2 hot spot: cp.async configs 1.3-1.8x slower (h200-gpu-24)
   const bool b_last_mine = kBFull || lr + kPass * (kBIt - 1) < RB;  // this thread has a row in the last round
   auto load_stage = [&](int slot, int kt) {
     const unsigned da = s_base + slot * kStageA + s_cp, db = s_b + slot * kStageB + s_cp;
@@ -689,13 +689,14 @@ __global__ void __launch_bounds__(wgmma_threads<BN, TOK>(), 1)
       }
     }
   };
-  // one K step's MMAs on the stage in `slot`: KK of its 32-byte steps (BK / 32, or fewer for a TMA stage that runs
-  // past its K slice into the next one's bytes), then the group committed
   // the descriptors of slot 0 (A: this warpgroup's 64 rows when tokens are in N; one warpgroup otherwise), built
   // once: a descriptor's low 14 bits are its shared address / 16 and every address here is below 2^18 (the 227-KiB
-  // limit), so another slot's or K step's descriptor is this one plus its byte offset / 16, with no carry
-  const unsigned long long desc_a = sw128_desc(s_base + (kSwap ? (warp >> 2) * 64 * 128 : 0)), desc_b = sw128_desc(s_b);
-  // (kSwap ? ... : 0): with one warpgroup the offset is 0, and saying so keeps the descriptors warp-uniform
+  // limit), so another slot's or K step's descriptor is this one plus its byte offset / 16, with no carry. With one
+  // warpgroup the offset is written as 0, which keeps the descriptors warp-uniform (uniform registers, no R2UR)
+  const unsigned long long desc_a = sw128_desc(s_base + (kSwap ? (warp >> 2) * 64 * 128 : 0));
+  const unsigned long long desc_b = sw128_desc(s_b);
+  // one K step's MMAs on the stage in `slot`: KK of its 32-byte steps (BK / 32, or fewer for a TMA stage that runs
+  // past its K slice into the next one's bytes), then the group committed
   auto mma_step = [&](int slot, auto kk_steps) {
     constexpr int KK = decltype(kk_steps)::value;
     const unsigned long long da = desc_a + slot * (kStageA >> 4), db = desc_b + slot * (kStageB >> 4);
@@ -703,7 +704,8 @@ __global__ void __launch_bounds__(wgmma_threads<BN, TOK>(), 1)
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
     for (int kk = 0; kk < KK; ++kk) {  // sub-tile kk / 4, its 32-byte step kk % 4
-      const unsigned oa = ((kk >> 2) * RA * 128 + (kk & 3) * 32) >> 4, ob = ((kk >> 2) * RB * 128 + (kk & 3) * 32) >> 4;
+      const unsigned oa = ((kk >> 2) * RA * 128 + (kk & 3) * 32) >> 4;  // byte offsets / 16
+      const unsigned ob = ((kk >> 2) * RB * 128 + (kk & 3) * 32) >> 4;
       if constexpr (F8) wgmma_e4m3<RB>(&acc[0][0][0], da + oa, db + ob);
       else wgmma_s8<RB>(&acc[0][0][0], da + oa, db + ob);
     }
