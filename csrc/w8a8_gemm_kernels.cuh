@@ -663,24 +663,26 @@ __global__ void __launch_bounds__(wgmma_threads<BN, TOK>(), 1)
 #pragma unroll
     for (int e = 0; e < 4; ++e) acc[0][j][e] = 0;
 
-  // the epilogue's scales and bias for the tile, fetched into shared memory (in registers they would cost
-  // 2 x BN / 4 + 2 per thread through the K loop: spills at BN >= 96), after the first stages' copies are issued
-  // so that this global round trip overlaps the pipeline's fill instead of delaying it
+  // the epilogue's scales and bias for the tile. Where a tile row / column is one thread's (every tokens-in-M config:
+  // TM = 64, TN <= 128 threads), each thread loads its three values into registers first thing, before the
+  // pipeline's copies, and stores them to shared memory after the K loop: loaded after the fill and stored at once,
+  // the store waited for the load behind all the fill's copies, before the first MMA (ncu, h200-gpu-24 call 2: 8-9%
+  // of the stall samples at qkv / fc1). Otherwise (tokens in N: TM = 208) loops after the fill, as before.
   __shared__ float s_xs[TM], s_ws[TN], s_bias[TN];
-  auto load_scales = [&]() {
-    if constexpr (TM <= kThreads) {
-      if (tid < TM) s_xs[tid] = p.xs[min(m0 + tid, p.M - 1)];
-    } else {
+  constexpr bool kRegScales = TM <= kThreads && TN <= kThreads;
+  float r_xs = 0.f, r_ws = 0.f, r_b = 0.f;
+  if constexpr (kRegScales) {
+    if (tid < TM) r_xs = p.xs[min(m0 + tid, p.M - 1)];
+    if (tid < TN) {
+      const int col = min(n0 + tid, p.N - 1);
+      r_ws = p.ws[col];
+      r_b = kFixed || p.bias ? p.bias[col] : 0.f;
+    }
+  }
+  auto load_scales = [&]() {  // (after the fill; tokens in N only)
+    if constexpr (!kRegScales) {
 #pragma unroll
       for (int r = tid; r < TM; r += kThreads) s_xs[r] = p.xs[min(m0 + r, p.M - 1)];
-    }
-    if constexpr (TN <= kThreads) {  // (every config: one column per thread, no loop)
-      if (tid < TN) {
-        const int col = min(n0 + tid, p.N - 1);
-        s_ws[tid] = p.ws[col];
-        s_bias[tid] = kFixed || p.bias ? p.bias[col] : 0.f;
-      }
-    } else {
 #pragma unroll
       for (int c = tid; c < TN; c += kThreads) {
         const int col = min(n0 + c, p.N - 1);
@@ -818,6 +820,10 @@ __global__ void __launch_bounds__(wgmma_threads<BN, TOK>(), 1)
   asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
   fence_regs(acc);
   cp_async_wait<0>();
+  if constexpr (kRegScales) {
+    if (tid < TM) s_xs[tid] = r_xs;
+    if (tid < TN) s_ws[tid] = r_ws, s_bias[tid] = r_b;
+  }
   __syncthreads();  // every warp's MMAs are done with the pipeline's shared memory: it becomes the output tile
   // the int32 tile through shared memory (row stride BN + 8 words: a half-warp's 8-byte writes hit distinct
   // banks), then a rolled loop over 4-column groups: coalesced 16-byte reads of the tile, the residual and the
