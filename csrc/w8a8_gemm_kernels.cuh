@@ -89,6 +89,24 @@ __device__ __forceinline__ void mma_s8(int* c, const unsigned* a, const unsigned
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
+// GELU's erf form, 0.5 x (1 + erf(x / sqrt 2)) = 0.5 x + 0.5 |x| erf(|x| / sqrt 2), with erf of the non-negative
+// argument by Abramowitz & Stegun 7.1.26 as the Triton kernel's _gelu_erf computes it: erf(z) = 1 - t (a1 + t (a2 +
+// ... + t a5)) e^(-z^2), t = 1 / (1 + p z), |error| <= 1.5e-7, the reciprocal and exp2 single MUFU instructions
+// (rcp / ex2 .approx.ftz; 1 + p z >= 1 and the exponent <= 0, the ranges where they need no fix-up). erff costs
+// ~38 instructions per element, this ~19. Every step an explicit __fmaf_rn / __fmul_rn: the fixed and run-time
+// epilogues (separate instantiations) keep the same bits.
+__device__ __forceinline__ float gelu_erf(float x) {
+  const float z = __fmul_rn(fabsf(x), 0.7071067811865476f);
+  float t, e;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(t) : "f"(__fmaf_rn(0.3275911f, z, 1.0f)));
+  float q = __fmaf_rn(t, 1.061405429f, -1.453152027f);
+  q = __fmaf_rn(t, q, 1.421413741f);
+  q = __fmaf_rn(t, q, -0.284496736f);
+  q = __fmul_rn(t, __fmaf_rn(t, q, 0.254829592f));
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(__fmul_rn(z, __fmul_rn(z, -1.4426950408889634f))));
+  const float h = __fmul_rn(0.5f, x);
+  return __fmaf_rn(fabsf(h), __fmaf_rn(-q, e, 1.0f), h);
+}
 __device__ __forceinline__ float load_f(const float* p) { return *p; }
 __device__ __forceinline__ float load_f(const __half* p) { return __half2float(*p); }
 __device__ __forceinline__ float load_f(const __nv_bfloat16* p) { return __bfloat162float(*p); }
@@ -215,7 +233,7 @@ __device__ __forceinline__ void finish(const W8A8Args& p, int (&acc)[MT][NT][4],
         for (int j = 0; j < 2; ++j) {
           v[j] = static_cast<float>(acc[mt][nt][2 * h + j]) * e.xs[mt][h] * e.ws[nt][j];  // Triton's order
           if (p.bias) v[j] += e.b[nt][j];
-          if (p.gelu) v[j] = 0.5f * v[j] * (1.0f + erff(v[j] * 0.7071067811865476f));
+          if (p.gelu) v[j] = gelu_erf(v[j]);
         }
         if (p.pair) {  // N, the strides and the pointers are even: (col, col + 1) is one aligned pair
           if (col >= p.N) continue;
@@ -444,7 +462,7 @@ __device__ __forceinline__ void finish_tile(const W8A8Args& p, const Acc* tile, 
     for (int e = 0; e < 4; ++e) {
       v[e] = __fmul_rn(__fmul_rn(static_cast<float>(a[e]), xs[r]), ws[c + e]);  // Triton's order
       if (has_bias) v[e] = __fadd_rn(v[e], bias[c + e]);
-      if (gelu) v[e] = __fmul_rn(__fmul_rn(0.5f, v[e]), __fadd_rn(1.0f, erff(__fmul_rn(v[e], 0.7071067811865476f))));
+      if (gelu) v[e] = gelu_erf(v[e]);
     }
     if (pair && (kFixed || col + 3 < p.N)) {  // pair: N, the strides and the pointers even, so two aligned pairs
       // (fixed epilogues: N % 4 == 0, so col < N holds the whole group)
