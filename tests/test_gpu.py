@@ -658,6 +658,36 @@ def test_w8a8_cuda_fixed_epilogues(poison, m, k, n):
             assert rel_err(y, ref) < 2 ** -8, (xq.dtype, res is not None, gelu, dt, s)
 
 
+def test_w8a8_cuda_tuner_times_in_alternation(poison):
+    """The tuner's second pass and `auto`'s choice time their candidates' CUDA graphs in alternation, all alive at
+    once (_graph_times with rounds > 1): four times the launches time slower than one; split-K launches of both
+    kinds (mma.sync's workspace re-zeroed by the last CTA, wgmma's cluster reduction) replayed in turn leave the
+    next launch exact; a fresh shape's tuned choice is one of the timed candidates and gives the reference."""
+    _cuda_ext_or_fail()
+    from qvit.kernels import w8a8_cuda as C
+    m, k, n = 199, 1024, 1000
+    xq, xs = Q.quantize_int8_per_token(torch.randn(m, k, device=DEV))
+    wq, ws = Q.quantize_int8_per_channel(torch.randn(n, k, device=DEV) * 0.02)
+    ref32 = Q.int8_matmul_ref(xq, xs, wq, ws)
+    s4 = C._normalize_splits(k, 4)
+    run = lambda cfg, s: C.w8a8_linear_cuda(xq, xs, wq, ws, None, None, False, torch.float32, cfg, s)  # noqa: E731
+    fns = {"one": lambda: run(0, 1), "four": lambda: [run(0, 1) for _ in range(4)], "split": lambda: run(0, s4)}
+    if C.WGMMA_CONFIGS[0] in C.configs_for():
+        fns["cluster split"] = lambda: run(C.WGMMA_CONFIGS[0], 2)
+    t = C._graph_times(xq.device, fns, 3)
+    assert all(0 < v < float("inf") for v in t.values()), t
+    assert t["four"] > 2 * t["one"], t
+    for cfg, s in ((0, s4), (C.WGMMA_CONFIGS[0], 2)):
+        if cfg in C.configs_for():
+            torch.testing.assert_close(run(cfg, s), ref32, rtol=1e-5, atol=1e-5)
+            assert torch.equal(run(cfg, s), run(0, 1)), (cfg, s)
+    before = set(C._tune_times)
+    y = C.w8a8_linear_cuda(xq, xs, wq, ws, None, None, False, torch.float32)
+    (key,) = set(C._tune_times) - before
+    assert C._choice[key] in C._tune_times[key]
+    torch.testing.assert_close(y, ref32, rtol=1e-5, atol=1e-5)
+
+
 def test_w8a8_cuda_epilogue_rule_is_the_launchs():
     """The Python mirror of the fixed-epilogue rule (kernels/w8a8_cuda.fixed_epilogue, which the benchmark labels its
     rows by) against the rule the launch applies, queried from the library (qvit_w8a8_gemm_epilogue, the function
