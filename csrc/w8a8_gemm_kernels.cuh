@@ -46,6 +46,9 @@
 //   predicates skipped for tiles inside M and N): 424-688 instructions with the bias epilogue; 5.3 / 3.6 / 5.7 / 6.5 us
 //   (Triton 5.1 / 3.7 / 5.2 / 7.7; cuBLAS bf16 5.3 / 4.5 / 6.9 / 9.5; proj and fc2 + residual 3.7 / 6.8 against 3.9 /
 //   7.8).
+// - H100, session 25 (results/h200-gpu-25): the epilogue's scales and bias loaded into registers before the pipeline
+//   fill; GELU by Abramowitz & Stegun's erf (as Triton's): 5.0-5.1 / 3.4 / 5.1-5.5 / 6.3-6.8 us with the bias epilogue
+//   (Triton 5.1-5.2 / 3.8 / 5.2-5.3 / 7.7-7.8); fc1 + GELU 5.7-6.0 against 5.7.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cooperative_groups.h>
