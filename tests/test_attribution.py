@@ -1,5 +1,6 @@
 """Kernel attribution on a synthetic profiler trace: ranges via launch correlation, categories, gaps."""
 import pytest
+import torch
 
 from qvit.profiling.attribution import CATEGORIES, attribute, categorize
 
@@ -128,6 +129,30 @@ def test_ncu_kernels_pin_specs():
         parse_pin("BLOCK_M=64,BLOCK_K=128")
     with pytest.raises(ValueError, match="KEY=INT"):
         parse_pin("BLOCK_M=64;BLOCK_N=64")
+
+
+def test_gemm_spread_summary_and_refusals():
+    """tools/gemm_spread.py: per provider the trials' min / median (of an even count, the mean of the middle two) /
+    max and max / min; no trials, no summary; the two operand switches exclude each other, and without a GPU the
+    tool says so by name."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "tools" / "gemm_spread.py"
+    spec = importlib.util.spec_from_file_location("gemm_spread", path)
+    S = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(S)
+    rows = [{"us": {"cuda": 5.06, "triton": 5.20}}, {"us": {"cuda": 5.34, "triton": 5.28}},
+            {"us": {"cuda": 5.10, "triton": 5.22}}, {"us": {"cuda": 5.20, "triton": 5.21}}]
+    got = S.summarize(rows)
+    assert got["cuda"] == pytest.approx({"min": 5.06, "median": 5.15, "max": 5.34, "spread": 5.34 / 5.06})
+    assert got["triton"] == pytest.approx({"min": 5.20, "median": 5.215, "max": 5.28, "spread": 5.28 / 5.20})
+    assert S.summarize([]) == {}
+    with pytest.raises(SystemExit) as e:
+        S.main(["--same-values", "--same-address"])
+    assert e.value.code == 2
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+            S.main(["--trials", "1"])
 
 
 def test_sass_cuda_splits_a_listing_per_kernel():
