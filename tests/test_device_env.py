@@ -74,3 +74,23 @@ def test_ncu_gemm_profiles_the_pinned_configs_and_reads_the_report(tmp_path):
 def test_ncu_gemm_without_a_report_stops_after_the_profile(tmp_path):
     calls = _run(tmp_path, "ncu_gemm 23:1 200", report=False)
     assert [c[0] for c in calls] == ["ncu"]  # no post-processing of a report that was not written
+
+
+def test_upto_counts_from_the_mark_and_stops_before_the_limit(tmp_path):
+    """`upto N`: N seconds after the last `mark`, never past LIMIT - 15 seconds after the script's start, at least
+    1 (a timeout of 0 would mean no limit at all)."""
+    if shutil.which("bash") is None:
+        pytest.skip("needs bash")
+    env = {**os.environ, "OUT": str(tmp_path), "HOME": str(tmp_path), "QVIT_ENV_NO_INSTALL": "1", "LIMIT": "100"}
+    r = subprocess.run(["bash", "-c", ". tools/device_env.sh && mark && echo $(upto 50) $(upto 500) $(upto -10)"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    near, capped, floor = (int(v) for v in r.stdout.split())
+    assert 48 <= near <= 50 and 83 <= capped <= 85 and floor == 1, r.stdout
+
+
+def test_cuda_tests_passes_the_expression_intact(tmp_path):
+    calls = _run(tmp_path, 'cuda_tests "w8a8_cuda or tuner_times" 80')
+    (pyt,) = [c for c in calls if c[:3] == ["python3", "-m", "pytest"]]
+    assert pyt[pyt.index("-k") + 1] == "w8a8_cuda or tuner_times" and "tests/test_gpu.py" in pyt
+    assert (tmp_path / "out" / "r" / "tests-cuda.log").exists()

@@ -7,10 +7,20 @@
 #   QVIT_ENV_NO_INSTALL=1 . tools/device_env.sh  -> the same without the CUDA-less install (a script that builds
 #                                   the CUDA extension installs qvit itself: `cuda_setup SCRIPT`, below)
 # The full runner (CUDA build, every test, every benchmark) is tools/gpu_run.sh. Helpers for the one-off scripts:
-# e2e_b1, cuda_setup, linear_m197, ncu_gemm (below).
+# mark / upto, e2e_b1, cuda_setup, cuda_tests, linear_m197, ncu_gemm (below).
 export PYTHONPATH=$PWD/.gpu/peers${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 QVIT_COMMIT=$(cat .gpu/commit 2>/dev/null)
 start=$(date +%s)
 el() { echo "+$(( $(date +%s) - start ))s"; }
+# upto N: seconds for a `timeout` that ends N seconds after the last `mark` (before any: `start`), never later than
+# LIMIT - 15 seconds after `start` (LIMIT: the call's own time, default 590, so that packing the results still runs),
+# at least 1
+LIMIT=${LIMIT:-590}
+b=$start
+mark() { b=$(date +%s); }
+upto() {
+  local d=$(( b + $1 - $(date +%s) )) cap=$(( start + LIMIT - 15 - $(date +%s) ))
+  d=$(( d < cap ? d : cap )); echo $(( d > 1 ? d : 1 ))
+}
 if [ "${QVIT_ENV_NO_INSTALL:-0}" != 1 ]; then
   QVIT_BUILD_CUDA=0 python3 -m pip install --no-build-isolation --no-deps -v -e . > "$OUT/install.log" 2>&1
   echo "install rc=$? at $(el)"
@@ -40,6 +50,13 @@ cuda_setup() {
   QVIT_BUILD_CUDA=1 QVIT_CUDA_ARCHS=90a MAX_JOBS=16 python3 -m pip install --no-build-isolation --no-deps -v -e . \
     > "$OUT/r/install-cuda.log" 2>&1; echo "cuda build rc=$? in $(( $(date +%s) - t0 ))s at $(el)"
   python3 -c "from qvit import _ext; print('ext:', _ext.load_error() or 'loaded')"
+}
+# cuda_tests EXPR N: tests/test_gpu.py -k EXPR into $OUT/r/tests-cuda.log, cut at `upto N`; rc and the summary lines
+cuda_tests() {
+  mkdir -p "$OUT/r"
+  timeout "$(upto "$2")" python3 -m pytest -q tests/test_gpu.py -p no:cacheprovider -k "$1" \
+    > "$OUT/r/tests-cuda.log" 2>&1
+  echo "tests rc=$? at $(el)"; grep -E "passed|failed|FAILED|Error" "$OUT/r/tests-cuda.log" | tail -8 | cut -c1-300
 }
 # linear_m197 NAME DEADLINE: the M = 197 linear benchmark of the CUDA W8A8 GEMM (int8 and e4m3, fixed and run-time
 # epilogues) against the Triton kernels of the same epilogue and cuBLAS bf16, QVIT_CUDA_OPT_IN=1 (the tuner sees every
