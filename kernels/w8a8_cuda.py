@@ -241,6 +241,7 @@ _TUNE_REPS = 20
 _RETIME_TOP, _RETIME_ROUNDS = 4, 3  # the tuner's second pass: its fastest candidates re-timed in alternation
 _tune_streams: dict = {}
 _tune_times: dict = {}  # {shape key: {(config, splits): ms of _TUNE_REPS graphed launches}}: the tuner's table
+_tune_retimed: dict = {}  # {shape key: the (config, splits) whose table entry is the second pass's}
 
 
 def _graph_times(dev, fns: dict, rounds: int = 1) -> dict:
@@ -304,6 +305,7 @@ def _tune(key, args, m, n, k):
     best = min(top, key=times.get)
     _choice[key] = best
     _tune_times[key] = times
+    _tune_retimed[key] = set(top) if len(top) > 1 else set()
     return best
 
 
