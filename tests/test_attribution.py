@@ -131,16 +131,21 @@ def test_ncu_kernels_pin_specs():
         parse_pin("BLOCK_M=64;BLOCK_N=64")
 
 
+def _tool(name: str):
+    """tools/NAME.py loaded as a module (tools/ is not a package)."""
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "tools" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def test_gemm_spread_summary_and_refusals():
     """tools/gemm_spread.py: per provider the trials' min / median (of an even count, the mean of the middle two) /
     max and max / min; no trials, no summary; the two operand switches exclude each other, and without a GPU the
     tool says so by name."""
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "tools" / "gemm_spread.py"
-    spec = importlib.util.spec_from_file_location("gemm_spread", path)
-    S = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(S)
+    S = _tool("gemm_spread")
     rows = [{"us": {"cuda": 5.06, "triton": 5.20}}, {"us": {"cuda": 5.34, "triton": 5.28}},
             {"us": {"cuda": 5.10, "triton": 5.22}}, {"us": {"cuda": 5.20, "triton": 5.21}}]
     got = S.summarize(rows)
@@ -158,13 +163,8 @@ def test_gemm_spread_summary_and_refusals():
 def test_sass_cuda_splits_a_listing_per_kernel():
     """tools/sass_cuda.py on a synthetic cuobjdump listing: one entry per `Function :` header with its own
     instructions only, registers from -res-usage, and the short name without namespaces or parameter list."""
-    import importlib.util
     import shutil
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "tools" / "sass_cuda.py"
-    spec = importlib.util.spec_from_file_location("sass_cuda", path)
-    S = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(S)
+    S = _tool("sass_cuda")
     from qvit.profiling.sass import instructions
     listing = """
         code for sm_90a
