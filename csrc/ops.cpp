@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstdio>
 
+#include "l2_prefetch.h"
 #include "w8a8_gemm.h"
 
 namespace qvit {
@@ -144,6 +145,33 @@ int qvit_w8a8_gemm(int dtype, int cfg, int splits, const void* xq, const void* x
   cudaError_t e;
   if (a.epi) e = fp8 ? qvit::w8a8_gemm_launch_epi_fp8(cfg, a, st) : qvit::w8a8_gemm_launch_epi(cfg, a, st);
   else e = fp8 ? qvit::w8a8_gemm_launch_fp8(dtype, cfg, a, st) : qvit::w8a8_gemm_launch(dtype, cfg, a, st);
+  if (e != cudaSuccess) return fail((int)e, "%s: launch failed: %s", op, cudaGetErrorString(e));
+  return 0;
+}
+
+// L2 prefetch of n byte ranges (csrc/l2_prefetch.cu): ptrs[i], bytes[i] (host arrays, device addresses), n in
+// [1, 8]; ctas x threads threads, `chunk` bytes per bulk prefetch. Nothing is written. Returns 0, 1 (bad argument)
+// or the CUDA error of the launch.
+int qvit_l2_prefetch(const void* const* ptrs, const int64_t* bytes, int n, int ctas, int threads, int chunk,
+                     void* stream) {
+  g_err[0] = 0;
+  const char* op = "qvit_cuda.l2_prefetch";
+  if (!ptrs || !bytes) return fail(1, "%s: null range arrays", op);
+  if (n < 1 || n > qvit::kL2MaxRanges) return fail(1, "%s: %d ranges, expected 1 to %d", op, n, qvit::kL2MaxRanges);
+  if (ctas < 1 || ctas > 1024) return fail(1, "%s: ctas=%d must be in [1, 1024]", op, ctas);
+  if (threads < 32 || threads > 1024 || threads % 32)
+    return fail(1, "%s: threads=%d must be a multiple of 32 in [32, 1024]", op, threads);
+  if (chunk < 16 || chunk % 16 || chunk > (1 << 20))
+    return fail(1, "%s: chunk=%d bytes must be a multiple of 16 in [16, 1048576]", op, chunk);
+  qvit::L2Ranges r{};
+  for (int i = 0; i < n; ++i) {
+    if (!ptrs[i]) return fail(1, "%s: range %d has a null pointer", op, i);
+    if (bytes[i] < 0) return fail(1, "%s: range %d has %lld bytes", op, i, (long long)bytes[i]);
+    r.ptr[i] = static_cast<const char*>(ptrs[i]);
+    r.bytes[i] = bytes[i];
+  }
+  r.count = n;
+  const cudaError_t e = qvit::l2_prefetch_launch(r, ctas, threads, chunk, static_cast<cudaStream_t>(stream));
   if (e != cudaSuccess) return fail((int)e, "%s: launch failed: %s", op, cudaGetErrorString(e));
   return 0;
 }

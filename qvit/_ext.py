@@ -37,6 +37,8 @@ def _load():
         lib.qvit_w8a8_gemm.restype = ctypes.c_int
         lib.qvit_w8a8_gemm.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 9 + [ctypes.c_int64] * 7 + [
             ctypes.c_int] * 3 + [ctypes.c_void_p]
+        lib.qvit_l2_prefetch.restype = ctypes.c_int
+        lib.qvit_l2_prefetch.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int] * 4 + [ctypes.c_void_p]
         lib.qvit_w8a8_gemm_epilogue.restype = ctypes.c_int
         lib.qvit_w8a8_gemm_epilogue.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3 + [
             ctypes.c_int] * 2

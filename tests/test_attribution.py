@@ -160,6 +160,34 @@ def test_gemm_spread_summary_and_refusals():
             S.main(["--trials", "1"])
 
 
+def test_l2_prefetch_ab_summary_settings_and_refusals():
+    """tools/l2_prefetch_ab.py: per row the median of the rounds' p50 (odd and even counts), min, max and the
+    ratios to the base and timm rows; `--setting` parses CTAS:THREADS:CHUNK and refuses anything else by name;
+    `share_linears` makes every block run block 0's linears (and nothing else); without a GPU the tool says so."""
+    import argparse
+    from qvit.vit.model import ViT
+    S = _tool("l2_prefetch_ab")
+    rounds = [{"base": 1.0, "timm": 1.4, "prefetch 8:32:16384": 0.9}, {"base": 1.2, "timm": 1.5,
+              "prefetch 8:32:16384": 0.8}, {"base": 1.1, "timm": 1.3, "prefetch 8:32:16384": 1.0}]
+    got = S.summarize(rounds)
+    assert got["base"] == pytest.approx({"p50_ms": 1.1, "min_ms": 1.0, "max_ms": 1.2, "vs_base": 1.0,
+                                         "vs_timm": 1.1 / 1.4})
+    assert got["prefetch 8:32:16384"]["vs_base"] == pytest.approx(0.9 / 1.1)
+    assert S.summarize(rounds[:2])["timm"]["p50_ms"] == pytest.approx(1.45)
+    assert S.summarize([]) == {}
+    assert S.parse_setting("16:64:4096") == {"ctas": 16, "threads": 64, "chunk": 4096}
+    with pytest.raises(argparse.ArgumentTypeError, match="expected CTAS:THREADS:CHUNK"):
+        S.parse_setting("16:64")
+    m = ViT.from_name("vit_micro_patch4_32")
+    norm1 = m.blocks[1].norm1
+    S.share_linears(m)
+    assert m.blocks[1].mlp.fc2 is m.blocks[0].mlp.fc2 and m.blocks[1].attn.qkv is m.blocks[0].attn.qkv
+    assert m.blocks[1].norm1 is norm1
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+            S.main(["--rounds", "1"])
+
+
 def test_sass_cuda_splits_a_listing_per_kernel():
     """tools/sass_cuda.py on a synthetic cuobjdump listing: one entry per `Function :` header with its own
     instructions only, registers from -res-usage, and the short name without namespaces or parameter list."""

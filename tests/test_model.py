@@ -99,3 +99,25 @@ def test_patch_embed_is_the_strided_conv(name):
     rx, rw = torch.autograd.grad(ref, (x, pe.proj.weight), g)
     torch.testing.assert_close(gx, rx, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(gw, rw, rtol=1e-10, atol=1e-10)
+
+
+def test_l2_prefetch_is_inert_off_gpu():
+    """ViT.set_l2_prefetch (a side-stream L2 prefetch of the next block's weights, GPU inference only): on a CPU the
+    forward runs no prefetcher and gives the same logits; the setting survives a deep copy and adds nothing to the
+    state dict; the prefetcher itself refuses a CPU device by name, and a CPU module has no CUDA ranges."""
+    import copy
+    from qvit.kernels.l2_prefetch import BlockPrefetcher, weight_ranges
+    torch.manual_seed(0)
+    m = ViT.from_name("vit_micro_patch4_32").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = m(x)
+        keys = set(m.state_dict())
+        m.set_l2_prefetch(True, ctas=4)
+        assert torch.equal(m(x), ref)
+    assert set(m.state_dict()) == keys
+    assert copy.deepcopy(m)._l2_prefetch == {"ctas": 4}
+    assert m.set_l2_prefetch(False)._l2_prefetch is None
+    with pytest.raises(ValueError, match="needs a CUDA device, got cpu"):
+        BlockPrefetcher("cpu")
+    assert weight_ranges(m.blocks[0]) == []

@@ -298,6 +298,7 @@ class ViT(nn.Module):
             self.norm = nn.LayerNorm(d, eps=cfg.eps)
             self.fc_norm = nn.Identity()
         self.head = nn.Linear(d, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self._l2_prefetch = None  # set_l2_prefetch
         self.apply(self._init)
         nn.init.normal_(self.cls_token, std=1e-6)
 
@@ -324,14 +325,35 @@ class ViT(nn.Module):
                 m.backend = linear
         return self
 
+    def set_l2_prefetch(self, on: bool = True, **launch) -> "ViT":
+        """Inference on a GPU: prefetch each block's weights into L2 on a side stream while the block before it
+        runs (qvit.kernels.l2_prefetch; needs the CUDA extension). launch: BlockPrefetcher's ctas / threads /
+        chunk / min_bytes. Off by default."""
+        self._l2_prefetch = dict(launch) if on else None
+        return self
+
+    def _prefetcher(self, x):
+        launch = getattr(self, "_l2_prefetch", None)
+        if launch is None or self.training or x.device.type != "cuda" or torch.compiler.is_compiling():
+            return None
+        from qvit.kernels.l2_prefetch import BlockPrefetcher
+        return BlockPrefetcher(x.device, **launch)
+
     def forward_features(self, x):
+        pf = self._prefetcher(x)
+        if pf is not None:
+            pf.issue(self.blocks[0])
         with range_ctx("patch_embed"):
             x = self.patch_embed(x)
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
             x = x + self.pos_embed.to(x.dtype)
         for i, blk in enumerate(self.blocks):
+            if pf is not None and i + 1 < len(self.blocks):
+                pf.issue(self.blocks[i + 1])  # the next block's weights, while this one runs
             with range_ctx(f"block{i}"):
                 x = blk(x)
+        if pf is not None:
+            pf.join()
         with range_ctx("norm"):
             return self.norm(x)
 
