@@ -379,6 +379,10 @@ def main(argv=None) -> int:
                     help="linear backend(s) of the qvit variants, comma-separated (triton, cuda, auto): one row per "
                          "variant and backend; rows not on Triton are named '... [cuda linears]' / '[auto linears]' "
                          "(auto rows record the per-shape GEMM choices)")
+    ap.add_argument("--l2-prefetch", choices=("off", "on", "both"), default="off",
+                    help="the qvit variants with ViT.set_l2_prefetch (the next block's weights prefetched into L2 on "
+                         "a side stream; needs the CUDA extension): rows named '... [l2 prefetch]'; both: each "
+                         "variant with and without")
     ap.add_argument("--peers-on-cpu", action="store_true", help=argparse.SUPPRESS)  # tests: the isolation path
     ap.add_argument("--peer", default=None, help=argparse.SUPPRESS)  # internal: one peer, in its own process
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
@@ -439,12 +443,15 @@ def main(argv=None) -> int:
         except Exception as e:  # noqa: BLE001
             res["missing"]["timm"] = f"{type(e).__name__}: {str(e)[:200]}"
     if "qvit" in only:
+        prefetch = {"off": (False,), "on": (True,), "both": (False, True)}[args.l2_prefetch]
         for linear in args.linear.split(","):
             for name, spec in QVIT_VARIANTS.items():
                 if args.variants and name not in args.variants:
                     continue
-                # rows on another linear backend than Triton say so in their name
-                todo.append((name if linear == "triton" else f"{name} [{linear} linears]", spec + (linear,), None))
+                for pf in prefetch:
+                    # rows on another linear backend than Triton, or with the L2 prefetch, say so in their name
+                    row = name if linear == "triton" else f"{name} [{linear} linears]"
+                    todo.append((row + (" [l2 prefetch]" if pf else ""), spec + (linear, pf), None))
     if device.type == "cuda" or args.peers_on_cpu:
         todo += [(name, "isolated", None) for name, group in PEERS.items()
                  if group in only and group != "timm"]
@@ -456,8 +463,10 @@ def main(argv=None) -> int:
             else:
                 linear = None
                 if isinstance(model, tuple):
-                    *spec, linear = model
+                    *spec, linear, pf = model
                     model, disk = build_qvit(base, *spec, device, dtype, linear, disk=not args.warm_shard)
+                    if pf and device.type == "cuda":
+                        model.set_l2_prefetch(True)
                 if linear == "auto":
                     from qvit.kernels import w8a8_cuda
                     w8a8_cuda._prefer.clear()

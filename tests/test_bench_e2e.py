@@ -1,6 +1,8 @@
 """The end-to-end benchmark harness on the CPU (tiny model, reference backends): rows, stats, files."""
 import json
 
+import pytest
+
 from qvit.profiling import bench_e2e
 
 
@@ -23,6 +25,20 @@ def test_e2e_cpu_run(tmp_path):
     assert res["rows"][1]["weight_bytes"] < res["rows"][0]["weight_bytes"]
     md = (tmp_path / "bench_e2e.md").read_text()
     assert "| 3 8bit+qvit-attn |" in md
+
+
+def test_e2e_l2_prefetch_rows(tmp_path):
+    """--l2-prefetch both: each qvit variant with and without the prefetch, the second named '[l2 prefetch]' (on a
+    CPU the prefetch is inert: the harness only); an unknown mode is refused."""
+    rc = bench_e2e.main(["--out", str(tmp_path), "--device", "cpu", "--model", "vit_micro_patch4_32",
+                         "--batches", "1", "--iters", "2", "--only", "qvit", "--variants", "3 8bit+qvit-attn",
+                         "--l2-prefetch", "both"])
+    assert rc == 0
+    res = json.loads((tmp_path / "bench_e2e.json").read_text())
+    assert [r["variant"] for r in res["rows"]] == ["3 8bit+qvit-attn", "3 8bit+qvit-attn [l2 prefetch]"]
+    assert all("error" not in r for r in res["rows"])
+    with pytest.raises(SystemExit):
+        bench_e2e.main(["--out", str(tmp_path), "--l2-prefetch", "yes"])
 
 
 def test_e2e_warm_copy_runs_the_variants_once_and_times_nothing(tmp_path, monkeypatch):
