@@ -36,7 +36,7 @@ def weight_ranges(module: torch.nn.Module, min_bytes: int = 1 << 16) -> list[tup
     return out
 
 
-def l2_prefetch(ranges: list[tuple[int, int]], device, ctas: int = 8, threads: int = 32, chunk: int = 1 << 14):
+def l2_prefetch(ranges: list[tuple[int, int]], device, ctas: int = 16, threads: int = 32, chunk: int = 1 << 16):
     """Launch the prefetch of `ranges` ((address, bytes) on `device`) on the current stream: `ctas` x `threads`
     threads, `chunk` bytes per bulk prefetch; more than MAX_RANGES ranges take several launches."""
     from qvit import _ext
@@ -65,7 +65,7 @@ class BlockPrefetcher:
     """Side-stream L2 prefetches of modules' weights, one `issue` per module, then one `join` (see the module
     docstring). ctas / threads / chunk: the prefetch kernel's launch (l2_prefetch)."""
 
-    def __init__(self, device, ctas: int = 8, threads: int = 32, chunk: int = 1 << 14, min_bytes: int = 1 << 16):
+    def __init__(self, device, ctas: int = 16, threads: int = 32, chunk: int = 1 << 16, min_bytes: int = 1 << 16):
         self.device = torch.device(device)
         if self.device.type != "cuda":
             raise ValueError(f"BlockPrefetcher: needs a CUDA device, got {self.device}")

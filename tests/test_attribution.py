@@ -188,6 +188,29 @@ def test_l2_prefetch_ab_summary_settings_and_refusals():
             S.main(["--rounds", "1"])
 
 
+def test_graph_timeline_replay_stats():
+    """tools/graph_timeline.py: a replay's span, busy time as the union of overlapping kernel intervals (not their
+    sum), idle = span - busy, gaps between consecutive starts and ends (negative where kernels overlap), per-class
+    sums by kernel name; replays split evenly or refused; without a GPU the tool says so."""
+    S = _tool("graph_timeline")
+    ks = [(10.0, 14.0, "_w8a8_kernel"), (15.0, 20.0, "_attn_fwd"), (19.0, 22.0, "layernorm_quant_kernel"),
+          (30.0, 31.0, "triton_poi_fused_add"), (0.0, 2.0, "nvjet_hsh_128x64")]
+    r = S.replay_stats(ks)
+    assert r["kernels"] == 5 and r["span_us"] == 31.0
+    assert r["busy_us"] == 2.0 + 4.0 + 7.0 + 1.0 and r["idle_us"] == 31.0 - 14.0
+    assert r["kernel_sum_us"] == 2 + 4 + 5 + 3 + 1
+    assert r["gap_median_us"] == 4.5  # gaps 8, 1, -1, 8
+    assert r["classes"] == {"gemm": {"us": 6.0, "count": 2}, "attention": {"us": 5.0, "count": 1},
+                            "layernorm+quant": {"us": 3.0, "count": 1}, "other": {"us": 1.0, "count": 1}}
+    parts = S.split_replays(ks + [(k[0] + 100, k[1] + 100, k[2]) for k in ks], 2)
+    assert [len(p) for p in parts] == [5, 5] and parts[1][0][0] == 100.0
+    with pytest.raises(ValueError, match="do not split into 3 equal replays"):
+        S.split_replays(ks, 3)
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+            S.main(["--replays", "1"])
+
+
 def test_sass_cuda_splits_a_listing_per_kernel():
     """tools/sass_cuda.py on a synthetic cuobjdump listing: one entry per `Function :` header with its own
     instructions only, registers from -res-usage, and the short name without namespaces or parameter list."""
