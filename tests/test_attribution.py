@@ -202,6 +202,9 @@ def test_graph_timeline_replay_stats():
     assert r["gap_median_us"] == 4.5  # gaps 8, 1, -1, 8
     assert r["classes"] == {"gemm": {"us": 6.0, "count": 2}, "attention": {"us": 5.0, "count": 1},
                             "layernorm+quant": {"us": 3.0, "count": 1}, "other": {"us": 1.0, "count": 1}}
+    assert list(r["names"]) == ["_attn_fwd", "_w8a8_kernel", "layernorm_quant_kernel", "nvjet_hsh_128x64",
+                                "triton_poi_fused_add"]  # by summed time, longest first
+    assert r["names"]["_w8a8_kernel"] == {"us": 4.0, "count": 1}
     parts = S.split_replays(ks + [(k[0] + 100, k[1] + 100, k[2]) for k in ks], 2)
     assert [len(p) for p in parts] == [5, 5] and parts[1][0][0] == 100.0
     with pytest.raises(ValueError, match="do not split into 3 equal replays"):

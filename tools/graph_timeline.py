@@ -5,9 +5,9 @@ records of CUDA-graph replays (torch.profiler / CUPTI), for a qvit variant (defa
 
 Per replay: the span (first kernel's start to last kernel's end), the sum of kernel durations, the idle time
 (span - the union of kernel intervals) and the number of kernels; per kernel class (GEMM, attention, LayerNorm +
-quantize, other) the summed duration and count; the gap distribution (start of a kernel - end of the one before
-it). Beside them the same graph's replay time without the profiler (CUDA events, median of 40), which says how
-much the tracing itself adds.
+quantize, other) and per kernel name (its first 120 characters) the summed duration and count; the gap distribution
+(start of a kernel - end of the one before it). Beside them the same graph's replay time without the profiler (CUDA
+events, median of 40), which says how much the tracing itself adds.
 """
 from __future__ import annotations
 
@@ -45,14 +45,16 @@ def replay_stats(kernels: list[tuple[float, float, str]]) -> dict:
     if cur_e is not None:
         busy += cur_e - cur_s
     gaps = [b[0] - a[1] for a, b in zip(ks, ks[1:])]
-    per = {}
+    per, names = {}, {}
     for s, e, n in ks:
-        c = per.setdefault(kernel_class(n), {"us": 0.0, "count": 0})
-        c["us"] += e - s
-        c["count"] += 1
+        for key, table in ((kernel_class(n), per), (n[:120], names)):
+            c = table.setdefault(key, {"us": 0.0, "count": 0})
+            c["us"] += e - s
+            c["count"] += 1
     return {"kernels": len(ks), "span_us": span, "busy_us": busy, "idle_us": span - busy,
             "kernel_sum_us": sum(e - s for s, e, _ in ks), "gap_median_us": statistics.median(gaps) if gaps else 0.0,
-            "gap_p90_us": sorted(gaps)[int(0.9 * (len(gaps) - 1))] if gaps else 0.0, "classes": per}
+            "gap_p90_us": sorted(gaps)[int(0.9 * (len(gaps) - 1))] if gaps else 0.0, "classes": per,
+            "names": dict(sorted(names.items(), key=lambda kv: -kv[1]["us"]))}
 
 
 def split_replays(kernels: list[tuple[float, float, str]], replays: int) -> list[list]:
@@ -126,7 +128,8 @@ def main(argv=None) -> int:
         cls = ", ".join(f"{c} {v['us']:.0f} us / {v['count']}" for c, v in sorted(best["classes"].items()))
         print(f"timeline {name}: replay {plain:.0f} us unprofiled; traced span {best['span_us']:.0f} us, busy "
               f"{best['busy_us']:.0f}, idle {best['idle_us']:.0f} ({best['idle_us'] / best['span_us']:.0%}), "
-              f"{best['kernels']} kernels, gap median {best['gap_median_us']:.2f} p90 {best['gap_p90_us']:.2f} us; {cls}")
+              f"{best['kernels']} kernels, gap median {best['gap_median_us']:.2f} p90 {best['gap_p90_us']:.2f} us; "
+              f"{cls}")
         del model, g, got
         torch.cuda.empty_cache()
     from qvit.profiling.bench_kernels import env_info
