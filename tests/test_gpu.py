@@ -1071,7 +1071,6 @@ def test_pdl_same_logits_eager_and_graphed_gpu(monkeypatch, variant):
     before the wait would race with the previous kernel. ViT-L/16 at batch 1 (the small-M GEMMs, the expansion
     kernel of the 4-bit row, which reads its constant weights before the wait); the same tuned configs either way
     (PDL is not in the autotuner keys)."""
-    from qvit.profiling.bench_e2e import capture_graph
     from qvit.profiling.launches import build
     if torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("programmatic dependent launch needs sm_90 or newer")
@@ -1082,6 +1081,12 @@ def test_pdl_same_logits_eager_and_graphed_gpu(monkeypatch, variant):
     monkeypatch.setenv("QVIT_PDL", "1")
     with torch.no_grad():
         y = m(x)
+    _assert_eager_and_graphed_equal(m, x, ref, y)
+
+
+def _assert_eager_and_graphed_equal(m, x, ref, y):
+    """y (an eager m(x)) and the output of three replays of m(x) captured in a CUDA graph equal ref bit for bit."""
+    from qvit.profiling.bench_e2e import capture_graph
     got, why = capture_graph(m, x)
     assert got is not None, why
     g, out = got
@@ -1294,7 +1299,6 @@ def test_l2_prefetch_lands_in_l2_gpu():
 def test_l2_prefetch_same_logits_eager_and_graphed_gpu(variant):
     """ViT.set_l2_prefetch: the side-stream prefetches change no result (the logits bit for bit as without them,
     eager and replayed from a CUDA graph, which must capture the fork and the join), at ViT-L/16 batch 1."""
-    from qvit.profiling.bench_e2e import capture_graph
     from qvit.profiling.launches import build
     _ext_or_skip()
     m, x = build(variant, "vit_large_patch16_224", dtype=torch.bfloat16)
@@ -1302,10 +1306,4 @@ def test_l2_prefetch_same_logits_eager_and_graphed_gpu(variant):
         ref = m(x)
         m.set_l2_prefetch(True, ctas=8)
         y = m(x)
-    got, why = capture_graph(m, x)
-    assert got is not None, why
-    g, out = got
-    for _ in range(3):
-        g.replay()
-    torch.cuda.synchronize()
-    assert torch.isfinite(ref).all() and torch.equal(y, ref) and torch.equal(out, ref)
+    _assert_eager_and_graphed_equal(m, x, ref, y)
