@@ -266,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--drop-path", type=float, default=None)
     s.add_argument("--ema-decay", type=float, default=None, help="weight EMA (e.g. 0.9998); evaluated and saved")
     s.add_argument("--seed", type=int, default=None)
-    s.add_argument("--amp", default=None, choices=["bf16", "fp16", "none"])
+    s.add_argument("--amp", default=None, choices=["auto", "bf16", "fp16", "none"],
+                   help="autocast; auto (the default): bf16 on CUDA and on CPUs with native bf16, else none")
     s.add_argument("--compile", default=None, choices=["auto", "on", "off"])
     s.add_argument("--attn", default=None, help="attention backend while training (default sdpa)")
     s.add_argument("--pretrained", default=None, help="timm or qvit checkpoint to finetune from")
