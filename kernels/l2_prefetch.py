@@ -11,6 +11,12 @@ needs (every forked stream joined) and which keeps the side stream from outlivin
 Storages, not tensors: a tensor's bytes are a range of its storage; prefetching the whole storage covers views
 and strides at the cost of the storage's unused bytes (none for the model's weights). Only storages of at least
 `min_bytes` are prefetched (the weights, not the biases and scales).
+
+Measured (H100, results/h200-gpu-26, NOTES.md session 26): no gain to take. Row 3 at batch 1, graphed, with every
+block running block 0's L2-resident linears was 1-2% *slower* than the model itself, so the weights' DRAM reads do
+not bound batch 1; the prefetch moved it by -3% to +38% with the launch shape (the defaults are the best shape
+measured, 16 x 32 threads and 64 KiB chunks: -1.9% in one call). Kept as an instrument (tools/l2_prefetch_ab.py),
+off by default.
 """
 from __future__ import annotations
 

@@ -328,7 +328,7 @@ class ViT(nn.Module):
     def set_l2_prefetch(self, on: bool = True, **launch) -> "ViT":
         """Inference on a GPU: prefetch each block's weights into L2 on a side stream while the block before it
         runs (qvit.kernels.l2_prefetch; needs the CUDA extension). launch: BlockPrefetcher's ctas / threads /
-        chunk / min_bytes. Off by default."""
+        chunk / min_bytes. Off by default: it measured no gain (results/h200-gpu-26)."""
         self._l2_prefetch = dict(launch) if on else None
         return self
 
