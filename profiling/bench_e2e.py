@@ -167,6 +167,16 @@ def build_qvit(base: ViT, preset, attn, int8_qk, keep_format, device, dtype, lin
     return m, disk
 
 
+def build_variant(name: str, linear: str, device, dtype, model: str = "vit_large_patch16_224"):
+    """One qvit variant of the study on `device`, from the seed-0 random base model (no safetensors write): what
+    the tools that time a single variant (tools/l2_prefetch_ab.py, tools/graph_timeline.py) start from."""
+    if name not in QVIT_VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; bench_e2e knows: {', '.join(QVIT_VARIANTS)}")
+    torch.manual_seed(0)
+    base = ViT(ViTConfig.from_name(model)).eval()
+    return build_qvit(base, *QVIT_VARIANTS[name], device, dtype, linear, disk=False)[0]
+
+
 def _state_disk(model) -> int:
     from safetensors.torch import save_file
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()

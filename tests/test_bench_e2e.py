@@ -41,6 +41,19 @@ def test_e2e_l2_prefetch_rows(tmp_path):
         bench_e2e.main(["--out", str(tmp_path), "--l2-prefetch", "yes"])
 
 
+def test_build_variant_one_row_or_a_named_refusal():
+    """build_variant: a study variant quantized from the seed-0 base (the same weights at every call), in eval
+    mode; an unknown name is refused with the names bench_e2e knows."""
+    import torch
+    a = bench_e2e.build_variant("3 8bit+qvit-attn", "torch", torch.device("cpu"), torch.float32, "vit_micro_patch4_32")
+    b = bench_e2e.build_variant("3 8bit+qvit-attn", "torch", torch.device("cpu"), torch.float32, "vit_micro_patch4_32")
+    assert not a.training
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    with pytest.raises(ValueError, match="unknown variant '9 nope'; bench_e2e knows: 1 bf16"):
+        bench_e2e.build_variant("9 nope", "torch", torch.device("cpu"), torch.float32)
+
+
 def test_e2e_warm_copy_runs_the_variants_once_and_times_nothing(tmp_path, monkeypatch):
     """A --warm-shard copy (qvit.profiling.warm) runs each qvit variant's forward once per batch size and
     records no row, no timing and no safetensors write, whatever --only asked for."""

@@ -95,14 +95,12 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         raise SystemExit("graph_timeline: needs a CUDA GPU")
     from qvit.profiling import bench_e2e as E
-    from qvit.vit.model import ViT, ViTConfig
+    from qvit.vit.model import ViTConfig
     if args.variant not in E.QVIT_VARIANTS:
         raise SystemExit(f"graph_timeline: unknown variant {args.variant!r}")
     dev, dtype = torch.device("cuda"), torch.bfloat16
     cfg = ViTConfig.from_name("vit_large_patch16_224")
-    torch.manual_seed(0)
-    rows = [(args.variant, lambda: E.build_qvit(ViT(cfg).eval(), *E.QVIT_VARIANTS[args.variant], dev, dtype,
-                                                 args.linear, disk=False)[0])]
+    rows = [(args.variant, lambda: E.build_variant(args.variant, args.linear, dev, dtype))]
     if not args.no_timm:
         rows.append(("timm bf16 (sdpa)", lambda: E.build_peer("timm bf16 (sdpa)", "vit_large_patch16_224", dev,
                                                              dtype)[0]))

@@ -63,15 +63,14 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         raise SystemExit("l2_prefetch_ab: needs a CUDA GPU")
     from qvit.profiling import bench_e2e as E
-    from qvit.vit.model import ViT, ViTConfig
-    if args.variant not in E.QVIT_VARIANTS:
-        raise SystemExit(f"l2_prefetch_ab: unknown variant {args.variant!r}")
+    from qvit.vit.model import ViTConfig
     settings = args.setting or [parse_setting("8:32:16384"), parse_setting("32:32:16384")]
     dev, dtype = torch.device("cuda"), torch.bfloat16
     cfg = ViTConfig.from_name("vit_large_patch16_224")
-    torch.manual_seed(0)
-    base = ViT(cfg).eval()
-    model, _ = E.build_qvit(base, *E.QVIT_VARIANTS[args.variant], dev, dtype, args.linear, disk=False)
+    try:
+        model = E.build_variant(args.variant, args.linear, dev, dtype)
+    except ValueError as e:
+        raise SystemExit(f"l2_prefetch_ab: {e}") from None
     hot = copy.deepcopy(model)
     share_linears(hot)
     x = torch.randn(1, 3, cfg.img_size, cfg.img_size, device=dev, dtype=dtype)
