@@ -334,19 +334,19 @@ if triton is not None:
                  mask=mask_m[:, None] & (offs_g < N // G)[None, :])
 
     @triton.autotune(configs=tune_shard(_configs()),
-                     key=["M", "N", "K", "HAS_RES", "GELU", "FP8", "XG", "QOUT", "W4"],
+                     key=["M", "N", "K", "HAS_RES", "GELU", "FP8", "XG", "QOUT", "W4", "NORM"],
                      prune_configs_by={"early_config_prune": _prune}, do_bench=tune_bench)
     @triton.jit
     def _w8a8_kernel(
-        x_ptr, xs_ptr, w_ptr, ws_ptr, b_ptr, r_ptr, y_ptr, ys_ptr, sv_ptr, part_ptr, cnt_ptr, we_ptr,
+        x_ptr, xs_ptr, w_ptr, ws_ptr, b_ptr, r_ptr, y_ptr, ys_ptr, sv_ptr, part_ptr, cnt_ptr, we_ptr, lw_ptr, lb_ptr,
         M, N, K,
-        stride_xm, stride_wn, stride_rm, stride_ym,
+        stride_xm, stride_wn, stride_rm, stride_ym, eps,
         HAS_BIAS: tl.constexpr, GELU: tl.constexpr, HAS_RES: tl.constexpr, FP8: tl.constexpr,
         XG: tl.constexpr, QOUT: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
         EPI_SPLIT: tl.constexpr = False, PREFETCH_RES: tl.constexpr = False, PDL: tl.constexpr = False,
         SPLIT_K: tl.constexpr = 1, HAS_PART: tl.constexpr = False, SPLIT_REV: tl.constexpr = False,
-        W4: tl.constexpr = 0,
+        W4: tl.constexpr = 0, NORM: tl.constexpr = False, HAS_LB: tl.constexpr = False,
     ):
         """XG > 0: x's scales are per token and per group of XG channels, xs (M, K // XG): each K tile's
         int32 product is scaled by its group's scale into a float32 accumulator. QOUT > 0: the output is
@@ -359,7 +359,11 @@ if triton is not None:
         counter and runs the epilogue. W4 > 0 (fp8 only): the weight is the power-of-two 4-bit format
         (`quantize_int4_pow2`, groups of W4 along K): w_ptr its nibbles (N, K // 2), we_ptr its group exponents
         (N, K // W4); each K tile of it is expanded to e4m3 in registers (q4 * 2^(6 - e): exact, a conversion) and
-        fed to the same MMA, so the values are those of `expand_int4_pow2` + the plain fp8 GEMM, bit for bit."""
+        fed to the same MMA, so the values are those of `expand_int4_pow2` + the plain fp8 GEMM, bit for bit.
+        NORM (fp8 only): x is the float input of a LayerNorm (M, K) (fp16 / bf16 / fp32) with weight lw, bias lb
+        (HAS_LB) and eps, and xs_ptr[0] the static scale of its fp8 output: each program computes its rows' mean and
+        variance in a pass over them, then normalizes and quantizes each A tile as it loads it
+        (`layernorm_quant_fp8_static`'s arithmetic) -- the LayerNorm kernel before the GEMM disappears."""
         # grouped tile order: GROUP_M row-tiles share one sweep over N, so W tiles stay in L2
         pid = tl.program_id(0)
         split = 0
@@ -400,6 +404,11 @@ if triton is not None:
         _pdl_enter(PDL)
         # 64-bit row offsets: M * K overflows int32 beyond 2^31 elements
         x_ptrs = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm + (k_lo + offs_k)[None, :]
+        if NORM:
+            tl.static_assert(FP8 > 0, "the LayerNorm prologue writes e4m3: fp8 GEMMs only")
+            mean, rstd = _norm_row_stats(x_ptr, offs_m, mask_m, stride_xm, K, eps, BLOCK_M, BLOCK_K)
+            s_in = tl.load(xs_ptr)
+            inv_in = tl.math.div_rn(1.0, s_in)
         if W4 > 0:  # nibbles (BN, BK / 2) and group exponents (BN, BK / W4) of the 4-bit weight
             w_ptrs = w_ptr + offs_n[:, None].to(tl.int64) * (K // 2) + (k_lo // 2 + tl.arange(0, BLOCK_K // 2))[None, :]
             e_ptrs = we_ptr + offs_n[:, None].to(tl.int64) * (K // W4) + (k_lo // W4
@@ -416,6 +425,8 @@ if triton is not None:
         for k0 in range(k_lo, k_hi, BLOCK_K):
             kmask = (k0 + offs_k) < K
             a = tl.load(x_ptrs, mask=mask_m[:, None] & kmask[None, :], other=0.0 if FP8 else 0)
+            if NORM:
+                a = _norm_quant_tile(a, mean, rstd, lw_ptr, lb_ptr, k0 + offs_k, kmask, s_in, inv_in, HAS_LB)
             if W4 > 0:
                 b = _w4_pow2_tile(w_ptrs, e_ptrs, mask_n, k0, K, BLOCK_N, BLOCK_K, W4)
             else:
@@ -463,11 +474,44 @@ if triton is not None:
                 tl.atomic_xchg(cnt_ptr + pid, 0)
                 _w8a8_finish(acc, offs_m, offs_n, mask_m, mask_n, pid_n, xs_ptr, ws_ptr, b_ptr, r_ptr, y_ptr, ys_ptr,
                              sv_ptr, N, K, stride_rm, stride_ym, HAS_BIAS, GELU, HAS_RES, XG, QOUT, BLOCK_M, BLOCK_N,
-                             EPI_SPLIT)
+                             EPI_SPLIT, NORM)
         else:
             _w8a8_finish(acc, offs_m, offs_n, mask_m, mask_n, pid_n, xs_ptr, ws_ptr, b_ptr, r_ptr, y_ptr, ys_ptr,
                          sv_ptr, N, K, stride_rm, stride_ym, HAS_BIAS, GELU, HAS_RES, XG, QOUT, BLOCK_M, BLOCK_N,
-                         EPI_SPLIT)
+                         EPI_SPLIT, NORM)
+
+    @triton.jit
+    def _norm_row_stats(x_ptr, offs_m, mask_m, stride_xm, K, eps, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+        """(mean, 1 / sqrt(var + eps)) of rows offs_m of x (M, K), float32, in one pass of BLOCK_K-wide tiles: sums
+        of x - c and (x - c)^2 with c the row's first element (the shift keeps a large common offset, the residual
+        stream's, out of the squares). Rows past M: mean 0, var 0."""
+        rows = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm
+        c = tl.load(rows + tl.zeros((BLOCK_M, 1), tl.int32), mask=mask_m[:, None], other=0.0).to(tl.float32)
+        s1 = tl.zeros((BLOCK_M,), tl.float32)
+        s2 = tl.zeros((BLOCK_M,), tl.float32)
+        offs_k = tl.arange(0, BLOCK_K)
+        for k0 in range(0, K, BLOCK_K):
+            ok = mask_m[:, None] & ((k0 + offs_k) < K)[None, :]
+            d = tl.where(ok, tl.load(rows + (k0 + offs_k)[None, :], mask=ok, other=0.0).to(tl.float32) - c, 0.0)
+            s1 += tl.sum(d, axis=1)
+            s2 += tl.sum(d * d, axis=1)
+        md = s1 / K
+        var = tl.maximum(s2 / K - md * md, 0.0)
+        return tl.reshape(c, (BLOCK_M,)) + md, 1.0 / tl.sqrt(var + eps)
+
+    @triton.jit
+    def _norm_quant_tile(a, mean, rstd, lw_ptr, lb_ptr, offs_k, kmask, s_in, inv_in, HAS_LB: tl.constexpr):
+        """One (BM, BK) tile of x through the LayerNorm (row statistics given, columns offs_k of its weight and
+        bias) and the static-scale e4m3 quantization: `layernorm_quant_fp8_static`'s arithmetic in its order.
+        Columns past K come out 0 (their weight and bias load as 0)."""
+        g = tl.load(lw_ptr + offs_k, mask=kmask, other=0.0).to(tl.float32)
+        h = (a.to(tl.float32) - mean[:, None]) * rstd[:, None] * g[None, :]
+        if HAS_LB:
+            h += tl.load(lb_ptr + offs_k, mask=kmask, other=0.0).to(tl.float32)[None, :]
+        v = tl.clamp(_div_rn_fast(h, s_in, inv_in), -448.0, 448.0)
+        if _INTERP:
+            v = _round_e4m3(v)
+        return v.to(tl.float8e4nv)
 
     @triton.jit
     def _unpack_tile(p, NIBBLE_HI_FIRST: tl.constexpr):
@@ -513,11 +557,14 @@ if triton is not None:
     def _w8a8_finish(acc, offs_m, offs_n, mask_m, mask_n, pid_n, xs_ptr, ws_ptr, b_ptr, r_ptr, y_ptr, ys_ptr, sv_ptr,
                      N, K, stride_rm, stride_ym, HAS_BIAS: tl.constexpr, GELU: tl.constexpr, HAS_RES: tl.constexpr,
                      XG: tl.constexpr, QOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     EPI_SPLIT: tl.constexpr):
-        """`_w8a8_kernel`'s scaling and epilogue on the whole-K accumulator of one output tile."""
+                     EPI_SPLIT: tl.constexpr, XS_SCALAR: tl.constexpr = False):
+        """`_w8a8_kernel`'s scaling and epilogue on the whole-K accumulator of one output tile. XS_SCALAR: one
+        (static) input scale xs_ptr[0] for every row."""
         ws = tl.load(ws_ptr + offs_n, mask=mask_n, other=0.0)
         if XG > 0:
             y = acc * ws[None, :]
+        elif XS_SCALAR:
+            y = acc * tl.load(xs_ptr) * ws[None, :]
         else:
             xs = tl.load(xs_ptr + offs_m, mask=mask_m, other=0.0)
             y = acc.to(tl.float32) * xs[:, None] * ws[None, :]
@@ -607,16 +654,17 @@ def _split_counters(device) -> torch.Tensor:
 
 
 def _launch(xq, x_scale, wq, w_scale, bias, residual, gelu, y, ys, qout, fp8_fast_accum=False, sv=None, we=None,
-            w4=0):
+            w4=0, norm=None):
     """qout < 0 (fp8 out at the static scale ys (1,)): sv (M,) float32 receives ys[0] per row. w4 > 0: wq is the
-    power-of-two 4-bit weight's nibbles (N, K // 2) and we its group exponents (N, K // w4)."""
+    power-of-two 4-bit weight's nibbles (N, K // 2) and we its group exponents (N, K // w4). norm = (weight, bias or
+    None, eps): xq is the float input of that LayerNorm and x_scale (1,) the static scale of its fp8 output."""
     if qout < 0 and sv is None:
         raise ValueError("w8a8_linear: the fp8 static output needs its scale vector")
     m, k = xq.shape
     n = wq.shape[0]
     if residual is not None and residual.stride(1) != 1:
         residual = residual.contiguous()
-    xg = k // x_scale.shape[1] if x_scale.ndim == 2 else 0
+    xg = k // x_scale.shape[1] if x_scale.ndim == 2 and norm is None else 0
     grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])  # noqa: E731
                          * meta.get("SPLIT_K", 1),)
     part, cnt = w_scale, w_scale  # placeholders: only the split-K configs touch them
@@ -626,12 +674,15 @@ def _launch(xq, x_scale, wq, w_scale, bias, residual, gelu, y, ys, qout, fp8_fas
     _w8a8_kernel[grid](
         xq, x_scale, wq, w_scale, bias if bias is not None else w_scale,
         residual if residual is not None else y, y, ys if ys is not None else w_scale,
-        sv if sv is not None else w_scale, part, cnt, we if we is not None else w_scale, m, n, k, xq.stride(0),
+        sv if sv is not None else w_scale, part, cnt, we if we is not None else w_scale,
+        norm[0] if norm is not None else w_scale,
+        norm[1] if norm is not None and norm[1] is not None else w_scale, m, n, k, xq.stride(0),
         wq.stride(0),
-        residual.stride(0) if residual is not None else 0, y.stride(0),
+        residual.stride(0) if residual is not None else 0, y.stride(0), float(norm[2]) if norm is not None else 0.0,
         HAS_BIAS=bias is not None, GELU=gelu, HAS_RES=residual is not None,
-        FP8=(2 if fp8_fast_accum else 1) if xq.dtype == torch.float8_e4m3fn else 0,
-        XG=xg, QOUT=qout, HAS_PART=part is not w_scale, W4=w4, **pdl_kwargs(xq.device),
+        FP8=(2 if fp8_fast_accum else 1) if xq.dtype == torch.float8_e4m3fn or norm is not None else 0,
+        XG=xg, QOUT=qout, HAS_PART=part is not w_scale, W4=w4, NORM=norm is not None,
+        HAS_LB=norm is not None and norm[1] is not None, **pdl_kwargs(xq.device),
     )
 
 
@@ -699,6 +750,87 @@ def w8a8_linear_fp8_static_out(xq: torch.Tensor, x_scale: torch.Tensor, wq: torc
     mode = _gelu_mode("w8a8_linear_fp8_static_out", gelu, gelu_tanh)
     sv = torch.empty((m,), dtype=torch.float32, device=xq.device)  # written by the kernel
     _launch(xq, x_scale, wq, w_scale, bias, None, mode, q, out_scale.reshape(1), -1, fp8_fast_accum=True, sv=sv)
+    return q, sv
+
+
+def _validate_norm(name, x, ln_weight, ln_bias, in_scale, wq, w_scale, bias):
+    """The LayerNorm-prologue GEMMs' checks: x (M, K) float, K-contiguous; the LayerNorm's weight (and bias) (K,) on
+    x's device; a one-element float32 static input scale; an fp8 weight (N, K) with its (N,) float32 scales."""
+    if triton is None:
+        raise RuntimeError(f"{name}: triton is not installed")
+    if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.dtype not in _OUT_DTYPES:
+        raise TypeError(f"{name}: x must be a 2-D float16 / bfloat16 / float32 tensor (M, K), got "
+                        f"{getattr(x, 'dtype', type(x).__name__)} {tuple(getattr(x, 'shape', ()))}")
+    if x.stride(1) != 1:
+        raise ValueError(f"{name}: x must be contiguous along K")
+    k = x.shape[1]
+    for what, t in (("ln_weight", ln_weight), ("ln_bias", ln_bias)):
+        if t is None and what == "ln_bias":
+            continue
+        if not isinstance(t, torch.Tensor) or t.shape != (k,) or t.device != x.device:
+            raise ValueError(f"{name}: {what} must be a ({k},) tensor on {x.device}, got "
+                             f"{tuple(getattr(t, 'shape', ()))} on {getattr(t, 'device', None)}")
+    from qvit.kernels.quant import check_static_scale
+    check_static_scale(name, in_scale, x.device)
+    if not isinstance(wq, torch.Tensor) or wq.dtype != torch.float8_e4m3fn or wq.ndim != 2 or wq.shape[1] != k:
+        raise TypeError(f"{name}: wq must be a float8_e4m3fn ({'N'}, {k}) tensor, got "
+                        f"{getattr(wq, 'dtype', type(wq).__name__)} {tuple(getattr(wq, 'shape', ()))}")
+    n = wq.shape[0]
+    if not isinstance(w_scale, torch.Tensor) or w_scale.dtype != torch.float32 or w_scale.shape != (n,):
+        raise TypeError(f"{name}: w_scale must be a float32 ({n},) tensor, got "
+                        f"{getattr(w_scale, 'dtype', type(w_scale).__name__)} {tuple(getattr(w_scale, 'shape', ()))}")
+    if bias is not None and bias.shape != (n,):
+        raise ValueError(f"{name}: bias must be ({n},), got {tuple(bias.shape)}")
+    devs = {t.device for t in (x, wq, w_scale, bias) if t is not None}
+    if len(devs) != 1:
+        raise ValueError(f"{name}: all tensors must be on one device, got {sorted(map(str, devs))}")
+    if x.device.type == "cpu" and not interpreting():
+        raise ValueError(f"{name}: CPU tensors need TRITON_INTERPRET=1 (or use the torch backend)")
+    if wq.stride(1) != 1:
+        raise ValueError(f"{name}: wq must be contiguous along K")
+
+
+def _fake_norm(x, ln_weight, ln_bias, eps, in_scale, wq, w_scale, bias=None, gelu=False):
+    return x.new_empty((x.shape[0], wq.shape[0]))
+
+
+@fast_custom_op("qvit::w8a8_linear_norm_fp8", _fake_norm)
+def w8a8_linear_norm_fp8(x: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor | None, eps: float,
+                         in_scale: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor,
+                         bias: torch.Tensor | None = None, gelu: bool = False) -> torch.Tensor:
+    """The fp8 GEMM (in-place accumulation) on the LayerNorm of x, computed inside it: each program takes its rows'
+    mean and variance in one pass over them, then normalizes and quantizes every A tile at the static scale
+    in_scale as it loads it (QuantConfig.fp8_static_norm: qkv after norm1). The same values as
+    `layernorm_quant_fp8_static` + `w8a8_linear_fp8_fast_accum`, up to the row statistics' summation order (a code
+    may move by one e4m3 step at a near-tie). Output in x's dtype."""
+    _validate_norm("w8a8_linear_norm_fp8", x, ln_weight, ln_bias, in_scale, wq, w_scale, bias)
+    y = torch.empty((x.shape[0], wq.shape[0]), dtype=x.dtype, device=x.device)
+    _launch(x, in_scale.reshape(1), wq, w_scale, bias, None, gelu, y, None, 0, fp8_fast_accum=True,
+            norm=(ln_weight, ln_bias, eps))
+    return y
+
+
+def _fake_norm_static(x, ln_weight, ln_bias, eps, in_scale, wq, w_scale, bias, gelu, out_scale, gelu_tanh=False):
+    m = x.shape[0]
+    return x.new_empty((m, wq.shape[0]), dtype=torch.float8_e4m3fn), x.new_empty((m,), dtype=torch.float32)
+
+
+@fast_custom_op("qvit::w8a8_linear_norm_fp8_static_out", _fake_norm_static)
+def w8a8_linear_norm_fp8_static_out(x: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor | None,
+                                    eps: float, in_scale: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor,
+                                    bias: torch.Tensor | None, gelu: bool, out_scale: torch.Tensor,
+                                    gelu_tanh: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """`w8a8_linear_norm_fp8` with `w8a8_linear_fp8_static_out`'s epilogue (bias, GELU or its tanh form, e4m3 at
+    the static scale out_scale, and the (M,) scale vector): fc1 after norm2, writing fc2's input."""
+    name = "w8a8_linear_norm_fp8_static_out"
+    _validate_norm(name, x, ln_weight, ln_bias, in_scale, wq, w_scale, bias)
+    from qvit.kernels.quant import check_static_scale
+    check_static_scale(name, out_scale, x.device)
+    m, n = x.shape[0], wq.shape[0]
+    q = torch.empty((m, n), dtype=torch.float8_e4m3fn, device=x.device)
+    sv = torch.empty((m,), dtype=torch.float32, device=x.device)
+    _launch(x, in_scale.reshape(1), wq, w_scale, bias, None, _gelu_mode(name, gelu, gelu_tanh), q,
+            out_scale.reshape(1), -1, fp8_fast_accum=True, sv=sv, norm=(ln_weight, ln_bias, eps))
     return q, sv
 
 

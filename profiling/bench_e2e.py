@@ -43,7 +43,8 @@ QVIT_VARIANTS = {k: VARIANTS[k] for k in MAIN + ("x w4a16-int4+sdpa", "x fp8+sdp
                                                  "x fp8s2+qvit-attn-fp16qk", "x fp8s2t+qvit-attn",
                                                  "x 4bit-fp8s2t+qvit-attn", "x 8bit-int8+qvit-attn",
                                                  "x 4bit-int8+qvit-attn", "x 8bit-int8+sdpa-noflash",
-                                                 "x 4bit-int8+sdpa-noflash")}
+                                                 "x 4bit-int8+sdpa-noflash", "x fp8s4t+qvit-attn",
+                                                 "x 4bit-fp8s4t+qvit-attn")}
 
 
 def _stats(ms: list[float]) -> dict:

@@ -48,6 +48,10 @@ VARIANTS = {
     # rows 2 and 4 are the 4-bit model on these GEMMs (w4f8s2t). Here with Q/K quantized to int8 in qvit's attention
     "x fp8s2t+qvit-attn": ("fp8s2t", "qvit", True, "int8"),
     "x 4bit-fp8s2t+qvit-attn": ("w4f8s2t", "qvit", True, "int8"),
+    # every block linear's input at a static calibrated scale (fp8s4t / w4f8s4t: QuantConfig.fp8_static_norm), so
+    # each LayerNorm runs inside the GEMM that reads it (fp16 Q/K in qvit's attention, as rows 2 and 3)
+    "x fp8s4t+qvit-attn": ("fp8s4t", "qvit", False, "int8"),
+    "x 4bit-fp8s4t+qvit-attn": ("w4f8s4t", "qvit", False, "int8"),
     # 4-bit with float group scales on the direct W4A8 kernel (int4 expanded to int8 inside the GEMM)
     "x w4a8+qvit-attn": ("w4a8", "qvit", True, "int8"),
     "x w4a8+sdpa-noflash": ("w4a8", "sdpa-noflash", False, "int8"),

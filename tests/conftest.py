@@ -169,3 +169,16 @@ def spy(monkeypatch, module: str, name: str) -> list:
     calls, real = [], getattr(mod, name)
     monkeypatch.setattr(mod, name, lambda *a, **k: calls.append(tuple(a[0].shape)) or real(*a, **k))
     return calls
+
+
+def norm_codes_and_ties(x, lw, lb, s_in):
+    """The LayerNorm (float64) of x at the static scale s_in as e4m3 codes (`quantize_fp8_static`), and the rows
+    holding a near-tie: a value within 1e-5 (relative) of an e4m3 rounding boundary, where float32 statistics may
+    round it to the other neighbour."""
+    from qvit.kernels.quant import quantize_fp8_static
+    h = torch.nn.functional.layer_norm(x.double(), (x.shape[1],), lw.double(), lb.double(), 1e-6)
+    q = quantize_fp8_static(h.float(), s_in)[0]
+    lo = quantize_fp8_static((h * (1 - 1e-5)).float(), s_in)[0]
+    hi = quantize_fp8_static((h * (1 + 1e-5)).float(), s_in)[0]
+    ties = ((lo.view(torch.uint8) != q.view(torch.uint8)) | (hi.view(torch.uint8) != q.view(torch.uint8))).any(1)
+    return q, ties

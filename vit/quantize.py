@@ -56,6 +56,10 @@ class QuantConfig:
     # fp8 only: proj's input at one static, calibrated scale per layer as well; with qvit's attention its kernel
     # writes it in fp8 from its epilogue (no quantize pass between attention and proj)
     fp8_static_proj: bool = False
+    # fp8 only: qkv's and fc1's inputs (the outputs of norm1 / norm2) at one static, calibrated scale per layer as
+    # well: their LayerNorm + quantize needs no per-token amax (a row's scale is known before its values), so the
+    # LayerNorm can run inside the GEMM that reads it (`w8a8_linear_norm_fp8`: no LayerNorm kernel in the block)
+    fp8_static_norm: bool = False
     # fp8_static_mlp only: GELU in its tanh form (torch's approximate='tanh') in the MLPs whose fc1 writes fc2's
     # static fp8 input: one MUFU tanh and ~7 FP32 instructions per element in fc1's epilogue instead of the erf
     # form's 2 MUFU and ~19 (sm_90 SASS). Its distance from the erf form (<= 4.8e-4 absolute) is far below the
@@ -87,7 +91,7 @@ class QuantConfig:
             raise ValueError("progressive (two-level) scales are a W4A8 format: weight='int4', act='int8'")
         if self.act_group < 0 or self.act_group % 16:
             raise ValueError(f"QuantConfig.act_group must be 0 or a multiple of 16, got {self.act_group}")
-        for opt in ("fp8_static_mlp", "fp8_static_proj"):
+        for opt in ("fp8_static_mlp", "fp8_static_proj", "fp8_static_norm"):
             if getattr(self, opt) and self.act != "fp8":
                 raise ValueError(f"QuantConfig.{opt} is an fp8 option (act='fp8')")
         if self.gelu_tanh and not self.fp8_static_mlp:
@@ -100,11 +104,12 @@ class QuantConfig:
     @property
     def needs_calibration(self) -> bool:
         """True where quantize() needs calibration images (`calib=`): static activation scales."""
-        return self.fp8_static_mlp or self.fp8_static_proj
+        return self.fp8_static_mlp or self.fp8_static_proj or self.fp8_static_norm
 
     def static_inputs(self) -> tuple:
         """The block linears (suffixes) whose input runs at a static, calibrated fp8 scale."""
-        return (("mlp.fc2",) if self.fp8_static_mlp else ()) + (("attn.proj",) if self.fp8_static_proj else ())
+        return ((("mlp.fc2",) if self.fp8_static_mlp else ()) + (("attn.proj",) if self.fp8_static_proj else ())
+                + (("attn.qkv", "mlp.fc1") if self.fp8_static_norm else ()))
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "QuantConfig":
@@ -127,6 +132,11 @@ class QuantConfig:
             # 4-bit weights with power-of-two group scales (32), expanded exactly to e4m3: fp8s2t's GEMMs
             "w4f8s2t": dict(weight="int4", act="fp8", group_size=32, fp8_static_mlp=True, fp8_static_proj=True,
                             gelu_tanh=True),
+            # every block linear's input at a static scale: the LayerNorms run inside qkv's and fc1's GEMMs
+            "fp8s4t": dict(weight="fp8", act="fp8", fp8_static_mlp=True, fp8_static_proj=True, gelu_tanh=True,
+                           fp8_static_norm=True),
+            "w4f8s4t": dict(weight="int4", act="fp8", group_size=32, fp8_static_mlp=True, fp8_static_proj=True,
+                            gelu_tanh=True, fp8_static_norm=True),
         }
         if name not in presets:
             raise ValueError(f"unknown quantization preset {name!r}; known: {', '.join(presets)}")
@@ -169,6 +179,21 @@ class QAct:
     @property
     def device(self):
         return self.q.device
+
+
+@dataclass
+class QNorm:
+    """A LayerNorm not yet applied, handed to the static-scale fp8 linear after it (QuantConfig.fp8_static_norm), whose
+    GEMM normalizes and quantizes its input tiles as it loads them (`w8a8_linear_norm_fp8`): x (M, K) float, the
+    LayerNorm module, and the shape / dtype / device the normalized activation would have."""
+    x: torch.Tensor
+    norm: nn.LayerNorm
+    shape: torch.Size
+    dtype: torch.dtype
+
+    @property
+    def device(self):
+        return self.x.device
 
 
 def _finish(y, gelu, residual):
@@ -223,7 +248,7 @@ class _QuantLinear(nn.Module):
             raise ValueError(f"{type(self).__name__}: residual has shape {tuple(residual.shape)}, expected "
                              f"{lead + (self.out_features,)}")
         r2d = residual.reshape(-1, self.out_features) if residual is not None else None
-        y = self._forward2d(x if isinstance(x, QAct) else _as_2d(x), gelu, r2d)
+        y = self._forward2d(x if isinstance(x, (QAct, QNorm)) else _as_2d(x), gelu, r2d)
         return y.reshape(*lead, self.out_features)
 
     def norm_quant(self, x, norm):
@@ -237,6 +262,20 @@ class _QuantLinear(nn.Module):
         if type(norm) is not nn.LayerNorm or norm.weight is None or tuple(norm.normalized_shape) != (x.shape[-1],):
             return None
         backend = self._backend(x)
+        static = getattr(self, "x_static", None)
+        if static is not None:  # fp8 at this layer's calibrated input scale (QuantConfig.fp8_static_norm)
+            if backend is not Backend.TRITON:
+                return None
+            x2 = _as_2d(x)
+            # the LayerNorm inside the GEMM (QVIT_NORM_FUSED=0: its own kernel), where the GEMM would run the
+            # one-tile-per-program kernel that has the prologue (the persistent one, from PERSISTENT_MIN_TOKENS
+            # tokens on, has not)
+            if os.environ.get("QVIT_NORM_FUSED", "1") != "0" and getattr(self, "fp8_fast_accum", False) \
+                    and not _use_persistent(x2, x2.new_empty((0,))):
+                return QNorm(x2.contiguous(), norm, x.shape, x.dtype)
+            from qvit.kernels.layernorm_quant import layernorm_quant_fp8_static
+            q, scale = layernorm_quant_fp8_static(_as_2d(x).contiguous(), static, norm.weight, norm.bias, norm.eps)
+            return QAct(q, scale, x.shape, x.dtype)
         if backend is Backend.TRITON and getattr(self, "act_format", "int8") == "fp8":
             from qvit.kernels.layernorm_quant import layernorm_quant_fp8 as lnq
         elif backend is Backend.TRITON:
@@ -417,9 +456,17 @@ class Fp8Linear(Int8Linear):
     def forward_fp8_static(self, x, gelu: bool, scale: torch.Tensor, gelu_tanh: bool = False) -> QAct:
         """This layer's output (+ bias, GELU; gelu_tanh: its tanh form) in fp8 at the static scale `scale` (the
         next layer's calibrated input scale), as that layer's input: in the GEMM's epilogue on the Triton
-        backend (`w8a8_linear_fp8_static_out`), in PyTorch on the reference one."""
-        backend, xq, xs, wq = self._gemm_inputs(x if isinstance(x, QAct) else _as_2d(x))
+        backend (`w8a8_linear_fp8_static_out`), in PyTorch on the reference one. A QNorm input: the LayerNorm in
+        the same GEMM (`w8a8_linear_norm_fp8_static_out`)."""
         lead = tuple(x.shape[:-1])
+        if isinstance(x, QNorm):
+            from qvit.kernels.w8a8_linear import w8a8_linear_norm_fp8_static_out
+            n = x.norm
+            q, s = w8a8_linear_norm_fp8_static_out(x.x, n.weight, n.bias, n.eps, self.x_static,
+                                                   self._weight(Backend.TRITON), self.w_scale, self.bias, gelu, scale,
+                                                   gelu_tanh)
+            return QAct(q, s, torch.Size(lead + (self.out_features,)), x.dtype)
+        backend, xq, xs, wq = self._gemm_inputs(x if isinstance(x, QAct) else _as_2d(x))
         if backend is Backend.TRITON:
             if _use_persistent(xq, xs):  # both accumulate in place (fast accum)
                 from qvit.kernels.w8a8_persistent import w8a8_linear_persistent_fp8_static_out as static_out
@@ -433,6 +480,15 @@ class Fp8Linear(Int8Linear):
             y = torch.nn.functional.gelu(y, approximate="tanh") if gelu_tanh else _finish(y, gelu, None)
             q, s = Q.quantize_fp8_static(y, scale)
         return QAct(q, s, torch.Size(lead + (self.out_features,)), x.dtype)
+
+    def _forward2d(self, x, gelu=False, residual=None):
+        if isinstance(x, QNorm):
+            from qvit.kernels.w8a8_linear import w8a8_linear_norm_fp8
+            n = x.norm
+            y = w8a8_linear_norm_fp8(x.x, n.weight, n.bias, n.eps, self.x_static, self._weight(Backend.TRITON),
+                                     self.w_scale, self.bias, gelu)
+            return y if residual is None else residual + y
+        return super()._forward2d(x, gelu, residual)
 
     def _quantize_input(self, x, backend):
         if self.x_static is not None and backend is Backend.TRITON:
@@ -536,7 +592,7 @@ class Fp8W4Linear(Fp8Linear):
         return (x.q, x.scale) if isinstance(x, QAct) else self._quantize_input(x, backend)
 
     def _forward2d(self, x, gelu=False, residual=None):
-        xin = self._fused_inputs(x)
+        xin = None if isinstance(x, QNorm) else self._fused_inputs(x)
         if xin is None:
             return super()._forward2d(x, gelu, residual)
         from qvit.kernels.w8a8_linear import w4f8_linear_fast_accum
@@ -544,7 +600,7 @@ class Fp8W4Linear(Fp8Linear):
                                       gelu, x.dtype)
 
     def forward_fp8_static(self, x, gelu: bool, scale: torch.Tensor, gelu_tanh: bool = False) -> QAct:
-        xin = self._fused_inputs(x if isinstance(x, QAct) else _as_2d(x))
+        xin = None if isinstance(x, QNorm) else self._fused_inputs(x if isinstance(x, QAct) else _as_2d(x))
         if xin is None:
             return super().forward_fp8_static(x, gelu, scale, gelu_tanh)
         from qvit.kernels.w8a8_linear import w4f8_linear_fp8_static_out
