@@ -247,42 +247,20 @@ def test_fp8_static_out_gelu_tanh_real_shapes(poison, monkeypatch, m, persistent
 @pytest.mark.parametrize("m", [197, 197 * 64])
 @pytest.mark.parametrize("n,static_out", [(3072, False), (4096, True)])
 def test_norm_prologue_gemm_real_shapes_gpu(poison, monkeypatch, m, n, static_out):
-    """qkv (float out) and fc1 (GELU's tanh form into fp8) with the LayerNorm inside the GEMM (QuantConfig.
-    fp8_static_norm), bf16 residual-stream rows with an outlier channel, one config pinned for both kernels: on every
-    row without a near-tie, bit-identical to the composed path (`layernorm_quant_fp8_static` of the float64
-    LayerNorm's codes fed to the plain fp8 GEMM with the same accumulation); on the others one e4m3 step away at
-    most (static out) or within one input step times the weights (float out)."""
+    """qkv (bf16 out) and fc1 (GELU's tanh form into fp8) with the LayerNorm inside the GEMM (QuantConfig.
+    fp8_static_norm) on bf16 residual-stream rows with an outlier channel, one config pinned for every call:
+    conftest.check_norm_prologue (codes = the float64 LayerNorm's but at near-ties; outputs = the plain fp8 GEMM's
+    on those codes, bit for bit)."""
+    from conftest import check_norm_prologue
     from qvit.kernels import w8a8_linear as L
-    from conftest import norm_codes_and_ties
     cfg = next(c for c in L._w8a8_kernel.configs if c.kwargs["BLOCK_N"] == 128 and not c.kwargs.get("EPI_SPLIT")
                and c.kwargs.get("SPLIT_K", 1) == 1 and not c.kwargs.get("PREFETCH_RES"))
     pin_config(monkeypatch, L._w8a8_kernel, cfg)
     k = 1024
     x = torch.randn(m, k, device=DEV) * 2 + 3
     x[:, 17] += 60
-    x = x.bfloat16()
     lw, lb = (torch.randn(k, device=DEV) * 0.5 + 1).bfloat16(), (torch.randn(k, device=DEV) * 0.2).bfloat16()
-    h = torch.nn.functional.layer_norm(x.double(), (k,), lw.double(), lb.double(), 1e-6)
-    s_in = (h.abs().max() / 448 * 0.5).float().reshape(())
-    qr, ties = norm_codes_and_ties(x, lw, lb, s_in)
-    assert int(ties.sum()) <= m // 10
-    wq, ws = Q.quantize_fp8_per_channel(torch.randn(n, k, device=DEV) * 0.02)
-    b = torch.randn(n, device=DEV)
-    sv_in = s_in.expand(m).contiguous()
-    if static_out:
-        y = L.w8a8_linear_fp8_fast_accum(qr, sv_in, wq, ws, b, None, False, torch.float32)
-        s_out = (torch.nn.functional.gelu(y).abs().max() / 448 * 0.8).float().reshape(())
-        got, sv = L.w8a8_linear_norm_fp8_static_out(x, lw, lb, 1e-6, s_in, wq, ws, b, True, s_out, True)
-        ref, _ = L.w8a8_linear_fp8_static_out(qr, sv_in, wq, ws, b, True, s_out, True)
-        assert torch.equal(sv, s_out.expand(m))
-        d = (e4m3_ordinal(got) - e4m3_ordinal(ref)).abs()
-        assert bool((d[~ties] == 0).all()) and int(d.max()) <= 1
-    else:
-        got = L.w8a8_linear_norm_fp8(x, lw, lb, 1e-6, s_in, wq, ws, b)
-        ref = L.w8a8_linear_fp8_fast_accum(qr, sv_in, wq, ws, b, None, False, torch.bfloat16)
-        assert torch.equal(got[~ties], ref[~ties])
-        bound = float(s_in) * 32 * (wq.float().abs() * ws[:, None]).sum(1)
-        assert bool(((got[ties].float() - ref[ties].float()).abs() <= bound + 1e-2).all())
+    check_norm_prologue(x.bfloat16(), lw, lb, n, static_out)
 
 
 @pytest.mark.parametrize("k,n", SHAPES[:4])

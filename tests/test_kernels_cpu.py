@@ -3,7 +3,7 @@ interpreter computes bf16 wrong), fresh random inputs, outputs poisoned before t
 import pytest
 import torch
 
-from conftest import (check_fp8_static_out, check_w8a8, e4m3_ordinal, norm_codes_and_ties, pin_config, rel_err,
+from conftest import (check_fp8_static_out, check_norm_prologue, check_w8a8, e4m3_ordinal, pin_config, rel_err,
                       requires_interp, spy)
 from qvit.kernels import quant as Q
 
@@ -997,42 +997,14 @@ def test_w4f8_fused_refuses_bad_operands():
 
 @pytest.mark.parametrize("m,k,n", [(1, 32, 16), (37, 96, 50), (19, 200, 33)])
 @pytest.mark.parametrize("dtype,static_out", [(torch.float32, False), (torch.float16, False), (torch.float16, True)])
-def test_norm_prologue_gemm_matches_composed_kernels(poison, m, k, n, dtype, static_out):
-    """The fp8 GEMM with the LayerNorm inside (QuantConfig.fp8_static_norm): on fresh rows with a common offset (the
-    residual stream's), bit-identical to the LayerNorm quantized at the static scale (float64, saturating: the scale
-    is half the largest value's) fed to the plain fp8 GEMM kernel, on every row without a near-tie; elsewhere
-    within one e4m3 step per code. Both outputs: the float one (qkv) and fc1's static fp8 one with GELU's tanh
-    form."""
-    from qvit.kernels.w8a8_linear import (w8a8_linear_fp8_fast_accum, w8a8_linear_fp8_static_out,
-                                          w8a8_linear_norm_fp8, w8a8_linear_norm_fp8_static_out)
-    x = (torch.randn(m, k) * 3 + 5).to(dtype)
-    x[:, 3 % k] += 40  # an outlier channel
+def test_norm_prologue_gemm_matches_its_parts(poison, m, k, n, dtype, static_out):
+    """The fp8 GEMM with the LayerNorm inside (QuantConfig.fp8_static_norm) on fresh rows with a common offset and an
+    outlier channel (the residual stream's): conftest.check_norm_prologue (its codes are the float64 LayerNorm's but
+    at near-ties; its outputs are the plain fp8 GEMM's on those codes, float out and fc1's fp8 out)."""
+    x = torch.randn(m, k) * 3 + 5
+    x[:, 3 % k] += 40
     lw, lb = (torch.randn(k) * 0.5 + 1).to(dtype), (torch.randn(k) * 0.2).to(dtype)
-    h = torch.nn.functional.layer_norm(x.double(), (k,), lw.double(), lb.double(), 1e-6)
-    s_in = torch.tensor(float(h.abs().max()) / 448 * 0.5)
-    qr, ties = norm_codes_and_ties(x, lw, lb, s_in)
-    assert bool((qr.float().abs() == 448).any())
-    assert int(ties.sum()) <= max(1, m // 5)
-    wq, ws = Q.quantize_fp8_per_channel(torch.randn(n, k))
-    b = torch.randn(n)
-    sv_in = torch.full((m,), float(s_in))
-    if static_out:
-        y_ref = Q.fp8_matmul_ref(qr, sv_in, wq, ws, b, torch.float32)
-        s_out = torch.tensor(float(torch.nn.functional.gelu(y_ref).abs().max()) / 448 * 0.5)
-        got, sv = w8a8_linear_norm_fp8_static_out(x, lw, lb, 1e-6, s_in, wq, ws, b, True, s_out, True)
-        ref, _ = w8a8_linear_fp8_static_out(qr, sv_in, wq, ws, b, True, s_out, True)
-        assert torch.equal(sv, torch.full((m,), float(s_out)))
-        d = (e4m3_ordinal(got) - e4m3_ordinal(ref)).abs()
-        assert bool((d[~ties] == 0).all()) and int(d.max()) <= 1
-    else:
-        got = w8a8_linear_norm_fp8(x, lw, lb, 1e-6, s_in, wq, ws, b)
-        ref = w8a8_linear_fp8_fast_accum(qr, sv_in, wq, ws, b, None, False, dtype)
-        assert got.dtype == dtype
-        assert torch.equal(got[~ties], ref[~ties])
-        if bool(ties.any()):  # one step of one code: at most the largest step times the weights
-            step = float(s_in) * 32
-            bound = step * (wq.float().abs() * ws[:, None]).sum(1)
-            assert bool(((got[ties].float() - ref[ties].float()).abs() <= bound).all())
+    check_norm_prologue(x.to(dtype), lw, lb, n, static_out)
 
 
 def test_norm_prologue_gemm_refuses_bad_inputs():
@@ -1053,8 +1025,8 @@ def test_norm_prologue_gemm_refuses_bad_inputs():
 
 
 def test_model_fp8_static_norm_runs_layernorms_inside_gemms(monkeypatch):
-    """fp8s4t on the Triton backend (QuantConfig.fp8_static_norm): every quantized block's two LayerNorms run inside
-    qkv's and fc1's GEMMs (no LayerNorm kernel), and the logits are those of the same model with the LayerNorms as
+    """fp8s4t on the Triton backend (QuantConfig.fp8_static_norm) with QVIT_NORM_FUSED=1: every quantized block's two
+    LayerNorms run inside qkv's and fc1's GEMMs (no LayerNorm kernel), and the logits are those of the same model with the LayerNorms as
     kernels of their own (QVIT_NORM_FUSED=0: `layernorm_quant_fp8_static`, then the plain GEMMs) up to a near-tie
     code (the row statistics' summation order); no further from the float model than fp8s2t (per-token LayerNorm
     outputs) on the same kernels."""
@@ -1072,6 +1044,7 @@ def test_model_fp8_static_norm_runs_layernorms_inside_gemms(monkeypatch):
     with torch.no_grad():
         flt = base(x).float()
         y_s2t = s2t.half().set_backend(linear="triton", attn="sdpa")(x.half()).float()
+    monkeypatch.setenv("QVIT_NORM_FUSED", "1")
     fused = spy(monkeypatch, "qvit.kernels.w8a8_linear", "w8a8_linear_norm_fp8")
     fused_out = spy(monkeypatch, "qvit.kernels.w8a8_linear", "w8a8_linear_norm_fp8_static_out")
     lnq = spy(monkeypatch, "qvit.kernels.layernorm_quant", "layernorm_quant_fp8_static")

@@ -267,10 +267,11 @@ class _QuantLinear(nn.Module):
             if backend is not Backend.TRITON:
                 return None
             x2 = _as_2d(x)
-            # the LayerNorm inside the GEMM (QVIT_NORM_FUSED=0: its own kernel), where the GEMM would run the
-            # one-tile-per-program kernel that has the prologue (the persistent one, from PERSISTENT_MIN_TOKENS
-            # tokens on, has not)
-            if os.environ.get("QVIT_NORM_FUSED", "1") != "0" and getattr(self, "fp8_fast_accum", False) \
+            # QVIT_NORM_FUSED=1: the LayerNorm inside the GEMM, where the GEMM would run the one-tile-per-program
+            # kernel that has the prologue (the persistent one, from PERSISTENT_MIN_TOKENS tokens on, has not).
+            # Off by default: measured 2.5x slower than the LayerNorm kernel + GEMM at M = 197 (H100,
+            # results/h200-gpu-27): every N tile of the GEMM normalizes the same rows again
+            if os.environ.get("QVIT_NORM_FUSED", "0") == "1" and getattr(self, "fp8_fast_accum", False) \
                     and not _use_persistent(x2, x2.new_empty((0,))):
                 return QNorm(x2.contiguous(), norm, x.shape, x.dtype)
             from qvit.kernels.layernorm_quant import layernorm_quant_fp8_static
