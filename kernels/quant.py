@@ -63,6 +63,17 @@ def check_static_scale(op: str, scale, device) -> torch.Tensor:
     return scale.reshape(1)
 
 
+def check_kernel_device(op: str, *tensors) -> None:
+    """A Triton launcher's device checks: every tensor given (None skipped) on one device, and CPU tensors only
+    under the interpreter. Raises naming `op`."""
+    from qvit.backend import interpreting
+    devs = {t.device for t in tensors if t is not None}
+    if len(devs) != 1:
+        raise ValueError(f"{op}: all tensors must be on one device, got {sorted(map(str, devs))}")
+    if next(iter(devs)).type == "cpu" and not interpreting():
+        raise ValueError(f"{op}: CPU tensors need TRITON_INTERPRET=1 (or use the torch backend)")
+
+
 def _check_same_device(**tensors):
     devs = {k: v.device for k, v in tensors.items() if v is not None}
     if len(set(devs.values())) > 1:

@@ -23,7 +23,7 @@ import torch
 
 from qvit.backend import interpreting, tune_bench, tune_shard
 from qvit.kernels._op import fast_custom_op
-from qvit.kernels.quant import NF4_CODE, check_group_size
+from qvit.kernels.quant import NF4_CODE, check_group_size, check_kernel_device
 
 try:
     import triton
@@ -190,11 +190,7 @@ def check_packed_int4(op, x, packed, scales, bias, group_size):
         raise ValueError(f"{op}: scales must have shape {(n, k // group_size)}, got {tuple(scales.shape)}")
     if bias is not None and bias.shape != (n,):
         raise ValueError(f"{op}: bias must be ({n},), got {tuple(bias.shape)}")
-    devs = {t.device for t in (x, packed, scales, bias) if t is not None}
-    if len(devs) != 1:
-        raise ValueError(f"{op}: all tensors must be on one device, got {sorted(map(str, devs))}")
-    if x.device.type == "cpu" and not interpreting():
-        raise ValueError(f"{op}: CPU tensors need TRITON_INTERPRET=1 (or use the torch backend)")
+    check_kernel_device(op, x, packed, scales, bias)
     return n, k
 
 

@@ -773,7 +773,7 @@ def _validate_norm(name, x, ln_weight, ln_bias, in_scale, wq, w_scale, bias):
     from qvit.kernels.quant import check_static_scale
     check_static_scale(name, in_scale, x.device)
     if not isinstance(wq, torch.Tensor) or wq.dtype != torch.float8_e4m3fn or wq.ndim != 2 or wq.shape[1] != k:
-        raise TypeError(f"{name}: wq must be a float8_e4m3fn ({'N'}, {k}) tensor, got "
+        raise TypeError(f"{name}: wq must be a float8_e4m3fn (N, {k}) tensor, got "
                         f"{getattr(wq, 'dtype', type(wq).__name__)} {tuple(getattr(wq, 'shape', ()))}")
     n = wq.shape[0]
     if not isinstance(w_scale, torch.Tensor) or w_scale.dtype != torch.float32 or w_scale.shape != (n,):
@@ -781,11 +781,8 @@ def _validate_norm(name, x, ln_weight, ln_bias, in_scale, wq, w_scale, bias):
                         f"{getattr(w_scale, 'dtype', type(w_scale).__name__)} {tuple(getattr(w_scale, 'shape', ()))}")
     if bias is not None and bias.shape != (n,):
         raise ValueError(f"{name}: bias must be ({n},), got {tuple(bias.shape)}")
-    devs = {t.device for t in (x, wq, w_scale, bias) if t is not None}
-    if len(devs) != 1:
-        raise ValueError(f"{name}: all tensors must be on one device, got {sorted(map(str, devs))}")
-    if x.device.type == "cpu" and not interpreting():
-        raise ValueError(f"{name}: CPU tensors need TRITON_INTERPRET=1 (or use the torch backend)")
+    from qvit.kernels.quant import check_kernel_device
+    check_kernel_device(name, x, wq, w_scale, bias)
     if wq.stride(1) != 1:
         raise ValueError(f"{name}: wq must be contiguous along K")
 

@@ -188,6 +188,21 @@ def test_l2_prefetch_ab_summary_settings_and_refusals():
             S.main(["--rounds", "1"])
 
 
+def test_norm_fused_ab_rows_are_known_variants():
+    """tools/norm_fused_ab.py: every row it captures names a variant bench_e2e can build (a typo would cost a device
+    call), each fp8s4t variant appears fused and unfused, and without a GPU the tool says so."""
+    from qvit.profiling.bench_e2e import QVIT_VARIANTS
+    S = _tool("norm_fused_ab")
+    rows = S.ROWS + S.ROWS_4BIT
+    assert all(v in QVIT_VARIANTS for _, v, _ in rows)
+    for v in {v for _, v, _ in rows if "s4t" in v}:
+        assert sorted(f for _, vv, f in rows if vv == v) == ["0", "1"]
+    assert len({label for label, _, _ in rows}) == len(rows)
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+            S.main(["--rounds", "1"])
+
+
 def test_graph_timeline_replay_stats():
     """tools/graph_timeline.py: a replay's span, busy time as the union of overlapping kernel intervals (not their
     sum), idle = span - busy, gaps between consecutive starts and ends (negative where kernels overlap), per-class

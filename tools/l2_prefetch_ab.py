@@ -49,6 +49,24 @@ def share_linears(model) -> None:
         b.attn.qkv, b.attn.proj, b.mlp.fc1, b.mlp.fc2 = b0.attn.qkv, b0.attn.proj, b0.mlp.fc1, b0.mlp.fc2
 
 
+def capture_timm(x, tool: str):
+    """(graph, static output) of timm bf16 (SDPA) ViT-L/16 on x, the tools' baseline row; exits naming `tool`."""
+    from qvit.profiling import bench_e2e as E
+    model, _ = E.build_peer("timm bf16 (sdpa)", "vit_large_patch16_224", x.device, x.dtype)
+    got, why = E.capture_graph(model, x)
+    if got is None:
+        raise SystemExit(f"{tool}: timm could not be captured: {why}")
+    return got
+
+
+def replay_once(graphs: dict) -> None:
+    """Every graph replayed once (its static output filled), then a sync."""
+    import torch
+    for g in graphs.values():
+        g.replay()
+    torch.cuda.synchronize()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--variant", default="3 8bit+qvit-attn")
@@ -85,14 +103,8 @@ def main(argv=None) -> int:
             graphs[name], outs[name] = got
         model.set_l2_prefetch(False)
         if not args.no_timm:
-            timm_model, _ = E.build_peer("timm bf16 (sdpa)", "vit_large_patch16_224", dev, dtype)
-            got, why = E.capture_graph(timm_model, x)
-            if got is None:
-                raise SystemExit(f"l2_prefetch_ab: timm could not be captured: {why}")
-            graphs["timm"], outs["timm"] = got
-    for g in graphs.values():
-        g.replay()
-    torch.cuda.synchronize()
+            graphs["timm"], outs["timm"] = capture_timm(x, "l2_prefetch_ab")
+    replay_once(graphs)
     # the prefetch is a hint: its graphs must give the base graph's logits bit for bit
     same = {n: bool(torch.equal(outs[n], outs["base"])) for n in graphs if n.startswith("prefetch")}
     rounds = []

@@ -18,7 +18,7 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from l2_prefetch_ab import summarize  # noqa: E402
+from l2_prefetch_ab import capture_timm, replay_once, summarize  # noqa: E402
 
 # (row label, variant, QVIT_NORM_FUSED while capturing)
 ROWS = [("row3 fp8s2t", "3 8bit+qvit-attn", "1"), ("fp8s4t fused", "x fp8s4t+qvit-attn", "1"),
@@ -99,14 +99,8 @@ def main(argv=None) -> int:
                 raise SystemExit(f"norm_fused_ab: {label} could not be captured: {why}")
             graphs[label], outs[label] = got
         os.environ.pop("QVIT_NORM_FUSED")
-        timm_model, _ = E.build_peer("timm bf16 (sdpa)", "vit_large_patch16_224", dev, dtype)
-        got, why = E.capture_graph(timm_model, x)
-        if got is None:
-            raise SystemExit(f"norm_fused_ab: timm could not be captured: {why}")
-        graphs["timm"], outs["timm"] = got
-    for g in graphs.values():
-        g.replay()
-    torch.cuda.synchronize()
+        graphs["timm"], outs["timm"] = capture_timm(x, "norm_fused_ab")
+    replay_once(graphs)
 
     def rel(a, b):
         return float((outs[a].float() - outs[b].float()).norm() / outs[b].float().norm())
