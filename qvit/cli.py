@@ -238,9 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default="vit_small_patch4_32", help="config name, qvit float file, or timm checkpoint")
     s.add_argument("--config", default=None, help="config name when --model is a timm checkpoint")
     s.add_argument("--preset", default="w8a8", choices=["w8a8", "w4a8", "w4a8p", "w4a16", "nf4", "fp8", "w8a8g", "w4a8pg",
-                                                        "fp8s", "fp8s2", "fp8s2t", "w4f8s2t"],
+                                                        "fp8s", "fp8s2", "fp8s2t", "w4f8s2t", "fp8s4t", "w4f8s4t"],
                    help="w8a8g / w4a8pg: w8a8 / w4a8p with fc1's epilogue quantizing fc2's input (per 128 channels); "
-                        "fp8s2t / w4f8s2t: the study's 8-bit / 4-bit rows (static fp8 scales: --calib)")
+                        "fp8s2t / w4f8s2t: the study's 8-bit / 4-bit rows (static fp8 scales: --calib); fp8s4t / "
+                        "w4f8s4t: the same with qkv's and fc1's inputs at static scales too")
     s.add_argument("--group-size", type=int, default=None, help="int4 group size (default: the preset's; 128, "
                                                                    "w4f8s2t 32)")
     s.add_argument("--calib", default=None, metavar="cifar10|FOLDER",

@@ -49,7 +49,8 @@ VARIANTS = {
     "x fp8s2t+qvit-attn": ("fp8s2t", "qvit", True, "int8"),
     "x 4bit-fp8s2t+qvit-attn": ("w4f8s2t", "qvit", True, "int8"),
     # every block linear's input at a static calibrated scale (fp8s4t / w4f8s4t: QuantConfig.fp8_static_norm), so
-    # each LayerNorm runs inside the GEMM that reads it (fp16 Q/K in qvit's attention, as rows 2 and 3)
+    # each LayerNorm can run inside the GEMM that reads it (QVIT_NORM_FUSED=1, measured slower: results/h200-gpu-27);
+    # fp16 Q/K in qvit's attention, as rows 2 and 3
     "x fp8s4t+qvit-attn": ("fp8s4t", "qvit", False, "int8"),
     "x 4bit-fp8s4t+qvit-attn": ("w4f8s4t", "qvit", False, "int8"),
     # 4-bit with float group scales on the direct W4A8 kernel (int4 expanded to int8 inside the GEMM)

@@ -1026,10 +1026,10 @@ def test_norm_prologue_gemm_refuses_bad_inputs():
 
 def test_model_fp8_static_norm_runs_layernorms_inside_gemms(monkeypatch):
     """fp8s4t on the Triton backend (QuantConfig.fp8_static_norm) with QVIT_NORM_FUSED=1: every quantized block's two
-    LayerNorms run inside qkv's and fc1's GEMMs (no LayerNorm kernel), and the logits are those of the same model with the LayerNorms as
-    kernels of their own (QVIT_NORM_FUSED=0: `layernorm_quant_fp8_static`, then the plain GEMMs) up to a near-tie
-    code (the row statistics' summation order); no further from the float model than fp8s2t (per-token LayerNorm
-    outputs) on the same kernels."""
+    LayerNorms run inside qkv's and fc1's GEMMs (no LayerNorm kernel), and the logits are those of the same model
+    with the LayerNorms as kernels of their own (QVIT_NORM_FUSED=0, the default: `layernorm_quant_fp8_static`, then
+    the plain GEMMs) up to near-tie codes (the row statistics' summation order); no further from the float model than
+    fp8s2t (per-token LayerNorm outputs) on the same kernels."""
     import copy
 
     from qvit.vit import QuantConfig, ViT, quantize

@@ -58,7 +58,8 @@ class QuantConfig:
     fp8_static_proj: bool = False
     # fp8 only: qkv's and fc1's inputs (the outputs of norm1 / norm2) at one static, calibrated scale per layer as
     # well: their LayerNorm + quantize needs no per-token amax (a row's scale is known before its values), so the
-    # LayerNorm can run inside the GEMM that reads it (`w8a8_linear_norm_fp8`: no LayerNorm kernel in the block)
+    # LayerNorm can run inside the GEMM that reads it (`w8a8_linear_norm_fp8`, QVIT_NORM_FUSED=1; measured 2.5x
+    # slower than its own kernel + the GEMM, results/h200-gpu-27). CIFAR-10 top-1 unchanged (results/cpu-study-5)
     fp8_static_norm: bool = False
     # fp8_static_mlp only: GELU in its tanh form (torch's approximate='tanh') in the MLPs whose fc1 writes fc2's
     # static fp8 input: one MUFU tanh and ~7 FP32 instructions per element in fc1's epilogue instead of the erf
@@ -132,7 +133,7 @@ class QuantConfig:
             # 4-bit weights with power-of-two group scales (32), expanded exactly to e4m3: fp8s2t's GEMMs
             "w4f8s2t": dict(weight="int4", act="fp8", group_size=32, fp8_static_mlp=True, fp8_static_proj=True,
                             gelu_tanh=True),
-            # every block linear's input at a static scale: the LayerNorms run inside qkv's and fc1's GEMMs
+            # every block linear's input at a static scale (the LayerNorms may then run inside qkv's / fc1's GEMMs)
             "fp8s4t": dict(weight="fp8", act="fp8", fp8_static_mlp=True, fp8_static_proj=True, gelu_tanh=True,
                            fp8_static_norm=True),
             "w4f8s4t": dict(weight="int4", act="fp8", group_size=32, fp8_static_mlp=True, fp8_static_proj=True,
