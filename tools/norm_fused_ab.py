@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -81,7 +80,7 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         raise SystemExit("norm_fused_ab: needs a CUDA GPU")
     from qvit.profiling import bench_e2e as E
-    from qvit.profiling.bench_kernels import env_info
+    from qvit.profiling.bench_kernels import env_info, write_json
     res = {"linear": args.linear, "iters": args.iters, "env": env_info()}
     if not args.no_kernels:
         res["kernels"] = bench_kernels()
@@ -122,8 +121,7 @@ def main(argv=None) -> int:
               f" vs row3 {s['vs_row3']:.3f} vs timm {s['vs_timm']:.3f}")
     print("normab logits:", res["logits_rel_diff"])
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(res, f, indent=1)
+        write_json(args.out, res)  # atomic
     return 0
 
 
