@@ -120,6 +120,7 @@ def test_persistent_mode_auto_and_bad_value(monkeypatch):
     assert not VQ._use_persistent(big, xs)  # CPU tensors (the interpreter): auto stays on the tiled kernel
     monkeypatch.setenv("QVIT_PERSISTENT_GEMM", "1")
     assert VQ._use_persistent(big[:3], xs[:3])
+    assert VQ._use_persistent(big[:3])  # no scales yet: per-token ones (the LayerNorm-prologue check)
     assert not VQ._use_persistent(big[:3], torch.ones(3, 2))  # group scales: not this kernel
     assert not VQ._use_persistent(torch.zeros(3, 40, dtype=torch.int8), xs[:3])  # K % 16
     monkeypatch.setenv("QVIT_PERSISTENT_GEMM", "0")

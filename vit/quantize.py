@@ -273,10 +273,10 @@ class _QuantLinear(nn.Module):
             # Off by default: measured 2.5x slower than the LayerNorm kernel + GEMM at M = 197 (H100,
             # results/h200-gpu-27): every N tile of the GEMM normalizes the same rows again
             if os.environ.get("QVIT_NORM_FUSED", "0") == "1" and getattr(self, "fp8_fast_accum", False) \
-                    and not _use_persistent(x2, x2.new_empty((0,))):
+                    and not _use_persistent(x2):
                 return QNorm(x2.contiguous(), norm, x.shape, x.dtype)
             from qvit.kernels.layernorm_quant import layernorm_quant_fp8_static
-            q, scale = layernorm_quant_fp8_static(_as_2d(x).contiguous(), static, norm.weight, norm.bias, norm.eps)
+            q, scale = layernorm_quant_fp8_static(x2.contiguous(), static, norm.weight, norm.bias, norm.eps)
             return QAct(q, scale, x.shape, x.dtype)
         if backend is Backend.TRITON and getattr(self, "act_format", "int8") == "fp8":
             from qvit.kernels.layernorm_quant import layernorm_quant_fp8 as lnq
@@ -303,17 +303,17 @@ PERSISTENT_MIN_TOKENS = 4096
 W4_FUSED_MAX_M = 512
 
 
-def _use_persistent(xq: torch.Tensor, xs: torch.Tensor) -> bool:
+def _use_persistent(xq: torch.Tensor, xs: torch.Tensor | None = None) -> bool:
     """Whether a W8A8 / fp8 (in-place accumulation) linear on the Triton backend runs the persistent TMA kernel
     (kernels/w8a8_persistent.py). QVIT_PERSISTENT_GEMM: "auto" (default: from PERSISTENT_MIN_TOKENS tokens on),
     "1" (always) or "0" (never); only where the kernel applies (per-token scales, K a multiple of 16,
-    contiguous 16-byte aligned activations)."""
+    contiguous 16-byte aligned activations). xs None: per-token scales (a caller that has not quantized yet)."""
     mode = os.environ.get("QVIT_PERSISTENT_GEMM", "auto")
     if mode not in ("auto", "0", "1"):
         raise ValueError(f"QVIT_PERSISTENT_GEMM={mode!r}: expected 'auto', '0' or '1'")
     if mode == "0" or (mode == "auto" and (xq.shape[0] < PERSISTENT_MIN_TOKENS or not xq.is_cuda)):
         return False
-    return xs.ndim == 1 and xq.shape[1] % 16 == 0 and xq.is_contiguous() and xq.data_ptr() % 16 == 0
+    return (xs is None or xs.ndim == 1) and xq.shape[1] % 16 == 0 and xq.is_contiguous() and xq.data_ptr() % 16 == 0
 
 
 def _quantize_act(x, backend: Backend):
