@@ -18,6 +18,7 @@ Reference: `qvit.kernels.quant.int8_matmul_ref` (exact integer dot in float64), 
 """
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -109,6 +110,7 @@ if triton is not None:
         w4 = named_args.get("W4", kwargs.get("W4", 0))
         out = []
         fp8 = named_args.get("FP8", kwargs.get("FP8", 0))
+        ln_out = named_args.get("LN_OUT", kwargs.get("LN_OUT", 0))
         for c in configs:
             bm, bn, bk = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]
             if c.kwargs.get("EPI_SPLIT") and (not gelu or qout):  # the same kernel as its unsplit twin there
@@ -118,6 +120,9 @@ if triton is not None:
                            or triton.cdiv(m, bm) * triton.cdiv(n, bn) > SPLITK_TILES):
                 continue
             if c.kwargs.get("PREFETCH_RES") and not has_res:
+                continue
+            # the LayerNorm epilogue: whole-K tiles; with its barrier, at most one program per SM (co-resident)
+            if (ln_out and sk > 1) or (ln_out == 2 and triton.cdiv(m, bm) * triton.cdiv(n, bn) > _resident_limit()):
                 continue
             # drop tiles far larger than the problem (they only add padding work)
             if bm > 2 * max(m, 16) or bn > 2 * max(n, 16) or bk > 2 * max(k, 32):
@@ -132,6 +137,9 @@ if triton is not None:
             if w4 and bk % w4:  # the 4-bit weight's K tiles hold whole exponent groups
                 continue
             out.append(c)
+        if not out and ln_out == 2:
+            raise ValueError(f"w8a8_linear_res_norm_fp8: no tile grid of ({m}, {n}) fits {_resident_limit()} "
+                             "co-resident programs")
         if not out and (xg or qout):
             raise ValueError(f"w8a8_linear: no tile fits input group {xg} / output group {qout}")
         if not out and w4 and not any(c.kwargs["BLOCK_K"] % w4 == 0 for c in configs):
@@ -141,6 +149,13 @@ if triton is not None:
                        and not c.kwargs.get("PREFETCH_RES") and c.kwargs.get("SPLIT_K", 1) == 1][-1:]
 
     _INTERP = tl.constexpr(interpreting())  # the interpreter cannot run inline PTX
+
+    def _resident_limit() -> int:
+        """The programs the LayerNorm epilogue's barrier lets a grid have: one per SM of the current GPU."""
+        dev = torch.cuda.current_device()
+        if dev not in _SMS:
+            _SMS[dev] = torch.cuda.get_device_properties(dev).multi_processor_count
+        return _SMS[dev]
 
     @triton.jit
     def _gelu_erf(x):
@@ -334,12 +349,12 @@ if triton is not None:
                  mask=mask_m[:, None] & (offs_g < N // G)[None, :])
 
     @triton.autotune(configs=tune_shard(_configs()),
-                     key=["M", "N", "K", "HAS_RES", "GELU", "FP8", "XG", "QOUT", "W4", "NORM"],
+                     key=["M", "N", "K", "HAS_RES", "GELU", "FP8", "XG", "QOUT", "W4", "NORM", "LN_OUT"],
                      prune_configs_by={"early_config_prune": _prune}, do_bench=tune_bench)
     @triton.jit
     def _w8a8_kernel(
         x_ptr, xs_ptr, w_ptr, ws_ptr, b_ptr, r_ptr, y_ptr, ys_ptr, sv_ptr, part_ptr, cnt_ptr, we_ptr, lw_ptr, lb_ptr,
-        M, N, K,
+        q_ptr, M, N, K,
         stride_xm, stride_wn, stride_rm, stride_ym, eps,
         HAS_BIAS: tl.constexpr, GELU: tl.constexpr, HAS_RES: tl.constexpr, FP8: tl.constexpr,
         XG: tl.constexpr, QOUT: tl.constexpr,
@@ -347,6 +362,7 @@ if triton is not None:
         EPI_SPLIT: tl.constexpr = False, PREFETCH_RES: tl.constexpr = False, PDL: tl.constexpr = False,
         SPLIT_K: tl.constexpr = 1, HAS_PART: tl.constexpr = False, SPLIT_REV: tl.constexpr = False,
         W4: tl.constexpr = 0, NORM: tl.constexpr = False, HAS_LB: tl.constexpr = False,
+        LN_OUT: tl.constexpr = 0, LN_NT: tl.constexpr = 1,
     ):
         """XG > 0: x's scales are per token and per group of XG channels, xs (M, K // XG): each K tile's
         int32 product is scaled by its group's scale into a float32 accumulator. QOUT > 0: the output is
@@ -363,7 +379,13 @@ if triton is not None:
         NORM (fp8 only): x is the float input of a LayerNorm (M, K) (fp16 / bf16 / fp32) with weight lw, bias lb
         (HAS_LB) and eps, and xs_ptr[0] the static scale of its fp8 output: each program computes its rows' mean and
         variance in a pass over them, then normalizes and quantizes each A tile as it loads it
-        (`layernorm_quant_fp8_static`'s arithmetic) -- the LayerNorm kernel before the GEMM disappears."""
+        (`layernorm_quant_fp8_static`'s arithmetic) -- the LayerNorm kernel before the GEMM disappears.
+        LN_OUT (fp8 with a residual): the epilogue also computes the LayerNorm (weight lw, bias lb, eps) of the rows
+        it writes (y, the residual stream) and quantizes it at the static scale ys[0] into q, with ys[0] into
+        sv[m]: `_res_norm_epilogue`. 1: only the statistics' partials (part) here, `_res_norm_apply_kernel` after;
+        2: the programs of a row block meet at a barrier (cnt) and each normalizes its own tile."""
+        tl.static_assert(LN_OUT == 0 or (FP8 > 0 and HAS_RES and SPLIT_K == 1 and QOUT == 0 and not GELU
+                                         and not NORM), "LayerNorm epilogue: fp8 GEMM + residual, nothing else")
         # grouped tile order: GROUP_M row-tiles share one sweep over N, so W tiles stay in L2
         pid = tl.program_id(0)
         split = 0
@@ -475,10 +497,128 @@ if triton is not None:
                 _w8a8_finish(acc, offs_m, offs_n, mask_m, mask_n, pid_n, xs_ptr, ws_ptr, b_ptr, r_ptr, y_ptr, ys_ptr,
                              sv_ptr, N, K, stride_rm, stride_ym, HAS_BIAS, GELU, HAS_RES, XG, QOUT, BLOCK_M, BLOCK_N,
                              EPI_SPLIT, NORM)
+        elif LN_OUT:
+            _res_norm_epilogue(acc, offs_m, offs_n, mask_m, mask_n, pid_m, pid_n, num_pid_n, xs_ptr, ws_ptr, b_ptr,
+                               r_ptr, y_ptr, q_ptr, ys_ptr, sv_ptr, part_ptr, cnt_ptr, lw_ptr, lb_ptr, M, N,
+                               stride_rm, stride_ym, eps, HAS_BIAS, HAS_LB, LN_OUT, LN_NT, BLOCK_M, BLOCK_N)
         else:
             _w8a8_finish(acc, offs_m, offs_n, mask_m, mask_n, pid_n, xs_ptr, ws_ptr, b_ptr, r_ptr, y_ptr, ys_ptr,
                          sv_ptr, N, K, stride_rm, stride_ym, HAS_BIAS, GELU, HAS_RES, XG, QOUT, BLOCK_M, BLOCK_N,
                          EPI_SPLIT, NORM)
+
+    # the LayerNorm epilogue's statistics: per token and chunk of LN_CHUNK output columns, the chunk's sum and its
+    # sum of squared deviations from the chunk's mean (part (2, LN_NT, M)), combined by Chan et al.'s pairwise
+    # formula: no chunk's squares carry the residual stream's common offset, and no program needs another's
+    # tile width to read them
+    LN_CHUNK = tl.constexpr(32)
+
+    @triton.jit
+    def _res_norm_partials(yr, offs_m, offs_n, mask_m, part_ptr, M, N, LN_NT: tl.constexpr,
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        """Store the (sum, M2) partials of the (BM, BN) float32 tile yr (0 outside (M, N)) whose columns are offs_n
+        (whole chunks)."""
+        C: tl.constexpr = BLOCK_N // LN_CHUNK
+        y3 = tl.reshape(yr, (BLOCK_M, C, LN_CHUNK))
+        c3 = tl.reshape(offs_n, (C, LN_CHUNK))
+        chunk = tl.max(c3, axis=1) // LN_CHUNK
+        cnt = tl.minimum(tl.maximum(N - chunk * LN_CHUNK, 0), LN_CHUNK).to(tl.float32)
+        s = tl.sum(y3, axis=2)
+        mu = s / tl.maximum(cnt, 1.0)[None, :]
+        d = tl.where((c3 < N)[None, :, :], y3 - mu[:, :, None], 0.0)
+        m2 = tl.sum(d * d, axis=2)
+        ok = mask_m[:, None] & (cnt > 0)[None, :]
+        at = part_ptr + chunk[None, :] * M + offs_m[:, None]
+        tl.store(at, s, mask=ok)
+        tl.store(at + LN_NT * M, m2, mask=ok)
+
+    @triton.jit
+    def _res_norm_stats(part_ptr, offs_m, mask_m, M, N, eps, LN_NT: tl.constexpr):
+        """(mean, 1 / sqrt(var + eps)) of rows offs_m from every chunk's partials (read past L1: other programs
+        wrote them)."""
+        c = tl.arange(0, LN_NT)
+        cnt = tl.minimum(tl.maximum(N - c * LN_CHUNK, 0), LN_CHUNK).to(tl.float32)
+        ok = mask_m[:, None] & (cnt > 0)[None, :]
+        at = part_ptr + c[None, :] * M + offs_m[:, None]
+        s = tl.load(at, mask=ok, other=0.0, cache_modifier=".cg")
+        m2 = tl.load(at + LN_NT * M, mask=ok, other=0.0, cache_modifier=".cg")
+        mean = tl.sum(s, axis=1) / N
+        d = tl.where(ok, s / tl.maximum(cnt, 1.0)[None, :] - mean[:, None], 0.0)
+        var = tl.maximum((tl.sum(m2, axis=1) + tl.sum(cnt[None, :] * d * d, axis=1)) / N, 0.0)
+        return mean, 1.0 / tl.sqrt(var + eps)
+
+    @triton.jit
+    def _row_block_barrier(cnt_ptr, pid_m, n_arrive):
+        """Wait until all n_arrive programs of row block pid_m have arrived, their earlier stores visible: a
+        sense-reversing barrier on cnt[2 pid_m] (arrivals, back to 0 by the last to arrive) and cnt[2 pid_m + 1]
+        (the generation it then advances). Every program of the grid must be resident at once (the launcher allows
+        it only for grids of at most one program per SM). Returns False where the wait gave up after 2^22 polls
+        (seconds: a grid that was not co-resident), so that the caller poisons its output instead of hanging."""
+        arrive = cnt_ptr + 2 * pid_m
+        gen = arrive + 1
+        g0 = tl.atomic_add(gen, 0, sem="relaxed", scope="gpu")
+        _fence_gpu()  # every thread's stores out to the GPU's view before the arrival (one thread takes it)
+        tl.debug_barrier()
+        ticket = tl.atomic_add(arrive, 1, sem="acq_rel", scope="gpu")
+        ok = g0 == g0
+        if ticket == n_arrive - 1:
+            tl.atomic_xchg(arrive, 0, sem="relaxed", scope="gpu")
+            tl.atomic_add(gen, 1, sem="release", scope="gpu")
+        else:
+            g = g0
+            polls = tl.full((), 0, tl.int32)
+            while (g == g0) & (polls < 4194304):
+                g = tl.atomic_add(gen, 0, sem="acquire", scope="gpu")
+                polls += 1
+            ok = g != g0
+        _fence_gpu()
+        return ok
+
+    @triton.jit
+    def _res_norm_epilogue(acc, offs_m, offs_n, mask_m, mask_n, pid_m, pid_n, num_pid_n, xs_ptr, ws_ptr, b_ptr,
+                           r_ptr, y_ptr, q_ptr, s_ptr, sv_ptr, part_ptr, cnt_ptr, lw_ptr, lb_ptr, M, N,
+                           stride_rm, stride_ym, eps, HAS_BIAS: tl.constexpr, HAS_LB: tl.constexpr,
+                           LN_OUT: tl.constexpr, LN_NT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        """y = acc * x_scale[m] * w_scale[n] (+ bias) + residual, stored in y's dtype (the residual stream); then the
+        LayerNorm of those stored values, e4m3 at the static scale s[0] into q (the next fp8 GEMM's input, as
+        `layernorm_quant_fp8_static` writes it from y), and s[0] into sv[m]."""
+        xs = tl.load(xs_ptr + offs_m, mask=mask_m, other=0.0)
+        ws = tl.load(ws_ptr + offs_n, mask=mask_n, other=0.0)
+        y = acc * xs[:, None] * ws[None, :]
+        if HAS_BIAS:
+            y += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        mask = mask_m[:, None] & mask_n[None, :]
+        m2 = offs_m[:, None].to(tl.int64)
+        y += tl.load(r_ptr + m2 * stride_rm + offs_n[None, :], mask=mask, other=0.0).to(tl.float32)
+        yo = y.to(y_ptr.dtype.element_ty)
+        tl.store(y_ptr + m2 * stride_ym + offs_n[None, :], yo, mask=mask)
+        yr = tl.where(mask, yo.to(tl.float32), 0.0)  # the statistics of the values as stored
+        _res_norm_partials(yr, offs_m, offs_n, mask_m, part_ptr, M, N, LN_NT, BLOCK_M, BLOCK_N)
+        if pid_n == 0:
+            _store_static_scale(sv_ptr, s_ptr, offs_m, mask_m)
+        if LN_OUT == 2:
+            ok = _row_block_barrier(cnt_ptr, pid_m, num_pid_n)
+            mean, rstd = _res_norm_stats(part_ptr, offs_m, mask_m, M, N, eps, LN_NT)
+            rstd = tl.where(ok, rstd, float("nan"))  # the barrier gave up: NaN codes, not partial statistics
+            s = tl.load(s_ptr)
+            q = _norm_quant_tile(yr, mean, rstd, lw_ptr, lb_ptr, offs_n, mask_n, s, tl.math.div_rn(1.0, s), HAS_LB)
+            tl.store(q_ptr + m2 * stride_ym + offs_n[None, :], q, mask=mask)
+
+    @triton.jit
+    def _res_norm_apply_kernel(y_ptr, part_ptr, lw_ptr, lb_ptr, q_ptr, s_ptr, M, N, stride_ym, eps,
+                               HAS_LB: tl.constexpr, LN_NT: tl.constexpr, BLOCK_M: tl.constexpr,
+                               BLOCK_N: tl.constexpr):
+        """LN_OUT = 1's second launch: the LayerNorm of y's (BM, BN) tile from the GEMM's partials, into q."""
+        offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask_m = offs_m < M
+        mask_n = offs_n < N
+        mask = mask_m[:, None] & mask_n[None, :]
+        at = offs_m[:, None].to(tl.int64) * stride_ym + offs_n[None, :]
+        yr = tl.load(y_ptr + at, mask=mask, other=0.0).to(tl.float32)
+        mean, rstd = _res_norm_stats(part_ptr, offs_m, mask_m, M, N, eps, LN_NT)
+        s = tl.load(s_ptr)
+        q = _norm_quant_tile(yr, mean, rstd, lw_ptr, lb_ptr, offs_n, mask_n, s, tl.math.div_rn(1.0, s), HAS_LB)
+        tl.store(q_ptr + at, q, mask=mask)
 
     @triton.jit
     def _norm_row_stats(x_ptr, offs_m, mask_m, stride_xm, K, eps, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -630,6 +770,7 @@ def _fake(xq, x_scale, wq, w_scale, bias=None, residual=None, gelu=False, out_dt
 
 
 _COUNTERS = {}
+_SMS = {}
 _SPLIT_SEEN = [None, False]  # (the autotuner's config list, whether it holds a split-K config)
 
 
@@ -642,22 +783,25 @@ def _has_split_configs() -> bool:
     return _SPLIT_SEEN[1]
 
 
-def _split_counters(device) -> torch.Tensor:
+def _split_counters(device, what: str = "split-K") -> torch.Tensor:
     """The split-K arrival counters (SPLITK_TILES int32, zero between calls: each tile's last program resets its
-    own), one buffer per (device, stream): GEMMs on one stream run one after another, on two streams they may
-    overlap. Allocated (a memset) on a stream's first split-K call only."""
+    own), one buffer per (device, stream, what): GEMMs on one stream run one after another, on two streams they may
+    overlap. Allocated (a memset) on a stream's first such call only. what="barrier": the LayerNorm epilogue's
+    (arrivals, generation) pairs, whose generations never go back to zero."""
     stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-    key = (str(device), stream)
+    key = (str(device), stream, what)
     if key not in _COUNTERS:
         _COUNTERS[key] = torch.zeros(SPLITK_TILES, dtype=torch.int32, device=device)
     return _COUNTERS[key]
 
 
 def _launch(xq, x_scale, wq, w_scale, bias, residual, gelu, y, ys, qout, fp8_fast_accum=False, sv=None, we=None,
-            w4=0, norm=None):
+            w4=0, norm=None, res_norm=None):
     """qout < 0 (fp8 out at the static scale ys (1,)): sv (M,) float32 receives ys[0] per row. w4 > 0: wq is the
     power-of-two 4-bit weight's nibbles (N, K // 2) and we its group exponents (N, K // w4). norm = (weight, bias or
-    None, eps): xq is the float input of that LayerNorm and x_scale (1,) the static scale of its fp8 output."""
+    None, eps): xq is the float input of that LayerNorm and x_scale (1,) the static scale of its fp8 output.
+    res_norm = (weight, bias or None, eps, q, part, cnt, mode): the LayerNorm epilogue (LN_OUT = mode) of y into q at
+    the static scale ys, sv filled with it."""
     if qout < 0 and sv is None:
         raise ValueError("w8a8_linear: the fp8 static output needs its scale vector")
     m, k = xq.shape
@@ -668,21 +812,25 @@ def _launch(xq, x_scale, wq, w_scale, bias, residual, gelu, y, ys, qout, fp8_fas
     grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])  # noqa: E731
                          * meta.get("SPLIT_K", 1),)
     part, cnt = w_scale, w_scale  # placeholders: only the split-K configs touch them
-    if fp8_fast_accum and m <= SPLITK_MAX_M and _has_split_configs():
+    lnorm, q, ln_out = norm, w_scale, 0
+    if res_norm is not None:
+        lnorm, (q, part, cnt, ln_out) = res_norm[:3], res_norm[3:]
+    elif fp8_fast_accum and m <= SPLITK_MAX_M and _has_split_configs():
         part = torch.empty((SPLITK_MAX, m, n), dtype=torch.float32, device=xq.device)
         cnt = _split_counters(xq.device)
     _w8a8_kernel[grid](
         xq, x_scale, wq, w_scale, bias if bias is not None else w_scale,
         residual if residual is not None else y, y, ys if ys is not None else w_scale,
         sv if sv is not None else w_scale, part, cnt, we if we is not None else w_scale,
-        norm[0] if norm is not None else w_scale,
-        norm[1] if norm is not None and norm[1] is not None else w_scale, m, n, k, xq.stride(0),
+        lnorm[0] if lnorm is not None else w_scale,
+        lnorm[1] if lnorm is not None and lnorm[1] is not None else w_scale, q, m, n, k, xq.stride(0),
         wq.stride(0),
-        residual.stride(0) if residual is not None else 0, y.stride(0), float(norm[2]) if norm is not None else 0.0,
+        residual.stride(0) if residual is not None else 0, y.stride(0), float(lnorm[2]) if lnorm is not None else 0.0,
         HAS_BIAS=bias is not None, GELU=gelu, HAS_RES=residual is not None,
         FP8=(2 if fp8_fast_accum else 1) if xq.dtype == torch.float8_e4m3fn or norm is not None else 0,
-        XG=xg, QOUT=qout, HAS_PART=part is not w_scale, W4=w4, NORM=norm is not None,
-        HAS_LB=norm is not None and norm[1] is not None, **pdl_kwargs(xq.device),
+        XG=xg, QOUT=qout, HAS_PART=part is not w_scale and ln_out == 0, W4=w4, NORM=norm is not None,
+        HAS_LB=lnorm is not None and lnorm[1] is not None, LN_OUT=ln_out,
+        LN_NT=part.shape[1] if ln_out else 1, **pdl_kwargs(xq.device),
     )
 
 
@@ -831,6 +979,75 @@ def w8a8_linear_norm_fp8_static_out(x: torch.Tensor, ln_weight: torch.Tensor, ln
     _launch(x, in_scale.reshape(1), wq, w_scale, bias, None, _gelu_mode(name, gelu, gelu_tanh), q,
             out_scale.reshape(1), -1, fp8_fast_accum=True, sv=sv, norm=(ln_weight, ln_bias, eps))
     return q, sv
+
+
+def _res_norm_fits(m: int, n: int, k: int) -> bool:
+    """Whether the LayerNorm epilogue can run with its barrier (LN_OUT = 2): some tile config of the fp8 GEMM puts
+    at most one program per SM on the grid of (m, n). On a CUDA device, not under the interpreter."""
+    if interpreting() or not torch.cuda.is_available():
+        return False
+    try:
+        _prune(_w8a8_kernel.configs, {"M": m, "N": n, "K": k, "HAS_RES": True, "FP8": 2, "LN_OUT": 2})
+    except ValueError:
+        return False
+    return True
+
+
+def _fake_res_norm(xq, x_scale, wq, w_scale, bias, residual, ln_weight, ln_bias, eps, out_scale, barrier=True):
+    m, n = residual.shape
+    return (residual.new_empty((m, n)), residual.new_empty((m, n), dtype=torch.float8_e4m3fn),
+            residual.new_empty((m,), dtype=torch.float32))
+
+
+@fast_custom_op("qvit::w8a8_linear_res_norm_fp8", _fake_res_norm)
+def w8a8_linear_res_norm_fp8(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor,
+                             bias: torch.Tensor | None, residual: torch.Tensor, ln_weight: torch.Tensor,
+                             ln_bias: torch.Tensor | None, eps: float, out_scale: torch.Tensor,
+                             barrier: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fp8 GEMM (in-place accumulation) + bias + residual, and the LayerNorm of its output quantized to e4m3 at
+    the static scale out_scale, in its epilogue (QuantConfig.fp8_static_norm: proj -> norm2 -> fc1, fc2 -> the next
+    block's norm1 -> qkv): (y (M, N) in the residual's dtype, q (M, N) float8_e4m3fn, scale (M,) filled with
+    out_scale). y is `w8a8_linear_fp8_fast_accum`'s output; q what `layernorm_quant_fp8_static` makes of y, up to
+    the statistics' summation order (a code may move by one e4m3 step at a near-tie). Each program sums its
+    tile's rows per 32-column chunk; with `barrier` (on a GPU, where a grid of at most one program per SM fits the
+    shape) the programs of a row block then wait for each other and normalize their own tiles in registers, one
+    launch; otherwise a second, elementwise launch normalizes y."""
+    name = "w8a8_linear_res_norm_fp8"
+    if not isinstance(xq, torch.Tensor) or xq.dtype != torch.float8_e4m3fn:
+        raise TypeError(f"{name}: float8_e4m3fn operands only, got {getattr(xq, 'dtype', type(xq).__name__)}")
+    if not isinstance(residual, torch.Tensor) or residual.dtype not in _OUT_DTYPES:
+        raise TypeError(f"{name}: residual must be a float16 / bfloat16 / float32 tensor, got "
+                        f"{getattr(residual, 'dtype', type(residual).__name__)}")
+    _validate(xq, x_scale, wq, w_scale, bias, residual, residual.dtype)
+    m, k = xq.shape
+    n = wq.shape[0]
+    for what, t in (("ln_weight", ln_weight), ("ln_bias", ln_bias)):
+        if t is None and what == "ln_bias":
+            continue
+        if not isinstance(t, torch.Tensor) or t.shape != (n,) or t.device != xq.device or not t.is_floating_point():
+            raise ValueError(f"{name}: {what} must be a float ({n},) tensor on {xq.device}, got "
+                             f"{getattr(t, 'dtype', None)} {tuple(getattr(t, 'shape', ()))} on "
+                             f"{getattr(t, 'device', None)}")
+    if not (math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"{name}: eps must be finite and >= 0, got {eps}")
+    from qvit.kernels.quant import check_static_scale
+    s = check_static_scale(name, out_scale, xq.device)
+    y = torch.empty((m, n), dtype=residual.dtype, device=xq.device)
+    q = torch.empty((m, n), dtype=torch.float8_e4m3fn, device=xq.device)
+    sv = torch.empty((m,), dtype=torch.float32, device=xq.device)
+    nt = triton.next_power_of_2(triton.cdiv(n, 32))  # the statistics' 32-column chunks
+    part = torch.empty((2, nt, m), dtype=torch.float32, device=xq.device)
+    mode = 2 if barrier and xq.is_cuda and _res_norm_fits(m, n, k) else 1
+    cnt = _split_counters(xq.device, "barrier") if mode == 2 else w_scale
+    _launch(xq, x_scale, wq, w_scale, bias, residual, False, y, s, 0, fp8_fast_accum=True, sv=sv,
+            res_norm=(ln_weight.contiguous(), None if ln_bias is None else ln_bias.contiguous(), eps, q, part, cnt,
+                      mode))
+    if mode == 1:
+        bm, bn = (16, 32) if interpreting() else (32, 128)
+        _res_norm_apply_kernel[(triton.cdiv(m, bm), triton.cdiv(n, bn))](
+            y, part, ln_weight, ln_bias if ln_bias is not None else ln_weight, q, s, m, n, y.stride(0), float(eps),
+            HAS_LB=ln_bias is not None, LN_NT=nt, BLOCK_M=bm, BLOCK_N=bn)
+    return y, q, sv
 
 
 def _validate_w4(name, xq, x_scale, packed, gexp, w_scale, group_size, bias, residual, out_dtype):

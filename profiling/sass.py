@@ -8,7 +8,8 @@ PYTHONPATH).
     python -m qvit.profiling.sass [--kernel attention|w8a8|w8a8p|w4a16|w4a8|lnq] [--mode ...] [--match REGEX] [--sass DIR]
 
 Modes: attention fp16 | onchip | qout | int8 | fp8_static; w8a8 plain | gelu_res | qout | fp8 | fp8_fast | fp8_static
-| fp8_static_tanh | fp8_splitk_res | w4f8_res | w4f8_static_tanh;
+| fp8_static_tanh | fp8_splitk_res | w4f8_res | w4f8_static_tanh
+| fp8_res_norm;
 w8a8p (persistent) plain | gelu_res | fp8 | fp8_gelu | fp8_res | fp8_static; w4a16 int4 | nf4_gelu_res;
 w4a8 gelu_res | plain | prog; lnq int8 | fp8 | fp8_static (LayerNorm + quantize, K = 1024).
 Instruction counts are static (each instruction once, loops not unrolled by count); `loops` gives each loop
@@ -75,7 +76,12 @@ def _w8a8():
                             "w4f8_res": ({**base, "FP8": 2, "HAS_RES": True, "W4": 32},
                                          {**ptrs, "x_ptr": "*fp8e4nv", "w_ptr": "*u8"}),
                             "w4f8_static_tanh": ({**base, "FP8": 2, "GELU": 2, "QOUT": -1, "W4": 32},
-                                                 {**ptrs, "x_ptr": "*fp8e4nv", "w_ptr": "*u8", "y_ptr": "*fp8e4nv"})}, set()
+                                                 {**ptrs, "x_ptr": "*fp8e4nv", "w_ptr": "*u8", "y_ptr": "*fp8e4nv"}),
+                            # proj / fc2 writing the next LayerNorm from the epilogue, with the row-block barrier
+                            "fp8_res_norm": ({**base, "FP8": 2, "HAS_RES": True, "LN_OUT": 2, "LN_NT": 32,
+                                              "HAS_LB": True},
+                                             {**ptrs, "x_ptr": "*fp8e4nv", "w_ptr": "*fp8e4nv", "lw_ptr": "*bf16",
+                                              "lb_ptr": "*bf16", "q_ptr": "*fp8e4nv"})}, set()
 
 
 def _w4a16():

@@ -192,6 +192,28 @@ def norm_codes_and_ties(x, lw, lb, s_in):
     return q, ties
 
 
+def check_res_norm(xq, xs, wq, ws, b, r, lw, lb, barrier=True):
+    """The fp8 GEMM + residual with the next LayerNorm in its epilogue (`w8a8_linear_res_norm_fp8`) on operands
+    whose residual stream r has a common offset and an outlier channel, at a power-of-two static output scale that
+    saturates the largest values: y is the plain fp8 GEMM's (`w8a8_linear_fp8_fast_accum`, bit for bit: callers
+    on a GPU pin one config); the codes are those of the float64 LayerNorm of y but at near-ties (one e4m3 step
+    there), near-ties rare; the scale vector is the static scale. Returns the op's outputs."""
+    from qvit.kernels import w8a8_linear as L
+    m, n = r.shape
+    y = L.w8a8_linear_fp8_fast_accum(xq, xs, wq, ws, b, r, False, r.dtype)
+    h = torch.nn.functional.layer_norm(y.double(), (n,), lw.double(), lb.double(), 1e-6)
+    s = torch.tensor(2.0 ** math.floor(math.log2(float(h.abs().max()) / 448 * 0.5)), device=r.device)
+    got, q, sv = L.w8a8_linear_res_norm_fp8(xq, xs, wq, ws, b, r, lw, lb, 1e-6, s, barrier)
+    assert got.dtype == r.dtype and torch.equal(got, y)
+    assert torch.equal(sv, s.expand(m))
+    qr, ties = norm_codes_and_ties(y.float(), lw.float(), lb.float(), s)
+    assert bool((qr.float().abs() == 448).any())
+    assert float(ties.float().mean()) < 0.01
+    d = (e4m3_ordinal(q) - e4m3_ordinal(qr)).abs()
+    assert int(d.max()) <= 1 and bool((d[~ties] == 0).all()), (int(d.max()), int((d[~ties] != 0).sum()))
+    return got, q, sv
+
+
 def check_norm_prologue(x, lw, lb, n, static_out):
     """The fp8 GEMM with the LayerNorm prologue (`w8a8_linear_norm_fp8[_static_out]`) against its parts, on x (M, K)
     with a power-of-two static input scale that saturates the largest values:

@@ -190,13 +190,16 @@ def test_l2_prefetch_ab_summary_settings_and_refusals():
 
 def test_norm_fused_ab_rows_are_known_variants():
     """tools/norm_fused_ab.py: every row it captures names a variant bench_e2e can build (a typo would cost a device
-    call), each fp8s4t variant appears fused and unfused, and without a GPU the tool says so."""
+    call), each fp8s4t variant appears with its LayerNorms fused (by exactly one switch) and unfused (by none), and
+    without a GPU the tool says so."""
     from qvit.profiling.bench_e2e import QVIT_VARIANTS
     S = _tool("norm_fused_ab")
-    rows = S.ROWS + S.ROWS_4BIT
+    rows = S.ROWS + S.ROWS_PROLOGUE + S.ROWS_4BIT
     assert all(v in QVIT_VARIANTS for _, v, _ in rows)
+    assert all(set(env) == set(S.OFF) for _, _, env in rows)
     for v in {v for _, v, _ in rows if "s4t" in v}:
-        assert sorted(f for _, vv, f in rows if vv == v) == ["0", "1"]
+        on = sorted(sum(x == "1" for x in env.values()) for _, vv, env in rows if vv == v)
+        assert on[0] == 0 and on[1:] and all(c == 1 for c in on[1:]), (v, on)
     assert len({label for label, _, _ in rows}) == len(rows)
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit, match="needs a CUDA GPU"):

@@ -263,6 +263,49 @@ def test_norm_prologue_gemm_real_shapes_gpu(poison, monkeypatch, m, n, static_ou
     check_norm_prologue(x.bfloat16(), lw, lb, n, static_out)
 
 
+@pytest.mark.parametrize("m", [197, 394, 197 * 64])
+@pytest.mark.parametrize("k", [1024, 4096])
+@pytest.mark.parametrize("barrier", [True, False])
+def test_res_norm_epilogue_real_shapes_gpu(poison, monkeypatch, m, k, barrier):
+    """proj (K = 1024) and fc2 (K = 4096) with the next LayerNorm in the epilogue, one 64 x 64 config pinned:
+    conftest.check_res_norm (the residual stream bit for bit the plain GEMM's, codes the float64 LayerNorm's but at
+    near-ties), in one launch with the row-block barrier where the grid fits the SMs (batch 1-2) and in two launches
+    otherwise; then 20 replays of a CUDA graph of the launch give the same bits and leave every arrival counter
+    at zero (the barrier resets itself)."""
+    from conftest import check_res_norm
+    from qvit.kernels import w8a8_linear as L
+    cfg = next(c for c in L._w8a8_kernel.configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) == (64, 64)
+               and c.kwargs.get("SPLIT_K", 1) == 1 and not c.kwargs.get("PREFETCH_RES"))
+    pin_config(monkeypatch, L._w8a8_kernel, cfg)
+    n = 1024
+    assert L._res_norm_fits(m, n, k) == (m <= 394)  # 64 x 64 tiles: 64 / 112 / 3,168 programs, 132 SMs or more
+    xq, xs = Q.quantize_fp8_per_token(torch.randn(m, k, device=DEV))
+    wq, ws = Q.quantize_fp8_per_channel(torch.randn(n, k, device=DEV) * 0.02)
+    r = torch.randn(m, n, device=DEV) * 2 + 3
+    r[:, 17] += 60
+    lw, lb = (torch.randn(n, device=DEV) * 0.5 + 1).bfloat16(), (torch.randn(n, device=DEV) * 0.2).bfloat16()
+    b = torch.randn(n, device=DEV)
+    r = r.bfloat16()
+    y, q, _ = check_res_norm(xq, xs, wq, ws, b, r, lw, lb, barrier)
+    s = torch.tensor(0.03, device=DEV)
+    args = (xq, xs, wq, ws, b, r, lw, lb, 1e-6, s, barrier)
+    ref = L.w8a8_linear_res_norm_fp8(*args)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = L.w8a8_linear_res_norm_fp8(*args)
+    for _ in range(20):
+        out[0].fill_(0)
+        out[1].view(torch.uint8).fill_(0x7F)  # e4m3 NaN
+        out[2].fill_(0)
+        g.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out[0], ref[0]) and torch.equal(out[2], ref[2])
+        assert torch.equal(out[1].view(torch.uint8), ref[1].view(torch.uint8))
+    if barrier and m <= 394:
+        cnt = L._split_counters(torch.device(DEV), "barrier")
+        assert int(cnt[0::2].abs().sum()) == 0 and int(cnt[1::2].abs().sum()) > 0
+
+
 @pytest.mark.parametrize("k,n", SHAPES[:4])
 @pytest.mark.parametrize("m", [197, 197 * 64])
 def test_fp8_w8a8_real_shapes(poison, m, k, n):

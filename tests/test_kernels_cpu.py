@@ -1024,6 +1024,70 @@ def test_norm_prologue_gemm_refuses_bad_inputs():
         w8a8_linear_norm_fp8(torch.randn(32, 5).t(), lw, lb, 1e-6, s, wq, ws)
 
 
+@pytest.mark.parametrize("m,k,n", [(1, 32, 33), (37, 64, 96), (19, 200, 50)])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_res_norm_epilogue_matches_its_parts(poison, m, k, n, dtype):
+    """proj / fc2 with the next LayerNorm in the epilogue (QuantConfig.fp8_static_norm; the interpreter runs its
+    two-launch form): conftest.check_res_norm (the residual stream = the plain GEMM's; the codes = the float64
+    LayerNorm's of it but at near-ties), on fresh operands, odd N (a partial 32-column chunk) included."""
+    from conftest import check_res_norm
+    xq, xs = Q.quantize_fp8_per_token(torch.randn(m, k))
+    wq, ws = Q.quantize_fp8_per_channel(torch.randn(n, k) * 0.1)
+    r = torch.randn(m, n) * 2 + 3
+    r[:, 5 % n] += 30
+    lw, lb = (torch.randn(n) * 0.5 + 1).to(dtype), (torch.randn(n) * 0.2).to(dtype)
+    check_res_norm(xq, xs, wq, ws, torch.randn(n), r.to(dtype), lw, lb)
+
+
+def test_res_norm_epilogue_refuses_bad_inputs():
+    from qvit.kernels.w8a8_linear import w8a8_linear_res_norm_fp8 as op
+    xq, xs = Q.quantize_fp8_per_token(torch.randn(5, 32))
+    wq, ws = Q.quantize_fp8_per_channel(torch.randn(16, 32))
+    r, lw, lb, s = torch.randn(5, 16), torch.ones(16), torch.zeros(16), torch.tensor(0.01)
+    with pytest.raises(TypeError, match="float8_e4m3fn operands only"):
+        op(xq.float(), xs, wq, ws, None, r, lw, lb, 1e-6, s)
+    with pytest.raises(TypeError, match="residual must be a float16"):
+        op(xq, xs, wq, ws, None, r.to(torch.int32), lw, lb, 1e-6, s)
+    with pytest.raises(ValueError, match="residual must be \\(5, 16\\)"):
+        op(xq, xs, wq, ws, None, r[:, :15], lw, lb, 1e-6, s)
+    with pytest.raises(ValueError, match="ln_weight must be a float \\(16,\\)"):
+        op(xq, xs, wq, ws, None, r, torch.ones(32), lb, 1e-6, s)
+    with pytest.raises(ValueError, match="ln_bias must be a float \\(16,\\)"):
+        op(xq, xs, wq, ws, None, r, lw, torch.zeros(16, dtype=torch.int32), 1e-6, s)
+    with pytest.raises(ValueError, match="eps must be finite"):
+        op(xq, xs, wq, ws, None, r, lw, lb, float("nan"), s)
+    with pytest.raises(ValueError, match="static scale must be a one-element float32"):
+        op(xq, xs, wq, ws, None, r, lw, lb, 1e-6, torch.ones(2))
+    with pytest.raises(TypeError, match="group-wise activation scales are an int8 path"):
+        op(xq, torch.ones(5, 1), wq, ws, None, r, lw, lb, 1e-6, s)
+
+
+def test_model_res_norm_writes_next_layernorm_from_epilogues(monkeypatch):
+    """fp8s4t on the Triton backend with QVIT_RES_NORM=1: every proj and every fc2 but the last block's writes the
+    next LayerNorm (norm2, the next block's norm1) from its epilogue, so the only LayerNorm kernel left is the first
+    block's norm1 (and, with SDPA attention, proj's input quantization, which has no LayerNorm); the logits are
+    those of QVIT_RES_NORM=0 up to near-tie codes, and a 4-bit fp8 model (w4f8s4t) takes the same path."""
+    import copy
+
+    from qvit.vit import QuantConfig, ViT, quantize
+    torch.manual_seed(0)
+    base = ViT.from_name("vit_micro_patch4_32").eval()
+    calib, x = torch.randn(32, 3, 32, 32), torch.randn(2, 3, 32, 32).half()
+    depth = base.cfg.depth
+    for preset in ("fp8s4t", "w4f8s4t"):
+        mh = quantize(copy.deepcopy(base), QuantConfig.preset(preset, keep=()), calib=calib)
+        mh = mh.half().set_backend(linear="triton", attn="sdpa")
+        with torch.no_grad():
+            y0 = mh(x).float()
+            monkeypatch.setenv("QVIT_RES_NORM", "1")
+            rn = spy(monkeypatch, "qvit.kernels.w8a8_linear", "w8a8_linear_res_norm_fp8")
+            lnq = spy(monkeypatch, "qvit.kernels.layernorm_quant", "layernorm_quant_fp8_static")
+            y = mh(x).float()
+            monkeypatch.undo()
+        assert len(rn) == 2 * depth - 1 and len(lnq) == 1 + depth, (preset, len(rn), len(lnq))
+        assert rel_err(y, y0) < 2e-3, (preset, rel_err(y, y0))
+
+
 def test_model_fp8_static_norm_runs_layernorms_inside_gemms(monkeypatch):
     """fp8s4t on the Triton backend (QuantConfig.fp8_static_norm) with QVIT_NORM_FUSED=1: every quantized block's two
     LayerNorms run inside qkv's and fc1's GEMMs (no LayerNorm kernel), and the logits are those of the same model

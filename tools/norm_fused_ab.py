@@ -1,13 +1,15 @@
-"""The LayerNorm inside the GEMM (QuantConfig.fp8_static_norm, `w8a8_linear_norm_fp8`), measured in one process:
+"""The LayerNorm fused into a GEMM (QuantConfig.fp8_static_norm), measured in one process:
 
-1. kernels, batch 1 and 64 (M = 197, 12,608), qkv (float out) and fc1 (GELU's tanh form into fp8): the LayerNorm
-   kernel + the plain fp8 GEMM (two launches) against the one GEMM with the LayerNorm prologue, each timed as a CUDA
-   graph of its launches (`triton.testing.do_bench_cudagraph`, L2-resident operands);
-2. end to end, ViT-L/16 batch 1 graphed: the study's row 3 (fp8s2t), fp8s4t with the LayerNorms fused
-   (QVIT_NORM_FUSED=1) and as kernels of their own (=0, the default), optionally the 4-bit pair, and timm bf16,
-   timed in alternation (`tools/l2_prefetch_ab.summarize`: median over rounds of each round's p50).
+1. kernels, each timed as a CUDA graph of its launches (`triton.testing.do_bench_cudagraph`, L2-resident operands):
+   the epilogue form (`w8a8_linear_res_norm_fp8`): proj (K = 1024) and fc2 (K = 4096) at M = 197, 394, the plain
+   fp8 GEMM + residual then the LayerNorm kernel, against the one GEMM with the barrier, and its two-launch form;
+   with --prologue, the prologue form (`w8a8_linear_norm_fp8`, qkv and fc1 at M = 197, 12,608);
+2. end to end, ViT-L/16 batch 1 graphed: the study's row 3 (fp8s2t), fp8s4t with the LayerNorms written by the
+   proj / fc2 epilogues (QVIT_RES_NORM=1) and as kernels of their own (the default), with --prologue inside
+   qkv / fc1 (QVIT_NORM_FUSED=1), with --4bit the 4-bit rows alike, and timm bf16, timed in alternation
+   (`tools/l2_prefetch_ab.summarize`: median over rounds of each round's p50).
 
-    python tools/norm_fused_ab.py [--linear triton] [--rounds 5] [--iters 40] [--no-4bit] [--out ab.json]
+    python tools/norm_fused_ab.py [--linear triton] [--rounds 5] [--iters 40] [--4bit] [--prologue] [--out ab.json]
 """
 from __future__ import annotations
 
@@ -19,11 +21,58 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from l2_prefetch_ab import capture_timm, replay_once, summarize  # noqa: E402
 
-# (row label, variant, QVIT_NORM_FUSED while capturing)
-ROWS = [("row3 fp8s2t", "3 8bit+qvit-attn", "1"), ("fp8s4t fused", "x fp8s4t+qvit-attn", "1"),
-        ("fp8s4t unfused", "x fp8s4t+qvit-attn", "0")]
-ROWS_4BIT = [("row2 w4f8s2t", "2 4bit+qvit-attn", "1"), ("w4f8s4t fused", "x 4bit-fp8s4t+qvit-attn", "1"),
-             ("w4f8s4t unfused", "x 4bit-fp8s4t+qvit-attn", "0")]
+# (row label, variant, environment while capturing)
+OFF = {"QVIT_NORM_FUSED": "0", "QVIT_RES_NORM": "0"}
+ROWS = [("row3 fp8s2t", "3 8bit+qvit-attn", OFF), ("fp8s4t unfused", "x fp8s4t+qvit-attn", OFF),
+        ("fp8s4t epilogue", "x fp8s4t+qvit-attn", {**OFF, "QVIT_RES_NORM": "1"})]
+ROWS_PROLOGUE = [("fp8s4t prologue", "x fp8s4t+qvit-attn", {**OFF, "QVIT_NORM_FUSED": "1"})]
+ROWS_4BIT = [("row2 w4f8s2t", "2 4bit+qvit-attn", OFF), ("w4f8s4t unfused", "x 4bit-fp8s4t+qvit-attn", OFF),
+             ("w4f8s4t epilogue", "x 4bit-fp8s4t+qvit-attn", {**OFF, "QVIT_RES_NORM": "1"})]
+
+
+def _timed(row: dict, fns: dict, what: str) -> dict:
+    """do_bench_cudagraph us of each launch sequence in fns (run once first: autotuning outside the graphs)."""
+    import torch
+    from triton.testing import do_bench_cudagraph
+    for f in fns.values():
+        f()
+    torch.cuda.synchronize()
+    for name, f in fns.items():
+        row[f"{name}_us"] = do_bench_cudagraph(f) * 1e3
+    print(f"normab kernels {what}: " + ", ".join(f"{k} {v:.2f} us" for k, v in row.items() if k.endswith("_us")),
+          flush=True)
+    return row
+
+
+def bench_res_norm(ms=(197, 394)) -> list[dict]:
+    """us of proj / fc2 + residual then the LayerNorm kernel, against the epilogue form (barrier, two launches)."""
+    import torch
+
+    from qvit.kernels import quant as Q
+    from qvit.kernels import w8a8_linear as L
+    from qvit.kernels.layernorm_quant import layernorm_quant_fp8_static
+    dev, n, out = "cuda", 1024, []
+    lw, lb = (torch.randn(n, device=dev) * 0.5 + 1).bfloat16(), (torch.randn(n, device=dev) * 0.2).bfloat16()
+    s = torch.tensor(0.02, device=dev)
+    for m in ms:
+        r = (torch.randn(m, n, device=dev) * 2 + 1).bfloat16()
+        for name, k in (("proj", 1024), ("fc2", 4096)):
+            xq, xs = Q.quantize_fp8_per_token(torch.randn(m, k, device=dev))
+            wq, ws = Q.quantize_fp8_per_channel(torch.randn(n, k, device=dev) * 0.02)
+            b = torch.randn(n, device=dev)
+
+            def two():
+                y = L.w8a8_linear_fp8_fast_accum(xq, xs, wq, ws, b, r, False, torch.bfloat16)
+                return layernorm_quant_fp8_static(y, s, lw, lb)
+            row = _timed({"M": m, "shape": name, "barrier_fits": L._res_norm_fits(m, n, k)}, {
+                "gemm_then_ln": two,
+                "gemm_only": lambda: L.w8a8_linear_fp8_fast_accum(xq, xs, wq, ws, b, r, False, torch.bfloat16),
+                "epilogue_barrier": lambda: L.w8a8_linear_res_norm_fp8(xq, xs, wq, ws, b, r, lw, lb, 1e-6, s, True),
+                "epilogue_two_launch": lambda: L.w8a8_linear_res_norm_fp8(xq, xs, wq, ws, b, r, lw, lb, 1e-6, s,
+                                                                          False)}, f"M={m} {name}")
+            row["barrier_vs_two"] = row["epilogue_barrier_us"] / row["gemm_then_ln_us"]
+            out.append(row)
+    return out
 
 
 def bench_kernels(ms=(197, 197 * 64)) -> list[dict]:
@@ -72,7 +121,8 @@ def main(argv=None) -> int:
     ap.add_argument("--linear", default="triton")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--iters", type=int, default=40)
-    ap.add_argument("--no-4bit", action="store_true")
+    ap.add_argument("--4bit", dest="four_bit", action="store_true")
+    ap.add_argument("--prologue", action="store_true", help="the prologue form too (measured slower, session 27)")
     ap.add_argument("--no-kernels", action="store_true")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -83,21 +133,24 @@ def main(argv=None) -> int:
     from qvit.profiling.bench_kernels import env_info, write_json
     res = {"linear": args.linear, "iters": args.iters, "env": env_info()}
     if not args.no_kernels:
-        res["kernels"] = bench_kernels()
+        res["res_norm_kernels"] = bench_res_norm()
+        if args.prologue:
+            res["kernels"] = bench_kernels()
     dev, dtype = torch.device("cuda"), torch.bfloat16
     x = torch.randn(1, 3, 224, 224, device=dev, dtype=dtype)
     graphs, outs, models = {}, {}, {}
-    rows = ROWS + ([] if args.no_4bit else ROWS_4BIT)
+    rows = ROWS + (ROWS_PROLOGUE if args.prologue else []) + (ROWS_4BIT if args.four_bit else [])
     with torch.no_grad():
-        for label, variant, fused in rows:
+        for label, variant, env in rows:
             if variant not in models:
                 models[variant] = E.build_variant(variant, args.linear, dev, dtype)
-            os.environ["QVIT_NORM_FUSED"] = fused  # read while the forward is traced into the graph
+            os.environ.update(env)  # read while the forward is traced into the graph
             got, why = E.capture_graph(models[variant], x)
             if got is None:
                 raise SystemExit(f"norm_fused_ab: {label} could not be captured: {why}")
             graphs[label], outs[label] = got
-        os.environ.pop("QVIT_NORM_FUSED")
+        for k in OFF:
+            os.environ.pop(k)
         graphs["timm"], outs["timm"] = capture_timm(x, "norm_fused_ab")
     replay_once(graphs)
 
@@ -105,10 +158,9 @@ def main(argv=None) -> int:
         return float((outs[a].float() - outs[b].float()).norm() / outs[b].float().norm())
     # fused and unfused run the same model: their logits differ by near-tie codes only
     # ... against the distance static LayerNorm-output scales put between fp8s4t and row 3 (same weights)
-    res["logits_rel_diff"] = {"fp8s4t fused vs unfused": rel("fp8s4t fused", "fp8s4t unfused"),
-                              "fp8s4t unfused vs row3": rel("fp8s4t unfused", "row3 fp8s2t")}
-    if not args.no_4bit:
-        res["logits_rel_diff"]["w4f8s4t fused vs unfused"] = rel("w4f8s4t fused", "w4f8s4t unfused")
+    res["logits_rel_diff"] = {f"{a} vs {b}": rel(a, b) for a, b in (
+        ("fp8s4t epilogue", "fp8s4t unfused"), ("fp8s4t unfused", "row3 fp8s2t"), ("fp8s4t prologue", "fp8s4t unfused"),
+        ("w4f8s4t epilogue", "w4f8s4t unfused")) if a in outs}
     rounds = []
     for _ in range(args.rounds):
         rounds.append({name: statistics.median(E._time_iters(g.replay, args.iters, dev)) for name, g in graphs.items()})

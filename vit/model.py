@@ -84,10 +84,28 @@ class DropPath(nn.Module):
         return x * mask / keep
 
 
-def _linear(lin, x, gelu: bool = False, residual=None):
+@dataclass
+class Normed:
+    """The residual stream x after a GEMM whose epilogue also wrote the next LayerNorm of it, h: the next linear's
+    quantized input (`forward_res_norm`)."""
+    x: torch.Tensor
+    h: object
+
+
+def _stream(x):
+    """The residual stream itself, from a tensor or a Normed."""
+    return x.x if isinstance(x, Normed) else x
+
+
+def _linear(lin, x, gelu: bool = False, residual=None, norm_next=None):
     """lin(x), then GELU, then + residual. Linears that can fuse these into their GEMM's epilogue (qvit's
     quantized modules: `fuses_epilogue`) get them as arguments; for the others PyTorch applies them, in
-    the order the unfused block always used (GELU(y), then residual + y)."""
+    the order the unfused block always used (GELU(y), then residual + y). norm_next = (LayerNorm, next linear):
+    a Normed where the linear's epilogue also wrote that LayerNorm as the next linear's input."""
+    if norm_next is not None and residual is not None and not gelu and hasattr(lin, "forward_res_norm"):
+        out = lin.forward_res_norm(x, residual, *norm_next)
+        if out is not None:
+            return Normed(*out)
     if getattr(lin, "fuses_epilogue", False):
         return lin(x, gelu=gelu, residual=residual)
     y = lin(x)
@@ -98,7 +116,10 @@ def _linear(lin, x, gelu: bool = False, residual=None):
 
 def _norm_into(norm, lin, x):
     """norm(x) as the input of `lin`; a quantized int8-input linear may instead take the LayerNorm fused
-    with its per-token quantization (one kernel, `norm_quant`), returning its pre-quantized input."""
+    with its per-token quantization (one kernel, `norm_quant`), returning its pre-quantized input. A Normed x
+    brings it, written by the GEMM before."""
+    if isinstance(x, Normed):
+        return x.h
     fuse = getattr(lin, "norm_quant", None)
     out = fuse(x, norm) if fuse is not None else None
     return norm(x) if out is None else out
@@ -140,9 +161,9 @@ class Attention(nn.Module):
         self.smooth_k = False  # ... with K minus its token mean (QuantConfig.smooth_k)
         self.proj_group = 0  # > 0: qvit's kernel quantizes its output for proj (QuantConfig.act_group)
 
-    def forward(self, x, residual=None):
+    def forward(self, x, residual=None, norm_next=None):
         """x (B, S, C) float, or pre-quantized by `_norm_into`; residual: added to the output (fused into
-        the proj GEMM's epilogue where it can be)."""
+        the proj GEMM's epilogue where it can be); norm_next: see `_linear`."""
         b, s, c = x.shape
         with range_ctx("qkv"):
             qkv = self.qkv(x).view(b, s, 3, self.num_heads, self.head_dim)
@@ -158,7 +179,7 @@ class Attention(nn.Module):
                                                          self.smooth_k)
             with range_ctx("proj"):
                 return _linear(self.proj, QAct(o8.view(b * s, c), osc, torch.Size((b, s, c)), q.dtype),
-                               residual=residual)
+                               residual=residual, norm_next=norm_next)
         if self.proj_group and not torch.is_grad_enabled() and q.dtype in (torch.float16, torch.bfloat16) \
                 and resolve_attn_backend(self.attn_backend, q.device.type) is AttnBackend.QVIT:
             # the attention kernel's epilogue writes proj's input: int8 per (token, head) with its scale
@@ -169,11 +190,11 @@ class Attention(nn.Module):
             xin = QAct(o8.view(b * s, c), osc.view(b * s, self.num_heads), torch.Size((b, s, c)), q.dtype,
                        self.head_dim)
             with range_ctx("proj"):
-                return _linear(self.proj, xin, residual=residual)
+                return _linear(self.proj, xin, residual=residual, norm_next=norm_next)
         with range_ctx("attention"):
             o = self.attend(q, k, v)
         with range_ctx("proj"):
-            return _linear(self.proj, o.reshape(b, s, c), residual=residual)
+            return _linear(self.proj, o.reshape(b, s, c), residual=residual, norm_next=norm_next)
 
     def attend(self, q, k, v):
         backend = resolve_attn_backend(self.attn_backend, q.device.type)
@@ -206,25 +227,27 @@ class Mlp(nn.Module):
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
 
-    def forward(self, x, residual=None):
+    def forward(self, x, residual=None, norm_next=None):
         form = self.act.approximate if type(self.act) is nn.GELU else None
         gelu = form == "none"
         group = getattr(self.fc1, "out_group", 0)
         if gelu and group and not torch.is_grad_enabled():
             # fc1's epilogue: bias, GELU, int8 per token and group -> fc2's input (QuantConfig.act_group)
-            return _linear(self.fc2, self.fc1.forward_quant(x, gelu=True, group=group), residual=residual)
+            return _linear(self.fc2, self.fc1.forward_quant(x, gelu=True, group=group), residual=residual,
+                           norm_next=norm_next)
         static = getattr(self.fc2, "x_static", None)
         if form is not None and static is not None and hasattr(self.fc1, "forward_fp8_static") \
                 and not torch.is_grad_enabled():
             # fc1's epilogue: bias, GELU (erf or tanh form: QuantConfig.gelu_tanh), fp8 at fc2's calibrated input
             # scale (QuantConfig.fp8_static_mlp)
             return _linear(self.fc2, self.fc1.forward_fp8_static(x, gelu=True, scale=static,
-                                                                 gelu_tanh=form == "tanh"), residual=residual)
+                                                                 gelu_tanh=form == "tanh"), residual=residual,
+                           norm_next=norm_next)
         if gelu:
             h = _linear(self.fc1, x, gelu=True)  # fused into fc1's epilogue where the kernel has it
         else:
             h = self.act(self.fc1(x))
-        return _linear(self.fc2, h, residual=residual)
+        return _linear(self.fc2, h, residual=residual, norm_next=norm_next)
 
 
 class Block(nn.Module):
@@ -236,8 +259,11 @@ class Block(nn.Module):
         self.mlp = Mlp(cfg.embed_dim, int(cfg.embed_dim * cfg.mlp_ratio))
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x):
+    def forward(self, x, norm_next=None):
+        """x: the residual stream (or a Normed from the block before); norm_next = (the next block's norm1, its
+        qkv): see `_linear`."""
         if self.training and self.drop_path.p > 0:
+            x = _stream(x)
             with range_ctx("norm1"):
                 h = self.norm1(x)
             x = x + self.drop_path(self.attn(h))
@@ -249,11 +275,11 @@ class Block(nn.Module):
         # GEMM's input quantization, where the (quantized) layers can fuse them; the same math otherwise
         with range_ctx("norm1"):
             h = _norm_into(self.norm1, self.attn.qkv, x)
-        x = self.attn(h, residual=x)
+        x = self.attn(h, residual=_stream(x), norm_next=(self.norm2, self.mlp.fc1))
         with range_ctx("norm2"):
             h = _norm_into(self.norm2, self.mlp.fc1, x)
         with range_ctx("mlp"):
-            return self.mlp(h, residual=x)
+            return self.mlp(h, residual=_stream(x), norm_next=norm_next)
 
 
 class PatchEmbed(nn.Module):
@@ -350,8 +376,12 @@ class ViT(nn.Module):
         for i, blk in enumerate(self.blocks):
             if pf is not None and i + 1 < len(self.blocks):
                 pf.issue(self.blocks[i + 1])  # the next block's weights, while this one runs
+            nxt = self.blocks[i + 1] if i + 1 < len(self.blocks) else None
             with range_ctx(f"block{i}"):
-                x = blk(x)
+                if isinstance(blk, Block):  # returns a Normed for nxt where its fc2 wrote nxt's norm1
+                    x = blk(x, norm_next=(nxt.norm1, nxt.attn.qkv) if isinstance(nxt, Block) else None)
+                else:
+                    x = blk(_stream(x))
         if pf is not None:
             pf.join()
         with range_ctx("norm"):

@@ -483,6 +483,41 @@ class Fp8Linear(Int8Linear):
             q, s = Q.quantize_fp8_static(y, scale)
         return QAct(q, s, torch.Size(lead + (self.out_features,)), x.dtype)
 
+    def forward_res_norm(self, x, residual: torch.Tensor, norm: nn.Module, nxt: nn.Module):
+        """This layer's output + bias + residual (the residual stream) and, from the same GEMM's epilogue, the
+        LayerNorm `norm` of it as `nxt`'s fp8 input at nxt's calibrated scale (QuantConfig.fp8_static_norm:
+        proj -> norm2 -> fc1, fc2 -> the next block's norm1 -> qkv; `w8a8_linear_res_norm_fp8`): (y, QAct), or
+        None where that does not apply and the caller runs the layer, then the LayerNorm. Applies with
+        QVIT_RES_NORM=1, without grad, on the Triton backend with in-place accumulation, per-token input scales and
+        a float16 / bfloat16 residual, where a grid of at most one program per SM covers the output (batch 1-2 of
+        ViT-L/16 on an H100; on the CPU under the interpreter, as two launches)."""
+        if os.environ.get("QVIT_RES_NORM", "0") != "1" or torch.is_grad_enabled() or not self.fp8_fast_accum:
+            return None
+        static = getattr(nxt, "x_static", None)
+        if static is None or not getattr(nxt, "int8_input", False) or residual.dtype not in (torch.float16,
+                                                                                              torch.bfloat16):
+            return None
+        if type(norm) is not nn.LayerNorm or norm.weight is None or tuple(norm.normalized_shape) != (self.out_features,):
+            return None
+        if self._backend(x) is not Backend.TRITON or nxt._backend(residual) is not Backend.TRITON:
+            return None
+        if not residual.is_cuda and not interpreting():
+            return None
+        if isinstance(x, QAct) and x.scale.ndim != 1:
+            return None
+        from qvit.kernels.w8a8_linear import _res_norm_fits, w8a8_linear_res_norm_fp8
+        lead = tuple(residual.shape[:-1])
+        m = residual.numel() // self.out_features
+        if residual.is_cuda and not _res_norm_fits(m, self.out_features, self.in_features):
+            return None
+        _, xq, xs, wq = self._gemm_inputs(x if isinstance(x, QAct) else _as_2d(x))
+        if _use_persistent(xq, xs):
+            return None
+        y, q, sv = w8a8_linear_res_norm_fp8(xq, xs, wq, self.w_scale, self.bias,
+                                            residual.reshape(-1, self.out_features), norm.weight, norm.bias,
+                                            norm.eps, static)
+        return y.reshape(*lead, self.out_features), QAct(q, sv, residual.shape, residual.dtype)
+
     def _forward2d(self, x, gelu=False, residual=None):
         if isinstance(x, QNorm):
             from qvit.kernels.w8a8_linear import w8a8_linear_norm_fp8
