@@ -497,7 +497,8 @@ class Fp8Linear(Int8Linear):
         if static is None or not getattr(nxt, "int8_input", False) or residual.dtype not in (torch.float16,
                                                                                               torch.bfloat16):
             return None
-        if type(norm) is not nn.LayerNorm or norm.weight is None or tuple(norm.normalized_shape) != (self.out_features,):
+        if type(norm) is not nn.LayerNorm or norm.weight is None \
+                or tuple(norm.normalized_shape) != (self.out_features,):
             return None
         if self._backend(x) is not Backend.TRITON or nxt._backend(residual) is not Backend.TRITON:
             return None
