@@ -112,9 +112,9 @@ def test_launch_counter_sees_syncs_and_torch_ops():
     m, x = build("x 8bit-int8+qvit-attn", "vit_micro_patch4_32")
     real = model_mod.Mlp.forward
 
-    def forward(self, h, residual=None):
+    def forward(self, h, residual=None, norm_next=None):
         float(h.q.float().abs().max())  # .item() on fc1's int8 input: a host sync
-        return real(self, h, residual=None if residual is None else residual.clone())
+        return real(self, h, residual=None if residual is None else residual.clone(), norm_next=norm_next)
 
     model_mod.Mlp.forward = forward
     try:
