@@ -981,16 +981,26 @@ def w8a8_linear_norm_fp8_static_out(x: torch.Tensor, ln_weight: torch.Tensor, ln
     return q, sv
 
 
+_FITS = {}  # (m, n, k, device) -> (the config list asked, whether a grid fits): the model asks every forward
+
+
 def _res_norm_fits(m: int, n: int, k: int) -> bool:
     """Whether the LayerNorm epilogue can run with its barrier (LN_OUT = 2): some tile config of the fp8 GEMM puts
-    at most one program per SM on the grid of (m, n). On a CUDA device, not under the interpreter."""
+    at most one program per SM on the grid of (m, n). On a CUDA device, not under the interpreter. The model's
+    check and the op's launch both ask, every forward: the prune over the configs runs once per shape."""
     if interpreting() or not torch.cuda.is_available():
         return False
-    try:
-        _prune(_w8a8_kernel.configs, {"M": m, "N": n, "K": k, "HAS_RES": True, "FP8": 2, "LN_OUT": 2})
-    except ValueError:
-        return False
-    return True
+    cfgs = _w8a8_kernel.configs  # a test may pin others: the answer is kept per config list
+    key = (m, n, k, torch.cuda.current_device())
+    hit = _FITS.get(key)
+    if hit is None or hit[0] is not cfgs:
+        try:
+            _prune(cfgs, {"M": m, "N": n, "K": k, "HAS_RES": True, "FP8": 2, "LN_OUT": 2})
+            hit = (cfgs, True)
+        except ValueError:
+            hit = (cfgs, False)
+        _FITS[key] = hit
+    return hit[1]
 
 
 def _fake_res_norm(xq, x_scale, wq, w_scale, bias, residual, ln_weight, ln_bias, eps, out_scale, barrier=True):
